@@ -1,0 +1,14 @@
+// The backward engine. From the roots it finds every node that leads to them and counts, for
+// each node, the edges that point at it (its consumers). It then runs nodes from a ready
+// queue, later-created first: a node is ready once all its consumers have run and handed
+// it their gradients, which the engine sums per output. Saved tensors are freed as each node
+// finishes unless the graph is retained.
+#pragma once
+#include "autograd/variable.h"
+
+namespace coil::autograd {
+
+void run_backward(const std::vector<Variable>& roots, const std::vector<Tensor>& grad_roots,
+                  bool retain_graph);
+
+}  // namespace coil::autograd

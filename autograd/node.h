@@ -1,0 +1,66 @@
+// A node of the backward graph: the backward of one op application. It holds what the op
+// saved for backward and one edge per input, to the node that produced that input (or to the
+// gradient accumulator of a leaf). Ops with simple backwards record a LambdaNode; fused ops
+// (scan, attention, cross-entropy, norms) derive from Node and own their saved state, the way
+// a torch.autograd.Function does.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace coil::autograd {
+
+struct Node;
+
+struct Edge {
+  std::shared_ptr<Node> node;  // null: this input needs no gradient
+  int input_nr = 0;            // which output of `node` the input was
+};
+
+// What the engine needs to know of each output: to check the gradients that flow in and to
+// give zeros to an output that received none while another output of the node did.
+struct OutputMeta {
+  Shape shape;
+  DType dtype;
+  Device device;
+};
+
+using Grads = std::vector<Tensor>;
+
+struct Node {
+  explicit Node(std::string name);
+  virtual ~Node() = default;
+
+  // grad_outputs holds one defined gradient per output. Returns one gradient per input, in
+  // the order of next_edges; an entry may be undefined where that input needs none.
+  virtual Grads backward(const Grads& grad_outputs) = 0;
+  // Frees what the node saved; the engine calls it once the node has run, unless the graph is
+  // retained. A later backward through the node is an error.
+  virtual void release_saved() = 0;
+  // False for nodes that save nothing and may be run by several graphs (leaf accumulators).
+  virtual bool saves_tensors() const { return true; }
+
+  bool needs_input_grad(size_t i) const { return i < next_edges.size() && next_edges[i].node; }
+
+  const std::string name;
+  const uint64_t sequence_nr;  // creation order: the engine runs later nodes first
+  std::vector<Edge> next_edges;
+  std::vector<OutputMeta> outputs;
+  bool released = false;
+};
+
+using BackwardFn = std::function<Grads(const Grads& grad_outputs)>;
+
+// A node whose backward is a closure; the closure's captures are the saved tensors.
+struct LambdaNode : Node {
+  LambdaNode(std::string name, BackwardFn fn) : Node(std::move(name)), fn(std::move(fn)) {}
+  Grads backward(const Grads& grad_outputs) override { return fn(grad_outputs); }
+  void release_saved() override { fn = nullptr; }
+  BackwardFn fn;
+};
+
+}  // namespace coil::autograd

@@ -1,0 +1,46 @@
+// Helpers shared by the tests.
+#pragma once
+#include <cmath>
+#include <vector>
+
+#include "core/cuda.h"
+#include "core/random.h"
+#include "core/tensor.h"
+
+namespace coil::test {
+
+// ||a - b|| / max(||b||, tiny), over all elements, computed in f64 on the host.
+inline double relative_error(const Tensor& a, const Tensor& b) {
+  std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  if (x.size() != y.size()) return INFINITY;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    num += (x[i] - y[i]) * (x[i] - y[i]);
+    den += y[i] * y[i];
+  }
+  if (std::isnan(num)) return INFINITY;
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+}
+
+inline double max_abs_difference(const Tensor& a, const Tensor& b) {
+  std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  double m = x.size() == y.size() ? 0.0 : INFINITY;
+  for (size_t i = 0; i < x.size() && i < y.size(); ++i) m = std::max(m, std::abs(x[i] - y[i]));
+  return m;
+}
+
+// A seeded random normal tensor.
+inline Tensor random_normal(const Shape& shape, uint64_t seed, DType dtype = DType::f32,
+                            Device device = Device::cpu(), double stddev = 1.0) {
+  Generator gen(seed);
+  return randn(shape, gen, dtype, device, 0.0, stddev);
+}
+
+inline bool bitwise_equal(const Tensor& a, const Tensor& b) {
+  if (a.nbytes() != b.nbytes() || a.dtype() != b.dtype()) return false;
+  Tensor x = a.to(Device::cpu()), y = b.to(Device::cpu());
+  return std::equal(static_cast<const char*>(x.raw()), static_cast<const char*>(x.raw()) + x.nbytes(),
+                    static_cast<const char*>(y.raw()));
+}
+
+}  // namespace coil::test
