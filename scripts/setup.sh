@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what coil needs to build and test (Debian 12 / Ubuntu 22.04+), skipping what is
+# already there: with everything present it touches no network. Then configures and builds
+# into build/ (CUDA backend on when nvcc is found, at /usr/local/cuda/bin included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(g++ cmake ninja-build pkg-config libhdf5-dev libyaml-cpp-dev libfmt-dev catch2
+          python3 python3-numpy python3-matplotlib)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+jobs=${COIL_JOBS:-$(nproc)}
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release ${COIL_CMAKE_ARGS:-} >/dev/null
+cmake --build build -j "$jobs"
