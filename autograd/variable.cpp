@@ -75,14 +75,14 @@ bool Variable::requires_grad() const {
   return v.requires_grad || v.grad_fn != nullptr;
 }
 
-void Variable::set_requires_grad(bool requires) {
+void Variable::set_requires_grad(bool required) {
   Impl& v = checked(impl_);
-  COIL_CHECK(!v.grad_fn || requires, "set_requires_grad(false) on the output of '{}': use detach()",
+  COIL_CHECK(!v.grad_fn || required, "set_requires_grad(false) on the output of '{}': use detach()",
              v.grad_fn->name);
-  if (requires)
+  if (required)
     COIL_CHECK(is_floating(v.value.dtype()), "set_requires_grad: {} is not a floating tensor",
                describe(v.value));
-  v.requires_grad = requires;
+  v.requires_grad = required;
 }
 
 const std::shared_ptr<Node>& Variable::grad_fn() const { return checked(impl_).grad_fn; }

@@ -26,7 +26,7 @@ class Variable {
 
   bool requires_grad() const;  // a leaf that asked for it, or the output of a recorded op
   bool is_leaf() const { return grad_fn() == nullptr; }
-  void set_requires_grad(bool requires);
+  void set_requires_grad(bool required);
   const std::shared_ptr<Node>& grad_fn() const;
   int output_nr() const;
 
