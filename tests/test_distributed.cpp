@@ -120,3 +120,87 @@ TEST_CASE("gradient buckets fill from the last parameter backwards", "[distribut
   REQUIRE(assign_buckets({}, 100).empty());
   REQUIRE(assign_buckets({5, 5, 5}, 1 << 20).size() == 1);
 }
+
+#include "autograd/variable.h"
+#include "train/grad_reducer.h"
+
+namespace {
+using coil::Tensor;
+using coil::autograd::Grads;
+using coil::autograd::Variable;
+
+// loss = sum_k c_k * sum(p_k), recorded as one custom node: dloss/dp_k = c_k everywhere.
+Variable weighted_total(const std::vector<Variable>& params, std::vector<double> coefficients) {
+  double total = 0;
+  for (size_t k = 0; k < params.size(); ++k)
+    for (float v : params[k].value().to_vector<float>()) total += coefficients[k] * v;
+  std::vector<Tensor> values;
+  for (const Variable& p : params) values.push_back(p.value());
+  return coil::autograd::record_fn("weighted_total", params, Tensor::scalar(total),
+                                   [values, coefficients](const Grads& g) {
+                                     Grads out;
+                                     for (size_t k = 0; k < values.size(); ++k)
+                                       out.push_back(Tensor::full(values[k].shape(), coefficients[k] * g[0].item()));
+                                     return out;
+                                   });
+}
+}  // namespace
+
+TEST_CASE("the reducer binds gradients to bucket buffers and reduces each bucket once", "[distributed]") {
+  std::vector<Variable> params;
+  for (int64_t n : {3, 5, 2, 7}) params.emplace_back(Tensor::ones({n}), true);
+  std::vector<std::vector<float>> reduced;
+  GradReducer reducer(params, 8 * sizeof(float), [&](const Tensor& bucket) {
+    reduced.push_back(bucket.to_vector<float>());
+  });
+  // Buckets from the back: {p3 (7)}, {p2, p1}? 2+5 = 7 <= 8 -> {p2, p1}; {p0}.
+  REQUIRE(reducer.buckets().size() == 3);
+  REQUIRE(reducer.buckets()[1].params == std::vector<size_t>{2, 1});
+
+  // Two micro-steps of accumulation: only the second reduces.
+  reducer.set_reduce_this_backward(false);
+  weighted_total(params, {1, 2, 3, 4}).backward();
+  REQUIRE(reduced.empty());
+  reducer.finish_backward();
+  reducer.set_reduce_this_backward(true);
+  weighted_total(params, {1, 2, 3, 4}).backward();
+  REQUIRE(reduced.size() == 3);
+  reducer.finish_backward();
+  REQUIRE(reduced.size() == 3);
+  // Each gradient lives in its bucket: bucket 1 holds p2 (2 x 6) then p1 (5 x 4).
+  REQUIRE(reduced[0] == std::vector<float>(7, 8.0f));
+  REQUIRE(reduced[1] == std::vector<float>{6, 6, 4, 4, 4, 4, 4});
+  REQUIRE(reduced[2] == std::vector<float>(3, 2.0f));
+  REQUIRE(params[1].grad().to_vector<float>() == std::vector<float>(5, 4.0f));
+  reducer.zero_grads();
+  REQUIRE(params[3].grad().to_vector<float>() == std::vector<float>(7, 0.0f));
+}
+
+TEST_CASE("buckets whose parameters got no gradient are still reduced, in order", "[distributed]") {
+  std::vector<Variable> params;
+  for (int64_t n : {4, 4, 4}) params.emplace_back(Tensor::ones({n}), true);
+  std::vector<size_t> sizes;
+  GradReducer reducer(params, 4 * sizeof(float), [&](const Tensor& b) { sizes.push_back(size_t(b.numel())); });
+  REQUIRE(reducer.buckets().size() == 3);
+  weighted_total({params[0], params[1]}, {1, 1}).backward();  // the last parameter is unused
+  REQUIRE(sizes.empty());  // bucket 0 (the last parameter) is not ready, so none may go first
+  reducer.finish_backward();
+  REQUIRE(sizes.size() == 3);
+}
+
+#include "train/launch.h"
+
+TEST_CASE("launch starts every rank with its environment and reports a failing one", "[distributed]") {
+  LaunchOptions options;
+  options.nproc = 3;
+  options.program = "/bin/sh";
+  options.master_port = 29999;
+  options.grace_s = 2;
+  REQUIRE(launch_local(options, {"-c", "test \"$WORLD_SIZE\" = 3 && test \"$MASTER_PORT\" = 29999 && "
+                                        "test \"$RANK\" = \"$LOCAL_RANK\" && test \"$RANK\" -lt 3"}) == 0);
+  // Rank 1 fails at once; the others would sleep for a minute but are stopped.
+  auto start = std::chrono::steady_clock::now();
+  REQUIRE(launch_local(options, {"-c", "if [ \"$RANK\" = 1 ]; then exit 7; fi; sleep 60"}) == 7);
+  REQUIRE(std::chrono::steady_clock::now() - start < std::chrono::seconds(30));
+  REQUIRE_THROWS_WITH(launch_local(options, {}), Catch::Matchers::Contains("nothing to run"));
+}

@@ -1,0 +1,138 @@
+#include "train/communicator.h"
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "core/cuda.h"
+
+#if defined(COIL_CUDA) && defined(COIL_NCCL)
+#include <nccl.h>
+#endif
+
+namespace coil::train {
+
+#if defined(COIL_CUDA) && defined(COIL_NCCL)
+
+struct Communicator::State {
+  ncclComm_t comm = nullptr;
+  cudaStream_t stream = nullptr;
+  cudaEvent_t compute_ready = nullptr;
+  cudaEvent_t comm_done = nullptr;
+};
+
+namespace {
+void check_nccl(ncclResult_t r, const char* call, int rank) {
+  if (r != ncclSuccess && r != ncclInProgress)
+    fail("NCCL {} failed on rank {}: {} ({})", call, rank, ncclGetErrorString(r), ncclGetLastError(nullptr));
+}
+
+// Polls until `done` or the deadline, checking NCCL's asynchronous error state meanwhile.
+template <class Done>
+void watch(ncclComm_t comm, int rank, double timeout_s, const char* what, Done done) {
+  auto start = std::chrono::steady_clock::now();
+  while (!done()) {
+    ncclResult_t async = ncclSuccess;
+    ncclCommGetAsyncError(comm, &async);
+    if (async != ncclSuccess && async != ncclInProgress) {
+      ncclCommAbort(comm);
+      fail("NCCL error on rank {} during {}: {}; another rank may have died", rank, what,
+           ncclGetErrorString(async));
+    }
+    double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (waited > timeout_s) {
+      ncclCommAbort(comm);
+      fail("rank {} waited {:.0f} s for {} (train.dist_timeout_s): another rank died or hangs", rank,
+           waited, what);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+}
+}  // namespace
+
+Communicator::Communicator(const DistEnv& env, double timeout_s)
+    : state_(std::make_unique<State>()), env_(env), timeout_s_(timeout_s) {
+  ncclUniqueId id;
+  std::vector<uint8_t> blob(sizeof id);
+  if (env.rank == 0) {
+    check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId", env.rank);
+    std::memcpy(blob.data(), &id, sizeof id);
+  }
+  blob = broadcast_blob_over_tcp(env, blob, timeout_s);
+  COIL_CHECK(blob.size() == sizeof id, "rendezvous: got {} bytes for the NCCL id, expected {}", blob.size(),
+             sizeof id);
+  std::memcpy(&id, blob.data(), sizeof id);
+
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;  // calls return at once; the watchdog polls their completion
+  check_nccl(ncclCommInitRankConfig(&state_->comm, env.world_size, id, env.rank, &config),
+             "ncclCommInitRankConfig", env.rank);
+  watch(state_->comm, env.rank, timeout_s, "communicator start-up", [&] {
+    ncclResult_t r = ncclInProgress;
+    ncclCommGetAsyncError(state_->comm, &r);
+    return r != ncclInProgress;
+  });
+  COIL_CUDA_CHECK(cudaStreamCreateWithFlags(&state_->stream, cudaStreamNonBlocking));
+  COIL_CUDA_CHECK(cudaEventCreateWithFlags(&state_->compute_ready, cudaEventDisableTiming));
+  COIL_CUDA_CHECK(cudaEventCreateWithFlags(&state_->comm_done, cudaEventDisableTiming));
+}
+
+Communicator::~Communicator() {
+  if (state_->comm) ncclCommDestroy(state_->comm);
+  if (state_->stream) cudaStreamDestroy(state_->stream);
+  if (state_->compute_ready) cudaEventDestroy(state_->compute_ready);
+  if (state_->comm_done) cudaEventDestroy(state_->comm_done);
+}
+
+void Communicator::all_reduce(const Tensor& t, bool mean) {
+  State& s = *state_;
+  int rank = env_.rank;
+  ncclRedOp_t op = mean ? ncclAvg : ncclSum;
+  COIL_CHECK(t.device().is_cuda(), "all_reduce: {} is not on a GPU", describe(t));
+  ncclDataType_t type = t.dtype() == DType::f32 ? ncclFloat32 : t.dtype() == DType::bf16 ? ncclBfloat16 : ncclFloat64;
+  COIL_CUDA_CHECK(cudaEventRecord(s.compute_ready, cuda::compute_stream()));
+  COIL_CUDA_CHECK(cudaStreamWaitEvent(s.stream, s.compute_ready, 0));
+  check_nccl(ncclAllReduce(t.raw(), t.raw(), size_t(t.numel()), type, op, s.comm, s.stream), "ncclAllReduce", rank);
+}
+
+void Communicator::all_reduce_mean_async(const Tensor& t) { all_reduce(t, true); }
+void Communicator::all_reduce_sum_async(const Tensor& t) { all_reduce(t, false); }
+
+void Communicator::join_compute_stream() {
+  COIL_CUDA_CHECK(cudaEventRecord(state_->comm_done, state_->stream));
+  COIL_CUDA_CHECK(cudaStreamWaitEvent(cuda::compute_stream(), state_->comm_done, 0));
+}
+
+void Communicator::wait(const char* what) {
+  watch(state_->comm, env_.rank, timeout_s_, what, [&] {
+    cudaError_t e = cudaStreamQuery(state_->stream);
+    if (e != cudaErrorNotReady) COIL_CUDA_CHECK(e);
+    return e == cudaSuccess;
+  });
+}
+
+void Communicator::barrier(const char* what) {
+  Tensor token = Tensor::zeros({1}, DType::f32, Device::cuda(cuda::current_device()));
+  all_reduce_sum_async(token);
+  wait(what);
+}
+
+#else
+
+struct Communicator::State {};
+
+Communicator::Communicator(const DistEnv& env, double timeout_s) : env_(env), timeout_s_(timeout_s) {
+  COIL_CHECK(env.world_size == 1, "data parallel training over {} ranks needs coil built with CUDA and NCCL",
+             env.world_size);
+}
+Communicator::~Communicator() = default;
+void Communicator::all_reduce(const Tensor&, bool) {}
+void Communicator::all_reduce_mean_async(const Tensor&) {}
+void Communicator::all_reduce_sum_async(const Tensor&) {}
+void Communicator::join_compute_stream() {}
+void Communicator::wait(const char*) {}
+void Communicator::barrier(const char*) {}
+
+#endif
+
+}  // namespace coil::train
