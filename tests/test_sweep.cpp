@@ -1,0 +1,50 @@
+#include <filesystem>
+#include <fstream>
+
+#include "tests/catch.h"
+#include "train/sweep.h"
+
+using namespace coil::train;
+
+namespace {
+std::string write_file(const std::string& name, const std::string& text) {
+  auto dir = std::filesystem::temp_directory_path() / "coil_test_sweep";
+  std::filesystem::create_directories(dir);
+  auto path = dir / name;
+  std::ofstream(path) << text;
+  return path.string();
+}
+}  // namespace
+
+TEST_CASE("a sweep expands into the product of its axes, zipping keys within an axis", "[sweep]") {
+  std::string path = write_file("grid.yaml", R"(base: ../base.yaml
+out_dir: runs/grid
+set: {train.steps: 50}
+axes:
+  - model.preset: [mamba-tiny, transformer++-tiny]
+    optim.lr: [3e-3, 1e-3]
+  - train.seed: [1, 2, 3]
+)");
+  Sweep s = load_sweep(path);
+  REQUIRE(s.runs.size() == 6);
+  REQUIRE(s.base_config == (std::filesystem::temp_directory_path() / "base.yaml").lexically_normal().string());
+  REQUIRE(s.runs[0].name == "mamba-tiny_1");
+  REQUIRE(s.runs[5].name == "transformer++-tiny_3");
+  REQUIRE(s.runs[4].run_dir == "runs/grid/transformer++-tiny_2");
+  using KV = std::pair<std::string, std::string>;
+  REQUIRE(s.runs[4].overrides == std::vector<KV>{{"train.steps", "50"}, {"model.preset", "transformer++-tiny"},
+                                                 {"optim.lr", "1e-3"}, {"train.seed", "2"}});
+}
+
+TEST_CASE("sweep errors name the file, the line and the key", "[sweep]") {
+  REQUIRE_THROWS_WITH(load_sweep(write_file("zip.yaml", "base: b.yaml\naxes:\n  - {a.b: [1, 2], c.d: [1]}\n")),
+                      Catch::Matchers::Contains("zip.yaml:3: axis key 'c.d' has 1 values"));
+  REQUIRE_THROWS_WITH(load_sweep(write_file("empty.yaml", "base: b.yaml\naxes: []\n")),
+                      Catch::Matchers::Contains("expands to nothing"));
+  REQUIRE_THROWS_WITH(load_sweep(write_file("unknown.yaml", "base: b.yaml\ngird: []\n")),
+                      Catch::Matchers::Contains("unknown.yaml:2: unknown key 'gird'"));
+  REQUIRE_THROWS_WITH(load_sweep(write_file("nobase.yaml", "axes: []\n")), Catch::Matchers::Contains("'base'"));
+  REQUIRE_THROWS_WITH(load_sweep(write_file("dup.yaml", "base: b.yaml\naxes:\n  - {a: [x, x]}\n")),
+                      Catch::Matchers::Contains("both named 'x'"));
+  REQUIRE_THROWS_WITH(load_sweep("/nonexistent/sweep.yaml"), Catch::Matchers::Contains("cannot read"));
+}
