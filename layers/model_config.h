@@ -20,6 +20,11 @@
 //     bias: false                 # biases of the Linear layers (in/out projections, MLP)
 //     init_std: 0.02
 //     rescale_prenorm_residual: true
+//     init: mamba                 # "mamba": the reference's _init_weights (Linear weights PyTorch
+//                                 #   default, embeddings N(0, init_std), residual out-projections
+//                                 #   / sqrt(n_residuals_per_layer * n_layer)); "gpt2": every
+//                                 #   Linear and embedding N(0, init_std), residual projections
+//                                 #   N(0, init_std / sqrt(2 * n_layer)); biases zero in both
 //     dtype: auto                 # compute dtype: auto (bf16 on CUDA, f32 on CPU) | f32 | bf16 | f64
 //     mamba:     {d_state: 16, expand: 2, d_conv: 4, dt_rank: 0, dt_min: 0.001, dt_max: 0.1,
 //                 dt_init_floor: 1.0e-4, dt_scale: 1.0, conv_bias: true}
@@ -80,6 +85,7 @@ struct ModelConfig {
   bool bias = false;
   double init_std = 0.02;
   bool rescale_prenorm_residual = true;
+  std::string init = "mamba";  // "mamba" | "gpt2"
   std::string dtype = "auto";  // "auto" | "f32" | "bf16" | "f64" (f64: CPU only, for gradcheck)
 
   MambaConfig mamba;
@@ -159,6 +165,7 @@ struct ModelConfig {
     if (!(norm_eps > 0)) fail("model config: model.norm_eps must be positive, got {}", norm_eps);
     if (!(init_std > 0)) fail("model config: model.init_std must be positive, got {}", init_std);
     one_of("model.dtype", dtype, {"auto", "f32", "bf16", "f64"});
+    one_of("model.init", init, {"mamba", "gpt2"});
 
     if (has_mamba()) {
       positive("model.mamba.d_state", mamba.d_state);
@@ -249,6 +256,7 @@ struct ModelConfig {
       c.attention.n_head = heads;
       c.attention.positions = "learned";
       c.attention.max_seq_len = 1024;
+      c.init = "gpt2";
       return c;
     };
     auto tiny = [](ModelConfig c) {
