@@ -1,0 +1,85 @@
+#include "layers/basic.h"
+
+#include <cmath>
+
+#include "autograd/functions/elementwise.h"
+#include "autograd/functions/embedding.h"
+#include "autograd/functions/layout.h"
+#include "autograd/functions/matmul.h"
+
+namespace coil::layers {
+
+Linear::Linear(int64_t in, int64_t out, bool has_bias, Generator& gen, LinearInit init,
+               DType param_dtype)
+    : in_features(in), out_features(out) {
+  COIL_CHECK(in > 0 && out > 0, "Linear: sizes must be positive, got in={} out={}", in, out);
+  Tensor w = init.std > 0 ? init_normal({out, in}, init.std * init.scale, gen, param_dtype)
+                          : init_uniform({out, in}, init.scale / std::sqrt(double(in)), gen,
+                                         param_dtype);
+  weight = register_parameter("weight", w);
+  if (has_bias) bias = register_parameter("bias", Tensor::zeros({out}, param_dtype), true);
+}
+
+Variable Linear::forward(const Variable& x) const {
+  DType cd = compute_dtype();
+  return autograd::linear(to_compute(x), weight->compute(cd), bias ? bias->compute(cd) : Variable());
+}
+
+Variable Linear::forward_no_bias(const Variable& x) const {
+  return autograd::linear(to_compute(x), weight->compute(compute_dtype()));
+}
+
+Embedding::Embedding(int64_t num, int64_t dim, Generator& gen, double std, DType param_dtype)
+    : num(num), dim(dim) {
+  COIL_CHECK(num > 0 && dim > 0, "Embedding: sizes must be positive, got {} x {}", num, dim);
+  weight = register_parameter("weight", init_normal({num, dim}, std, gen, param_dtype));
+}
+
+Variable Embedding::forward(const Tensor& ids) const {
+  return to_compute(autograd::embedding(weight->var, ids));
+}
+
+Norm::Norm(const std::string& kind, int64_t dim, double eps, DType param_dtype)
+    : is_layer_norm(kind == "layernorm"), dim(dim), eps(eps) {
+  COIL_CHECK(kind == "layernorm" || kind == "rmsnorm",
+             "Norm: kind must be \"rmsnorm\" or \"layernorm\", got \"{}\"", kind);
+  weight = register_parameter("weight", Tensor::ones({dim}, param_dtype), true);
+  if (is_layer_norm) bias = register_parameter("bias", Tensor::zeros({dim}, param_dtype), true);
+}
+
+// Norm weights go to the op in x's dtype (the op computes its statistics in fp32).
+Variable Norm::w(const Variable& x) const { return weight->compute(x.dtype()); }
+Variable Norm::b(const Variable& x) const { return bias ? bias->compute(x.dtype()) : Variable(); }
+
+Variable Norm::forward(const Variable& x) const {
+  return is_layer_norm ? autograd::layer_norm(x, w(x), b(x), eps) : autograd::rms_norm(x, w(x), eps);
+}
+
+autograd::NormResidual Norm::forward_residual(const Variable& x, const Variable& residual) const {
+  return is_layer_norm ? autograd::add_layer_norm(x, residual, w(x), b(x), eps)
+                       : autograd::add_rms_norm(x, residual, w(x), eps);
+}
+
+MLP::MLP(const ModelConfig& cfg, Generator& gen, LinearInit fc1_init, LinearInit fc2_init,
+         DType param_dtype)
+    : swiglu(cfg.mlp == "swiglu"), hidden(cfg.mlp_hidden_size()) {
+  COIL_CHECK(cfg.mlp == "swiglu" || cfg.mlp == "gelu", "MLP: model.mlp must be swiglu or gelu, got \"{}\"",
+             cfg.mlp);
+  fc1 = register_module("fc1", std::make_shared<Linear>(cfg.d_model, swiglu ? 2 * hidden : hidden,
+                                                        cfg.bias, gen, fc1_init, param_dtype));
+  fc2 = register_module("fc2",
+                        std::make_shared<Linear>(hidden, cfg.d_model, cfg.bias, gen, fc2_init, param_dtype));
+}
+
+Variable MLP::forward(const Variable& x) const {
+  Variable h = fc1->forward(x);
+  if (swiglu) {
+    auto parts = autograd::split(h, {hidden, hidden}, h.dim() - 1);
+    h = autograd::mul(parts[0], autograd::silu(parts[1]));
+  } else {
+    h = autograd::gelu(h);
+  }
+  return fc2->forward(h);
+}
+
+}  // namespace coil::layers
