@@ -1,0 +1,118 @@
+// The run configuration: one YAML file with the sections run, model, data, train, optim, eval,
+// checkpoint and log (docs/CONFIG.md lists every key with its type, default and range).
+//
+//   Config c = load_config("configs/default.yaml", {"train.steps=100", "optim.lr=1e-3"});
+//   std::string text = to_yaml(c);          // the resolved config; parses back to the same c
+//
+// Unknown keys, wrong types and out-of-range values are errors that name the file, the line
+// and the key path ("configs/x.yaml:12: train.seq_len: expected an integer, got 'abc'").
+// `--set key.path=value` overrides take a YAML scalar (or flow sequence) as the value and are
+// checked exactly like the file.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "layers/model_config.h"
+
+namespace coil::train {
+
+struct RunSection {
+  std::string name = "default";
+  std::string dir;  // empty: runs/<name>
+};
+
+// The model: a preset (layers/model_config.h) plus overrides of any of its fields.
+struct ModelSection {
+  std::string preset = "mamba-tiny";  // empty: start from ModelConfig's defaults
+  layers::ModelConfig config = layers::ModelConfig::preset("mamba-tiny");  // preset + overrides
+};
+
+struct DataSection {
+  std::string kind = "synthetic";        // synthetic | tokens
+  std::string task = "selective_copying";  // synthetic: selective_copying | induction_heads | random
+  std::string path;                      // tokens: a glob of HDF5 token files
+  std::string val_path;                  // tokens: a glob of validation files (empty: split off)
+  double val_fraction = 0.01;            // tokens: the last fraction of each file is held out
+  int64_t task_vocab = 16;               // synthetic: distinct data tokens
+  int64_t copy_tokens = 16;              // selective_copying: tokens to remember
+  bool check_ids = true;                 // tokens: check every id against the model's vocabulary
+};
+
+struct TrainSection {
+  int64_t seq_len = 256;
+  int64_t micro_batch = 8;
+  int64_t tokens_per_step = 0;  // 0: one micro-batch per rank (no accumulation)
+  int64_t steps = 1000;
+  std::string dtype = "auto";   // auto (bf16 on GPU, f32 on CPU) | bf16 | f32
+  std::string device = "auto";  // auto | cpu | cuda | cuda:N
+  int64_t seed = 0;
+  bool deterministic = false;   // deterministic kernels where there is a choice
+  int64_t max_nan_skips = 10;   // non-finite losses tolerated (each skips its step)
+};
+
+struct OptimSection {
+  double lr = 6e-4;
+  std::vector<double> betas = {0.9, 0.95};
+  double weight_decay = 0.1;
+  double eps = 1e-8;
+  double grad_clip = 1.0;  // 0: no clipping
+  std::string schedule = "cosine";  // cosine | constant | linear
+  double warmup = 0.1;     // < 1: a fraction of the steps; >= 1: a number of steps
+  double min_lr = 1e-5;
+};
+
+struct EvalSection {
+  int64_t every = 100;  // 0: only at the end
+  int64_t batches = 8;  // micro-batches of held-out data, the same ones at every evaluation
+};
+
+struct CheckpointSection {
+  int64_t every = 500;  // 0: only at the end
+  int64_t keep_last = 3;
+};
+
+struct LogSection {
+  int64_t every = 10;
+  bool tensorboard = false;  // also write a TensorBoard event file into the run directory
+};
+
+struct Config {
+  RunSection run;
+  ModelSection model;
+  DataSection data;
+  TrainSection train;
+  OptimSection optim;
+  EvalSection eval;
+  CheckpointSection checkpoint;
+  LogSection log;
+
+  std::string source;  // the file it came from (not serialized)
+
+  std::string run_dir() const;
+  // tokens_per_step / (micro_batch * seq_len * world); an error if it does not divide.
+  int64_t grad_accum(int world_size = 1) const;
+  // Warmup in steps (the fraction resolved against train.steps).
+  int64_t warmup_steps() const;
+};
+
+// Parses a YAML text; `source` names it in errors ("configs/x.yaml").
+Config parse_config(const std::string& yaml_text, const std::string& source,
+                    const std::vector<std::string>& overrides = {});
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// Applies one "key.path=value" override.
+void apply_override(Config& config, const std::string& assignment);
+
+// The whole config, every key written out, sections in their usual order.
+std::string to_yaml(const Config& config);
+
+// Differences between two configs as "key: a -> b" lines (empty if the same). Keys that do not
+// change what is computed (run.name, run.dir, train.steps, eval, checkpoint, log) are skipped
+// when `only_computation` is set.
+std::vector<std::string> config_differences(const Config& a, const Config& b, bool only_computation = false);
+
+// Every key path with its default, for --help and docs.
+std::vector<std::pair<std::string, std::string>> config_keys();
+
+}  // namespace coil::train
