@@ -1,0 +1,65 @@
+// The mixers of a block: MambaMixer (the reference Mamba block) and Attention (fused qkv,
+// RoPE or none, causal flash attention). Both map x [B, T, d_model] -> [B, T, d_model] in the
+// module's compute dtype.
+#pragma once
+#include <memory>
+
+#include "layers/basic.h"
+
+namespace coil::layers {
+
+class Mixer : public Module {
+ public:
+  virtual Variable forward(const Variable& x) const = 0;
+  // Weights that take part in matrix products (and the depthwise conv), for FLOP counting.
+  virtual int64_t matmul_parameters() const = 0;
+};
+
+// Depthwise causal conv1d as the reference's nn.Conv1d(groups=d, padding=w-1):
+// "weight" [d, 1, w], "bias" [d] (optional); PyTorch's default init U(+-1/sqrt(w)).
+class CausalConv1d : public Module {
+ public:
+  CausalConv1d(int64_t channels, int64_t width, bool bias, Generator& gen, DType param_dtype);
+  int64_t channels, width;
+  std::shared_ptr<Parameter> weight, bias;
+};
+
+// The reference Mamba (selective SSM) block, names as mamba_ssm's Mamba:
+//   A_log [d_inner, d_state], D [d_inner], in_proj [2*d_inner, d], conv1d, x_proj
+//   [dt_rank + 2*d_state, d_inner], dt_proj [d_inner, dt_rank] (+ bias), out_proj [d, d_inner].
+// forward: xz = in_proj(x); x, z = split; x = silu(conv1d(x)); (dt, B, C) = x_proj(x);
+//   delta_raw = dt_proj.weight @ dt (the bias goes to the scan as delta_bias);
+//   y = selective_scan(x, delta_raw, A = -exp(A_log), B, C, D, z, delta_bias, softplus);
+//   out = out_proj(y).
+class MambaMixer : public Mixer {
+ public:
+  // out_proj_scale: the reference's rescale_prenorm_residual factor 1/sqrt(n_res * n_layer).
+  MambaMixer(const ModelConfig& cfg, Generator& gen, LinearInit in_init, LinearInit out_init,
+             DType param_dtype = DType::f32);
+  Variable forward(const Variable& x) const override;
+  int64_t matmul_parameters() const override;
+
+  int64_t d_model, d_inner, d_state, d_conv, dt_rank;
+  std::shared_ptr<Parameter> A_log, D;
+  std::shared_ptr<Linear> in_proj, x_proj, dt_proj, out_proj;
+  std::shared_ptr<CausalConv1d> conv1d;
+};
+
+// Multi-head causal self-attention, names as mamba_ssm's MHA: in_proj [3*d, d] (rows q, k,
+// v; + bias when config.bias), out_proj [d, d] (+ bias). Positions: "rope" rotates q and k
+// (theta from the config), "learned" and "none" leave them (learned positions are added to
+// the embedding by the model). window > 0: sliding-window causal attention.
+class Attention : public Mixer {
+ public:
+  Attention(const ModelConfig& cfg, Generator& gen, LinearInit in_init, LinearInit out_init,
+            DType param_dtype = DType::f32);
+  Variable forward(const Variable& x) const override;
+  int64_t matmul_parameters() const override;
+
+  int64_t d_model, n_head, head_dim, window;
+  bool rope;
+  double rope_theta;
+  std::shared_ptr<Linear> in_proj, out_proj;
+};
+
+}  // namespace coil::layers

@@ -1,0 +1,186 @@
+#include "layers/model.h"
+
+#include <cmath>
+
+#include "autograd/functions/elementwise.h"
+#include "autograd/functions/layout.h"
+#include "autograd/functions/loss.h"
+#include "autograd/functions/matmul.h"
+
+namespace coil::layers {
+
+InitPlan init_plan(const ModelConfig& cfg) {
+  InitPlan p;
+  p.embedding_std = cfg.init_std;
+  if (cfg.init == "gpt2") {
+    p.linear = LinearInit{cfg.init_std, 1.0};
+    p.residual = LinearInit{cfg.init_std, 1.0};
+    if (cfg.rescale_prenorm_residual) p.residual.scale = 1.0 / std::sqrt(2.0 * double(cfg.n_layer));
+  } else {
+    // The reference's _init_weights: Linear weights keep PyTorch's default; out_proj.weight
+    // and fc2.weight are redrawn (kaiming uniform) and divided by sqrt(n_residuals * n_layer).
+    p.linear = LinearInit{0.0, 1.0};
+    p.residual = LinearInit{0.0, 1.0};
+    int n_res = cfg.mlp == "none" ? 1 : 2;
+    if (cfg.rescale_prenorm_residual) p.residual.scale = 1.0 / std::sqrt(double(n_res * cfg.n_layer));
+  }
+  return p;
+}
+
+Block::Block(const ModelConfig& cfg, const std::string& kind, Generator& gen, DType param_dtype)
+    : mixer_kind(kind), residual_in_fp32(cfg.residual_in_fp32) {
+  InitPlan plan = init_plan(cfg);
+  norm = register_module("norm", std::make_shared<Norm>(cfg.norm, cfg.d_model, cfg.norm_eps, param_dtype));
+  if (kind == "mamba")
+    mixer = register_module("mixer", std::make_shared<MambaMixer>(cfg, gen, plan.linear, plan.residual,
+                                                                  param_dtype));
+  else if (kind == "attention")
+    mixer = register_module("mixer", std::make_shared<Attention>(cfg, gen, plan.linear, plan.residual,
+                                                                 param_dtype));
+  else
+    fail("Block: unknown mixer \"{}\" (mamba or attention)", kind);
+  if (cfg.mlp != "none") {
+    norm2 = register_module("norm2", std::make_shared<Norm>(cfg.norm, cfg.d_model, cfg.norm_eps, param_dtype));
+    mlp = register_module("mlp", std::make_shared<MLP>(cfg, gen, plan.linear, plan.residual, param_dtype));
+  }
+}
+
+std::pair<Variable, Variable> Block::forward(const Variable& hidden, const Variable& residual) const {
+  auto keep = [&](const Variable& r) { return residual_in_fp32 ? r : to_compute(r); };
+  auto a = norm->forward_residual(hidden, residual);
+  Variable h = mixer->forward(to_compute(a.normed));
+  Variable r = keep(a.residual);
+  if (mlp) {
+    auto b = norm2->forward_residual(h, r);
+    h = mlp->forward(to_compute(b.normed));
+    r = keep(b.residual);
+  }
+  return {h, r};
+}
+
+int64_t Block::matmul_parameters() const {
+  int64_t n = mixer->matmul_parameters();
+  if (mlp) n += mlp->fc1->weight->numel() + mlp->fc2->weight->numel();
+  return n;
+}
+
+Backbone::Backbone(const ModelConfig& cfg, Generator& gen, DType param_dtype) {
+  InitPlan plan = init_plan(cfg);
+  embedding = register_module("embedding", std::make_shared<Embedding>(cfg.padded_vocab_size(), cfg.d_model,
+                                                                       gen, plan.embedding_std, param_dtype));
+  if (cfg.attention.positions == "learned" && cfg.has_attention())
+    pos_embedding = register_module(
+        "pos_embedding", std::make_shared<Embedding>(cfg.attention.max_seq_len, cfg.d_model, gen,
+                                                     plan.embedding_std, param_dtype));
+  layers = register_module("layers", std::make_shared<ModuleList>());
+  for (auto& kind : cfg.layer_mixers())
+    blocks.push_back(layers->push_back(std::make_shared<Block>(cfg, kind, gen, param_dtype)));
+  norm_f = register_module("norm_f", std::make_shared<Norm>(cfg.norm, cfg.d_model, cfg.norm_eps, param_dtype));
+}
+
+Head::Head(const ModelConfig& cfg, const std::shared_ptr<Parameter>& tied, Generator& gen,
+           const InitPlan& plan, DType param_dtype) {
+  if (tied) {
+    weight = tied;
+    register_alias("weight", tied);
+  } else {
+    int64_t v = cfg.padded_vocab_size(), d = cfg.d_model;
+    Tensor w = plan.linear.std > 0 ? init_normal({v, d}, plan.linear.std, gen, param_dtype)
+                                   : init_kaiming_uniform({v, d}, d, gen, param_dtype);
+    weight = register_parameter("weight", w);
+  }
+}
+
+DType resolve_compute_dtype(const ModelConfig& cfg, Device device) {
+  if (cfg.dtype == "f64") {
+    COIL_CHECK(device.is_cpu(), "model.dtype f64 is CPU-only (for gradient checks), got device {}",
+               device.str());
+    return DType::f64;
+  }
+  if (cfg.dtype == "f32") return DType::f32;
+  if (cfg.dtype == "bf16") return DType::bf16;
+  return device.is_cuda() ? DType::bf16 : DType::f32;
+}
+
+LanguageModel::LanguageModel(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
+  cfg_.validate();
+  DType param_dtype = cfg_.dtype == "f64" ? DType::f64 : DType::f32;
+  Generator gen(seed);
+  backbone = register_module("backbone", std::make_shared<Backbone>(cfg_, gen, param_dtype));
+  lm_head = register_module("lm_head",
+                            std::make_shared<Head>(cfg_, cfg_.tie_embeddings ? backbone->embedding->weight : nullptr,
+                                                   gen, init_plan(cfg_), param_dtype));
+  set_compute_dtype(resolve_compute_dtype(cfg_, Device::cpu()));
+}
+
+void LanguageModel::to(Device device) {
+  DType cd = resolve_compute_dtype(cfg_, device);
+  Module::to(device);
+  set_compute_dtype(cd);
+}
+
+Variable LanguageModel::hidden_states(const Tensor& tokens) const {
+  COIL_CHECK(tokens.dim() == 2 && (tokens.dtype() == DType::i32 || tokens.dtype() == DType::i64),
+             "LanguageModel: tokens must be [B, T] i32 or i64, got {}", describe(tokens));
+  COIL_CHECK(tokens.device() == device(), "LanguageModel: tokens on {} but the model is on {}",
+             describe(tokens), device().str());
+  int64_t T = tokens.size(1);
+  Variable h = backbone->embedding->forward(tokens);
+  if (backbone->pos_embedding) {
+    COIL_CHECK(T <= cfg_.attention.max_seq_len,
+               "LanguageModel: sequence length {} exceeds model.attention.max_seq_len ({})", T,
+               cfg_.attention.max_seq_len);
+    Tensor pos = Tensor::arange(T, DType::i64, tokens.device());
+    h = autograd::add(h, backbone->pos_embedding->forward(pos));
+  }
+  Variable residual;
+  for (auto& block : backbone->blocks) std::tie(h, residual) = block->forward(h, residual);
+  return backbone->norm_f->forward_residual(h, residual).normed;
+}
+
+Variable LanguageModel::forward(const Tensor& tokens) const {
+  Variable h = to_compute(hidden_states(tokens));
+  return autograd::linear(h, lm_head->weight->compute(compute_dtype()));
+}
+
+Variable LanguageModel::loss(const Tensor& tokens, const Tensor& targets, int64_t ignore_index) const {
+  COIL_CHECK(targets.shape() == tokens.shape(),
+             "LanguageModel::loss: targets {} must have the shape of tokens {}", describe(targets),
+             describe(tokens));
+  Variable h = to_compute(hidden_states(tokens));
+  int64_t n = tokens.numel();
+  h = autograd::reshape(h, {n, cfg_.d_model});
+  return autograd::linear_cross_entropy(h, lm_head->weight->compute(compute_dtype()),
+                                        targets.reshape({n}), ignore_index);
+}
+
+int64_t LanguageModel::num_parameters(bool include_embeddings) const {
+  int64_t n = parameter_count();
+  if (include_embeddings) return n;
+  n -= backbone->embedding->weight->numel();
+  if (backbone->pos_embedding) n -= backbone->pos_embedding->weight->numel();
+  if (!cfg_.tie_embeddings) n -= lm_head->weight->numel();
+  return n;
+}
+
+int64_t LanguageModel::matmul_parameters() const {
+  int64_t n = lm_head->weight->numel();
+  for (auto& b : backbone->blocks) n += b->matmul_parameters();
+  return n;
+}
+
+double LanguageModel::flops_per_token(int64_t seq_len) const {
+  double flops = 6.0 * double(matmul_parameters());
+  for (auto& b : backbone->blocks) {
+    if (b->mixer_kind == "attention") {
+      double ctx = double(seq_len);
+      if (cfg_.attention.window > 0) ctx = std::min(ctx, double(cfg_.attention.window));
+      flops += 12.0 * double(cfg_.d_model) * ctx;
+    } else {
+      flops += 3.0 * (9.0 * double(cfg_.d_inner()) * double(cfg_.mamba.d_state) + 2.0 * double(cfg_.d_inner()));
+    }
+  }
+  return flops;
+}
+
+}  // namespace coil::layers
