@@ -259,12 +259,14 @@ struct ModelConfig {
       c.init = "gpt2";
       return c;
     };
+    // Tiny models train in seconds on a CPU; head_dim 64 because the CUDA attention kernels
+    // are built for head dims 64 and 128.
     auto tiny = [](ModelConfig c) {
-      c.d_model = 64;
+      c.d_model = 128;
       c.n_layer = 2;
       c.vocab_size = 256;
       c.mamba.d_state = 8;
-      c.attention.n_head = 4;
+      c.attention.n_head = 2;
       c.attention.max_seq_len = 256;
       return c;
     };
@@ -282,11 +284,11 @@ struct ModelConfig {
     else if (name == "gpt2-350m") c = gpt2_cfg(1024, 24, 16);
     else if (name == "gpt2-774m") c = gpt2_cfg(1280, 36, 20);
     else if (name == "gpt2-1.5b") c = gpt2_cfg(1600, 48, 25);
-    else if (name == "mamba-tiny") c = tiny(mamba_cfg(64, 2));
-    else if (name == "transformer++-tiny") c = tiny(tpp_cfg(64, 2, 4));
-    else if (name == "gpt2-tiny") c = tiny(gpt2_cfg(64, 2, 4));
+    else if (name == "mamba-tiny") c = tiny(mamba_cfg(128, 2));
+    else if (name == "transformer++-tiny") c = tiny(tpp_cfg(128, 2, 2));
+    else if (name == "gpt2-tiny") c = tiny(gpt2_cfg(128, 2, 2));
     else if (name == "hybrid-tiny") {
-      c = tiny(mamba_cfg(64, 4));
+      c = tiny(mamba_cfg(128, 4));
       c.n_layer = 4;
       c.attention_every = 2;  // mamba, attention, mamba, attention
       c.attention.positions = "rope";
