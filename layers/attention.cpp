@@ -1,5 +1,7 @@
+#include "autograd/functions/attention.h"
 #include "autograd/functions/elementwise.h"
 #include "autograd/functions/layout.h"
+#include "autograd/functions/rope.h"
 #include "layers/mixer.h"
 
 namespace coil::layers {
@@ -25,8 +27,22 @@ int64_t Attention::matmul_parameters() const {
   return in_proj->weight->numel() + out_proj->weight->numel();
 }
 
+// x [B, T, d] -> qkv [B, T, 3, H, hd] (one fused projection, a free reshape) -> RoPE on q and k
+// -> causal flash attention -> [B, T, H, hd] = [B, T, d] -> out_proj.
 Variable Attention::forward(const Variable& x) const {
-  fail("Attention: the attention and rope ops are not available yet");
+  COIL_CHECK(x.dim() == 3 && x.size(2) == d_model, "Attention: x must be [B, T, {}], got {}", d_model,
+             describe(x.value()));
+  int64_t B = x.size(0), T = x.size(1);
+  Variable qkv = autograd::reshape(in_proj->forward(x), {B, T, 3, n_head, head_dim});
+  if (rope) {
+    kernels::RopeOptions ro;
+    ro.base = rope_theta;
+    qkv = autograd::rope(qkv, ro);
+  }
+  kernels::AttentionOptions ao;
+  ao.window = window;
+  Variable y = autograd::attention(qkv, ao);
+  return out_proj->forward(autograd::reshape(y, {B, T, d_model}));
 }
 
 }  // namespace coil::layers
