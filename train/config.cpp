@@ -264,6 +264,7 @@ void model_fields(Fields& f, layers::ModelConfig& m) {
   f.boolean("model.bias", m.bias);
   f.number("model.init_std", m.init_std, 0, INFINITY, true);
   f.boolean("model.rescale_prenorm_residual", m.rescale_prenorm_residual);
+  f.choice("model.init", m.init, {"mamba", "gpt2"});
   f.choice("model.dtype", m.dtype, {"auto", "f32", "bf16", "f64"});
   f.integer("model.mamba.d_state", m.mamba.d_state, 1);
   f.integer("model.mamba.expand", m.mamba.expand, 1);
