@@ -47,9 +47,17 @@ Norm::Norm(const std::string& kind, int64_t dim, double eps, DType param_dtype)
   if (is_layer_norm) bias = register_parameter("bias", Tensor::zeros({dim}, param_dtype), true);
 }
 
-// Norm weights go to the op in x's dtype (the op computes its statistics in fp32).
-Variable Norm::w(const Variable& x) const { return weight->compute(x.dtype()); }
-Variable Norm::b(const Variable& x) const { return bias ? bias->compute(x.dtype()) : Variable(); }
+// Norm weights go to the op in x's dtype, except on the GPU, where the kernels take the fp32
+// master directly (no cast, and the reference's precision: fp32 norm weights under bf16).
+Variable Norm::w(const Variable& x) const {
+  if (x.device().is_cuda() && weight->var.dtype() == DType::f32) return weight->var;
+  return weight->compute(x.dtype());
+}
+Variable Norm::b(const Variable& x) const {
+  if (!bias) return Variable();
+  if (x.device().is_cuda() && bias->var.dtype() == DType::f32) return bias->var;
+  return bias->compute(x.dtype());
+}
 
 Variable Norm::forward(const Variable& x) const {
   return is_layer_norm ? autograd::layer_norm(x, w(x), b(x), eps) : autograd::rms_norm(x, w(x), eps);
