@@ -1,0 +1,156 @@
+#include "autograd/functions/matmul.h"
+#include "autograd/gradcheck.h"
+#include "kernels/matmul.h"
+#include "tests/catch.h"
+#include "tests/util.h"
+
+using namespace coil;
+namespace ag = coil::autograd;
+using Catch::Matchers::Contains;
+
+namespace {
+
+void require_gradcheck(const ag::DifferentiableFn& f, const std::vector<Tensor>& inputs) {
+  ag::GradcheckResult r = ag::gradcheck(f, inputs);
+  INFO(r.message);
+  REQUIRE(r.ok);
+}
+
+// The stored shape of an operand whose product shape is [rows, cols] (transposed: [cols, rows]).
+Shape stored(int64_t batch, int64_t rows, int64_t cols, bool transposed) {
+  Shape s = transposed ? Shape{cols, rows} : Shape{rows, cols};
+  if (batch > 0) s.insert(s.begin(), batch);
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("matmul and linear: values", "[matmul]") {
+  Tensor a = Tensor::from_vector<float>({1, 2, 3, 4, 5, 6}, {2, 3});
+  Tensor b = Tensor::from_vector<float>({1, 0, 0, 1, 1, 1}, {3, 2});
+  REQUIRE(kernels::matmul(a, b).to_vector<float>() == std::vector<float>{4, 5, 10, 11});
+  REQUIRE(kernels::matmul(a, a, false, true).to_vector<float>() == std::vector<float>{14, 32, 32, 77});
+  REQUIRE(kernels::matmul(a, a, true, false).shape() == Shape{3, 3});
+  REQUIRE(kernels::matmul(b, a, true, true).to_vector<float>() == std::vector<float>{4, 10, 5, 11});
+  Tensor bias = Tensor::from_vector<float>({100, 200}, {2});
+  REQUIRE(kernels::matmul(a, b, false, false, bias).to_vector<float>() == std::vector<float>{104, 205, 110, 211});
+  // linear: x [2, 1, 3] @ W[2, 3]^T + bias
+  Tensor w = Tensor::from_vector<float>({1, 0, 0, 0, 1, 1}, {2, 3});
+  Tensor y = kernels::linear(a.reshape({2, 1, 3}), w, bias);
+  REQUIRE(y.shape() == Shape{2, 1, 2});
+  REQUIRE(y.to_vector<float>() == std::vector<float>{101, 205, 104, 211});
+  Tensor batched = kernels::matmul(Tensor::ones({3, 2, 4}), Tensor::ones({3, 4, 5}));
+  REQUIRE(batched.shape() == Shape{3, 2, 5});
+  for (float v : batched.to_vector<float>()) REQUIRE(v == 4);
+  // empty inner dim: zeros plus bias
+  REQUIRE(kernels::matmul(Tensor::zeros({2, 0}), Tensor::zeros({0, 2}), false, false, bias).to_vector<float>() ==
+          std::vector<float>{100, 200, 100, 200});
+}
+
+TEST_CASE("matmul: gradcheck for every transpose, 2-d and batched", "[matmul][gradcheck]") {
+  const int64_t M = 3, K = 4, N = 5;
+  for (int64_t batch : {0, 2})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) {
+        INFO("batch " << batch << " ta " << ta << " tb " << tb);
+        Tensor a = test::random_normal(stored(batch, M, K, ta), 1, DType::f64);
+        Tensor b = test::random_normal(stored(batch, K, N, tb), 2, DType::f64);
+        require_gradcheck([&](const std::vector<ag::Variable>& v) { return ag::matmul(v[0], v[1], ta, tb); }, {a, b});
+      }
+  // a product of a matrix with itself
+  require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::matmul(v[0], v[0], false, true); },
+                    {test::random_normal({3, 4}, 3, DType::f64)});
+}
+
+TEST_CASE("linear: gradcheck with and without bias", "[matmul][gradcheck]") {
+  Tensor x = test::random_normal({2, 3, 4}, 4, DType::f64);
+  Tensor w = test::random_normal({5, 4}, 5, DType::f64);
+  Tensor b = test::random_normal({5}, 6, DType::f64);
+  require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::linear(v[0], v[1], v[2]); }, {x, w, b});
+  require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::linear(v[0], v[1]); }, {x, w});
+  require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::linear(v[0], v[1], v[2]); },
+                    {test::random_normal({4}, 7, DType::f64), w, b});
+  // only the weight requires a gradient
+  ag::Variable xv(x.to(DType::f32)), wv(w.to(DType::f32), true);
+  ag::Variable y = ag::linear(xv, wv);
+  y.backward(Tensor::ones(y.shape()));
+  REQUIRE(wv.grad().shape() == Shape{5, 4});
+  REQUIRE_FALSE(xv.grad().defined());
+}
+
+TEST_CASE("matmul: bad inputs give clear errors", "[matmul][errors]") {
+  Tensor a = Tensor::zeros({2, 3}), b = Tensor::zeros({4, 5});
+  REQUIRE_THROWS_WITH(kernels::matmul(a, b), Contains("matmul: inner dims differ: a f32[2, 3] cpu has 3, b f32[4, 5] cpu has 4"));
+  REQUIRE_THROWS_WITH(kernels::matmul(a, b, true, false), Contains("(transposed) has 2"));
+  REQUIRE_THROWS_WITH(kernels::matmul(a, Tensor::zeros({3, 2}, DType::f64)), Contains("matmul: dtypes differ"));
+  REQUIRE_THROWS_WITH(kernels::matmul(Tensor::zeros({2, 2, 3}), Tensor::zeros({3, 3, 2})),
+                      Contains("two 3-d tensors with equal batch sizes, got a f32[2, 2, 3] cpu and b f32[3, 3, 2] cpu"));
+  REQUIRE_THROWS_WITH(kernels::matmul(Tensor::zeros({3}), Tensor::zeros({3, 2})), Contains("two 2-d tensors"));
+  REQUIRE_THROWS_WITH(kernels::matmul(a, Tensor::zeros({3, 2}), false, false, Tensor::zeros({3})),
+                      Contains("matmul: bias f32[3] cpu must be [2]"));
+  REQUIRE_THROWS_WITH(kernels::linear(Tensor::zeros({2, 4}), Tensor::zeros({5, 3})),
+                      Contains("linear: x f32[2, 4] cpu must end in the weight's input size 3"));
+  REQUIRE_THROWS_WITH(kernels::linear(Tensor::zeros({2, 4}), Tensor::zeros({4})), Contains("linear: weight must be [out, in]"));
+  REQUIRE_THROWS_WITH(kernels::matmul(Tensor::zeros({2, 2}, DType::bf16), Tensor::zeros({2, 2}, DType::bf16)),
+                      Contains("CPU reference takes f32 or f64"));
+}
+
+TEST_CASE("matmul: GPU (cuBLASLt) matches CPU, forward and backward", "[matmul][cuda]") {
+  Device gpu = Device::cuda(0);
+  struct Size {
+    int64_t batch, M, K, N;
+  };
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    double tol = dtype == DType::bf16 ? 1e-2 : 1e-5;
+    for (Size s : {Size{0, 1, 1, 1}, Size{0, 7, 13, 5}, Size{0, 33, 65, 127}, Size{0, 257, 1000, 300},
+                   Size{3, 17, 31, 9}, Size{2, 64, 128, 96}})
+      for (bool ta : {false, true})
+        for (bool tb : {false, true}) {
+          INFO(dtype_name(dtype) << " batch " << s.batch << " M " << s.M << " K " << s.K << " N " << s.N << " ta "
+                                 << ta << " tb " << tb);
+          Tensor a = test::random_normal(stored(s.batch, s.M, s.K, ta), 1).to(dtype).to(DType::f32);
+          Tensor b = test::random_normal(stored(s.batch, s.K, s.N, tb), 2).to(dtype).to(DType::f32);
+          ag::Variable ac(a, true), bc(b, true), ad(a.to(gpu, dtype), true), bd(b.to(gpu, dtype), true);
+          ag::Variable yc = ag::matmul(ac, bc, ta, tb), yd = ag::matmul(ad, bd, ta, tb);
+          REQUIRE(yd.dtype() == dtype);
+          REQUIRE(test::relative_error(yd.value(), yc.value()) <= tol);
+          Tensor g = test::random_normal(yc.shape(), 3).to(dtype).to(DType::f32);
+          yc.backward(g);
+          yd.backward(g.to(gpu, dtype));
+          REQUIRE(test::relative_error(ad.grad(), ac.grad()) <= tol);
+          REQUIRE(test::relative_error(bd.grad(), bc.grad()) <= tol);
+        }
+  }
+}
+
+TEST_CASE("linear: GPU bias epilogue matches CPU, with misaligned views", "[matmul][cuda]") {
+  Device gpu = Device::cuda(0);
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    double tol = dtype == DType::bf16 ? 1e-2 : 1e-5;
+    for (auto [rows, in, out] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 1}, {5, 7, 3}, {2 * 97, 768, 1536}, {33, 64, 50277}}) {
+      INFO(dtype_name(dtype) << " rows " << rows << " in " << in << " out " << out);
+      Tensor x = test::random_normal({rows, in}, 4).to(dtype).to(DType::f32);
+      Tensor w = test::random_normal({out, in}, 5, DType::f32, Device::cpu(), 0.05).to(dtype).to(DType::f32);
+      Tensor b = test::random_normal({out}, 6).to(dtype).to(DType::f32);
+      ag::Variable xc(x, true), wc(w, true), bc(b, true);
+      ag::Variable xd(x.to(gpu, dtype), true), wd(w.to(gpu, dtype), true), bd(b.to(gpu, dtype), true);
+      ag::Variable yc = ag::linear(xc, wc, bc), yd = ag::linear(xd, wd, bd);
+      REQUIRE(test::relative_error(yd.value(), yc.value()) <= tol);
+      Tensor g = test::random_normal(yc.shape(), 7).to(dtype).to(DType::f32);
+      yc.backward(g);
+      yd.backward(g.to(gpu, dtype));
+      REQUIRE(test::relative_error(xd.grad(), xc.grad()) <= tol);
+      REQUIRE(test::relative_error(wd.grad(), wc.grad()) <= tol);
+      REQUIRE(test::relative_error(bd.grad(), bc.grad()) <= tol);
+    }
+    // operands starting at odd element offsets (views of a bigger buffer)
+    Tensor big = test::random_normal({1 + 5 * 7}, 8).to(gpu, dtype);
+    Tensor x = big.view_bytes(dtype_size(dtype), {5, 7}, dtype);
+    Tensor w = test::random_normal({3, 7}, 9).to(gpu, dtype);
+    Tensor want = kernels::linear(x.to(Device::cpu(), DType::f32), w.to(Device::cpu(), DType::f32));
+    REQUIRE(test::relative_error(kernels::linear(x, w), want) <= tol);
+  }
+  Tensor x = Tensor::zeros({2, 3}, DType::f32, gpu);
+  REQUIRE_THROWS_WITH(kernels::linear(x, Tensor::zeros({4, 3})), Contains("matmul: tensors on different devices"));
+  REQUIRE_THROWS_WITH(kernels::matmul(x.to(DType::f64), x.to(DType::f64), false, true), Contains("f32 or bf16"));
+}
