@@ -320,6 +320,7 @@ Fields all_fields(Config& c) {
   f.integer("eval.batches", c.eval.batches, 0);
   f.integer("checkpoint.every", c.checkpoint.every, 0);
   f.integer("checkpoint.keep_last", c.checkpoint.keep_last, 1);
+  f.boolean("checkpoint.at_end", c.checkpoint.at_end);
   f.integer("log.every", c.log.every, 1);
   f.boolean("log.tensorboard", c.log.tensorboard);
   return f;

@@ -71,6 +71,7 @@ struct EvalSection {
 struct CheckpointSection {
   int64_t every = 500;  // 0: only at the end
   int64_t keep_last = 3;
+  bool at_end = true;   // also after the last step (benchmarks turn it off)
 };
 
 struct LogSection {
