@@ -1,0 +1,91 @@
+// Causal flash attention, bf16, on one GPU: forward and forward+backward times (median of
+// CUDA-event timings after warm-up) and TFLOP/s, with causal FLOPs
+//   forward 4 * B * H * T^2 * hd / 2,  backward 2.5 x forward.
+// Usage: bench_attention [iterations]. Compare with bench/attention_torch.py (PyTorch SDPA).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "core/cuda.h"
+#include "core/random.h"
+#include "kernels/attention.h"
+
+using namespace coil;
+
+namespace {
+
+template <class F>
+double median_ms(F&& f, int iters) {
+  cudaStream_t s = coil::cuda::compute_stream();
+  for (int i = 0; i < 3; ++i) f();
+  coil::cuda::synchronize();
+  std::vector<float> times;
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  for (int i = 0; i < iters; ++i) {
+    cudaEventRecord(a, s);
+    f();
+    cudaEventRecord(b, s);
+    cudaEventSynchronize(b);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    times.push_back(ms);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int iters = argc > 1 ? std::atoi(argv[1]) : 20;
+  if (!cuda_available()) {
+    std::printf("bench_attention: no GPU (%s)\n", cuda_unavailable_reason().c_str());
+    return 0;
+  }
+  cudaDeviceProp prop;
+  cudaGetDeviceProperties(&prop, coil::cuda::current_device());
+  std::printf("device: %s\n", prop.name);
+  struct Case {
+    int64_t B, H, T, d, window;
+  };
+  std::vector<Case> cases = {{16, 12, 2048, 64, 0}, {4, 12, 8192, 64, 0}, {8, 16, 2048, 128, 0},
+                             {16, 12, 2048, 64, 512}};
+  std::printf("%-28s %10s %10s %10s %10s %10s %10s\n", "shape (causal, bf16)", "fwd ms", "fwd TF/s",
+              "f+b ms", "f+b TF/s", "bwd ms", "bwd TF/s");
+  for (const Case& c : cases) {
+    Generator gen(1);
+    Shape s{c.B, c.T, c.H, c.d};
+    Device gpu = Device::cuda();
+    Tensor q = randn(s, gen, DType::bf16, gpu), k = randn(s, gen, DType::bf16, gpu),
+           v = randn(s, gen, DType::bf16, gpu), g = randn(s, gen, DType::bf16, gpu);
+    kernels::AttentionOptions o;
+    o.window = c.window;
+    kernels::AttentionOutput r;
+    double fwd = median_ms([&] { r = kernels::attention_forward(q, k, v, o); }, iters);
+    double fb = median_ms(
+        [&] {
+          kernels::AttentionOutput f = kernels::attention_forward(q, k, v, o);
+          kernels::AttentionGrads d = kernels::attention_backward(g, q, k, v, f.out, f.lse, o);
+        },
+        iters);
+    double flops = 4.0 * c.B * c.H * double(c.T) * c.T * c.d / 2;
+    if (c.window > 0) {  // visible pairs: sum over t of min(t + 1, window)
+      double pairs = 0;
+      for (int64_t t = 0; t < c.T; ++t) pairs += double(std::min<int64_t>(t + 1, c.window));
+      flops = 4.0 * c.B * c.H * pairs * c.d;
+    }
+    char name[64];
+    std::snprintf(name, sizeof name, "B%ld H%ld T%ld d%ld%s", long(c.B), long(c.H), long(c.T),
+                  long(c.d), c.window ? " w512" : "");
+    std::printf("%-28s %10.3f %10.1f %10.3f %10.1f %10.3f %10.1f\n", name, fwd, flops / fwd * 1e-9,
+                fb, 3.5 * flops / fb * 1e-9, fb - fwd, 2.5 * flops / (fb - fwd) * 1e-9);
+  }
+  return 0;
+}

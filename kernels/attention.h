@@ -1,0 +1,86 @@
+// Causal multi-head attention (softmax(q k^T * scale + causal mask) v), flash style on the GPU.
+//
+// Layout: token-major, so that no transpose sits around the projections.
+//   separate:  q, k, v  (B, T, H, hd), each contiguous; out (B, T, H, hd)
+//   packed:    qkv      (B, T, 3, H, hd), contiguous: exactly the (B*T, 3*H*hd) output of one
+//              fused projection reshaped; section 0 is q, 1 is k, 2 is v. out (B, T, H, hd),
+//              which reshaped to (B*T, H*hd) is the input of the output projection.
+// lse: (B, H, T) f32, the natural-log log-sum-exp of each query's scaled scores; backward
+// recomputes the probabilities from it (no T x T matrix is ever stored on the GPU).
+//
+// Masking: query t sees keys s with s <= t and, when window > 0, t - s < window (the last
+// `window` keys including itself). window == 0 means unlimited. scale <= 0 means 1/sqrt(hd).
+//
+// Devices and dtypes: CPU reference in f32 and f64 (plain softmax attention, O(T^2) memory).
+// CUDA: bf16 is the fast path (mma.sync m16n8k16, fp32 accumulation and softmax); f32 inputs
+// are converted to bf16, computed there and the results converted back, so an f32 call has
+// bf16 accuracy. CUDA head dims: 64 and 128; any sequence length >= 1.
+// Backward on the GPU is deterministic (no floating-point atomics): dK/dV and dQ are
+// computed by two separate passes.
+#pragma once
+#include "core/tensor.h"
+
+namespace coil::kernels {
+
+struct AttentionOptions {
+  int64_t window = 0;  // 0: unlimited causal attention
+  double scale = 0;    // <= 0: 1/sqrt(head_dim)
+};
+
+struct AttentionOutput {
+  Tensor out;  // (B, T, H, hd), the inputs' dtype
+  Tensor lse;  // (B, H, T) f32
+};
+
+struct AttentionGrads {
+  Tensor dq, dk, dv;  // each (B, T, H, hd)
+};
+
+// Separate q, k, v.
+AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const AttentionOptions& options = {});
+AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                  const Tensor& v, const Tensor& out, const Tensor& lse,
+                                  const AttentionOptions& options = {});
+
+// Packed qkv (B, T, 3, H, hd). The backward returns dqkv in the same packed layout.
+AttentionOutput attention_forward_packed(const Tensor& qkv, const AttentionOptions& options = {});
+Tensor attention_backward_packed(const Tensor& dout, const Tensor& qkv, const Tensor& out,
+                                 const Tensor& lse, const AttentionOptions& options = {});
+
+// The head dims the CUDA kernels are built for.
+bool attention_cuda_supports_head_dim(int64_t head_dim);
+
+// Raw views shared by the CPU and CUDA implementations: q/k/v (and dq/dk/dv) are given by a
+// base pointer each and one token stride (elements between token t and t+1 of one batch row);
+// heads are hd apart, batch rows T*stride apart. out/dout are (B, T, H, hd) contiguous.
+struct AttentionProblem {
+  int64_t batch = 0, seq = 0, heads = 0, head_dim = 0;
+  int64_t window = 0;
+  double scale = 0;         // resolved (> 0)
+  int64_t qkv_stride = 0;   // elements between consecutive tokens in q, k, v, dq, dk, dv
+  DType dtype = DType::f32;
+  Device device;
+};
+
+namespace cpu {
+// out, lse must be allocated; pointers are of problem.dtype (f32 or f64).
+void attention_forward(const AttentionProblem& p, const void* q, const void* k, const void* v,
+                       void* out, float* lse);
+// dq, dk, dv are overwritten.
+void attention_backward(const AttentionProblem& p, const void* dout, const void* q,
+                        const void* k, const void* v, const void* out, const float* lse,
+                        void* dq, void* dk, void* dv);
+}  // namespace cpu
+
+namespace cuda {
+// bf16 pointers. lse f32 (B, H, T).
+void attention_forward(const AttentionProblem& p, const void* q, const void* k, const void* v,
+                       void* out, float* lse);
+// dq, dk, dv are overwritten (bf16). Uses a temporary f32 buffer of B*H*T (D = rowsum(dO*O)).
+void attention_backward(const AttentionProblem& p, const void* dout, const void* q,
+                        const void* k, const void* v, const void* out, const float* lse,
+                        void* dq, void* dk, void* dv);
+}  // namespace cuda
+
+}  // namespace coil::kernels

@@ -1,0 +1,701 @@
+// Flash-style causal attention on the GPU: bf16 at the memory interface, bf16 tensor-core
+// products (mma.sync m16n8k16, fp32 accumulation), fp32 online softmax. No T x T matrix is
+// ever written to device memory. See docs/ATTENTION.md for the design.
+//
+// Shared structure of the three main kernels: one thread block owns a tile of rows (queries
+// or keys) of one (batch, head); each warp owns 16 of those rows and keeps its accumulators
+// in registers in the mma C-fragment layout; the other operand streams through shared memory
+// in tiles, double-buffered with cp.async. Shared-memory rows are padded by 16 bytes
+// (row pitch hd+8 elements) so that ldmatrix reads of 8 rows hit 8 different bank groups.
+// Probabilities P (and dS in the backward) go from the C-fragment layout of one product
+// straight into the A-fragment layout of the next, without a trip through shared memory.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "core/cuda.h"
+#include "kernels/attention.h"
+
+namespace coil::kernels::cuda {
+namespace {
+
+using bf16_t = __nv_bfloat16;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// ---------------------------------------------------------------------------------------------
+// PTX wrappers.
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte asynchronous copy global -> shared; src_bytes 0 fills the 16 bytes with zeros.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
+               "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// c += a (16x16, row) * b (16x8, col), bf16 in, fp32 accumulate.
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 2^x through the special-function unit (ex2.approx; -inf gives +0).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Warp-level tile products. Shared tiles are row-major with pitch LDS elements.
+//
+// A fragment (16 rows x 16 k) of a row-major [m][k] tile at (row0, k0).
+template <int LDS>
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const bf16_t* s, int row0, int k0,
+                                       int lane) {
+  ldsm_x4(a, s + (row0 + (lane & 15)) * LDS + k0 + (lane >> 4) * 8);
+}
+// B fragments of two n-tiles (n0..n0+7, n0+8..n0+15) x 16 k from an [n][k] tile (k contiguous):
+// b[0], b[1] for the first n-tile, b[2], b[3] for the second.
+template <int LDS>
+__device__ __forceinline__ void load_b_nk(uint32_t (&b)[4], const bf16_t* s, int n0, int k0,
+                                          int lane) {
+  ldsm_x4(b, s + (n0 + (lane & 7) + (lane >> 4) * 8) * LDS + k0 + ((lane >> 3) & 1) * 8);
+}
+// The same from a [k][n] tile (n contiguous), through ldmatrix.trans.
+template <int LDS>
+__device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], const bf16_t* s, int n0, int k0,
+                                          int lane) {
+  ldsm_x4_trans(b, s + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + n0 + (lane >> 4) * 8);
+}
+
+// acc[NT][4] += A (16 x K, row-major tile `a_s` at row a_row0) * B^T where B is an [n][k]
+// tile `b_s` of NT*8 rows: i.e. acc = A B^T, the "scores" product.
+template <int K, int NT, int LDS>
+__device__ __forceinline__ void mma_abt(float (&acc)[NT][4], const bf16_t* a_s, int a_row0,
+                                        const bf16_t* b_s, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+    uint32_t a[4];
+    load_a<LDS>(a, a_s, a_row0, kk * 16, lane);
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) {
+      uint32_t b[4];
+      load_b_nk<LDS>(b, b_s, np * 16, kk * 16, lane);
+      mma16816(acc[2 * np], a, b[0], b[1]);
+      mma16816(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// acc[N/8][4] += P (16 x K, in C-fragment layout: p[K/8][4]) * B where B is a [k][n] tile
+// (K rows, N columns, n contiguous) in shared memory.
+template <int K, int N, int LDS>
+__device__ __forceinline__ void mma_pb(float (&acc)[N / 8][4], const float (&p)[K / 8][4],
+                                       const bf16_t* b_s, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+    uint32_t a[4];
+    a[0] = pack_bf16(p[2 * kk][0], p[2 * kk][1]);
+    a[1] = pack_bf16(p[2 * kk][2], p[2 * kk][3]);
+    a[2] = pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+    a[3] = pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+#pragma unroll
+    for (int np = 0; np < N / 16; ++np) {
+      uint32_t b[4];
+      load_b_kn<LDS>(b, b_s, np * 16, kk * 16, lane);
+      mma16816(acc[2 * np], a, b[0], b[1]);
+      mma16816(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// Copies ROWS x D bf16 from global rows `stride` elements apart into a shared tile (pitch
+// LDS); rows >= rows_valid are zero-filled. Asynchronous: commit and wait outside.
+template <int D, int ROWS, int LDS, int NT>
+__device__ __forceinline__ void load_tile(bf16_t* s, const bf16_t* g, int64_t stride,
+                                          int rows_valid, int tid) {
+  constexpr int kChunks = D / 8;
+#pragma unroll
+  for (int c = tid; c < ROWS * kChunks; c += NT) {
+    int r = c / kChunks, ch = c % kChunks;
+    bool ok = r < rows_valid;
+    const bf16_t* src = ok ? g + int64_t(r) * stride + ch * 8 : g;
+    cp_async16(s + r * LDS + ch * 8, src, ok ? 16 : 0);
+  }
+}
+
+__device__ __forceinline__ bool visible(int q, int k, int T, int window) {
+  return k <= q && q < T && (window <= 0 || q - k < window);
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+struct Params {
+  const bf16_t* q;
+  const bf16_t* k;
+  const bf16_t* v;
+  const bf16_t* o;   // forward output (backward only)
+  const bf16_t* dout;
+  bf16_t* out;       // forward output
+  bf16_t* dq;
+  bf16_t* dk;
+  bf16_t* dv;
+  float* lse;        // (B, H, T)
+  float* delta;      // (B, H, T): rowsum(dO * O)
+  int64_t stride;    // token stride of q, k, v, dq, dk, dv
+  int T, H, window;
+  float scale, scale_log2;
+};
+
+// Range of key tiles [lo, hi) that queries [q0, q0 + BR) can see.
+template <int BR, int BC>
+__device__ __forceinline__ void key_tile_range(int q0, int T, int window, int& lo, int& hi) {
+  int q_last = min(T, q0 + BR) - 1;
+  hi = q_last / BC + 1;
+  lo = window > 0 ? max(0, q0 - window + 1) / BC : 0;
+}
+// Whether some (query, key) pair of the tiles is masked (diagonal, window edge, sequence end).
+template <int BR, int BC>
+__device__ __forceinline__ bool tile_needs_mask(int q0, int k0, int T, int window) {
+  return k0 + BC - 1 > q0 || q0 + BR > T || k0 + BC > T ||
+         (window > 0 && q0 + BR - 1 - k0 >= window);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward. Block: NW warps, BR = 16*NW queries of one (b, h); key/value tiles of BC = 64.
+// Per key tile: S = Q K^T (16 x 64 per warp, in registers), online softmax (running row max
+// m and row sum l, in the log2 domain), O = O * exp(m_old - m_new) + P V.
+// Memory: reads Q once, K and V once per query block (L2 keeps them hot), writes O and lse.
+template <int D, int NW>
+__global__ void __launch_bounds__(NW * 32) attention_fwd_kernel(Params p) {
+  constexpr int BR = 16 * NW, BC = 64, LDS = D + 8, NT = NW * 32;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16_t* sQ = reinterpret_cast<bf16_t*>(smem_raw);
+  bf16_t* sK = sQ + BR * LDS;  // [2][BC][LDS]
+  bf16_t* sV = sK + 2 * BC * LDS;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int qb = gridDim.x - 1 - blockIdx.x;  // longest rows first
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int T = p.T, q0 = qb * BR;
+  const int64_t row_base = int64_t(b) * T;
+  const bf16_t* gq = p.q + (row_base + q0) * p.stride + int64_t(h) * D;
+  const bf16_t* gk = p.k + row_base * p.stride + int64_t(h) * D;
+  const bf16_t* gv = p.v + row_base * p.stride + int64_t(h) * D;
+
+  int kt_lo, kt_hi;
+  key_tile_range<BR, BC>(q0, T, p.window, kt_lo, kt_hi);
+  const int n_tiles = kt_hi - kt_lo;
+
+  load_tile<D, BR, LDS, NT>(sQ, gq, p.stride, T - q0, tid);
+  {
+    int k0 = (kt_hi - 1) * BC;
+    load_tile<D, BC, LDS, NT>(sK, gk + int64_t(k0) * p.stride, p.stride, T - k0, tid);
+    load_tile<D, BC, LDS, NT>(sV, gv + int64_t(k0) * p.stride, p.stride, T - k0, tid);
+  }
+  cp_async_commit();
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  uint32_t qf[D / 16][4];
+  const int r_lo = q0 + warp * 16 + (lane >> 2);  // this thread's rows: r_lo and r_lo + 8
+
+  for (int i = 0; i < n_tiles; ++i) {
+    const int kt = kt_hi - 1 - i, k0 = kt * BC, buf = i & 1;
+    cp_async_wait_all();
+    __syncthreads();
+    if (i == 0) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) load_a<LDS>(qf[kk], sQ, warp * 16, kk * 16, lane);
+    }
+    if (i + 1 < n_tiles) {
+      int kn = k0 - BC;
+      load_tile<D, BC, LDS, NT>(sK + (buf ^ 1) * BC * LDS, gk + int64_t(kn) * p.stride, p.stride,
+                                T - kn, tid);
+      load_tile<D, BC, LDS, NT>(sV + (buf ^ 1) * BC * LDS, gv + int64_t(kn) * p.stride, p.stride,
+                                T - kn, tid);
+    }
+    cp_async_commit();
+    const bf16_t* k_s = sK + buf * BC * LDS;
+    const bf16_t* v_s = sV + buf * BC * LDS;
+
+    float s[BC / 8][4];
+#pragma unroll
+    for (int j = 0; j < BC / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+      for (int np = 0; np < BC / 16; ++np) {
+        uint32_t bb[4];
+        load_b_nk<LDS>(bb, k_s, np * 16, kk * 16, lane);
+        mma16816(s[2 * np], qf[kk], bb[0], bb[1]);
+        mma16816(s[2 * np + 1], qf[kk], bb[2], bb[3]);
+      }
+    }
+    const bool masked = tile_needs_mask<BR, BC>(q0, k0, T, p.window);
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        float x = s[j][c] * p.scale_log2;
+        if (masked) {
+          int qi = r_lo + (c >> 1) * 8, ki = k0 + j * 8 + (lane & 3) * 2 + (c & 1);
+          if (!(visible(qi, ki, T, p.window) && ki < T)) x = -INFINITY;
+        }
+        s[j][c] = x;
+        mx[c >> 1] = fmaxf(mx[c >> 1], x);
+      }
+    float alpha[2], m_use[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float m_new = fmaxf(m[r], quad_max(mx[r]));
+      m_use[r] = m_new == -INFINITY ? 0.f : m_new;
+      alpha[r] = fast_exp2(m[r] - m_use[r]);
+      m[r] = m_new;
+    }
+    float rs[2] = {0.f, 0.f};
+#pragma unroll
+    for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        float e = fast_exp2(s[j][c] - m_use[c >> 1]);
+        s[j][c] = e;
+        rs[c >> 1] += e;
+      }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) l[r] = l[r] * alpha[r] + rs[r];
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      o[j][0] *= alpha[0];
+      o[j][1] *= alpha[0];
+      o[j][2] *= alpha[1];
+      o[j][3] *= alpha[1];
+    }
+    mma_pb<BC, D, LDS>(o, s, v_s, lane);
+  }
+  cp_async_wait_all();
+
+  // Epilogue: O / l, lse = m ln2 + ln l.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float lt = quad_sum(l[r]);
+    int qi = r_lo + r * 8;
+    float inv = lt > 0.f ? 1.f / lt : 0.f;
+    if (qi < T) {
+      bf16_t* go = p.out + ((row_base + qi) * p.H + h) * D;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        uint32_t v2 = pack_bf16(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
+        *reinterpret_cast<uint32_t*>(go + j * 8 + (lane & 3) * 2) = v2;
+      }
+      if ((lane & 3) == 0)
+        p.lse[(int64_t(b) * p.H + h) * T + qi] = m[r] * kLn2 + logf(lt);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward preprocessing: delta[b, h, t] = sum_d dO[b, t, h, d] * O[b, t, h, d] (fp32).
+// One warp per (b, t, h) row; reads dO and O once.
+template <int D>
+__global__ void attention_bwd_delta_kernel(Params p, int64_t rows) {
+  int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const bf16_t* go = p.o + row * D;
+  const bf16_t* gd = p.dout + row * D;
+  float acc = 0.f;
+#pragma unroll
+  for (int i = lane * 2; i < D; i += 64) {
+    float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(go + i));
+    float2 c = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(gd + i));
+    acc += a.x * c.x + a.y * c.y;
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  if (lane == 0) {
+    int64_t bt = row / p.H;
+    int h = int(row % p.H);
+    int64_t b = bt / p.T, t = bt % p.T;
+    p.delta[(b * p.H + h) * p.T + t] = acc;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward, dK and dV. Block: NW warps, BKV = 16*NW keys of one (b, h), each warp 16 keys;
+// query tiles of BQ stream through shared memory (Q, dO, lse, delta; double-buffered).
+// Per query tile, per warp, everything transposed (keys are the rows):
+//   S^T = K Q^T, P^T = exp2(S^T scale log2e - lse log2e), dP^T = V dO^T,
+//   dS^T = P^T (dP^T - delta), dV += P^T dO, dK += dS^T Q; finally dK *= scale.
+// Memory: reads K, V once, Q, dO, lse, delta once per key block; writes dK, dV once.
+template <int D, int NW, int BQ>
+__global__ void __launch_bounds__(NW * 32) attention_bwd_dkdv_kernel(Params p) {
+  constexpr int BKV = 16 * NW, LDS = D + 8, NT = NW * 32;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16_t* sK = reinterpret_cast<bf16_t*>(smem_raw);
+  bf16_t* sV = sK + BKV * LDS;
+  bf16_t* sQ = sV + BKV * LDS;      // [2][BQ][LDS]
+  bf16_t* sdO = sQ + 2 * BQ * LDS;  // [2][BQ][LDS]
+  float* sL = reinterpret_cast<float*>(sdO + 2 * BQ * LDS);  // [2][BQ] lse * log2e
+  float* sDl = sL + 2 * BQ;                                  // [2][BQ] delta
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int T = p.T, k0 = blockIdx.x * BKV;
+  const int64_t row_base = int64_t(b) * T;
+  const int64_t hoff = int64_t(h) * D;
+  const int64_t stat_base = (int64_t(b) * p.H + h) * T;
+  const bf16_t* gq = p.q + row_base * p.stride + hoff;
+  const bf16_t* gdo = p.dout + row_base * p.H * D + hoff;
+  const int64_t do_stride = int64_t(p.H) * D;
+
+  const int q_end = p.window > 0 ? min(T, k0 + BKV - 1 + p.window) : T;
+  const int qt_lo = k0 / BQ, qt_hi = (q_end + BQ - 1) / BQ;
+  const int n_tiles = qt_hi - qt_lo;
+
+  load_tile<D, BKV, LDS, NT>(sK, p.k + (row_base + k0) * p.stride + hoff, p.stride, T - k0, tid);
+  load_tile<D, BKV, LDS, NT>(sV, p.v + (row_base + k0) * p.stride + hoff, p.stride, T - k0, tid);
+  auto load_q_tile = [&](int qt, int buf) {
+    int q0 = qt * BQ;
+    load_tile<D, BQ, LDS, NT>(sQ + buf * BQ * LDS, gq + int64_t(q0) * p.stride, p.stride, T - q0,
+                              tid);
+    load_tile<D, BQ, LDS, NT>(sdO + buf * BQ * LDS, gdo + int64_t(q0) * do_stride, do_stride,
+                              T - q0, tid);
+    for (int i = tid; i < BQ; i += NT) {
+      int qi = q0 + i;
+      sL[buf * BQ + i] = qi < T ? p.lse[stat_base + qi] * kLog2e : INFINITY;
+      sDl[buf * BQ + i] = qi < T ? p.delta[stat_base + qi] : 0.f;
+    }
+  };
+  load_q_tile(qt_lo, 0);
+  cp_async_commit();
+
+  float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) dk[j][c] = dv[j][c] = 0.f;
+  const int kr_lo = k0 + warp * 16 + (lane >> 2);  // this thread's keys: kr_lo, kr_lo + 8
+
+  for (int i = 0; i < n_tiles; ++i) {
+    const int qt = qt_lo + i, q0 = qt * BQ, buf = i & 1;
+    cp_async_wait_all();
+    __syncthreads();
+    if (i + 1 < n_tiles) load_q_tile(qt + 1, buf ^ 1);
+    cp_async_commit();
+    const bf16_t* q_s = sQ + buf * BQ * LDS;
+    const bf16_t* do_s = sdO + buf * BQ * LDS;
+    const float* l_s = sL + buf * BQ;
+    const float* d_s = sDl + buf * BQ;
+
+    float s[BQ / 8][4], dp[BQ / 8][4];
+#pragma unroll
+    for (int j = 0; j < BQ / 8; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) s[j][c] = dp[j][c] = 0.f;
+    mma_abt<D, BQ / 8, LDS>(s, sK, warp * 16, q_s, lane);
+    mma_abt<D, BQ / 8, LDS>(dp, sV, warp * 16, do_s, lane);
+
+    // Element (j, c): key kr_lo + (c >> 1) * 8, query q0 + j*8 + (lane & 3)*2 + (c & 1).
+    const bool masked = tile_needs_mask<BQ, BKV>(q0, k0, T, p.window);
+#pragma unroll
+    for (int j = 0; j < BQ / 8; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        int ql = j * 8 + (lane & 3) * 2 + (c & 1);
+        float pr = fast_exp2(s[j][c] * p.scale_log2 - l_s[ql]);
+        if (masked) {
+          int ki = kr_lo + (c >> 1) * 8;
+          if (!(visible(q0 + ql, ki, T, p.window) && ki < T)) pr = 0.f;
+        }
+        s[j][c] = pr;
+        dp[j][c] = pr * (dp[j][c] - d_s[ql]);
+      }
+    mma_pb<BQ, D, LDS>(dv, s, do_s, lane);
+    mma_pb<BQ, D, LDS>(dk, dp, q_s, lane);
+  }
+  cp_async_wait_all();
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    int ki = kr_lo + r * 8;
+    if (ki >= T) continue;
+    bf16_t* gk = p.dk + (row_base + ki) * p.stride + hoff;
+    bf16_t* gv = p.dv + (row_base + ki) * p.stride + hoff;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      int col = j * 8 + (lane & 3) * 2;
+      *reinterpret_cast<uint32_t*>(gk + col) =
+          pack_bf16(dk[j][2 * r] * p.scale, dk[j][2 * r + 1] * p.scale);
+      *reinterpret_cast<uint32_t*>(gv + col) = pack_bf16(dv[j][2 * r], dv[j][2 * r + 1]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward, dQ (a separate pass, so that no floating-point atomics are needed and the result
+// is deterministic). Block: NW warps, BR = 16*NW queries; key tiles of BC = 64.
+// Per key tile: S = Q K^T, P = exp2(S scale log2e - lse log2e), dP = dO V^T,
+// dS = P (dP - delta), dQ += dS K; finally dQ *= scale.
+// Memory: reads Q, dO once, K and V once per query block; writes dQ once.
+template <int D, int NW>
+__global__ void __launch_bounds__(NW * 32) attention_bwd_dq_kernel(Params p) {
+  constexpr int BR = 16 * NW, BC = 64, LDS = D + 8, NT = NW * 32;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16_t* sQ = reinterpret_cast<bf16_t*>(smem_raw);
+  bf16_t* sdO = sQ + BR * LDS;
+  bf16_t* sK = sdO + BR * LDS;      // [2][BC][LDS]
+  bf16_t* sV = sK + 2 * BC * LDS;   // [2][BC][LDS]
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int qb = gridDim.x - 1 - blockIdx.x;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int T = p.T, q0 = qb * BR;
+  const int64_t row_base = int64_t(b) * T;
+  const int64_t hoff = int64_t(h) * D;
+  const int64_t stat_base = (int64_t(b) * p.H + h) * T;
+  const bf16_t* gk = p.k + row_base * p.stride + hoff;
+  const bf16_t* gv = p.v + row_base * p.stride + hoff;
+  const int64_t do_stride = int64_t(p.H) * D;
+
+  int kt_lo, kt_hi;
+  key_tile_range<BR, BC>(q0, T, p.window, kt_lo, kt_hi);
+  const int n_tiles = kt_hi - kt_lo;
+
+  load_tile<D, BR, LDS, NT>(sQ, p.q + (row_base + q0) * p.stride + hoff, p.stride, T - q0, tid);
+  load_tile<D, BR, LDS, NT>(sdO, p.dout + (row_base + q0) * do_stride + hoff, do_stride, T - q0,
+                            tid);
+  {
+    int kf = (kt_hi - 1) * BC;
+    load_tile<D, BC, LDS, NT>(sK, gk + int64_t(kf) * p.stride, p.stride, T - kf, tid);
+    load_tile<D, BC, LDS, NT>(sV, gv + int64_t(kf) * p.stride, p.stride, T - kf, tid);
+  }
+  cp_async_commit();
+
+  const int r_lo = q0 + warp * 16 + (lane >> 2);
+  float lse2[2], dl[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    int qi = r_lo + r * 8;
+    lse2[r] = qi < T ? p.lse[stat_base + qi] * kLog2e : INFINITY;
+    dl[r] = qi < T ? p.delta[stat_base + qi] : 0.f;
+  }
+  float dq[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0.f;
+
+  for (int i = 0; i < n_tiles; ++i) {
+    const int kt = kt_hi - 1 - i, k0 = kt * BC, buf = i & 1;
+    cp_async_wait_all();
+    __syncthreads();
+    if (i + 1 < n_tiles) {
+      int kn = k0 - BC;
+      load_tile<D, BC, LDS, NT>(sK + (buf ^ 1) * BC * LDS, gk + int64_t(kn) * p.stride, p.stride,
+                                T - kn, tid);
+      load_tile<D, BC, LDS, NT>(sV + (buf ^ 1) * BC * LDS, gv + int64_t(kn) * p.stride, p.stride,
+                                T - kn, tid);
+    }
+    cp_async_commit();
+    const bf16_t* k_s = sK + buf * BC * LDS;
+    const bf16_t* v_s = sV + buf * BC * LDS;
+
+    float s[BC / 8][4], dp[BC / 8][4];
+#pragma unroll
+    for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) s[j][c] = dp[j][c] = 0.f;
+    mma_abt<D, BC / 8, LDS>(s, sQ, warp * 16, k_s, lane);
+    mma_abt<D, BC / 8, LDS>(dp, sdO, warp * 16, v_s, lane);
+    const bool masked = tile_needs_mask<BR, BC>(q0, k0, T, p.window);
+#pragma unroll
+    for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        float pr = fast_exp2(s[j][c] * p.scale_log2 - lse2[c >> 1]);
+        if (masked) {
+          int qi = r_lo + (c >> 1) * 8, ki = k0 + j * 8 + (lane & 3) * 2 + (c & 1);
+          if (!(visible(qi, ki, T, p.window) && ki < T)) pr = 0.f;
+        }
+        dp[j][c] = pr * (dp[j][c] - dl[c >> 1]);
+      }
+    mma_pb<BC, D, LDS>(dq, dp, k_s, lane);
+  }
+  cp_async_wait_all();
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    int qi = r_lo + r * 8;
+    if (qi >= T) continue;
+    bf16_t* g = p.dq + (row_base + qi) * p.stride + hoff;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j)
+      *reinterpret_cast<uint32_t*>(g + j * 8 + (lane & 3) * 2) =
+          pack_bf16(dq[j][0 + 2 * r] * p.scale, dq[j][1 + 2 * r] * p.scale);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launch configuration per head dim.
+template <int D>
+struct Config;
+template <>
+struct Config<64> {
+  static constexpr int kFwdWarps = 4, kDkdvWarps = 4, kDkdvBq = 64, kDqWarps = 4;
+};
+template <>
+struct Config<128> {
+  static constexpr int kFwdWarps = 4, kDkdvWarps = 4, kDkdvBq = 32, kDqWarps = 4;
+};
+
+// Opt-in to more than 48 KiB of dynamic shared memory (per kernel and device; cheap).
+template <class Kernel>
+void set_smem(Kernel kernel, size_t bytes) {
+  COIL_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+Params make_params(const AttentionProblem& pr) {
+  Params p{};
+  p.stride = pr.qkv_stride;
+  p.T = int(pr.seq);
+  p.H = int(pr.heads);
+  p.window = int(std::min<int64_t>(pr.window, int64_t(1) << 30));
+  p.scale = float(pr.scale);
+  p.scale_log2 = float(pr.scale * 1.4426950408889634);
+  return p;
+}
+
+void check_problem(const char* op, const AttentionProblem& pr, std::initializer_list<const void*> ptrs) {
+  COIL_CHECK(pr.head_dim == 64 || pr.head_dim == 128,
+             "{}: head dim {} is not supported on CUDA (supported: 64 and 128)", op, pr.head_dim);
+  COIL_CHECK(pr.seq < (int64_t(1) << 30) && pr.heads <= 65535 && pr.batch <= 65535,
+             "{}: shape out of range (T {} < 2^30, H {} <= 65535, B {} <= 65535)", op, pr.seq,
+             pr.heads, pr.batch);
+  COIL_CHECK(pr.qkv_stride % 8 == 0, "{}: token stride {} must be a multiple of 8 elements", op,
+             pr.qkv_stride);
+  for (const void* q : ptrs)
+    COIL_CHECK(reinterpret_cast<uintptr_t>(q) % 16 == 0,
+               "{}: operands must be 16-byte aligned (a narrowed view?)", op);
+}
+
+template <int D>
+void forward_impl(Params p, int B) {
+  constexpr int NW = Config<D>::kFwdWarps, BR = 16 * NW, BC = 64, LDS = D + 8;
+  size_t smem = size_t(BR + 4 * BC) * LDS * sizeof(bf16_t);
+  auto kernel = attention_fwd_kernel<D, NW>;
+  set_smem(kernel, smem);
+  dim3 grid((p.T + BR - 1) / BR, p.H, B);
+  kernel<<<grid, NW * 32, smem, coil::cuda::compute_stream()>>>(p);
+  COIL_CUDA_CHECK_LAUNCH("attention_fwd", "B {} T {} H {} hd {} window {}", B, p.T, p.H, D,
+                         p.window);
+}
+
+template <int D>
+void backward_impl(Params p, int B) {
+  cudaStream_t stream = coil::cuda::compute_stream();
+  {
+    int64_t rows = int64_t(B) * p.T * p.H;
+    int64_t blocks = (rows * 32 + 255) / 256;
+    attention_bwd_delta_kernel<D><<<unsigned(blocks), 256, 0, stream>>>(p, rows);
+    COIL_CUDA_CHECK_LAUNCH("attention_bwd_delta", "B {} T {} H {} hd {}", B, p.T, p.H, D);
+  }
+  {
+    constexpr int NW = Config<D>::kDkdvWarps, BQ = Config<D>::kDkdvBq, BKV = 16 * NW, LDS = D + 8;
+    size_t smem = size_t(2 * BKV + 4 * BQ) * LDS * sizeof(bf16_t) + 4 * BQ * sizeof(float);
+    auto kernel = attention_bwd_dkdv_kernel<D, NW, BQ>;
+    set_smem(kernel, smem);
+    dim3 grid((p.T + BKV - 1) / BKV, p.H, B);
+    kernel<<<grid, NW * 32, smem, stream>>>(p);
+    COIL_CUDA_CHECK_LAUNCH("attention_bwd_dkdv", "B {} T {} H {} hd {} window {}", B, p.T, p.H, D,
+                           p.window);
+  }
+  {
+    constexpr int NW = Config<D>::kDqWarps, BR = 16 * NW, BC = 64, LDS = D + 8;
+    size_t smem = size_t(2 * BR + 4 * BC) * LDS * sizeof(bf16_t);
+    auto kernel = attention_bwd_dq_kernel<D, NW>;
+    set_smem(kernel, smem);
+    dim3 grid((p.T + BR - 1) / BR, p.H, B);
+    kernel<<<grid, NW * 32, smem, stream>>>(p);
+    COIL_CUDA_CHECK_LAUNCH("attention_bwd_dq", "B {} T {} H {} hd {} window {}", B, p.T, p.H, D,
+                           p.window);
+  }
+}
+
+}  // namespace
+
+void attention_forward(const AttentionProblem& pr, const void* q, const void* k, const void* v,
+                       void* out, float* lse) {
+  check_problem("attention_forward", pr, {q, k, v, out});
+  COIL_CHECK(pr.dtype == DType::bf16, "attention_forward: the CUDA kernel takes bf16, got {}",
+             dtype_name(pr.dtype));
+  Params p = make_params(pr);
+  p.q = static_cast<const bf16_t*>(q);
+  p.k = static_cast<const bf16_t*>(k);
+  p.v = static_cast<const bf16_t*>(v);
+  p.out = static_cast<bf16_t*>(out);
+  p.lse = lse;
+  if (pr.head_dim == 64) forward_impl<64>(p, int(pr.batch));
+  else forward_impl<128>(p, int(pr.batch));
+}
+
+void attention_backward(const AttentionProblem& pr, const void* dout, const void* q,
+                        const void* k, const void* v, const void* out, const float* lse,
+                        void* dq, void* dk, void* dv) {
+  check_problem("attention_backward", pr, {dout, q, k, v, out, dq, dk, dv});
+  COIL_CHECK(pr.dtype == DType::bf16, "attention_backward: the CUDA kernel takes bf16, got {}",
+             dtype_name(pr.dtype));
+  Tensor delta = Tensor::empty({pr.batch, pr.heads, pr.seq}, DType::f32, pr.device);
+  Params p = make_params(pr);
+  p.q = static_cast<const bf16_t*>(q);
+  p.k = static_cast<const bf16_t*>(k);
+  p.v = static_cast<const bf16_t*>(v);
+  p.o = static_cast<const bf16_t*>(out);
+  p.dout = static_cast<const bf16_t*>(dout);
+  p.dq = static_cast<bf16_t*>(dq);
+  p.dk = static_cast<bf16_t*>(dk);
+  p.dv = static_cast<bf16_t*>(dv);
+  p.lse = const_cast<float*>(lse);
+  p.delta = delta.data<float>();
+  if (pr.head_dim == 64) backward_impl<64>(p, int(pr.batch));
+  else backward_impl<128>(p, int(pr.batch));
+}
+
+}  // namespace coil::kernels::cuda
