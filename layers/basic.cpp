@@ -35,9 +35,7 @@ Embedding::Embedding(int64_t num, int64_t dim, Generator& gen, double std, DType
   weight = register_parameter("weight", init_normal({num, dim}, std, gen, param_dtype));
 }
 
-Variable Embedding::forward(const Tensor& ids) const {
-  return to_compute(autograd::embedding(weight->var, ids));
-}
+Variable Embedding::forward(const Tensor& ids) const { return autograd::embedding(weight->var, ids); }
 
 Norm::Norm(const std::string& kind, int64_t dim, double eps, DType param_dtype)
     : is_layer_norm(kind == "layernorm"), dim(dim), eps(eps) {

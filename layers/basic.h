@@ -30,7 +30,8 @@ class Linear : public Module {
 };
 
 // weight [num, dim] ("weight"), N(0, std). The lookup gathers from the master weight and
-// returns the rows in the compute dtype.
+// returns the rows in the master dtype (fp32): the residual stream starts from exact rows, as
+// the reference's under autocast; the first block's norm output is cast to the compute dtype.
 class Embedding : public Module {
  public:
   Embedding(int64_t num, int64_t dim, Generator& gen, double std = 0.02,

@@ -133,6 +133,7 @@ Variable LanguageModel::hidden_states(const Tensor& tokens) const {
     Tensor pos = Tensor::arange(T, DType::i64, tokens.device());
     h = autograd::add(h, backbone->pos_embedding->forward(pos));
   }
+  if (!cfg_.residual_in_fp32) h = to_compute(h);
   Variable residual;
   for (auto& block : backbone->blocks) std::tie(h, residual) = block->forward(h, residual);
   return backbone->norm_f->forward_residual(h, residual).normed;
