@@ -12,7 +12,9 @@
 #include <cub/device/device_radix_sort.cuh>
 #include <cuda_bf16.h>
 
+#include <atomic>
 #include <mutex>
+#include <vector>
 
 #include "core/cuda.h"
 #include "kernels/embedding.h"
@@ -20,41 +22,65 @@
 namespace coil::kernels::cuda {
 namespace {
 
-// The out-of-range flag, in mapped pinned host memory (one for the process; with unified
-// addressing the same pointer is valid on every device). A kernel that meets a bad id claims
-// the flag, writes the id and its position, then publishes `set`.
-struct ErrorFlag {
-  int claimed;
+// The out-of-range report, in mapped pinned host memory (one for the process; with unified
+// addressing the same pointer is valid on every device), so the host can read it without a
+// copy or a sync. Atomics on mapped host memory are not reliable over PCIe, so the first bad
+// id claims the report through an int in device memory (one per device, reset with a
+// stream-ordered memset when the report is read); the claiming thread writes the id and its
+// position, then publishes `set` after a system-wide fence.
+struct ErrorReport {
   int set;
   long long position;
   long long id;
   long long vocab;
 };
 
-ErrorFlag* error_flag() {
-  static ErrorFlag* flag = [] {
-    ErrorFlag* p = nullptr;
-    COIL_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&p), sizeof(ErrorFlag),
+ErrorReport* host_report() {
+  static ErrorReport* report = [] {
+    ErrorReport* p = nullptr;
+    COIL_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&p), sizeof(ErrorReport),
                                   cudaHostAllocMapped | cudaHostAllocPortable));
-    *p = ErrorFlag{0, 0, 0, 0, 0};
+    *p = ErrorReport{0, 0, 0, 0};
     return p;
   }();
-  return flag;
+  return report;
 }
 
-ErrorFlag* device_error_flag() {
-  ErrorFlag* d = nullptr;
-  COIL_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&d), error_flag(), 0));
+ErrorReport* device_report() {
+  ErrorReport* d = nullptr;
+  COIL_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&d), host_report(), 0));
   return d;
 }
 
-__device__ void raise_bad_id(ErrorFlag* flag, int64_t position, int64_t id, int64_t vocab) {
-  if (atomicCAS(&flag->claimed, 0, 1) == 0) {
-    flag->position = position;
-    flag->id = id;
-    flag->vocab = vocab;
+// The claim word of the current device (zeroed on creation).
+int* device_claim() {
+  static std::mutex mutex;
+  static std::vector<int*> claims;
+  std::lock_guard<std::mutex> lock(mutex);
+  int device = coil::cuda::current_device();
+  if (claims.empty()) claims.assign(size_t(cuda_device_count()), nullptr);
+  int*& claim = claims[size_t(device)];
+  if (!claim) {
+    COIL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&claim), sizeof(int)));
+    COIL_CUDA_CHECK(cudaMemset(claim, 0, sizeof(int)));
+  }
+  return claim;
+}
+
+struct ErrorFlag {
+  int* claim;
+  ErrorReport* report;
+};
+
+ErrorFlag device_error_flag() { return ErrorFlag{device_claim(), device_report()}; }
+
+__device__ void raise_bad_id(ErrorFlag flag, int64_t position, int64_t id, int64_t vocab) {
+  if (atomicCAS(flag.claim, 0, 1) == 0) {
+    flag.report->position = position;
+    flag.report->id = id;
+    flag.report->vocab = vocab;
     __threadfence_system();
-    *reinterpret_cast<volatile int*>(&flag->set) = 1;
+    *reinterpret_cast<volatile int*>(&flag.report->set) = 1;
   }
 }
 
@@ -66,7 +92,7 @@ __device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) { p[
 // out[i, :] = weight[ids[i], :] (a zero row for an out-of-range id, which is reported).
 template <class T, class I>
 __global__ void gather_kernel(const T* weight, const I* ids, T* out, int64_t n, int64_t V, int64_t D,
-                              ErrorFlag* flag) {
+                              ErrorFlag flag) {
   for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
     int64_t id = int64_t(ids[i]);
     T* o = out + i * D;
@@ -83,7 +109,7 @@ __global__ void gather_kernel(const T* weight, const I* ids, T* out, int64_t n, 
 // keys[i] = ids[i] (V for an out-of-range id, which is reported), values[i] = i.
 template <class I>
 __global__ void prepare_keys_kernel(const I* ids, int32_t* keys, int32_t* values, int64_t n, int64_t V,
-                                    ErrorFlag* flag) {
+                                    ErrorFlag flag) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     int64_t id = int64_t(ids[i]);
@@ -134,11 +160,14 @@ int block_for(int64_t D) { return D >= 256 ? 256 : D >= 128 ? 128 : 64; }
 }  // namespace
 
 void report_embedding_error(const char* op) {
-  ErrorFlag* flag = error_flag();
-  if (*reinterpret_cast<volatile int*>(&flag->set) == 0) return;
-  ErrorFlag seen = *flag;
-  flag->set = 0;
-  flag->claimed = 0;
+  ErrorReport* report = host_report();
+  if (*reinterpret_cast<volatile int*>(&report->set) == 0) return;
+  std::atomic_thread_fence(std::memory_order_acquire);  // the fields were written before `set`
+  volatile ErrorReport* v = report;
+  ErrorReport seen{0, v->position, v->id, v->vocab};
+  report->set = 0;
+  // Re-arm the claim after every kernel queued so far (stream order; no host sync).
+  COIL_CUDA_CHECK(cudaMemsetAsync(device_claim(), 0, sizeof(int), coil::cuda::compute_stream()));
   fail("{}: id {} at flat position {} of the ids given to an earlier GPU embedding kernel is outside the "
        "vocabulary [0, {}) (its output row was zero, its gradient dropped)",
        op, seen.id, seen.position, seen.vocab);
@@ -146,7 +175,7 @@ void report_embedding_error(const char* op) {
 
 void embedding(const Tensor& weight, const Tensor& ids, const Tensor& out) {
   int64_t n = ids.numel(), V = weight.size(0), D = weight.size(1);
-  ErrorFlag* flag = device_error_flag();
+  ErrorFlag flag = device_error_flag();
   int grid = int(std::min<int64_t>(n, 65535));
   dispatch_gpu_float("embedding", weight, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
@@ -168,7 +197,7 @@ void embedding_backward(const Tensor& grad, const Tensor& ids, const Tensor& gra
   Device dev = grad.device();
   Tensor keys = Tensor::empty({n}, DType::i32, dev), values = Tensor::empty({n}, DType::i32, dev);
   Tensor sorted_keys = Tensor::empty({n}, DType::i32, dev), sorted_values = Tensor::empty({n}, DType::i32, dev);
-  ErrorFlag* flag = device_error_flag();
+  ErrorFlag flag = device_error_flag();
   dispatch_ids(ids, [&](auto* id_ptr) {
     prepare_keys_kernel<<<int(std::min<int64_t>((n + 255) / 256, 4096)), 256, 0, stream>>>(
         id_ptr, keys.data<int32_t>(), values.data<int32_t>(), n, V, flag);

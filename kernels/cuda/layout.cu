@@ -82,7 +82,7 @@ void transpose5(const Tensor& x, int64_t A, int64_t D0, int64_t B, int64_t D1, i
     using W = std::remove_pointer_t<decltype(type)>;
     const W* px = static_cast<const W*>(x.raw());
     W* po = static_cast<W*>(out.raw());
-    if (C == 1 && D0 >= 8 && D1 >= 8) {
+    if (C == 1 && D0 >= 8 && D1 >= 8 && (D0 + kTile - 1) / kTile <= 65535) {
       dim3 grid(unsigned((D1 + kTile - 1) / kTile), unsigned((D0 + kTile - 1) / kTile),
                 unsigned(std::min<int64_t>(A * B, 65535)));
       transpose_tiled_kernel<<<grid, dim3(kTile, kRows), 0, stream>>>(px, po, A * B, D0, B, D1);
