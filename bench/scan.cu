@@ -1,0 +1,196 @@
+// Selective scan benchmark (not a test): forward, backward and forward+backward times of the
+// fused kernels (CUDA events, warm-up, median of many runs), achieved bandwidth against a
+// measured device-to-device copy, bytes saved for backward per token, and a naive two-kernel
+// scan that writes every state (B, D, L, N) to memory, to show what the fusion saves.
+// Usage: bench_scan [runs]
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <vector>
+
+#include "core/cuda.h"
+#include "kernels/selective_scan.h"
+
+using namespace coil;
+using namespace coil::kernels;
+
+namespace {
+
+__device__ float hash_uniform(uint64_t i, uint32_t seed) {
+  uint32_t x = uint32_t(i) * 2654435761u ^ (uint32_t(i >> 32) + seed) * 2246822519u;
+  x ^= x >> 15;
+  x *= 2246822519u;
+  x ^= x >> 13;
+  x *= 3266489917u;
+  x ^= x >> 16;
+  return (x >> 8) * (1.0f / 16777216.0f);
+}
+
+template <class T>
+__global__ void fill_kernel(T* p, int64_t n, float lo, float hi, uint32_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    p[i] = T(lo + (hi - lo) * hash_uniform(uint64_t(i), seed));
+}
+
+Tensor rand_tensor(const Shape& s, DType dt, float lo, float hi, uint32_t seed) {
+  Tensor t = Tensor::empty(s, dt, Device::cuda());
+  const int64_t n = t.numel();
+  if (dt == DType::bf16)
+    fill_kernel<<<4096, 256, 0, coil::cuda::compute_stream()>>>(static_cast<__nv_bfloat16*>(t.raw()), n, lo, hi, seed);
+  else
+    fill_kernel<<<4096, 256, 0, coil::cuda::compute_stream()>>>(t.data<float>(), n, lo, hi, seed);
+  return t;
+}
+
+// Naive scan, kernel 1: one thread per (b, d, n) runs the recurrence and writes every state
+// h[b][d][t][n] (fp32) to global memory.
+template <class T>
+__global__ void naive_states(const T* u, const T* delta, const float* A, const T* B, const float* bias, float* hs,
+                             int64_t total_bd, int dim, int len, int N) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int n = int(i % N);
+  const int64_t bd = i / N;
+  if (bd >= total_bd) return;
+  const int d = int(bd % dim), b = int(bd / dim);
+  const float a = A[d * N + n];
+  float h = 0.f;
+  for (int t = 0; t < len; ++t) {
+    float x = float(delta[bd * len + t]) + bias[d];
+    float dt = x > 20.f ? x : log1pf(__expf(x));
+    h = __expf(dt * a) * h + dt * float(B[(int64_t(b) * N + n) * len + t]) * float(u[bd * len + t]);
+    hs[(bd * len + t) * N + n] = h;
+  }
+}
+
+// Naive scan, kernel 2: one thread per (b, d, t) reads the N states back for the readout.
+template <class T>
+__global__ void naive_readout(const T* u, const T* z, const T* C, const float* D, const float* hs, T* out, int64_t total,
+                              int dim, int len, int N) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= total) return;
+  const int64_t bd = i / len;
+  const int t = int(i % len), d = int(bd % dim), b = int(bd / dim);
+  float y = 0.f;
+  for (int n = 0; n < N; ++n) y += float(C[(int64_t(b) * N + n) * len + t]) * hs[i * N + n];
+  y += D[d] * float(u[i]);
+  const float zv = float(z[i]);
+  out[i] = T(y * zv / (1.f + __expf(-zv)));
+}
+
+float median_ms(const std::function<void()>& f, int runs) {
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  cudaStream_t s = coil::cuda::compute_stream();
+  for (int i = 0; i < 3; ++i) f();
+  std::vector<float> ms;
+  for (int i = 0; i < runs; ++i) {
+    cudaEventRecord(e0, s);
+    f();
+    cudaEventRecord(e1, s);
+    cudaEventSynchronize(e1);
+    float m = 0;
+    cudaEventElapsedTime(&m, e0, e1);
+    ms.push_back(m);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+void run_shape(int64_t Bn, int64_t Dn, int64_t Ln, int64_t Nn, int runs, double copy_gbs) {
+  const DType dt = DType::bf16;
+  ScanArgs a;
+  a.u = rand_tensor({Bn, Dn, Ln}, dt, -1.f, 1.f, 1);
+  a.delta = rand_tensor({Bn, Dn, Ln}, dt, -4.f, -1.f, 2);
+  a.z = rand_tensor({Bn, Dn, Ln}, dt, -1.f, 1.f, 3);
+  a.B = rand_tensor({Bn, Nn, Ln}, dt, -1.f, 1.f, 4);
+  a.C = rand_tensor({Bn, Nn, Ln}, dt, -1.f, 1.f, 5);
+  a.A = rand_tensor({Dn, Nn}, DType::f32, -8.f, -0.5f, 6);
+  a.D = rand_tensor({Dn}, DType::f32, 0.5f, 1.5f, 7);
+  a.delta_bias = rand_tensor({Dn}, DType::f32, -2.f, 0.f, 8);
+  a.delta_softplus = true;
+  Tensor gout = rand_tensor({Bn, Dn, Ln}, dt, -1.f, 1.f, 9);
+  coil::cuda::synchronize();
+
+  ScanResult r = selective_scan_forward(a, true);
+  const double elems = double(Bn) * Dn * Ln, bc = double(Bn) * Nn * Ln;
+  const double fwd_bytes = elems * 2 * 4 + bc * 2 * 2 + double(r.checkpoints.nbytes());  // u, delta, z, out; B, C
+  const double bwd_bytes = elems * 2 * 7 + bc * 2 * 4 + double(r.checkpoints.nbytes());  // + dout; du, ddelta, dz
+  std::printf("shape B%lld D%lld L%lld N%lld bf16, softplus, delta bias, z, D\n", (long long)Bn, (long long)Dn,
+              (long long)Ln, (long long)Nn);
+  float f_ms = median_ms([&] { selective_scan_forward(a, true); }, runs);
+  float fi_ms = median_ms([&] { selective_scan_forward(a, false); }, runs);
+  float b_ms = median_ms([&] { selective_scan_backward(a, r, gout, Tensor(), false); }, runs);
+  float bd_ms = median_ms([&] { selective_scan_backward(a, r, gout, Tensor(), true); }, runs);
+  float fb_ms = median_ms(
+      [&] {
+        ScanResult rr = selective_scan_forward(a, true);
+        selective_scan_backward(a, rr, gout, Tensor(), false);
+      },
+      runs);
+  const double exps = elems * Nn;
+  std::printf("  forward (saving checkpoints)   %8.3f ms  %7.1f GB/s (%4.1f%% of copy)  %6.2f Tops ex2/s\n", f_ms,
+              fwd_bytes / f_ms / 1e6, 100.0 * fwd_bytes / f_ms / 1e6 / copy_gbs, exps / f_ms / 1e9);
+  std::printf("  forward (inference, no saving) %8.3f ms\n", fi_ms);
+  std::printf("  backward (atomics for dB, dC)  %8.3f ms  %7.1f GB/s\n", b_ms, bwd_bytes / b_ms / 1e6);
+  std::printf("  backward (deterministic)       %8.3f ms\n", bd_ms);
+  std::printf("  forward + backward             %8.3f ms\n", fb_ms);
+  std::printf("  saved for backward: %.1f MB of checkpoints = %.0f bytes per token (plus the inputs)\n",
+              r.checkpoints.nbytes() / 1e6, double(r.checkpoints.nbytes()) / double(Bn * Ln));
+
+  // Naive: every state to memory (fp32), then a readout.
+  const double hs_bytes = elems * Nn * 4;
+  if (hs_bytes < 20e9) {
+    float* hs = nullptr;
+    COIL_CUDA_CHECK(cudaMalloc(&hs, size_t(hs_bytes)));
+    Tensor out = Tensor::empty({Bn, Dn, Ln}, dt, Device::cuda());
+    using T = __nv_bfloat16;
+    auto naive = [&] {
+      const int64_t threads = Bn * Dn * Nn;
+      naive_states<T><<<unsigned((threads + 127) / 128), 128, 0, coil::cuda::compute_stream()>>>(
+          static_cast<const T*>(a.u.raw()), static_cast<const T*>(a.delta.raw()), a.A.data<float>(),
+          static_cast<const T*>(a.B.raw()), a.delta_bias.data<float>(), hs, Bn * Dn, int(Dn), int(Ln), int(Nn));
+      naive_readout<T><<<unsigned((int64_t(elems) + 255) / 256), 256, 0, coil::cuda::compute_stream()>>>(
+          static_cast<const T*>(a.u.raw()), static_cast<const T*>(a.z.raw()), static_cast<const T*>(a.C.raw()),
+          a.D.data<float>(), hs, static_cast<T*>(out.raw()), int64_t(elems), int(Dn), int(Ln), int(Nn));
+    };
+    float n_ms = median_ms(naive, std::max(3, runs / 4));
+    std::printf("  naive (all %.2f GB of states to memory and back) %8.3f ms  = %.1fx the fused forward\n",
+                hs_bytes / 1e9, n_ms, n_ms / f_ms);
+    cudaFree(hs);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (!cuda_available()) {
+    std::printf("bench_scan: no CUDA device (%s)\n", cuda_unavailable_reason().c_str());
+    return 0;
+  }
+  const int runs = argc > 1 ? std::atoi(argv[1]) : 30;
+  cudaDeviceProp prop;
+  cudaGetDeviceProperties(&prop, coil::cuda::current_device());
+  std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+  // Device-to-device copy bandwidth (read + write bytes), 1 GiB.
+  const size_t bytes = size_t(1) << 30;
+  Tensor src = Tensor::zeros({int64_t(bytes / 4)}, DType::f32, Device::cuda());
+  Tensor dst = Tensor::empty({int64_t(bytes / 4)}, DType::f32, Device::cuda());
+  float copy_ms = median_ms(
+      [&] {
+        COIL_CUDA_CHECK(cudaMemcpyAsync(dst.raw(), src.raw(), bytes, cudaMemcpyDeviceToDevice, coil::cuda::compute_stream()));
+      },
+      10);
+  const double copy_gbs = 2.0 * bytes / copy_ms / 1e6;
+  std::printf("device-to-device copy: %.0f GB/s (read + write)\n", copy_gbs);
+  src = Tensor();
+  dst = Tensor();
+  run_shape(16, 1536, 2048, 16, runs, copy_gbs);
+  run_shape(8, 2048, 4096, 16, runs, copy_gbs);
+  return 0;
+}

@@ -1,0 +1,132 @@
+// CPU reference of the selective scan: plain loops over (b, d), sequential in time, written
+// from the math in kernels/selective_scan.h. The backward recomputes the forward, keeping every
+// state h_t of one (b, d) row, then runs the reverse-time recurrence
+//   dh_t = C_t * dy_t + exp(dt_{t+1} A) * dh_{t+1}        (dh_L = grad_final_state)
+// from which, with a_t = exp(dt_t A) and y_t the pre-gate output:
+//   dy_t   = dout_t * silu(z_t),   dz_t = dout_t * y_t * silu'(z_t)
+//   du_t   = sum_n dh_t[n] dt_t B_t[n] + D dy_t
+//   ddt_t  = sum_n dh_t[n] (A[n] a_t[n] h_{t-1}[n] + B_t[n] u_t)   (times softplus' if used)
+//   dA[n] += dh_t[n] a_t[n] h_{t-1}[n] dt_t,   dB_t[n] += dh_t[n] dt_t u_t,
+//   dC_t[n] += dy_t h_t[n],   dD += dy_t u_t,   dh_{-1} = a_0 dh_0 (the initial state's gradient)
+#include <cmath>
+#include <vector>
+
+#include "kernels/selective_scan.h"
+
+namespace coil::kernels::cpu {
+namespace {
+
+template <class T>
+T softplus(T x) {
+  return x > T(20) ? x : std::log1p(std::exp(x));
+}
+template <class T>
+T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+template <class T>
+T* opt(const Tensor& t) {
+  return t.defined() ? t.data<T>() : nullptr;
+}
+
+}  // namespace
+
+void selective_scan_forward(const ScanArgs& a, const ScanResult& r) {
+  dispatch_cpu_float("selective_scan_forward", a.u, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    const int64_t nb = a.u.size(0), nd = a.u.size(1), nl = a.u.size(2), nn = a.A.size(1);
+    const T *u = a.u.data<T>(), *delta = a.delta.data<T>(), *A = a.A.data<T>(), *B = a.B.data<T>(),
+            *C = a.C.data<T>();
+    const T *D = opt<T>(a.D), *z = opt<T>(a.z), *bias = opt<T>(a.delta_bias), *h0 = opt<T>(a.initial_state);
+    T* out = r.out.data<T>();
+    T* hl = r.final_state.data<T>();
+    std::vector<T> h(static_cast<size_t>(nn));
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t d = 0; d < nd; ++d) {
+        const int64_t row = (b * nd + d) * nl;
+        for (int64_t n = 0; n < nn; ++n) h[n] = h0 ? h0[(b * nd + d) * nn + n] : T(0);
+        for (int64_t t = 0; t < nl; ++t) {
+          T dt = delta[row + t] + (bias ? bias[d] : T(0));
+          if (a.delta_softplus) dt = softplus(dt);
+          T y = 0;
+          for (int64_t n = 0; n < nn; ++n) {
+            h[n] = std::exp(dt * A[d * nn + n]) * h[n] + dt * B[(b * nn + n) * nl + t] * u[row + t];
+            y += C[(b * nn + n) * nl + t] * h[n];
+          }
+          if (D) y += D[d] * u[row + t];
+          if (z) y *= z[row + t] * sigmoid(z[row + t]);
+          out[row + t] = y;
+        }
+        for (int64_t n = 0; n < nn; ++n) hl[(b * nd + d) * nn + n] = h[n];
+      }
+  });
+}
+
+void selective_scan_backward(const ScanArgs& a, const Tensor& grad_out, const Tensor& grad_final_state,
+                             const ScanGrads& g) {
+  dispatch_cpu_float("selective_scan_backward", a.u, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    const int64_t nb = a.u.size(0), nd = a.u.size(1), nl = a.u.size(2), nn = a.A.size(1);
+    const T *u = a.u.data<T>(), *delta = a.delta.data<T>(), *A = a.A.data<T>(), *B = a.B.data<T>(),
+            *C = a.C.data<T>();
+    const T *D = opt<T>(a.D), *z = opt<T>(a.z), *bias = opt<T>(a.delta_bias), *h0 = opt<T>(a.initial_state);
+    const T* dout = grad_out.data<T>();
+    const T* dhl = opt<T>(grad_final_state);
+    T *du = g.du.data<T>(), *ddelta = g.ddelta.data<T>(), *dA = g.dA.data<T>(), *dB = g.dB.data<T>(),
+      *dC = g.dC.data<T>();
+    T *dD = opt<T>(g.dD), *dz = opt<T>(g.dz), *dbias = opt<T>(g.ddelta_bias), *dh0 = opt<T>(g.dinitial_state);
+    for (Tensor t : {g.dA, g.dB, g.dC, g.dD, g.ddelta_bias})
+      if (t.defined()) t.zero_();
+
+    // hs[t + 1] = h after step t; hs[0] = the initial state.
+    std::vector<T> hs(static_cast<size_t>((nl + 1) * nn)), dts(static_cast<size_t>(nl)), dh(static_cast<size_t>(nn));
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t d = 0; d < nd; ++d) {
+        const int64_t row = (b * nd + d) * nl;
+        for (int64_t n = 0; n < nn; ++n) hs[n] = h0 ? h0[(b * nd + d) * nn + n] : T(0);
+        for (int64_t t = 0; t < nl; ++t) {
+          T dt = delta[row + t] + (bias ? bias[d] : T(0));
+          if (a.delta_softplus) dt = softplus(dt);
+          dts[t] = dt;
+          for (int64_t n = 0; n < nn; ++n)
+            hs[(t + 1) * nn + n] = std::exp(dt * A[d * nn + n]) * hs[t * nn + n] +
+                                   dt * B[(b * nn + n) * nl + t] * u[row + t];
+        }
+        for (int64_t n = 0; n < nn; ++n) dh[n] = dhl ? dhl[(b * nd + d) * nn + n] : T(0);
+        for (int64_t t = nl - 1; t >= 0; --t) {
+          const T dt = dts[t], ut = u[row + t];
+          T y = D ? D[d] * ut : T(0);
+          for (int64_t n = 0; n < nn; ++n) y += C[(b * nn + n) * nl + t] * hs[(t + 1) * nn + n];
+          T dy = dout[row + t];
+          if (z) {
+            const T zt = z[row + t], s = sigmoid(zt);
+            dz[row + t] = dout[row + t] * y * s * (T(1) + zt * (T(1) - s));
+            dy = dout[row + t] * zt * s;
+          }
+          T dut = D ? D[d] * dy : T(0), ddt = 0;
+          if (dD) dD[d] += dy * ut;
+          for (int64_t n = 0; n < nn; ++n) {
+            const int64_t bi = (b * nn + n) * nl + t;
+            const T an = std::exp(dt * A[d * nn + n]);
+            const T hprev = hs[t * nn + n];
+            dC[bi] += dy * hs[(t + 1) * nn + n];
+            const T dhn = dh[n] + C[bi] * dy;  // dh_t: the carried part plus this step's readout
+            dut += dhn * dt * B[bi];
+            ddt += dhn * (A[d * nn + n] * an * hprev + B[bi] * ut);
+            dA[d * nn + n] += dhn * an * hprev * dt;
+            dB[bi] += dhn * dt * ut;
+            dh[n] = an * dhn;  // carried to step t - 1
+          }
+          du[row + t] = dut;
+          if (a.delta_softplus) ddt *= sigmoid(delta[row + t] + (bias ? bias[d] : T(0)));
+          ddelta[row + t] = ddt;
+          if (dbias) dbias[d] += ddt;
+        }
+        if (dh0)
+          for (int64_t n = 0; n < nn; ++n) dh0[(b * nd + d) * nn + n] = dh[n];
+      }
+  });
+}
+
+}  // namespace coil::kernels::cpu

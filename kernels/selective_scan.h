@@ -1,0 +1,77 @@
+// The selective scan of Mamba (S6), forward and backward, on tensors.
+//
+// Layout (as the reference mamba_ssm kernels):
+//   u, delta, z : (batch, dim, length)        out has u's shape and dtype
+//   A           : (dim, state)                 fp32 (f64 on the CPU reference in f64)
+//   B, C        : (batch, state, length)       shared by all channels of a batch row
+//   D, delta_bias: (dim)                       fp32
+//   initial_state, final_state: (batch, dim, state)  fp32
+// Math, per batch b, channel d, state n, time t (h starts at initial_state, else 0):
+//   dt   = softplus(delta[t] + delta_bias[d])   (bias and softplus each optional)
+//   h[n] = exp(dt * A[d,n]) * h[n] + dt * B[n,t] * u[t]
+//   y[t] = sum_n C[n,t] * h[n] + D[d] * u[t]
+//   out[t] = y[t] * silu(z[t])                   (when z is given, else out = y)
+// An undefined Tensor means "absent" for D, z, delta_bias, initial_state.
+//
+// Dtypes: on the CPU all tensors share one dtype, f32 or f64 (the reference). On CUDA u, delta,
+// z, B, C (and out and their gradients) are f32 or bf16, A, D, delta_bias and the states f32;
+// all math is fp32. d_state up to 64 on CUDA (kMaxState); the CPU has no limit.
+//
+// What the forward saves for backward: `checkpoints`, the fp32 state at the end of every
+// chunk of kChunk time steps, (batch, dim, ceil(length / kChunk), state): the CUDA backward
+// recomputes everything else from the inputs. The CPU reference saves nothing (it recomputes
+// the whole forward). Backward needs the same ScanArgs and the ScanResult of the forward.
+//
+// deterministic: the CUDA backward sums dB and dC over channel tiles with float atomics by
+// default; deterministic = true writes per-tile partial sums and adds them in a fixed order
+// (two runs give identical bits; costs memory traffic). dA, dD, d delta_bias are always
+// reduced in a fixed order.
+#pragma once
+#include "core/tensor.h"
+
+namespace coil::kernels {
+
+struct ScanArgs {
+  Tensor u, delta, A, B, C;
+  Tensor D, z, delta_bias, initial_state;  // optional
+  bool delta_softplus = false;
+};
+
+struct ScanResult {
+  Tensor out;          // (batch, dim, length), u's dtype
+  Tensor final_state;  // (batch, dim, state), fp32 (f64 on the f64 CPU reference)
+  Tensor checkpoints;  // CUDA: (batch, dim, chunks, state) fp32; CPU: undefined
+};
+
+// Gradients, each in its input's shape and dtype; undefined where the input was absent.
+struct ScanGrads {
+  Tensor du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state;
+};
+
+constexpr int64_t kScanChunk = 64;      // time steps between saved states (CUDA)
+constexpr int64_t kScanMaxStateCuda = 64;
+
+// save_checkpoints = false skips writing the chunk states (inference).
+ScanResult selective_scan_forward(const ScanArgs& args, bool save_checkpoints = true);
+// grad_out: out's shape and dtype. grad_final_state: optional (batch, dim, state).
+ScanGrads selective_scan_backward(const ScanArgs& args, const ScanResult& saved,
+                                  const Tensor& grad_out, const Tensor& grad_final_state,
+                                  bool deterministic = false);
+
+// Validates shapes, dtypes and devices; raises an Error naming the argument and the limit.
+void check_scan_args(const char* op, const ScanArgs& args);
+
+namespace cpu {
+void selective_scan_forward(const ScanArgs& args, const ScanResult& result);
+void selective_scan_backward(const ScanArgs& args, const Tensor& grad_out,
+                             const Tensor& grad_final_state, const ScanGrads& grads);
+}  // namespace cpu
+namespace cuda {
+// result.checkpoints may be undefined (not saved).
+void selective_scan_forward(const ScanArgs& args, const ScanResult& result);
+void selective_scan_backward(const ScanArgs& args, const ScanResult& saved, const Tensor& grad_out,
+                             const Tensor& grad_final_state, const ScanGrads& grads,
+                             bool deterministic);
+}  // namespace cuda
+
+}  // namespace coil::kernels
