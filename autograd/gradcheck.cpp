@@ -25,7 +25,7 @@ GradcheckResult gradcheck(const DifferentiableFn& f, const std::vector<Tensor>& 
     if (differentiable)
       COIL_CHECK(t.dtype() == DType::f64 && t.device().is_cpu(),
                  "gradcheck: floating inputs must be f64 on the CPU, got {}", describe(t));
-    vars.emplace_back(t.defined() ? t.clone() : t, differentiable);
+    vars.push_back(t.defined() ? Variable(t.clone(), differentiable) : Variable());
   }
 
   Variable y = f(vars);
