@@ -1,0 +1,105 @@
+#include "kernels/adamw.h"
+
+namespace coil::kernels {
+namespace {
+
+[[noreturn, maybe_unused]] void no_cuda(const char* op, Device d) {
+  fail("{}: tensors on {} need CUDA, but coil was built without it", op, d.str());
+}
+
+void check_scalar(const char* op, const Tensor& t, const char* what, Device device) {
+  check_defined(op, t, what);
+  COIL_CHECK(t.numel() == 1 && t.dtype() == DType::f32 && t.device() == device,
+             "{}: the {} must be an f32 scalar on {}, got {}", op, what, device.str(), describe(t));
+}
+
+}  // namespace
+
+MultiTensorPlan make_multi_tensor_plan(std::vector<AdamWSlot> slots, bool grad_only) {
+  const char* op = "adamw";
+  MultiTensorPlan plan;
+  plan.device = slots.empty() ? Device::cpu() : slots[0].grad.device();
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const AdamWSlot& s = slots[i];
+    COIL_CHECK(s.grad.defined(), "{}: parameter {} has no gradient", op, i);
+    COIL_CHECK(s.grad.device() == plan.device, "{}: gradient {} of parameter {} is not on {} like the others", op,
+               describe(s.grad), i, plan.device.str());
+    COIL_CHECK(s.grad.dtype() == DType::f32 || (s.grad.dtype() == DType::bf16 && plan.device.is_cuda()),
+               "{}: gradient {} of parameter {} must be f32 (or bf16 on a GPU)", op, describe(s.grad), i);
+    if (!grad_only) {
+      for (const Tensor* t : {&s.param, &s.m, &s.v}) {
+        check_defined(op, *t, "parameter, exp_avg or exp_avg_sq");
+        COIL_CHECK(t->dtype() == DType::f32 && t->device() == plan.device && t->numel() == s.grad.numel(),
+                   "{}: parameter {}: {} must be f32 on {} with the gradient's {} elements", op, i, describe(*t),
+                   plan.device.str(), s.grad.numel());
+      }
+      if (s.copy.defined())
+        COIL_CHECK(s.copy.dtype() == DType::bf16 && s.copy.device() == plan.device &&
+                       s.copy.numel() == s.grad.numel(),
+                   "{}: parameter {}: the compute copy {} must be bf16 on {} with {} elements", op, i,
+                   describe(s.copy), plan.device.str(), s.grad.numel());
+    }
+    plan.numel += s.grad.numel();
+    plan.num_chunks += (s.grad.numel() + kMultiTensorChunk - 1) / kMultiTensorChunk;
+  }
+  plan.slots = std::move(slots);
+  if (plan.device.is_cuda() && plan.num_chunks > 0) {
+#ifdef COIL_CUDA
+    cuda::upload_plan(plan);
+#else
+    no_cuda(op, plan.device);
+#endif
+  }
+  return plan;
+}
+
+void adamw_step(const MultiTensorPlan& plan, const Tensor& lr, const Tensor& clip, const AdamWHyper& hyper,
+                int64_t step) {
+  const char* op = "adamw";
+  check_scalar(op, lr, "learning rate", plan.device);
+  if (clip.defined()) check_scalar(op, clip, "clip coefficient", plan.device);
+  COIL_CHECK(step >= 1, "{}: the step number counts from 1, got {}", op, step);
+  COIL_CHECK(hyper.beta1 >= 0 && hyper.beta1 < 1 && hyper.beta2 >= 0 && hyper.beta2 < 1 && hyper.eps >= 0,
+             "{}: betas must be in [0, 1) and eps >= 0, got betas ({}, {}) and eps {}", op, hyper.beta1,
+             hyper.beta2, hyper.eps);
+  if (plan.num_chunks == 0) return;
+  if (plan.device.is_cpu())
+    return cpu::adamw_step(plan, *lr.data<float>(), clip.defined() ? *clip.data<float>() : 1.f, hyper, step);
+#ifdef COIL_CUDA
+  cuda::adamw_step(plan, lr, clip, hyper, step);
+#else
+  no_cuda(op, plan.device);
+#endif
+}
+
+GradNorm grad_norm(const MultiTensorPlan& plan, double max_norm) {
+  GradNorm out{Tensor::empty({}, DType::f32, plan.device), Tensor::empty({}, DType::f32, plan.device)};
+  if (plan.device.is_cpu() || plan.num_chunks == 0) {
+    if (plan.device.is_cpu()) {
+      cpu::grad_norm(plan, max_norm, out);
+    } else {
+      out.norm.fill_(0.0);
+      out.clip.fill_(1.0);
+    }
+    return out;
+  }
+#ifdef COIL_CUDA
+  cuda::grad_norm(plan, max_norm, out);
+  return out;
+#else
+  no_cuda("grad_norm", plan.device);
+#endif
+}
+
+void scale_grads(const MultiTensorPlan& plan, const Tensor& s) {
+  check_scalar("scale_grads", s, "scale", plan.device);
+  if (plan.num_chunks == 0) return;
+  if (plan.device.is_cpu()) return cpu::scale_grads(plan, *s.data<float>());
+#ifdef COIL_CUDA
+  cuda::scale_grads(plan, s);
+#else
+  no_cuda("scale_grads", plan.device);
+#endif
+}
+
+}  // namespace coil::kernels
