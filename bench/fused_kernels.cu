@@ -1,0 +1,190 @@
+// Achieved bandwidth of the fused kernels at the sizes of a Mamba-130M training step with
+// 16 x 2048 tokens (d_model 768, vocabulary 50280): add+RMSNorm forward and backward, layer
+// norm forward and backward, softmax forward and backward and the cross-entropy pass over a
+// 4096-row chunk of logits (the fused linear cross-entropy's chunk), AdamW over the 130M
+// parameters and the global gradient norm. Each line gives the bytes the kernel must move
+// (its DRAM floor: every input read once, every output written once), the median time and
+// that traffic over the time, as a fraction of the measured device-to-device copy bandwidth
+// (cudaMemcpyAsync, bytes read plus written).
+// Timing: CUDA events on the compute stream, warm-up first, median of the repetitions.
+// Usage: bench_fused_kernels [repetitions (default 20)]
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "core/allocator.h"
+#include "core/cuda.h"
+#include "core/tensor.h"
+#include "kernels/adamw.h"
+#include "kernels/loss.h"
+#include "kernels/norm.h"
+#include "kernels/softmax.h"
+
+using namespace coil;
+
+namespace {
+
+// Deterministic pseudo-random values in [-1, 1) * scale, written on the device.
+template <class T>
+__global__ void fill_kernel(T* p, int64_t n, float scale, uint32_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
+    h ^= h >> 16;
+    h *= 0x7feb352du;
+    h ^= h >> 15;
+    p[i] = T(scale * (float(h & 0xffffff) / float(1 << 23) - 1.0f));
+  }
+}
+
+Tensor random(const Shape& shape, DType dtype, uint32_t seed, float scale = 1.f) {
+  Tensor t = Tensor::empty(shape, dtype, Device::cuda(0));
+  if (dtype == DType::bf16)
+    fill_kernel<<<1024, 256, 0, cuda::compute_stream()>>>(static_cast<__nv_bfloat16*>(t.raw()), t.numel(), scale, seed);
+  else
+    fill_kernel<<<1024, 256, 0, cuda::compute_stream()>>>(t.data<float>(), t.numel(), scale, seed);
+  COIL_CUDA_CHECK(cudaGetLastError());
+  return t;
+}
+
+template <class F>
+double median_ms(F&& f, int warmup, int reps) {
+  cudaStream_t stream = cuda::compute_stream();
+  for (int i = 0; i < warmup; ++i) f();
+  cudaEvent_t start, stop;
+  COIL_CUDA_CHECK(cudaEventCreate(&start));
+  COIL_CUDA_CHECK(cudaEventCreate(&stop));
+  std::vector<double> times;
+  for (int i = 0; i < reps; ++i) {
+    COIL_CUDA_CHECK(cudaEventRecord(start, stream));
+    f();
+    COIL_CUDA_CHECK(cudaEventRecord(stop, stream));
+    COIL_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    COIL_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    times.push_back(ms);
+  }
+  COIL_CUDA_CHECK(cudaEventDestroy(start));
+  COIL_CUDA_CHECK(cudaEventDestroy(stop));
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+double copy_bw = 0;  // GB/s
+
+void report(const char* name, double bytes, double ms) {
+  double gbs = bytes / (ms * 1e-3) / 1e9;
+  std::printf("%-44s %9.1f MB %9.3f ms %8.0f GB/s %6.1f%%\n", name, bytes / 1e6, ms, gbs, 100.0 * gbs / copy_bw);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int reps = argc > 1 ? std::atoi(argv[1]) : 20;
+  const int warmup = 3;
+  COIL_CHECK(cuda_available(), "bench_fused_kernels: {}", cuda_unavailable_reason());
+  const Device gpu = Device::cuda(0);
+  const int64_t T = 16 * 2048, d = 768, V = 50280, chunk = 4096;
+  cudaDeviceProp prop;
+  COIL_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s; tokens %lld, d_model %lld, vocabulary %lld, chunk %lld rows, median of %d\n", prop.name,
+              (long long)T, (long long)d, (long long)V, (long long)chunk, reps);
+
+  {  // copy bandwidth: 1 GiB device to device
+    const size_t bytes = size_t(1) << 30;
+    Tensor b = Tensor::empty({int64_t(bytes / 4)}, DType::i32, gpu);
+    Tensor src = Tensor::zeros({int64_t(bytes / 4)}, DType::i32, gpu);
+    double ms = median_ms([&] { cuda::memcpy_device_to_device(b.raw(), src.raw(), bytes); }, warmup, reps);
+    copy_bw = 2.0 * double(bytes) / (ms * 1e-3) / 1e9;
+    std::printf("%-44s %9.1f MB %9.3f ms %8.0f GB/s %6.1f%%\n", "device-to-device copy (read + write)", 2e-6 * double(bytes),
+                ms, copy_bw, 100.0);
+  }
+  std::printf("%-44s %12s %12s %13s %7s\n", "kernel", "traffic", "median", "achieved", "of copy");
+
+  const double n = double(T * d);
+  {  // add + RMSNorm: x bf16, residual f32 in, residual f32 out, y bf16
+    Tensor x = random({T, d}, DType::bf16, 1), res = random({T, d}, DType::f32, 2), w = random({d}, DType::f32, 3);
+    kernels::NormForward f;
+    double ms = median_ms([&] { f = kernels::norm_forward(x, res, w, Tensor(), 1e-5, true, true); }, warmup, reps);
+    report("add+rms_norm forward (bf16, fp32 residual)", n * (2 + 4 + 4 + 2), ms);
+    Tensor dy = random({T, d}, DType::bf16, 4), dres = random({T, d}, DType::f32, 5);
+    ms = median_ms([&] { kernels::norm_backward(dy, f.residual, f.mean, f.rstd, w, false, dres, DType::bf16, true, true); },
+                   warmup, reps);
+    report("add+rms_norm backward", n * (2 + 4 + 4 + 2 + 4), ms);
+  }
+  {  // layer norm, bf16 in and out
+    Tensor x = random({T, d}, DType::bf16, 6), w = random({d}, DType::bf16, 7), b = random({d}, DType::bf16, 8);
+    kernels::NormForward f;
+    double ms = median_ms([&] { f = kernels::norm_forward(x, Tensor(), w, b, 1e-5, false, false); }, warmup, reps);
+    report("layer_norm forward (bf16)", n * (2 + 2), ms);
+    Tensor dy = random({T, d}, DType::bf16, 9);
+    ms = median_ms([&] { kernels::norm_backward(dy, x, f.mean, f.rstd, w, true, Tensor(), DType::bf16, false, false); },
+                   warmup, reps);
+    report("layer_norm backward (bf16)", n * (2 + 2 + 2), ms);
+  }
+  const double nv = double(chunk * V);
+  {  // softmax over a chunk of logits
+    Tensor x = random({chunk, V}, DType::bf16, 10, 4.f);
+    Tensor y;
+    double ms = median_ms([&] { y = kernels::softmax_forward(x); }, warmup, reps);
+    report("softmax forward [4096, 50280] bf16", nv * (2 + 2), ms);
+    Tensor dy = random({chunk, V}, DType::bf16, 11);
+    ms = median_ms([&] { kernels::softmax_backward(dy, y); }, warmup, reps);
+    report("softmax backward", nv * (2 + 2 + 2), ms);
+  }
+  {  // cross-entropy over a chunk: loss alone, and loss + in-place logit gradient (the fused pass)
+    Tensor logits = random({chunk, V}, DType::bf16, 12, 4.f);
+    std::vector<int64_t> t(static_cast<size_t>(chunk));
+    for (int64_t i = 0; i < chunk; ++i) t[size_t(i)] = (i * 7919) % V;
+    Tensor targets = Tensor::from_vector(t, {chunk}, DType::i64, gpu);
+    Tensor count = kernels::cross_entropy_count(targets, -100, V, DType::f32);
+    Tensor row_loss = Tensor::empty({chunk}, DType::f32, gpu), lse = Tensor::empty({chunk}, DType::f32, gpu);
+    double ms = median_ms([&] {
+      kernels::cuda::cross_entropy_rows(logits, targets, -100, 0, count, Tensor(), lse, false, row_loss, Tensor());
+    }, warmup, reps);
+    report("cross_entropy forward (loss only)", nv * 2, ms);
+    ms = median_ms([&] {
+      kernels::cuda::cross_entropy_rows(logits, targets, -100, 0, count, Tensor(), Tensor(), false, row_loss, logits);
+    }, warmup, reps);
+    report("cross_entropy fused loss + grad in place", nv * (2 + 2), ms);
+    kernels::check_cross_entropy_targets(gpu);
+  }
+  {  // AdamW and the gradient norm over Mamba-130M's parameters
+    std::vector<Shape> shapes = {{V, d}};
+    for (int layer = 0; layer < 24; ++layer)
+      for (Shape s : std::vector<Shape>{{3072, 768}, {1536, 1, 4}, {1536}, {80, 1536}, {1536, 48}, {1536}, {1536, 16},
+                                        {1536}, {768, 1536}, {768}})
+        shapes.push_back(s);
+    shapes.push_back({d});
+    std::vector<kernels::AdamWSlot> slots;
+    int64_t total = 0;
+    uint32_t seed = 100;
+    for (const Shape& s : shapes) {
+      kernels::AdamWSlot slot;
+      slot.param = random(s, DType::f32, seed++, 0.02f);
+      slot.grad = random(s, DType::f32, seed++, 1e-3f);
+      slot.m = Tensor::zeros(s, DType::f32, gpu);
+      slot.v = Tensor::zeros(s, DType::f32, gpu);
+      slot.copy = Tensor::empty(s, DType::bf16, gpu);
+      slot.weight_decay = s.size() > 1 ? 0.1 : 0.0;
+      total += slot.param.numel();
+      slots.push_back(slot);
+    }
+    kernels::MultiTensorPlan plan = kernels::make_multi_tensor_plan(slots);
+    Tensor lr = Tensor::scalar(1e-4, DType::f32, gpu);
+    kernels::GradNorm gn = kernels::grad_norm(plan, 1.0);
+    int64_t step = 0;
+    double ms = median_ms([&] { kernels::adamw_step(plan, lr, gn.clip, {0.9, 0.95, 1e-8}, ++step); }, warmup, reps);
+    char name[96];
+    std::snprintf(name, sizeof(name), "adamw, %zu tensors, %.1fM params", slots.size(), total / 1e6);
+    report(name, double(total) * (16 + 12 + 2), ms);
+    ms = median_ms([&] { kernels::grad_norm(plan, 1.0); }, warmup, reps);
+    report("global grad norm + clip coefficient", double(total) * 4, ms);
+  }
+  MemoryStats stats = memory_stats(gpu);
+  std::printf("peak GPU memory in use: %s\n", format_bytes(stats.peak_in_use).c_str());
+  return 0;
+}
