@@ -1,0 +1,277 @@
+// The `coil` command line: train, resume, eval, prepare, info, export, launch.
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <algorithm>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "data/prepare.h"
+#include "train/config.h"
+#include "train/launch.h"
+#include "train/trainer.h"
+
+using namespace coil;
+using namespace coil::train;
+namespace fs = std::filesystem;
+
+namespace {
+
+const char* kUsage = R"(coil: train Mamba and Transformer language models
+
+usage: coil COMMAND [ARGS] [--help]
+
+commands:
+  train CONFIG [--set key=value ...]    train the run a YAML config describes
+  resume RUN_DIR [--set key=value ...]  continue a run from its latest good checkpoint
+  eval CONFIG|RUN_DIR [--checkpoint F]  held-out loss, perplexity (and accuracy) of a checkpoint
+  prepare --out FILE.h5 TEXT ...        text files to a byte-level token file
+  info CONFIG [--set key=value ...]     parameters, FLOPs per token, memory estimate
+  export CHECKPOINT|RUN_DIR --format safetensors [--out F] [--dtype f32|bf16]
+  launch --nproc N -- COMMAND ...       run N local ranks (data parallel)
+  keys                                  every config key with its default and range
+
+`coil COMMAND --help` describes one command. docs/CONFIG.md documents the config keys.
+)";
+
+const char* kTrainHelp = R"(usage: coil train CONFIG [--set key.path=value ...]
+
+Trains the run that CONFIG describes into its run directory (run.dir, default runs/<run.name>):
+config.yaml (the resolved config), metrics.jsonl, checkpoints/step_*.h5.
+  --set key.path=value   override any config key, checked like the file (repeatable),
+                         e.g. --set train.steps=100 --set optim.lr=1e-3
+If the run directory already holds the same run, training continues from its latest
+checkpoint; if it holds a different run, this is an error listing the differences.
+Ctrl-C (or SIGTERM) saves a checkpoint at the next step boundary and stops; a second one
+exits at once. Exit status: 0 done, 1 error, 128+signal when interrupted (after saving).
+)";
+
+const char* kResumeHelp = R"(usage: coil resume RUN_DIR [--set key.path=value ...]
+
+Continues the run in RUN_DIR from its newest checkpoint that verifies (a damaged newest one
+is reported and the previous one used). The run's config.yaml is used; --set may change
+bookkeeping keys (train.steps, eval.*, checkpoint.*, log.*) but not what is computed.
+)";
+
+const char* kEvalHelp = R"(usage: coil eval CONFIG|RUN_DIR [--checkpoint FILE] [--batches N] [--set k=v ...]
+
+Evaluates a checkpoint (default: the run's newest good one) on the fixed held-out batches:
+loss, perplexity and, for the synthetic copying and induction tasks, accuracy on the answer
+positions.
+)";
+
+const char* kPrepareHelp = R"(usage: coil prepare --out FILE.h5 [--lines | --paragraphs] TEXT [TEXT ...]
+
+Tokenizes text files (paths or globs, '-' for stdin) with the byte-level tokenizer (ids 0-255,
+end-of-text 256, vocab_size 257) into an HDF5 token file (docs/FORMATS.md). Each input file is
+one document, or each line (--lines), or each blank-line separated paragraph (--paragraphs).
+For Hugging Face tokenizers use scripts/prepare_hf.py, which writes the same format.
+)";
+
+const char* kInfoHelp = R"(usage: coil info CONFIG [--set key.path=value ...] [--world N]
+
+Prints the model's parameter count (with and without embeddings), training FLOPs per token and
+per step, and an estimate of the GPU memory of one rank (weights, gradients, AdamW moments,
+activations of one micro-batch). The model is not built, so any size answers at once.
+)";
+
+const char* kExportHelp = R"(usage: coil export CHECKPOINT|RUN_DIR --format safetensors [--out FILE] [--dtype f32|bf16]
+
+Writes a checkpoint's parameters under the reference names (backbone.embedding.weight,
+backbone.layers.{i}.mixer.in_proj.weight, ..., lm_head.weight for the tied head too) as a
+safetensors file (default: next to the checkpoint, .safetensors), loadable with
+safetensors.torch.load_file and into mamba_ssm's MambaLMHeadModel.
+)";
+
+const char* kLaunchHelp = R"(usage: coil launch --nproc N [--port P] -- COMMAND [ARGS ...]
+
+Starts N local copies of coil with torchrun's variables set (RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT) and waits; if one fails, the others are stopped. See docs/DISTRIBUTED.md.
+)";
+
+struct Args {
+  std::vector<std::string> positional;
+  std::vector<std::string> sets;
+  std::map<std::string, std::string> options;
+  std::vector<std::string> flags;
+  bool help = false;
+};
+
+// Options taking a value; everything else starting with -- is a flag.
+Args parse_args(int argc, char** argv, int start, const std::vector<std::string>& valued,
+                const std::vector<std::string>& flags) {
+  Args a;
+  for (int i = start; i < argc; ++i) {
+    std::string s = argv[i];
+    if (s == "--help" || s == "-h") {
+      a.help = true;
+    } else if (s == "--set") {
+      if (i + 1 >= argc) fail("--set needs key.path=value");
+      a.sets.push_back(argv[++i]);
+    } else if (s.rfind("--set=", 0) == 0) {
+      a.sets.push_back(s.substr(6));
+    } else if (s.rfind("--", 0) == 0 && s.size() > 2) {
+      std::string key = s.substr(2), value;
+      auto eq = key.find('=');
+      if (eq != std::string::npos) value = key.substr(eq + 1), key = key.substr(0, eq);
+      if (std::find(valued.begin(), valued.end(), key) != valued.end()) {
+        if (eq == std::string::npos) {
+          if (i + 1 >= argc) fail("--{} needs a value", key);
+          value = argv[++i];
+        }
+        a.options[key] = value;
+      } else if (std::find(flags.begin(), flags.end(), key) != flags.end()) {
+        a.flags.push_back(key);
+      } else {
+        fail("unknown option '{}' (see --help)", s);
+      }
+    } else {
+      a.positional.push_back(s);
+    }
+  }
+  return a;
+}
+
+bool has_flag(const Args& a, const std::string& f) { return std::find(a.flags.begin(), a.flags.end(), f) != a.flags.end(); }
+
+int help(const char* text) {
+  std::fputs(text, stdout);
+  return 0;
+}
+
+void need(const Args& a, size_t n, const char* usage) {
+  if (a.positional.size() != n) fail("{}", std::string(usage).substr(0, std::string(usage).find('\n')));
+}
+
+int cmd_train(int argc, char** argv, bool resume) {
+  Args a = parse_args(argc, argv, 2, {}, {});
+  if (a.help) return help(resume ? kResumeHelp : kTrainHelp);
+  need(a, 1, resume ? kResumeHelp : kTrainHelp);
+  Config config = resume ? load_run_config(a.positional[0], a.sets) : load_config(a.positional[0], a.sets);
+  if (resume) {
+    // The run directory is where the config was found, even if it was moved.
+    config.run.dir = a.positional[0];
+  }
+  TrainOptions o;
+  o.resume = resume;
+  TrainResult r = coil::train::train(config, o);
+  if (r.interrupted && r.signal) return 128 + r.signal;
+  return 0;
+}
+
+int cmd_eval(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {"checkpoint", "batches"}, {});
+  if (a.help) return help(kEvalHelp);
+  need(a, 1, kEvalHelp);
+  std::string src = a.positional[0];
+  Config config;
+  if (fs::is_directory(src)) {
+    config = load_run_config(src, a.sets);
+    config.run.dir = src;
+  } else {
+    config = load_config(src, a.sets);
+  }
+  int64_t batches = a.options.count("batches") ? std::stoll(a.options["batches"]) : 0;
+  auto print = [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
+  EvalResult r = evaluate(config, a.options.count("checkpoint") ? a.options["checkpoint"] : "", batches, print);
+  std::printf("checkpoint  %s (step %lld)\n", r.checkpoint.empty() ? "(initial weights)" : r.checkpoint.c_str(),
+              (long long)r.step);
+  std::printf("batches     %lld (%lld targets)\n", (long long)r.batches, (long long)r.targets);
+  std::printf("loss        %.6f\nperplexity  %.4f\n", r.loss, r.perplexity);
+  if (r.accuracy >= 0) std::printf("accuracy    %.2f%%\n", 100 * r.accuracy);
+  return 0;
+}
+
+int cmd_prepare(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {"out"}, {"lines", "paragraphs"});
+  if (a.help) return help(kPrepareHelp);
+  if (!a.options.count("out") || a.positional.empty()) fail("usage: coil prepare --out FILE.h5 TEXT [TEXT ...]");
+  data::PrepareOptions o;
+  o.lines_are_documents = has_flag(a, "lines");
+  o.paragraphs_are_documents = has_flag(a, "paragraphs");
+  auto s = data::prepare_bytes(a.positional, a.options["out"], o);
+  std::printf("wrote %s: %lld tokens, %lld documents from %lld files (byte-level, vocab_size %lld, eot %lld)\n",
+              a.options["out"].c_str(), (long long)s.tokens, (long long)s.documents, (long long)s.files,
+              (long long)data::kByteVocab, (long long)data::kByteEot);
+  return 0;
+}
+
+int cmd_info(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {"world"}, {});
+  if (a.help) return help(kInfoHelp);
+  need(a, 1, kInfoHelp);
+  Config config = fs::is_directory(a.positional[0]) ? load_run_config(a.positional[0], a.sets)
+                                                    : load_config(a.positional[0], a.sets);
+  if (config.train.dtype == "auto") config.train.dtype = "bf16";
+  int world = a.options.count("world") ? std::stoi(a.options["world"]) : 1;
+  std::fputs(format_info(config, model_info(config, world)).c_str(), stdout);
+  return 0;
+}
+
+int cmd_export(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {"format", "out", "dtype"}, {});
+  if (a.help) return help(kExportHelp);
+  need(a, 1, kExportHelp);
+  std::string format = a.options.count("format") ? a.options["format"] : "safetensors";
+  if (format != "safetensors") fail("export: --format must be safetensors, got '{}'", format);
+  std::string src = a.positional[0];
+  std::string out = a.options.count("out") ? a.options["out"]
+                    : fs::is_directory(src) ? (fs::path(src) / "model.safetensors").string()
+                                            : fs::path(src).replace_extension(".safetensors").string();
+  auto print = [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
+  export_safetensors(src, out, a.options.count("dtype") ? a.options["dtype"] : "f32", print);
+  return 0;
+}
+
+int cmd_launch(int argc, char** argv) {
+  LaunchOptions o;
+  int i = 2;
+  for (; i < argc; ++i) {
+    std::string s = argv[i];
+    if (s == "--help" || s == "-h") return help(kLaunchHelp);
+    if (s == "--") {
+      ++i;
+      break;
+    }
+    if (s == "--nproc" && i + 1 < argc) o.nproc = std::stoi(argv[++i]);
+    else if (s == "--port" && i + 1 < argc) o.master_port = std::stoi(argv[++i]);
+    else fail("launch: unknown argument '{}' (usage: coil launch --nproc N -- COMMAND ...)", s);
+  }
+  std::vector<std::string> rest(argv + i, argv + argc);
+  if (rest.empty()) fail("launch: nothing to run (usage: coil launch --nproc N -- train CONFIG)");
+  return launch_local(o, rest);
+}
+
+int cmd_keys() {
+  for (auto& [key, value] : config_keys()) std::printf("%-34s %s\n", key.c_str(), value.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  std::string cmd = argv[1];
+  try {
+    if (cmd == "--help" || cmd == "-h" || cmd == "help") return help(kUsage);
+    if (cmd == "train") return cmd_train(argc, argv, false);
+    if (cmd == "resume") return cmd_train(argc, argv, true);
+    if (cmd == "eval") return cmd_eval(argc, argv);
+    if (cmd == "prepare") return cmd_prepare(argc, argv);
+    if (cmd == "info") return cmd_info(argc, argv);
+    if (cmd == "export") return cmd_export(argc, argv);
+    if (cmd == "launch") return cmd_launch(argc, argv);
+    if (cmd == "keys") return cmd_keys();
+    std::fprintf(stderr, "coil: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}

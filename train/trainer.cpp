@@ -1,0 +1,681 @@
+#include "train/trainer.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "autograd/variable.h"
+#include "core/allocator.h"
+#include "core/cuda.h"
+#include "data/loader.h"
+#include "layers/model.h"
+#include "optim/schedule.h"
+#include "train/checkpoint.h"
+#include "train/distributed.h"
+#include "train/optimizer.h"
+#include "train/tensorboard.h"
+
+namespace coil::train {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// ---- signals: the first one asks for a checkpoint at the next step boundary, a second one
+// exits at once ----
+std::atomic<int> g_signal{0};
+
+extern "C" void on_signal(int sig) {
+  if (g_signal.exchange(sig) != 0) {
+    const char msg[] = "\ncoil: second signal, exiting now without saving\n";
+    ssize_t ignored = ::write(2, msg, sizeof(msg) - 1);
+    (void)ignored;
+    std::_Exit(128 + sig);
+  }
+}
+
+struct SignalScope {
+  struct sigaction old_int {}, old_term {};
+  bool installed = false;
+  explicit SignalScope(bool install) {
+    g_signal = 0;
+    if (!install) return;
+    struct sigaction sa {};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    installed = true;
+  }
+  ~SignalScope() {
+    if (!installed) return;
+    sigaction(SIGINT, &old_int, nullptr);
+    sigaction(SIGTERM, &old_term, nullptr);
+  }
+};
+
+std::string format_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "-";
+  int64_t t = int64_t(s + 0.5);
+  if (t >= 3600) return fmt::format("{}h{:02d}m", t / 3600, (t / 60) % 60);
+  if (t >= 60) return fmt::format("{}m{:02d}s", t / 60, t % 60);
+  return fmt::format("{}s", t);
+}
+
+std::string format_count(double v) {
+  if (v >= 1e9) return fmt::format("{:.2f}G", v / 1e9);
+  if (v >= 1e6) return fmt::format("{:.2f}M", v / 1e6);
+  if (v >= 1e3) return fmt::format("{:.1f}k", v / 1e3);
+  return fmt::format("{:.0f}", v);
+}
+
+// JSON numbers: shortest round trip; non-finite values as null.
+std::string jnum(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
+
+size_t host_rss_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  size_t pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return resident * size_t(sysconf(_SC_PAGESIZE));
+}
+
+Device resolve_device(const std::string& name) {
+  if (name == "auto") return cuda_available() ? Device::cuda(0) : Device::cpu();
+  Device d = parse_device(name);
+  if (d.is_cuda() && !cuda_available())
+    fail("train.device is {} but no GPU is usable: {}", name, cuda_unavailable_reason());
+  return d;
+}
+
+// The config as the run executes it: device and dtype resolved.
+void resolve(Config& c, Device device) {
+  c.train.device = device.str();
+  if (c.train.dtype == "auto") c.train.dtype = device.is_cuda() ? "bf16" : "f32";
+  if (c.model.config.dtype == "auto") c.model.config.dtype = c.train.dtype;
+}
+
+data::DataOptions data_options(const Config& c, int rank, int world) {
+  data::DataOptions o;
+  o.kind = c.data.kind;
+  o.task = c.data.task;
+  o.path = c.data.path;
+  o.val_path = c.data.val_path;
+  o.val_fraction = c.data.val_fraction;
+  o.task_vocab = c.data.task_vocab;
+  o.copy_tokens = c.data.copy_tokens;
+  o.check_ids = c.data.check_ids;
+  o.vocab_size = c.model.config.vocab_size;
+  o.seq_len = c.train.seq_len;
+  o.seed = uint64_t(c.train.seed);
+  o.rank = rank;
+  o.world_size = world;
+  return o;
+}
+
+// The learning rate at `step` (0-based): linear warmup from lr/warmup to lr, then cosine or
+// linear decay to min_lr at the last step, or constant.
+optim::Schedule make_schedule(const Config& c) {
+  optim::Schedule s;
+  s.kind = optim::parse_schedule_kind(c.optim.schedule);
+  s.lr = c.optim.lr;
+  s.min_lr = c.optim.min_lr;
+  s.warmup_steps = c.warmup_steps();
+  s.total_steps = c.train.steps;
+  optim::validate(s);
+  return s;
+}
+
+struct EvalTotals {
+  double loss_sum = 0;
+  int64_t targets = 0, correct = 0;
+  bool has_accuracy = false;
+  double loss() const { return targets ? loss_sum / double(targets) : NAN; }
+  double accuracy() const { return has_accuracy && targets ? double(correct) / double(targets) : -1; }
+};
+
+// Loss (and accuracy on answer positions for synthetic tasks) over fixed held-out batches.
+EvalTotals run_eval(const layers::LanguageModel& model, const data::DataLoader& loader, int64_t batches,
+                    int64_t micro_batch, Device device) {
+  autograd::NoGradGuard no_grad;
+  EvalTotals t;
+  t.has_accuracy = loader.has_accuracy();
+  batches = std::min(batches, loader.num_val_batches(micro_batch));
+  for (int64_t i = 0; i < batches; ++i) {
+    data::Batch b = loader.val_batch(i, micro_batch);
+    int64_t count = b.target_count();
+    if (count == 0) continue;
+    Tensor inputs = b.inputs.to(device);
+    if (!t.has_accuracy) {
+      Tensor targets = b.targets.to(device);
+      double l = model.loss(inputs, targets, data::kIgnoreIndex).value().item();
+      t.loss_sum += l * double(count);
+      t.targets += count;
+      continue;
+    }
+    // Accuracy needs the logits: [B, T, V] to the host, log-softmax at the answer positions.
+    Tensor logits = model.forward(inputs).value().to(Device::cpu(), DType::f32);
+    const float* lg = logits.data<float>();
+    const int64_t* tg = b.targets.data<int64_t>();
+    int64_t V = logits.size(-1), n = b.targets.numel();
+    for (int64_t p = 0; p < n; ++p) {
+      if (tg[p] == data::kIgnoreIndex) continue;
+      const float* row = lg + p * V;
+      int64_t arg = 0;
+      double mx = row[0];
+      for (int64_t v = 1; v < V; ++v)
+        if (row[v] > mx) mx = row[v], arg = v;
+      double sum = 0;
+      for (int64_t v = 0; v < V; ++v) sum += std::exp(double(row[v]) - mx);
+      t.loss_sum += mx + std::log(sum) - double(row[tg[p]]);
+      t.correct += arg == tg[p];
+      t.targets += 1;
+    }
+  }
+  return t;
+}
+
+class MetricsLog {
+ public:
+  MetricsLog(const std::string& path, int64_t keep_up_to_step, bool fresh) : path_(path) {
+    // A resumed run drops what was logged after its checkpoint, so the file reads as one run.
+    std::vector<std::string> kept;
+    if (!fresh) {
+      std::ifstream in(path);
+      std::string line;
+      while (std::getline(in, line)) {
+        auto pos = line.find("\"step\":");
+        if (pos == std::string::npos) continue;
+        int64_t step = std::atoll(line.c_str() + pos + 7);
+        if (step <= keep_up_to_step) kept.push_back(line);
+      }
+    }
+    out_.open(path, std::ios::trunc);
+    COIL_CHECK(out_.good(), "train: cannot write '{}'", path);
+    for (auto& l : kept) out_ << l << "\n";
+    out_.flush();
+  }
+  void write(const std::string& json) {
+    out_ << json << "\n";
+    out_.flush();
+  }
+
+ private:
+  std::string path_;
+  std::ofstream out_;
+};
+
+void write_text_atomically(const std::string& path, const std::string& text) {
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    COIL_CHECK(out.good(), "train: cannot write '{}'", tmp);
+    out << text;
+  }
+  fs::rename(tmp, path);
+}
+
+Checkpoint make_checkpoint(const layers::LanguageModel& model, const Optimizer& opt, const TrainState& state) {
+  Checkpoint c;
+  c.state = state;
+  std::map<const layers::Parameter*, std::string> first_name;
+  for (auto& [name, p] : model.named_parameters()) {
+    c.params.emplace_back(name, p->value());
+    first_name[p.get()] = name;
+  }
+  for (auto& [name, p] : model.named_parameters_with_aliases()) {
+    auto it = first_name.find(p.get());
+    if (it != first_name.end() && it->second != name) c.aliases.emplace_back(name, it->second);
+  }
+  c.optimizer = opt.state();
+  return c;
+}
+
+void load_into(layers::LanguageModel& model, Optimizer& opt, const Checkpoint& c) {
+  layers::StateDict sd;
+  for (auto& [name, t] : c.params) sd[name] = t;
+  model.load_state_dict(sd, true);
+  opt.load_state(c.optimizer);
+}
+
+}  // namespace
+
+Config load_run_config(const std::string& run_dir, const std::vector<std::string>& overrides) {
+  std::string path = (fs::path(run_dir) / "config.yaml").string();
+  if (!fs::exists(path))
+    fail("'{}' is not a run directory: it has no config.yaml (start a run with `coil train CONFIG`)", run_dir);
+  return load_config(path, overrides);
+}
+
+TrainResult train(Config config, const TrainOptions& options) {
+  auto print = options.print ? options.print : [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
+  auto say = [&](const std::string& s) {
+    if (!options.quiet) print(s);
+  };
+  DistEnv env = detect_dist_env();
+  COIL_CHECK(env.world_size == 1,
+             "train: {} ranks were launched ({}), but this trainer runs one process; data-parallel training is "
+             "not wired into the loop yet (train/communicator.h, train/grad_reducer.h exist)",
+             env.world_size, env.launcher);
+  Device device = resolve_device(config.train.device);
+  if (device.is_cuda()) cuda::set_device(device.index);
+  resolve(config, device);
+  const std::string run_dir = config.run_dir();
+  const std::string config_path = (fs::path(run_dir) / "config.yaml").string();
+
+  // ---- the run directory: new, the same run (continue), or another run (error) ----
+  bool resuming = false;
+  Checkpoint ckpt;
+  std::string ckpt_path;
+  auto warn = [&](const std::string& s) { say("warning: " + s); };
+  if (fs::exists(config_path)) {
+    Config existing = load_config(config_path);
+    auto diffs = config_differences(existing, config, true);
+    if (!diffs.empty()) {
+      std::string list;
+      for (auto& d : diffs) list += "\n  " + d;
+      fail("train: the run directory '{}' holds a different run (its config.yaml differs in:{}\n); choose another "
+           "run.name or run.dir, or delete the directory",
+           run_dir, list);
+    }
+    bool has_ckpt = load_latest(run_dir, ckpt, &ckpt_path, warn);
+    if (options.resume && !has_ckpt) fail("resume: '{}' has no usable checkpoint to resume from", run_dir);
+    if (has_ckpt && (options.resume || options.allow_resume)) {
+      resuming = true;
+      for (auto& d : config_differences(existing, config, false)) say("note: config changed since the checkpoint: " + d);
+    }
+  } else if (options.resume) {
+    fail("resume: '{}' is not a run directory (no config.yaml)", run_dir);
+  }
+  fs::create_directories(run_dir);
+  write_text_atomically(config_path, to_yaml(config));
+
+  // ---- model, optimizer, data ----
+  layers::LanguageModel model(config.model.config, uint64_t(config.train.seed));
+  model.to(device);
+  model.train();
+  Optimizer opt(model, config.optim);
+  const optim::Schedule schedule = make_schedule(config);
+  data::DataLoader loader(data_options(config, env.rank, env.world_size));
+  const int64_t accum = config.grad_accum(env.world_size);
+  const int64_t mb = config.train.micro_batch, L = config.train.seq_len;
+  const int64_t tokens_per_step = accum * mb * L * env.world_size;
+
+  TrainState state;
+  state.config_yaml = to_yaml(config);
+  state.rng_seed = uint64_t(config.train.seed);
+  if (resuming) {
+    load_into(model, opt, ckpt);
+    loader.set_state({ckpt.state.sampler_seed, ckpt.state.sampler_examples});
+    state = ckpt.state;
+    state.config_yaml = to_yaml(config);
+    say(fmt::format("resuming {} from {} (step {}, {} tokens)", run_dir, fs::path(ckpt_path).filename().string(),
+                    state.step, format_count(double(state.tokens_seen))));
+  }
+  TrainResult result;
+  result.run_dir = run_dir;
+  result.start_step = state.step;
+  MetricsLog metrics((fs::path(run_dir) / "metrics.jsonl").string(), state.step, !resuming);
+  std::unique_ptr<TensorBoardWriter> tb;
+  if (config.log.tensorboard) tb = std::make_unique<TensorBoardWriter>(run_dir);
+
+  const double flops_per_token = model.flops_per_token(L);
+  double peak_flops = 0;
+  if (const char* e = std::getenv("COIL_PEAK_TFLOPS")) peak_flops = std::atof(e) * 1e12;
+  else if (device.is_cuda()) peak_flops = config.train.dtype == "bf16" ? 989e12 : 67e12;  // H100 SXM dense
+  say(fmt::format("run {} -> {}", config.run.name, run_dir));
+  say(fmt::format("model {}: {} parameters, {} FLOPs/token; {} {}", config.model.preset,
+                  format_count(double(model.num_parameters())), format_count(flops_per_token), device.str(),
+                  config.train.dtype));
+  say(fmt::format("data: {}", loader.describe()));
+  say(fmt::format("{} steps of {} tokens ({} x {} x {} accumulation{})", config.train.steps, tokens_per_step, mb, L,
+                  accum, env.world_size > 1 ? fmt::format(" x {} ranks", env.world_size) : ""));
+
+  SignalScope signals(options.install_signal_handlers);
+  auto save = [&](const char* why) {
+    if (env.rank != 0) return;
+    auto s = loader.state();
+    state.sampler_seed = s.seed;
+    state.sampler_examples = s.examples_drawn;
+    std::string path = checkpoint_path(run_dir, state.step);
+    write_checkpoint(path, make_checkpoint(model, opt, state));
+    prune_checkpoints(run_dir, config.checkpoint.keep_last);
+    say(fmt::format("checkpoint {} ({})", path, why));
+  };
+  auto evaluate_now = [&]() {
+    if (config.eval.batches <= 0) return;
+    int64_t n = std::min(config.eval.batches, loader.num_val_batches(mb));
+    if (n <= 0) return;
+    model.eval();
+    EvalTotals t = run_eval(model, loader, n, mb, device);
+    model.train();
+    result.val_loss = t.loss();
+    result.val_accuracy = t.accuracy();
+    if (state.best_val_loss == 0 || t.loss() < state.best_val_loss) state.best_val_loss = t.loss();
+    std::string acc = t.has_accuracy ? fmt::format(" | accuracy {:.2f}%", 100 * t.accuracy()) : "";
+    say(fmt::format("eval step {} | val loss {:.4f} | ppl {:.3f}{}", state.step, t.loss(), std::exp(t.loss()), acc));
+    metrics.write(fmt::format("{{\"step\":{},\"tokens\":{},\"val_loss\":{},\"val_ppl\":{}{}}}", state.step,
+                              state.tokens_seen, jnum(t.loss()), jnum(std::exp(t.loss())),
+                              t.has_accuracy ? ",\"val_accuracy\":" + jnum(t.accuracy()) : ""));
+    if (tb) {
+      tb->scalar("val/loss", state.step, t.loss());
+      if (t.has_accuracy) tb->scalar("val/accuracy", state.step, t.accuracy());
+    }
+  };
+
+  // ---- the loop ----
+  auto t_start = Clock::now();
+  auto t_log = t_start;
+  int64_t tokens_at_log = state.tokens_seen, steps_at_log = 0;
+  double loss_sum_log = 0, gnorm_sum_log = 0;
+  int64_t loss_count_log = 0;
+  const int64_t steps_this_call_start = state.step;
+  while (state.step < config.train.steps) {
+    if (g_signal.load() != 0 ||
+        (options.stop_after_steps >= 0 && state.step - steps_this_call_start >= options.stop_after_steps)) {
+      result.interrupted = true;
+      result.signal = g_signal.load();
+      break;
+    }
+    const int64_t step = state.step;
+    const double lr = optim::learning_rate(schedule, step);
+    // Draw the step's micro-batches first: each gradient is weighted by its share of targets,
+    // so the step's gradient is that of the mean loss over all its targets.
+    std::vector<data::Batch> batches;
+    int64_t step_targets = 0;
+    for (int64_t a = 0; a < accum; ++a) {
+      batches.push_back(loader.next_train(mb));
+      step_targets += batches.back().target_count();
+    }
+    opt.zero_grad();
+    double step_loss = 0;
+    bool finite = true;
+    for (auto& b : batches) {
+      int64_t count = b.target_count();
+      if (count == 0) continue;
+      Tensor inputs = b.inputs.to(device), targets = b.targets.to(device);
+      autograd::Variable loss = model.loss(inputs, targets, data::kIgnoreIndex);
+      double weight = double(count) / double(step_targets);
+      loss.backward(Tensor::full(loss.shape(), weight, loss.dtype(), loss.device()));
+      double l = loss.value().item();  // a host sync per micro-batch (documented)
+      finite &= std::isfinite(l);
+      step_loss += weight * l;
+    }
+    double gnorm = finite ? opt.clip_grad_norm(config.optim.grad_clip) : NAN;
+    finite &= std::isfinite(gnorm);
+    if (!finite) {
+      state.nan_skips += 1;
+      opt.zero_grad();
+      say(fmt::format("warning: step {}: non-finite {} ({}); the step is skipped ({} of at most {})", step + 1,
+                      std::isfinite(step_loss) ? "gradient norm" : "loss", std::isfinite(step_loss) ? gnorm : step_loss,
+                      state.nan_skips, config.train.max_nan_skips));
+      metrics.write(fmt::format("{{\"step\":{},\"skipped\":true,\"loss\":{},\"grad_norm\":{}}}", step + 1,
+                                jnum(step_loss), jnum(gnorm)));
+      if (state.nan_skips > config.train.max_nan_skips) {
+        result.nan_skips = state.nan_skips;
+        fail("train: {} steps had a non-finite loss or gradient (train.max_nan_skips = {}); stopping at step {}. "
+             "The last good checkpoint is in {}. Lower optim.lr, check the data, or use train.dtype f32",
+             state.nan_skips, config.train.max_nan_skips, step + 1, checkpoint_dir(run_dir));
+      }
+    } else {
+      opt.step(lr);
+    }
+    state.step += 1;
+    state.tokens_seen += tokens_per_step;
+    state.last_lr = lr;
+    result.losses.push_back(finite ? step_loss : NAN);
+    if (options.on_step) options.on_step(state.step, finite ? step_loss : NAN);
+    if (finite) {
+      loss_sum_log += step_loss;
+      gnorm_sum_log += gnorm;
+      loss_count_log += 1;
+    }
+    steps_at_log += 1;
+
+    bool last = state.step == config.train.steps;
+    if (state.step % config.log.every == 0 || last) {
+      auto now = Clock::now();
+      double dt = std::chrono::duration<double>(now - t_log).count();
+      double tok_s = double(state.tokens_seen - tokens_at_log) / std::max(dt, 1e-9);
+      double step_s = dt / double(std::max<int64_t>(steps_at_log, 1));
+      double eta = step_s * double(config.train.steps - state.step);
+      double mfu = peak_flops > 0 ? tok_s * flops_per_token / peak_flops : -1;
+      double mem = device.is_cuda() ? double(memory_stats(device).peak_in_use) : double(host_rss_bytes());
+      double loss_avg = loss_count_log ? loss_sum_log / double(loss_count_log) : NAN;
+      double gnorm_avg = loss_count_log ? gnorm_sum_log / double(loss_count_log) : NAN;
+      say(fmt::format("step {}/{} | loss {:.4f} | lr {:.3e} | gnorm {:.3f} | {} tok/s | MFU {} | mem {} | ETA {}",
+                      state.step, config.train.steps, loss_avg, lr, gnorm_avg, format_count(tok_s),
+                      mfu >= 0 ? fmt::format("{:.1f}%", 100 * mfu) : "-", format_bytes(size_t(mem)),
+                      format_duration(eta)));
+      metrics.write(fmt::format(
+          "{{\"step\":{},\"tokens\":{},\"loss\":{},\"lr\":{},\"grad_norm\":{},\"tokens_per_s\":{},\"mfu\":{},"
+          "\"memory_bytes\":{},\"elapsed_s\":{}}}",
+          state.step, state.tokens_seen, jnum(loss_avg), jnum(lr), jnum(gnorm_avg), jnum(tok_s), jnum(mfu),
+          jnum(mem), jnum(std::chrono::duration<double>(now - t_start).count())));
+      if (tb) {
+        tb->scalar("train/loss", state.step, loss_avg);
+        tb->scalar("train/lr", state.step, lr);
+        tb->scalar("train/grad_norm", state.step, gnorm_avg);
+        tb->scalar("train/tokens_per_s", state.step, tok_s);
+      }
+      t_log = now;
+      tokens_at_log = state.tokens_seen;
+      steps_at_log = 0;
+      loss_sum_log = gnorm_sum_log = 0;
+      loss_count_log = 0;
+    }
+    if (config.eval.every > 0 && state.step % config.eval.every == 0 && !last) evaluate_now();
+    if (config.checkpoint.every > 0 && state.step % config.checkpoint.every == 0 && !last) save("periodic");
+  }
+  result.final_step = state.step;
+  result.nan_skips = state.nan_skips;
+  if (result.interrupted) {
+    save(result.signal ? (result.signal == SIGINT ? "interrupted by SIGINT" : "interrupted by SIGTERM") : "stopped");
+    say(fmt::format("stopped at step {}/{}; continue with: coil resume {}", state.step, config.train.steps, run_dir));
+    return result;
+  }
+  evaluate_now();
+  if (config.checkpoint.at_end) save("end of training");
+  double total = std::chrono::duration<double>(Clock::now() - t_start).count();
+  say(fmt::format("done: {} steps in {}", state.step - result.start_step, format_duration(total)));
+  return result;
+}
+
+EvalResult evaluate(const Config& config_in, const std::string& checkpoint, int64_t batches,
+                    const std::function<void(const std::string&)>& print) {
+  Config config = config_in;
+  Device device = resolve_device(config.train.device);
+  resolve(config, device);
+  layers::LanguageModel model(config.model.config, uint64_t(config.train.seed));
+  EvalResult r;
+  Checkpoint c;
+  std::string path = checkpoint;
+  if (!checkpoint.empty()) {
+    c = read_checkpoint(checkpoint);
+  } else if (!load_latest(config.run_dir(), c, &path, [&](const std::string& w) {
+               if (print) print("warning: " + w);
+             })) {
+    path.clear();
+    if (print) print(fmt::format("warning: {} has no checkpoint; evaluating the initial weights", config.run_dir()));
+  }
+  if (!path.empty()) {
+    layers::StateDict sd;
+    for (auto& [name, t] : c.params) sd[name] = t;
+    model.load_state_dict(sd, true);
+    r.step = c.state.step;
+    r.checkpoint = path;
+  }
+  model.to(device);
+  model.eval();
+  data::DataLoader loader(data_options(config, 0, 1));
+  int64_t n = std::min(batches > 0 ? batches : std::max<int64_t>(config.eval.batches, 1),
+                       loader.num_val_batches(config.train.micro_batch));
+  COIL_CHECK(n > 0, "eval: the data holds no validation windows (data.val_fraction or data.val_path)");
+  EvalTotals t = run_eval(model, loader, n, config.train.micro_batch, device);
+  r.loss = t.loss();
+  r.perplexity = std::exp(t.loss());
+  r.accuracy = t.accuracy();
+  r.batches = n;
+  r.targets = t.targets;
+  return r;
+}
+
+// ---- info ----
+
+std::vector<std::pair<std::string, Shape>> parameter_shapes(const layers::ModelConfig& m) {
+  std::vector<std::pair<std::string, Shape>> out;
+  const int64_t d = m.d_model, V = m.padded_vocab_size(), di = m.d_inner(), N = m.mamba.d_state, R = m.dt_rank();
+  const bool ln = m.norm == "layernorm";
+  auto norm = [&](const std::string& p) {
+    out.push_back({p + ".weight", {d}});
+    if (ln) out.push_back({p + ".bias", {d}});
+  };
+  auto linear = [&](const std::string& p, int64_t o, int64_t i, bool bias) {
+    out.push_back({p + ".weight", {o, i}});
+    if (bias) out.push_back({p + ".bias", {o}});
+  };
+  out.push_back({"backbone.embedding.weight", {V, d}});
+  if (m.attention.positions == "learned" && m.has_attention())
+    out.push_back({"backbone.pos_embedding.weight", {m.attention.max_seq_len, d}});
+  auto mixers = m.layer_mixers();
+  for (size_t i = 0; i < mixers.size(); ++i) {
+    std::string p = fmt::format("backbone.layers.{}.", i);
+    norm(p + "norm");
+    if (mixers[i] == "mamba") {
+      out.push_back({p + "mixer.A_log", {di, N}});
+      out.push_back({p + "mixer.D", {di}});
+      linear(p + "mixer.in_proj", 2 * di, d, m.bias);
+      out.push_back({p + "mixer.conv1d.weight", {di, 1, m.mamba.d_conv}});
+      if (m.mamba.conv_bias) out.push_back({p + "mixer.conv1d.bias", {di}});
+      linear(p + "mixer.x_proj", R + 2 * N, di, false);
+      linear(p + "mixer.dt_proj", di, R, true);
+      linear(p + "mixer.out_proj", d, di, m.bias);
+    } else {
+      linear(p + "mixer.in_proj", 3 * d, d, m.bias);
+      linear(p + "mixer.out_proj", d, d, m.bias);
+    }
+    if (m.mlp != "none") {
+      norm(p + "norm2");
+      int64_t h = m.mlp_hidden_size();
+      linear(p + "mlp.fc1", m.mlp == "swiglu" ? 2 * h : h, d, m.bias);
+      linear(p + "mlp.fc2", d, h, m.bias);
+    }
+  }
+  norm("backbone.norm_f");
+  if (!m.tie_embeddings) out.push_back({"lm_head.weight", {V, d}});
+  return out;
+}
+
+ModelInfo model_info(const Config& config, int world_size) {
+  const auto& m = config.model.config;
+  ModelInfo info;
+  int64_t embed = 0;
+  for (auto& [name, shape] : parameter_shapes(m)) {
+    int64_t n = numel(shape);
+    info.parameters += n;
+    if (name == "backbone.embedding.weight" || name == "backbone.pos_embedding.weight" || name == "lm_head.weight")
+      embed += n;
+    bool matmul = shape.size() >= 2 && name.find("A_log") == std::string::npos &&
+                  name.find("embedding") == std::string::npos && name != "lm_head.weight";
+    if (matmul) info.matmul_parameters += n;
+  }
+  info.matmul_parameters += m.padded_vocab_size() * m.d_model;  // the head (tied or not)
+  info.non_embedding_parameters = info.parameters - embed;
+  // Training FLOPs per token, as LanguageModel::flops_per_token.
+  const int64_t L = config.train.seq_len, d = m.d_model, di = m.d_inner(), N = m.mamba.d_state;
+  double flops = 6.0 * double(info.matmul_parameters);
+  int64_t n_attn = 0, n_mamba = 0;
+  for (auto& k : m.layer_mixers()) (k == "attention" ? n_attn : n_mamba) += 1;
+  double ctx = m.attention.window > 0 ? std::min<double>(double(L), double(m.attention.window)) : double(L);
+  flops += double(n_attn) * 12.0 * double(d) * ctx;
+  flops += double(n_mamba) * 3.0 * (9.0 * double(di) * double(N) + 2.0 * double(di));
+  info.flops_per_token = flops;
+  info.grad_accum = config.grad_accum(world_size);
+  info.tokens_per_step = info.grad_accum * config.train.micro_batch * L * world_size;
+  info.flops_per_step = flops * double(info.tokens_per_step);
+  // Memory per GPU: fp32 master weights and gradients, AdamW's two fp32 moments, and the
+  // activations saved for backward of one micro-batch. The activation figure is an estimate:
+  // per token and layer, the tensors a layer saves (in the compute dtype; the residual stream
+  // and norm statistics in fp32), not counting the allocator's slack.
+  double act_bytes = config.train.dtype == "f32" ? 4 : 2;
+  double P = double(info.parameters);
+  info.weights_bytes = 4 * P + (act_bytes == 2 ? 2 * P : 0);  // + the bf16 compute copy
+  info.gradient_bytes = 4 * P;
+  info.optimizer_bytes = 8 * P;
+  double per_token = 0;
+  const int64_t R = m.dt_rank(), h = m.mlp_hidden_size();
+  for (auto& k : m.layer_mixers()) {
+    double elems = 0;
+    if (k == "mamba")  // norm out, in_proj out (x, z), conv out, x_proj out, delta, scan out
+      elems = double(d + 2 * di + di + (R + 2 * N) + di + di);
+    else  // norm out, q k v, attention out (+ logsumexp)
+      elems = double(d + 3 * d + d) + double(m.attention.n_head);
+    if (m.mlp == "swiglu") elems += double(d + 2 * h + h);
+    if (m.mlp == "gelu") elems += double(d + 2 * h);
+    per_token += elems * act_bytes + 4.0 * double(d) * (m.mlp != "none" ? 2 : 1);  // + fp32 residual
+  }
+  per_token += 4.0 * double(d) + act_bytes * double(d);  // final norm; the loss is chunked
+  info.activation_bytes = per_token * double(config.train.micro_batch * L);
+  return info;
+}
+
+std::string format_info(const Config& config, const ModelInfo& info) {
+  const auto& m = config.model.config;
+  auto gib = [](double b) { return fmt::format("{:.2f} GiB", b / double(1ull << 30)); };
+  std::string layers;
+  int64_t n_attn = 0, n_mamba = 0;
+  for (auto& k : m.layer_mixers()) (k == "attention" ? n_attn : n_mamba) += 1;
+  if (n_mamba) layers += fmt::format("{} mamba", n_mamba);
+  if (n_attn) layers += fmt::format("{}{} attention", layers.empty() ? "" : " + ", n_attn);
+  std::string out;
+  out += fmt::format("model        {} ({} layers: {}; d_model {}; vocab {} padded to {})\n",
+                     config.model.preset.empty() ? "custom" : config.model.preset, m.n_layer, layers, m.d_model,
+                     m.vocab_size, m.padded_vocab_size());
+  out += fmt::format("parameters   {} ({:.1f}M); without embeddings {} ({:.1f}M)\n", info.parameters,
+                     double(info.parameters) / 1e6, info.non_embedding_parameters,
+                     double(info.non_embedding_parameters) / 1e6);
+  out += fmt::format("FLOPs/token  {:.4g} (training: forward + backward; 6 x {:.1f}M matmul weights + mixers)\n",
+                     info.flops_per_token, double(info.matmul_parameters) / 1e6);
+  out += fmt::format("step         {} tokens = {} x {} x {} accumulation; {:.4g} FLOPs\n", info.tokens_per_step,
+                     config.train.micro_batch, config.train.seq_len, info.grad_accum, info.flops_per_step);
+  out += fmt::format("run          {} steps, {:.4g} tokens, {:.4g} FLOPs\n", config.train.steps,
+                     double(info.tokens_per_step) * double(config.train.steps),
+                     info.flops_per_step * double(config.train.steps));
+  out += fmt::format("memory       {} total (estimate, per GPU, {}): weights {}, gradients {}, AdamW {}, "
+                     "activations {} (micro-batch {} x {})\n",
+                     gib(info.total_bytes()), config.train.dtype == "f32" ? "f32" : "bf16 compute",
+                     gib(info.weights_bytes), gib(info.gradient_bytes), gib(info.optimizer_bytes),
+                     gib(info.activation_bytes), config.train.micro_batch, config.train.seq_len);
+  return out;
+}
+
+void export_safetensors(const std::string& source, const std::string& out, const std::string& dtype,
+                        const std::function<void(const std::string&)>& print) {
+  Checkpoint c;
+  std::string path = source;
+  if (fs::is_directory(source)) {
+    if (!load_latest(source, c, &path, [&](const std::string& w) {
+          if (print) print("warning: " + w);
+        }))
+      fail("export: '{}' holds no usable checkpoint", source);
+  } else {
+    c = read_checkpoint(source);
+  }
+  NamedTensors tensors = c.params;
+  for (auto& [alias, target] : c.aliases)
+    for (auto& [name, t] : c.params)
+      if (name == target) tensors.emplace_back(alias, t);
+  std::string dt = dtype == "bf16" || dtype == "BF16" ? "BF16" : dtype == "f32" || dtype == "F32" ? "F32" : "";
+  COIL_CHECK(!dt.empty(), "export: --dtype must be f32 or bf16, got '{}'", dtype);
+  write_safetensors(out, tensors, dt,
+                    {{"format", "pt"}, {"coil_step", std::to_string(c.state.step)}, {"coil_config", c.state.config_yaml}});
+  if (print) print(fmt::format("exported {} tensors of {} (step {}) to {}", tensors.size(), path, c.state.step, out));
+}
+
+}  // namespace coil::train

@@ -1,0 +1,85 @@
+// The training loop (docs/CONFIG.md describes the run directory):
+//
+//   for each step: draw accumulation x micro-batches; forward + backward each, the gradient
+//   weighted by its share of the step's targets; (data parallel: average over ranks); clip by
+//   the global norm; AdamW at the schedule's learning rate; log; evaluate every eval.every
+//   steps on fixed held-out batches; checkpoint every checkpoint.every steps and at the end.
+//
+// A run directory holds config.yaml (the resolved config), metrics.jsonl (one JSON object per
+// logged step or evaluation), checkpoints/step_*.h5 and, with log.tensorboard, an event file.
+// A non-finite loss skips its step with a warning (up to train.max_nan_skips). SIGINT/SIGTERM
+// save a checkpoint at the next step boundary and stop; a second signal exits at once.
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/shape.h"
+#include "train/config.h"
+
+namespace coil::train {
+
+struct TrainOptions {
+  bool resume = false;        // continue from the run directory's latest checkpoint (required)
+  bool allow_resume = true;   // `coil train` on a directory holding the same run continues it
+  bool install_signal_handlers = true;
+  int64_t stop_after_steps = -1;  // stop (with a checkpoint) after this many steps of this call: tests
+  bool quiet = false;             // no console output (tests)
+  // Called after every optimizer step (or skipped step) with the step number and its loss.
+  std::function<void(int64_t step, double loss)> on_step;
+  // Called for each message line (console by default).
+  std::function<void(const std::string&)> print;
+};
+
+struct TrainResult {
+  std::string run_dir;
+  int64_t start_step = 0;    // where this call began (resumed runs: the checkpoint's step)
+  int64_t final_step = 0;
+  std::vector<double> losses;  // the loss of every step this call ran (NaN for skipped ones)
+  double val_loss = 0, val_accuracy = -1;  // the last evaluation (accuracy: -1 when none)
+  bool interrupted = false;  // by a signal or stop_after_steps
+  int signal = 0;            // the signal that interrupted the run, if any
+  int64_t nan_skips = 0;
+};
+
+// Runs (or resumes) the training the config describes. Raises coil::Error for bad input,
+// a run directory holding a different run, or too many non-finite losses.
+TrainResult train(Config config, const TrainOptions& options = {});
+
+// Reads a run directory's config.yaml.
+Config load_run_config(const std::string& run_dir, const std::vector<std::string>& overrides = {});
+
+struct EvalResult {
+  double loss = 0, perplexity = 0, accuracy = -1;  // accuracy -1: the data has none
+  int64_t batches = 0, targets = 0;
+  int64_t step = 0;             // the checkpoint's step (0: initial weights)
+  std::string checkpoint;       // the checkpoint evaluated ("" if none)
+};
+// Evaluates the run's latest good checkpoint (or `checkpoint` when given) on the held-out
+// batches (eval.batches, or `batches` when > 0).
+EvalResult evaluate(const Config& config, const std::string& checkpoint = "", int64_t batches = 0,
+                    const std::function<void(const std::string&)>& print = nullptr);
+
+// `coil info`: sizes and costs of the config's model and run.
+struct ModelInfo {
+  int64_t parameters = 0, non_embedding_parameters = 0, matmul_parameters = 0;
+  double flops_per_token = 0;   // training (forward + backward)
+  double flops_per_step = 0;
+  int64_t tokens_per_step = 0, grad_accum = 1;
+  double weights_bytes = 0, optimizer_bytes = 0, gradient_bytes = 0, activation_bytes = 0;
+  double total_bytes() const { return weights_bytes + optimizer_bytes + gradient_bytes + activation_bytes; }
+};
+// Computed from the config alone (the model is not built, so any size is instant).
+ModelInfo model_info(const Config& config, int world_size = 1);
+std::string format_info(const Config& config, const ModelInfo& info);
+
+// The parameter names and shapes of a model config, in the order named_parameters() lists
+// them, computed without building it (used by model_info, checked against the model in tests).
+std::vector<std::pair<std::string, coil::Shape>> parameter_shapes(const layers::ModelConfig& config);
+
+// `coil export`: a checkpoint's parameters (aliases of tied weights included, under the
+// reference names) as a safetensors file.
+void export_safetensors(const std::string& checkpoint_or_run_dir, const std::string& out, const std::string& dtype,
+                        const std::function<void(const std::string&)>& print = nullptr);
+
+}  // namespace coil::train
