@@ -1,12 +1,14 @@
 // Causal flash attention, bf16, on one GPU: forward and forward+backward times (median of
 // CUDA-event timings after warm-up) and TFLOP/s, with causal FLOPs
 //   forward 4 * B * H * T^2 * hd / 2,  backward 2.5 x forward.
-// Usage: bench_attention [iterations]. Compare with bench/attention_torch.py (PyTorch SDPA).
+// Usage: bench_attention [iterations] [--tune]; --tune also times the other warps-per-block
+// settings of the three kernels (COIL_ATTN_{FWD,DKDV,DQ}_WARPS). Compare with bench/attention_torch.py (PyTorch SDPA).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "core/cuda.h"
@@ -45,6 +47,7 @@ double median_ms(F&& f, int iters) {
 
 int main(int argc, char** argv) {
   int iters = argc > 1 ? std::atoi(argv[1]) : 20;
+  bool tune = argc > 2 && std::string(argv[2]) == "--tune";
   if (!cuda_available()) {
     std::printf("bench_attention: no GPU (%s)\n", cuda_unavailable_reason().c_str());
     return 0;
@@ -52,6 +55,7 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, coil::cuda::current_device());
   std::printf("device: %s\n", prop.name);
+  std::fflush(stdout);
   struct Case {
     int64_t B, H, T, d, window;
   };
@@ -59,12 +63,21 @@ int main(int argc, char** argv) {
                              {16, 12, 2048, 64, 512}};
   std::printf("%-28s %10s %10s %10s %10s %10s %10s\n", "shape (causal, bf16)", "fwd ms", "fwd TF/s",
               "f+b ms", "f+b TF/s", "bwd ms", "bwd TF/s");
+  std::vector<std::string> variants = {""};
+  if (tune) variants = {"4,4,4", "8,4,4", "4,8,4", "4,4,8", "8,8,8"};
   for (const Case& c : cases) {
+    // Inputs drawn once per shape (on the host: seconds at the largest shape).
     Generator gen(1);
     Shape s{c.B, c.T, c.H, c.d};
     Device gpu = Device::cuda();
     Tensor q = randn(s, gen, DType::bf16, gpu), k = randn(s, gen, DType::bf16, gpu),
            v = randn(s, gen, DType::bf16, gpu), g = randn(s, gen, DType::bf16, gpu);
+  for (const std::string& variant : variants) {
+    if (!variant.empty()) {
+      setenv("COIL_ATTN_FWD_WARPS", variant.substr(0, 1).c_str(), 1);
+      setenv("COIL_ATTN_DKDV_WARPS", variant.substr(2, 1).c_str(), 1);
+      setenv("COIL_ATTN_DQ_WARPS", variant.substr(4, 1).c_str(), 1);
+    }
     kernels::AttentionOptions o;
     o.window = c.window;
     kernels::AttentionOutput r;
@@ -82,10 +95,13 @@ int main(int argc, char** argv) {
       flops = 4.0 * c.B * c.H * pairs * c.d;
     }
     char name[64];
-    std::snprintf(name, sizeof name, "B%ld H%ld T%ld d%ld%s", long(c.B), long(c.H), long(c.T),
-                  long(c.d), c.window ? " w512" : "");
+    std::snprintf(name, sizeof name, "B%ld H%ld T%ld d%ld%s%s%s", long(c.B), long(c.H), long(c.T),
+                  long(c.d), c.window ? " w512" : "", variant.empty() ? "" : " warps ",
+                  variant.c_str());
     std::printf("%-28s %10.3f %10.1f %10.3f %10.1f %10.3f %10.1f\n", name, fwd, flops / fwd * 1e-9,
                 fb, 3.5 * flops / fb * 1e-9, fb - fwd, 2.5 * flops / (fb - fwd) * 1e-9);
+    std::fflush(stdout);
+  }
   }
   return 0;
 }

@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 
 #include "core/cuda.h"
 #include "kernels/attention.h"
@@ -573,17 +574,19 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dq_kernel(Params p) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Launch configuration per head dim.
+// Launch configuration: warps per block (16 rows each) of each kernel, 4 or 8. The defaults
+// come from measurements on an H100 (docs/ATTENTION.md); COIL_ATTN_FWD_WARPS,
+// COIL_ATTN_DKDV_WARPS and COIL_ATTN_DQ_WARPS override them (for tuning on other GPUs).
+int warps_setting(const char* env, int fallback) {
+  const char* v = std::getenv(env);
+  if (!v) return fallback;
+  int w = std::atoi(v);
+  return w == 8 ? 8 : 4;
+}
 template <int D>
-struct Config;
-template <>
-struct Config<64> {
-  static constexpr int kFwdWarps = 4, kDkdvWarps = 4, kDkdvBq = 64, kDqWarps = 4;
-};
-template <>
-struct Config<128> {
-  static constexpr int kFwdWarps = 4, kDkdvWarps = 4, kDkdvBq = 32, kDqWarps = 4;
-};
+constexpr int dkdv_bq() {
+  return D == 64 ? 64 : 32;
+}
 
 // Opt-in to more than 48 KiB of dynamic shared memory (per kernel and device; cheap).
 template <class Kernel>
@@ -616,16 +619,47 @@ void check_problem(const char* op, const AttentionProblem& pr, std::initializer_
                "{}: operands must be 16-byte aligned (a narrowed view?)", op);
 }
 
-template <int D>
-void forward_impl(Params p, int B) {
-  constexpr int NW = Config<D>::kFwdWarps, BR = 16 * NW, BC = 64, LDS = D + 8;
+template <int D, int NW>
+void launch_forward(Params p, int B) {
+  constexpr int BR = 16 * NW, BC = 64, LDS = D + 8;
   size_t smem = size_t(BR + 4 * BC) * LDS * sizeof(bf16_t);
   auto kernel = attention_fwd_kernel<D, NW>;
   set_smem(kernel, smem);
   dim3 grid((p.T + BR - 1) / BR, p.H, B);
   kernel<<<grid, NW * 32, smem, coil::cuda::compute_stream()>>>(p);
-  COIL_CUDA_CHECK_LAUNCH("attention_fwd", "B {} T {} H {} hd {} window {}", B, p.T, p.H, D,
-                         p.window);
+  COIL_CUDA_CHECK_LAUNCH("attention_fwd", "B {} T {} H {} hd {} window {} warps {}", B, p.T, p.H,
+                         D, p.window, NW);
+}
+
+template <int D>
+void forward_impl(Params p, int B) {
+  // H100, causal T 2048-8192: 8 warps is 2-6% faster at hd 64, 4 warps 4% faster at hd 128.
+  if (warps_setting("COIL_ATTN_FWD_WARPS", D == 64 ? 8 : 4) == 8) launch_forward<D, 8>(p, B);
+  else launch_forward<D, 4>(p, B);
+}
+
+template <int D, int NW>
+void launch_dkdv(Params p, int B, cudaStream_t stream) {
+  constexpr int BQ = dkdv_bq<D>(), BKV = 16 * NW, LDS = D + 8;
+  size_t smem = size_t(2 * BKV + 4 * BQ) * LDS * sizeof(bf16_t) + 4 * BQ * sizeof(float);
+  auto kernel = attention_bwd_dkdv_kernel<D, NW, BQ>;
+  set_smem(kernel, smem);
+  dim3 grid((p.T + BKV - 1) / BKV, p.H, B);
+  kernel<<<grid, NW * 32, smem, stream>>>(p);
+  COIL_CUDA_CHECK_LAUNCH("attention_bwd_dkdv", "B {} T {} H {} hd {} window {} warps {}", B, p.T,
+                         p.H, D, p.window, NW);
+}
+
+template <int D, int NW>
+void launch_dq(Params p, int B, cudaStream_t stream) {
+  constexpr int BR = 16 * NW, BC = 64, LDS = D + 8;
+  size_t smem = size_t(2 * BR + 4 * BC) * LDS * sizeof(bf16_t);
+  auto kernel = attention_bwd_dq_kernel<D, NW>;
+  set_smem(kernel, smem);
+  dim3 grid((p.T + BR - 1) / BR, p.H, B);
+  kernel<<<grid, NW * 32, smem, stream>>>(p);
+  COIL_CUDA_CHECK_LAUNCH("attention_bwd_dq", "B {} T {} H {} hd {} window {} warps {}", B, p.T,
+                         p.H, D, p.window, NW);
 }
 
 template <int D>
@@ -637,26 +671,11 @@ void backward_impl(Params p, int B) {
     attention_bwd_delta_kernel<D><<<unsigned(blocks), 256, 0, stream>>>(p, rows);
     COIL_CUDA_CHECK_LAUNCH("attention_bwd_delta", "B {} T {} H {} hd {}", B, p.T, p.H, D);
   }
-  {
-    constexpr int NW = Config<D>::kDkdvWarps, BQ = Config<D>::kDkdvBq, BKV = 16 * NW, LDS = D + 8;
-    size_t smem = size_t(2 * BKV + 4 * BQ) * LDS * sizeof(bf16_t) + 4 * BQ * sizeof(float);
-    auto kernel = attention_bwd_dkdv_kernel<D, NW, BQ>;
-    set_smem(kernel, smem);
-    dim3 grid((p.T + BKV - 1) / BKV, p.H, B);
-    kernel<<<grid, NW * 32, smem, stream>>>(p);
-    COIL_CUDA_CHECK_LAUNCH("attention_bwd_dkdv", "B {} T {} H {} hd {} window {}", B, p.T, p.H, D,
-                           p.window);
-  }
-  {
-    constexpr int NW = Config<D>::kDqWarps, BR = 16 * NW, BC = 64, LDS = D + 8;
-    size_t smem = size_t(2 * BR + 4 * BC) * LDS * sizeof(bf16_t);
-    auto kernel = attention_bwd_dq_kernel<D, NW>;
-    set_smem(kernel, smem);
-    dim3 grid((p.T + BR - 1) / BR, p.H, B);
-    kernel<<<grid, NW * 32, smem, stream>>>(p);
-    COIL_CUDA_CHECK_LAUNCH("attention_bwd_dq", "B {} T {} H {} hd {} window {}", B, p.T, p.H, D,
-                           p.window);
-  }
+  // H100: 4 warps for both backward kernels at both head dims (8 is 3-15% slower).
+  if (warps_setting("COIL_ATTN_DKDV_WARPS", 4) == 8) launch_dkdv<D, 8>(p, B, stream);
+  else launch_dkdv<D, 4>(p, B, stream);
+  if (warps_setting("COIL_ATTN_DQ_WARPS", 4) == 8) launch_dq<D, 8>(p, B, stream);
+  else launch_dq<D, 4>(p, B, stream);
 }
 
 }  // namespace
