@@ -157,7 +157,7 @@ int cmd_train(int argc, char** argv, bool resume) {
   }
   TrainOptions o;
   o.resume = resume;
-  TrainResult r = coil::train::train(config, o);
+  TrainResult r = run_training(config, o);
   if (r.interrupted && r.signal) return 128 + r.signal;
   return 0;
 }

@@ -253,7 +253,7 @@ Config load_run_config(const std::string& run_dir, const std::vector<std::string
   return load_config(path, overrides);
 }
 
-TrainResult train(Config config, const TrainOptions& options) {
+TrainResult run_training(Config config, const TrainOptions& options) {
   auto print = options.print ? options.print : [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
   auto say = [&](const std::string& s) {
     if (!options.quiet) print(s);

@@ -44,7 +44,7 @@ struct TrainResult {
 
 // Runs (or resumes) the training the config describes. Raises coil::Error for bad input,
 // a run directory holding a different run, or too many non-finite losses.
-TrainResult train(Config config, const TrainOptions& options = {});
+TrainResult run_training(Config config, const TrainOptions& options = {});
 
 // Reads a run directory's config.yaml.
 Config load_run_config(const std::string& run_dir, const std::vector<std::string>& overrides = {});
