@@ -9,9 +9,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "core/cuda.h"
+#include "kernels/conv1d.h"
 #include "kernels/selective_scan.h"
 
 using namespace coil;
@@ -173,6 +175,24 @@ int main(int argc, char** argv) {
     std::printf("bench_scan: no CUDA device (%s)\n", cuda_unavailable_reason().c_str());
     return 0;
   }
+  if (argc > 1 && std::string(argv[1]) == "profile") {  // one forward and one backward, for ncu
+    ScanArgs a;
+    const int64_t Bn = 16, Dn = 1536, Ln = 2048, Nn = 16;
+    a.u = rand_tensor({Bn, Dn, Ln}, DType::bf16, -1.f, 1.f, 1);
+    a.delta = rand_tensor({Bn, Dn, Ln}, DType::bf16, -4.f, -1.f, 2);
+    a.z = rand_tensor({Bn, Dn, Ln}, DType::bf16, -1.f, 1.f, 3);
+    a.B = rand_tensor({Bn, Nn, Ln}, DType::bf16, -1.f, 1.f, 4);
+    a.C = rand_tensor({Bn, Nn, Ln}, DType::bf16, -1.f, 1.f, 5);
+    a.A = rand_tensor({Dn, Nn}, DType::f32, -8.f, -0.5f, 6);
+    a.D = rand_tensor({Dn}, DType::f32, 0.5f, 1.5f, 7);
+    a.delta_bias = rand_tensor({Dn}, DType::f32, -2.f, 0.f, 8);
+    a.delta_softplus = true;
+    Tensor gout = rand_tensor({Bn, Dn, Ln}, DType::bf16, -1.f, 1.f, 9);
+    ScanResult r = selective_scan_forward(a, true);
+    selective_scan_backward(a, r, gout, Tensor(), false);
+    coil::cuda::synchronize();
+    return 0;
+  }
   const int runs = argc > 1 ? std::atoi(argv[1]) : 30;
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, coil::cuda::current_device());
@@ -192,5 +212,18 @@ int main(int argc, char** argv) {
   dst = Tensor();
   run_shape(16, 1536, 2048, 16, runs, copy_gbs);
   run_shape(8, 2048, 4096, 16, runs, copy_gbs);
+  {  // The short convolution that precedes the scan in the Mamba mixer.
+    const int64_t Bn = 16, Dn = 1536, Ln = 2048, K = 4;
+    Tensor x = rand_tensor({Bn, Dn, Ln}, DType::bf16, -1.f, 1.f, 11);
+    Tensor w = rand_tensor({Dn, K}, DType::f32, -0.5f, 0.5f, 12);
+    Tensor bias = rand_tensor({Dn}, DType::f32, -0.5f, 0.5f, 13);
+    Tensor go = rand_tensor({Bn, Dn, Ln}, DType::bf16, -1.f, 1.f, 14);
+    float f_ms = median_ms([&] { conv1d_forward(x, w, bias, true); }, runs);
+    float b_ms = median_ms([&] { conv1d_backward(go, x, w, bias, true); }, runs);
+    const double e = double(Bn) * Dn * Ln * 2;
+    std::printf("conv1d B%lld D%lld L%lld width %lld bf16 + bias + SiLU: forward %.3f ms (%.0f GB/s), backward %.3f ms "
+                "(%.0f GB/s)\n", (long long)Bn, (long long)Dn, (long long)Ln, (long long)K, f_ms, 2 * e / f_ms / 1e6,
+                b_ms, 3 * e / b_ms / 1e6);
+  }
   return 0;
 }

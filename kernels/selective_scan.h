@@ -48,7 +48,7 @@ struct ScanGrads {
   Tensor du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state;
 };
 
-constexpr int64_t kScanChunk = 64;      // time steps between saved states (CUDA)
+constexpr int64_t kScanChunk = 32;      // time steps between saved states (CUDA)
 constexpr int64_t kScanMaxStateCuda = 64;
 
 // save_checkpoints = false skips writing the chunk states (inference).

@@ -198,6 +198,7 @@ TEST_CASE("selective scan CUDA matches the CPU reference at awkward sizes", "[cu
   c.len = 333;
   c.state = 16;
   c.softplus = false;
+  c.bias = false;  // keeps dt positive (a negative dt would make the state grow without bound)
   compare_with_cpu(c, DType::f32, 3);
 }
 
@@ -246,4 +247,34 @@ TEST_CASE("selective scan CUDA: NaN propagates, d_state beyond the limit is an e
   for (Tensor* t : inputs_of(big))
     if (t->defined()) *t = t->to(Device::cuda());
   CHECK_THROWS_WITH(selective_scan_forward(big), Catch::Matchers::Contains("exceeds the CUDA kernel's limit of 64"));
+}
+
+#include "autograd/functions/selective_scan.h"
+#include "autograd/gradcheck.h"
+
+TEST_CASE("selective scan autograd op passes gradcheck (f64, CPU)") {
+  Config c;
+  ScanArgs a = make_args(c, 31);
+  for (int which = 0; which < 2; ++which) {
+    INFO((which == 0 ? "out" : "final_state"));
+    auto f = [&](const std::vector<autograd::Variable>& v) {
+      autograd::ScanInputs in;
+      in.u = v[0];
+      in.delta = v[1];
+      in.A = v[2];
+      in.B = v[3];
+      in.C = v[4];
+      in.D = v[5];
+      in.z = v[6];
+      in.delta_bias = v[7];
+      in.initial_state = v[8];
+      in.delta_softplus = true;
+      autograd::ScanOutputs o = autograd::selective_scan(in);
+      return which == 0 ? o.out : o.final_state;
+    };
+    autograd::GradcheckResult r =
+        autograd::gradcheck(f, {a.u, a.delta, a.A, a.B, a.C, a.D, a.z, a.delta_bias, a.initial_state});
+    INFO(r.message);
+    CHECK(r.ok);
+  }
 }

@@ -3,7 +3,7 @@
 // Work split (forward and backward alike): a thread block owns one batch row b and a tile of
 // consecutive channels; inside it, G = 1, 2, 4 or 8 neighbouring lanes share one channel and
 // each lane keeps kSpt = 8 of the channel's states in registers (d_state <= 8 G, padded states
-// have A = B = C = 0). Time runs in chunks of kChunk = 64 steps: the block stages the chunk's
+// have A = B = C = 0). Time runs in chunks of kChunk = 32 steps: the block stages the chunk's
 // inputs in shared memory (coalesced 16-byte loads along time, converted to fp32, softplus
 // applied once per element), then every lane runs the recurrence over the chunk sequentially,
 // then the block writes the chunk's outputs with coalesced stores. B and C of the chunk are
@@ -23,9 +23,10 @@ using bf16_t = __nv_bfloat16;
 constexpr int kChunk = int(kScanChunk);  // time steps per chunk (checkpoint interval)
 constexpr int kPitch = kChunk + 1;       // shared row pitch (odd: no bank conflicts across rows)
 constexpr int kSpt = 8;                  // states per lane
-constexpr int kSub = 16;                 // backward sub-chunk (states kept in shared memory)
-constexpr int kFwdThreads = 128;
+constexpr int kSub = 8;                  // backward sub-chunk (states kept in shared memory)
+constexpr int kFwdThreads = 64;
 constexpr int kBwdThreads = 64;
+static_assert(kChunk == 4 * kSub, "the backward keeps 3 sub-chunk start states in registers");
 constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ float to_f(float x) { return x; }
@@ -123,9 +124,52 @@ __device__ __forceinline__ float group_sum(float v, int G) {
   return v;
 }
 
+// Asynchronous 16-byte copy global -> shared (zero-filled when src_bytes = 0).
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src, int src_bytes) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// Starts copying rows [0, rows) x time [0, kChunk) of a (rows, ld) array at g into the raw
+// staging tile st[rows][kChunk] (zeros past rows_valid and len): cp.async when vec, else plain
+// loads (then the copy is complete on return).
+template <int NT, class T>
+__device__ __forceinline__ void prefetch_tile(T* st, const T* g, int64_t ld, int rows, int rows_valid, int len,
+                                              bool vec) {
+  constexpr int V = Pack<T>::n, per_row = kChunk / V;
+  for (int i = threadIdx.x; i < rows * per_row; i += NT) {
+    const int r = i / per_row, tt = (i % per_row) * V;
+    T* dst = st + r * kChunk + tt;
+    if (vec) {
+      const bool ok = r < rows_valid && tt < len;
+      cp_async16(dst, ok ? g + r * ld + tt : g, ok ? 16 : 0);
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j) dst[j] = r < rows_valid && tt + j < len ? g[r * ld + tt + j] : from_f<T>(0.f);
+    }
+  }
+}
+
+// Reads a staged tile st[rows][kChunk] in 16-byte packs: st(r, tt, value) for every element.
+template <int NT, class T, class Store>
+__device__ __forceinline__ void convert_tile(const T* st, int rows, Store store) {
+  constexpr int V = Pack<T>::n, per_row = kChunk / V;
+  for (int i = threadIdx.x; i < rows * per_row; i += NT) {
+    const int r = i / per_row, tt = (i % per_row) * V;
+    const Pack<T> pk = *reinterpret_cast<const Pack<T>*>(st + r * kChunk + tt);
+#pragma unroll
+    for (int j = 0; j < V; ++j) store(r, tt + j, to_f(pk.v[j]));
+  }
+}
+
+__device__ __forceinline__ float silu_f(float z) { return __fdividef(z, 1.f + __expf(-z)); }
+
 // Forward. Per element of (b, d, t): reads u, delta, z once, writes out once; per (b, t): reads
 // B, C once per channel tile; per chunk writes the 4-byte state of each (b, d, n) when saving.
-// Exponentials: one ex2 per (b, d, t, n), plus softplus and silu per (b, d, t).
+// Exponentials: one ex2 per (b, d, t, n), plus softplus and silu per (b, d, t). The next
+// chunk's inputs are copied (cp.async) into a raw staging area while this chunk computes.
 template <class T>
 __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p) {
   extern __shared__ float4 smem4[];
@@ -133,8 +177,15 @@ __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p)
   const int cpb = p.cpb, G = p.G, npad = p.npad;
   float* s_u = smem;                       // [cpb][kPitch]: u, then y
   float* s_dt = s_u + cpb * kPitch;        // [cpb][kPitch]: softplus(delta + bias)
-  float* s_B = s_dt + cpb * kPitch;        // [kChunk][npad]
+  float* s_gate = s_dt + cpb * kPitch;     // [cpb][kPitch]: silu(z)
+  float* s_B = s_gate + cpb * kPitch;      // [kChunk][npad]
   float* s_C = s_B + kChunk * npad;        // [kChunk][npad]
+  float* s_bias = s_C + kChunk * npad;     // [cpb], padded to a multiple of 4
+  T* st_u = reinterpret_cast<T*>(s_bias + ((cpb + 3) & ~3));  // raw staging, [rows][kChunk] each
+  T* st_dt = st_u + cpb * kChunk;
+  T* st_z = st_dt + cpb * kChunk;
+  T* st_B = st_z + cpb * kChunk;
+  T* st_C = st_B + npad * kChunk;
 
   const int b = blockIdx.y, d0 = blockIdx.x * cpb;
   const int c = threadIdx.x / G, g = threadIdx.x % G, d = d0 + c;
@@ -147,6 +198,7 @@ __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p)
   const T* z = p.z ? static_cast<const T*>(p.z) + (int64_t(b) * p.dim + d0) * L : nullptr;
   T* out = static_cast<T*>(p.out) + (int64_t(b) * p.dim + d0) * L;
 
+  for (int i = threadIdx.x; i < cpb; i += kFwdThreads) s_bias[i] = p.bias && i < rows_valid ? p.bias[d0 + i] : 0.f;
   float h[kSpt], A2[kSpt];
 #pragma unroll
   for (int k = 0; k < kSpt; ++k) {
@@ -157,25 +209,38 @@ __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p)
   }
   const float Dd = d < p.dim && p.D ? p.D[d] : 0.f;
 
+  auto prefetch = [&](int ck) {
+    const int64_t t0 = int64_t(ck) * kChunk;
+    const int len = int(L - t0 < kChunk ? L - t0 : kChunk);
+    prefetch_tile<kFwdThreads>(st_u, u + t0, L, cpb, rows_valid, len, p.vec);
+    prefetch_tile<kFwdThreads>(st_dt, delta + t0, L, cpb, rows_valid, len, p.vec);
+    if (z) prefetch_tile<kFwdThreads>(st_z, z + t0, L, cpb, rows_valid, len, p.vec);
+    prefetch_tile<kFwdThreads>(st_B, Bg + t0, L, npad, int(N), len, p.vec);
+    prefetch_tile<kFwdThreads>(st_C, Cg + t0, L, npad, int(N), len, p.vec);
+    cp_async_commit();
+  };
+  prefetch(0);
+
   for (int ck = 0; ck < p.nchunks; ++ck) {
     const int64_t t0 = int64_t(ck) * kChunk;
     const int len = int(L - t0 < kChunk ? L - t0 : kChunk);
-    load_tile<kFwdThreads>(u + t0, L, cpb, rows_valid, len, p.vec,
-                           [&](int r, int tt, float v, bool) { s_u[r * kPitch + tt] = v; });
-    load_tile<kFwdThreads>(delta + t0, L, cpb, rows_valid, len, p.vec, [&](int r, int tt, float v, bool ok) {
-      if (ok) {
-        v += p.bias ? p.bias[d0 + r] : 0.f;
+    cp_async_wait_all();
+    __syncthreads();  // the staged chunk is visible; the previous chunk's stores are done
+    convert_tile<kFwdThreads>(st_u, cpb, [&](int r, int tt, float v) { s_u[r * kPitch + tt] = v; });
+    convert_tile<kFwdThreads>(st_dt, cpb, [&](int r, int tt, float v) {
+      if (tt < len && r < rows_valid) {  // padding stays exactly 0 (no decay, no input)
+        v += s_bias[r];
         if (p.softplus) v = softplus_f(v);
       }
       s_dt[r * kPitch + tt] = v;
     });
-    load_tile<kFwdThreads>(Bg + t0, L, npad, int(N), len, p.vec,
-                           [&](int r, int tt, float v, bool) { s_B[tt * npad + r] = v; });
-    load_tile<kFwdThreads>(Cg + t0, L, npad, int(N), len, p.vec,
-                           [&](int r, int tt, float v, bool) { s_C[tt * npad + r] = v; });
+    if (z) convert_tile<kFwdThreads>(st_z, cpb, [&](int r, int tt, float v) { s_gate[r * kPitch + tt] = silu_f(v); });
+    convert_tile<kFwdThreads>(st_B, npad, [&](int r, int tt, float v) { s_B[tt * npad + r] = v; });
+    convert_tile<kFwdThreads>(st_C, npad, [&](int r, int tt, float v) { s_C[tt * npad + r] = v; });
     __syncthreads();
+    if (ck + 1 < p.nchunks) prefetch(ck + 1);
 
-#pragma unroll 2
+#pragma unroll 4
     for (int tt = 0; tt < len; ++tt) {
       const float dt = s_dt[c * kPitch + tt], uu = s_u[c * kPitch + tt], du = dt * uu;
       float Bv[kSpt], Cv[kSpt];
@@ -199,16 +264,11 @@ __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p)
         if (g * kSpt + k < N) cp[g * kSpt + k] = h[k];
     }
     __syncthreads();
-    if (z) {
-      store_tile<kFwdThreads>(out + t0, L, rows_valid, len, p.vec, [&](int r, int tt) {
-        const float zv = to_f(z[r * L + t0 + tt]);
-        return s_u[r * kPitch + tt] * zv * sigmoid_f(zv);
-      });
-    } else {
+    if (z)
       store_tile<kFwdThreads>(out + t0, L, rows_valid, len, p.vec,
-                              [&](int r, int tt) { return s_u[r * kPitch + tt]; });
-    }
-    __syncthreads();
+                              [&](int r, int tt) { return s_u[r * kPitch + tt] * s_gate[r * kPitch + tt]; });
+    else
+      store_tile<kFwdThreads>(out + t0, L, rows_valid, len, p.vec, [&](int r, int tt) { return s_u[r * kPitch + tt]; });
   }
   if (d < p.dim) {
 #pragma unroll
@@ -217,62 +277,40 @@ __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p)
   }
 }
 
-// Sums v[0..7] over the lanes of a warp that hold the same state slots of different channels
-// (lanes that differ in the bits >= G), halving the vector at each of the first three levels.
-// Afterwards this lane holds the channel sums of slots base + i, i < cnt, and `writer` says
-// whether it is the one lane of its duplicates that should store them.
-__device__ __forceinline__ void channel_reduce(float* v, int G, int lane, int& base, int& cnt, bool& writer) {
-  base = 0;
-  cnt = kSpt;
-#pragma unroll
-  for (int l = 0; l < 5; ++l) {
-    const int o = 16 >> l;
-    if (o < G) break;
-    if (l < 3) {
-      const int half = kSpt >> (l + 1);
-      const bool upper = lane & o;
-#pragma unroll
-      for (int i = 0; i < half; ++i) {
-        const float send = upper ? v[i] : v[i + half];
-        const float keep = upper ? v[i + half] : v[i];
-        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
-      }
-      if (upper) base += half;
-      cnt = half;
-    } else {
-      v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
-    }
-  }
-  const int dup_mask = 3 & ~(G - 1);
-  writer = (lane & dup_mask) == 0;
-}
 
 // Backward with recomputation, one block per (channel tile, b), chunks in reverse order. For
 // each chunk: stage u, dt, dy = dout silu(z) and dout silu'(z) (fp32) and B, C; pass 1 runs
 // the recurrence from the saved chunk-start state and keeps the states at the sub-chunk
-// starts (steps 16, 32, 48) in registers; then per sub-chunk, last first: recompute its 16
-// steps storing each state h_{t-1} in shared memory (lane-private columns), with y (for dz)
-// and dC; then the reverse recurrence dh_t = C_t dy_t + a_{t+1} dh_{t+1} over those 16 steps
-// gives du, ddelta, dB and the running dA. dB and dC are summed over the warp's channels by a
-// shuffle butterfly, over the block's warps in shared memory (fixed order), over channel tiles
-// through partials (deterministic) or float atomics. Exponentials: 3 ex2 per (b, d, t, n).
+// starts (steps 8, 16, 24) in registers; then per sub-chunk of kSub = 8 steps, last first:
+//  (a) recompute the sub-chunk, storing every state in shared memory (lane-private columns)
+//      and y (for dz);
+//  (b) the block sums dC_t[n] = sum_c dy_t[c] h_t[c, n] over its channels from those states;
+//  (c) the reverse recurrence dh_t = C_t dy_t + a_{t+1} dh_{t+1} over the sub-chunk gives du,
+//      ddelta and the running dA, and overwrites each consumed state with dh_t du_t;
+//  (d) the block sums dB_t[n] = sum_c dh_t[c, n] du_t[c] from those.
+// The sums of (b) and (d) run over the channels in a fixed order, then over channel tiles
+// through per-tile partials (deterministic) or float atomics. Exponentials: 3 ex2 per
+// (b, d, t, n) (pass 1, recompute, reverse). Memory: reads u, delta, z, dout, B, C once,
+// writes du, ddelta, dz once, reads one saved state per (b, d, n) per chunk.
+constexpr int kRowsH = kSub + 1;             // states 0..kSub of a sub-chunk, per slot
+constexpr int kPitchH = kBwdThreads + 1;     // row pitch of s_h (odd: conflict-free both ways)
+
 template <class T>
-__global__ void __launch_bounds__(kBwdThreads) scan_backward_kernel(ScanParams p) {
+__global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParams p) {
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   const int cpb = p.cpb, G = p.G, npad = p.npad;
-  constexpr int nwarps = kBwdThreads / 32;
-  float* s_u = smem;                        // [cpb][kPitch]: u, then du
-  float* s_dt = s_u + cpb * kPitch;         // [cpb][kPitch]: dt, then d delta (raw)
+  T* s_u = reinterpret_cast<T*>(smem);     // [cpb][kPitch]: u, then du (in T: exact for u, du is T)
+  float* s_dt = smem + (cpb * kPitch * int(sizeof(T))) / 4;  // [cpb][kPitch]: dt, then d delta (raw)
   float* s_dy = s_dt + cpb * kPitch;        // [cpb][kPitch]: dy
   float* s_dz = s_dy + cpb * kPitch;        // [cpb][kPitch]: dout silu'(z), then dz
   float* s_B = s_dz + cpb * kPitch;         // [kChunk][npad]
   float* s_C = s_B + kChunk * npad;         // [kChunk][npad]
-  float* s_h = s_C + kChunk * npad;         // [kSub][kSpt][threads]
-  float* s_red = s_h + kSub * kSpt * kBwdThreads;  // [nwarps][kSub][2 npad]: dC | dB
+  float* s_h = s_C + kChunk * npad;         // [kSpt][kRowsH][kPitchH]
+  float* s_bias = s_h + kSpt * kRowsH * kPitchH;  // [cpb]
 
   const int b = blockIdx.y, tile = blockIdx.x, d0 = tile * cpb;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tid = threadIdx.x;
   const int c = tid / G, g = tid % G, d = d0 + c;
   const int rows_valid = min(cpb, p.dim - d0);
   const int64_t L = p.len, N = p.nstate;
@@ -286,6 +324,7 @@ __global__ void __launch_bounds__(kBwdThreads) scan_backward_kernel(ScanParams p
   T* du_g = static_cast<T*>(p.du) + rowoff;
   T* ddelta_g = static_cast<T*>(p.ddelta) + rowoff;
   T* dz_g = p.dz ? static_cast<T*>(p.dz) + rowoff : nullptr;
+  const bool vec4 = L % 4 == 0;
 
   float A2[kSpt], Af[kSpt], dA[kSpt], dhc[kSpt];
   const int64_t bd = int64_t(b) * p.dim + d;
@@ -300,16 +339,65 @@ __global__ void __launch_bounds__(kBwdThreads) scan_backward_kernel(ScanParams p
   }
   const float Dd = d < p.dim && p.D ? p.D[d] : 0.f;
   float dD_acc = 0.f, dbias_acc = 0.f;
-  float* s_hc = s_h + tid;  // this lane's column: s_hc[(tt * kSpt + k) * kBwdThreads]
+  for (int i = tid; i < cpb; i += kBwdThreads) s_bias[i] = p.bias && i < rows_valid ? p.bias[d0 + i] : 0.f;
+  __syncthreads();
+  // This lane's state slot k, state i of the sub-chunk.
+  auto hslot = [&](int k, int i) -> float& { return s_h[(k * kRowsH + i) * kPitchH + tid]; };
+
+  // Sums over the block's channels of one quantity for the sub-chunk's steps [ts, ts + cnt):
+  // dC (rows i + 1, weighted by dy) or dB (rows i). A work item is (state n, 4 consecutive
+  // steps, half of the channels: even or odd); the two halves are neighbouring lanes and add
+  // up with one shuffle, always in the same order. The sums go to the per-tile partials or the
+  // atomic accumulator (rows q of 2N: dC | dB).
+  auto reduce_sub = [&](bool is_dc, int64_t t0, int ts, int cnt) {
+    constexpr int groups = kSub / 4;
+    const int work = int(N) * groups * 2;
+    for (int base = 0; base < work; base += kBwdThreads) {  // uniform trip count: shuffles below
+      const int unit = base + tid, half = unit & 1, rest = unit >> 1;
+      const int n = rest / groups, i0 = (rest % groups) * 4;
+      const bool active = unit < work && i0 < cnt;
+      float acc[4] = {0.f, 0.f, 0.f, 0.f};
+      if (active) {
+        const int gg = n / kSpt, k = n % kSpt;
+        const float* rows = s_h + (k * kRowsH + i0 + (is_dc ? 1 : 0)) * kPitchH + gg;
+        const float* dyr = s_dy + ts + i0;
+#pragma unroll 4
+        for (int cc = half; cc < cpb; cc += 2) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const float v = rows[i * kPitchH + cc * G];
+            acc[i] = is_dc ? fmaf(v, dyr[cc * kPitch + i], acc[i]) : acc[i] + v;
+          }
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], 1);
+      if (!active || half) continue;
+      const int q = is_dc ? n : int(N) + n;
+      const int64_t t = t0 + ts + i0;
+      float* dst = p.atomic_dbc ? p.dBC + (int64_t(b) * 2 * N + q) * L + t
+                                : p.dBC + ((int64_t(b) * p.ntiles + tile) * 2 * N + q) * L + t;
+      if (vec4 && i0 + 4 <= cnt) {
+        const float4 v = make_float4(acc[0], acc[1], acc[2], acc[3]);
+        if (p.atomic_dbc) atomicAdd(reinterpret_cast<float4*>(dst), v);
+        else *reinterpret_cast<float4*>(dst) = v;
+      } else {
+        for (int i = 0; i < 4 && i0 + i < cnt; ++i) {
+          if (p.atomic_dbc) atomicAdd(dst + i, acc[i]);
+          else dst[i] = acc[i];
+        }
+      }
+    }
+  };
 
   for (int ck = p.nchunks - 1; ck >= 0; --ck) {
     const int64_t t0 = int64_t(ck) * kChunk;
     const int len = int(L - t0 < kChunk ? L - t0 : kChunk);
     load_tile<kBwdThreads>(u + t0, L, cpb, rows_valid, len, p.vec,
-                           [&](int r, int tt, float v, bool) { s_u[r * kPitch + tt] = v; });
+                           [&](int r, int tt, float v, bool) { s_u[r * kPitch + tt] = from_f<T>(v); });
     load_tile<kBwdThreads>(delta + t0, L, cpb, rows_valid, len, p.vec, [&](int r, int tt, float v, bool ok) {
       if (ok) {
-        v += p.bias ? p.bias[d0 + r] : 0.f;
+        v += s_bias[r];
         if (p.softplus) v = softplus_f(v);
       }
       s_dt[r * kPitch + tt] = v;
@@ -318,7 +406,7 @@ __global__ void __launch_bounds__(kBwdThreads) scan_backward_kernel(ScanParams p
                            [&](int r, int tt, float v, bool) { s_dy[r * kPitch + tt] = v; });
     if (z) {
       load_tile<kBwdThreads>(z + t0, L, cpb, rows_valid, len, p.vec, [&](int r, int tt, float zv, bool) {
-        // Same thread wrote s_dy at this position just above (identical index mapping).
+        // The same thread wrote s_dy at this position just above (identical index mapping).
         const float go = s_dy[r * kPitch + tt], s = sigmoid_f(zv);
         s_dy[r * kPitch + tt] = go * zv * s;
         s_dz[r * kPitch + tt] = go * s * (1.f + zv * (1.f - s));
@@ -350,8 +438,9 @@ __global__ void __launch_bounds__(kBwdThreads) scan_backward_kernel(ScanParams p
 #pragma unroll
       for (int j = 0; j < 3; ++j) {
         if (j + 1 < nsub) {
+#pragma unroll 2
           for (int tt = j * kSub; tt < (j + 1) * kSub; ++tt) {
-            const float dt = s_dt[c * kPitch + tt], du = dt * s_u[c * kPitch + tt];
+            const float dt = s_dt[c * kPitch + tt], du = dt * to_f(s_u[c * kPitch + tt]);
             float Bv[kSpt];
             read8(s_B + tt * npad + g * kSpt, Bv);
 #pragma unroll
@@ -364,51 +453,59 @@ __global__ void __launch_bounds__(kBwdThreads) scan_backward_kernel(ScanParams p
     }
 
     for (int j = nsub - 1; j >= 0; --j) {
-      const int ts = j * kSub, te = min(len, ts + kSub);
-      float h[kSpt];
-#pragma unroll
-      for (int k = 0; k < kSpt; ++k) h[k] = j == 0 ? h0[k] : j == 1 ? hb[0][k] : j == 2 ? hb[1][k] : hb[2][k];
-      // Recompute the sub-chunk: keep h_{t-1}, compute y (for dz) and dC.
-      for (int tt = ts; tt < te; ++tt) {
-        const float dt = s_dt[c * kPitch + tt], uu = s_u[c * kPitch + tt], du = dt * uu;
-        const float dy = s_dy[c * kPitch + tt];
-        float Bv[kSpt], Cv[kSpt], dC[kSpt];
-        read8(s_B + tt * npad + g * kSpt, Bv);
-        read8(s_C + tt * npad + g * kSpt, Cv);
-        float y = 0.f;
+      const int ts = j * kSub, te = min(len, ts + kSub), cnt = te - ts;
+      // (a) Recompute the sub-chunk's states; y for dz.
+      {
+        float h[kSpt];
 #pragma unroll
         for (int k = 0; k < kSpt; ++k) {
-          s_hc[((tt - ts) * kSpt + k) * kBwdThreads] = h[k];
-          h[k] = fmaf(ex2(dt * A2[k]), h[k], du * Bv[k]);
-          y = fmaf(Cv[k], h[k], y);
-          dC[k] = dy * h[k];
+          h[k] = j == 0 ? h0[k] : j == 1 ? hb[0][k] : j == 2 ? hb[1][k] : hb[2][k];
+          hslot(k, 0) = h[k];
         }
-        y = group_sum(y, G);
-        if (z && g == 0) s_dz[c * kPitch + tt] *= fmaf(Dd, uu, y);
-        int base, cnt;
-        bool writer;
-        channel_reduce(dC, G, lane, base, cnt, writer);
-        if (writer)
-          for (int i = 0; i < cnt; ++i) s_red[(warp * kSub + tt - ts) * 2 * npad + g * kSpt + base + i] = dC[i];
+#pragma unroll 2
+        for (int tt = ts; tt < te; ++tt) {
+          const float dt = s_dt[c * kPitch + tt], uu = to_f(s_u[c * kPitch + tt]), du = dt * uu;
+          float Bv[kSpt], Cv[kSpt];
+          read8(s_B + tt * npad + g * kSpt, Bv);
+          read8(s_C + tt * npad + g * kSpt, Cv);
+          float y0 = 0.f, y1 = 0.f;
+#pragma unroll
+          for (int k = 0; k < kSpt; k += 2) {
+            h[k] = fmaf(ex2(dt * A2[k]), h[k], du * Bv[k]);
+            h[k + 1] = fmaf(ex2(dt * A2[k + 1]), h[k + 1], du * Bv[k + 1]);
+            hslot(k, tt - ts + 1) = h[k];
+            hslot(k + 1, tt - ts + 1) = h[k + 1];
+            y0 = fmaf(Cv[k], h[k], y0);
+            y1 = fmaf(Cv[k + 1], h[k + 1], y1);
+          }
+          const float y = group_sum(y0 + y1, G);
+          if (z && g == 0) s_dz[c * kPitch + tt] *= fmaf(Dd, uu, y);
+        }
       }
-      // Reverse over the sub-chunk.
+      __syncthreads();
+      // (b) dC over the block's channels.
+      reduce_sub(true, t0, ts, cnt);
+      __syncthreads();
+      // (c) Reverse over the sub-chunk.
+#pragma unroll 2
       for (int tt = te - 1; tt >= ts; --tt) {
-        const float dt = s_dt[c * kPitch + tt], uu = s_u[c * kPitch + tt], du = dt * uu;
+        const float dt = s_dt[c * kPitch + tt], uu = to_f(s_u[c * kPitch + tt]), du = dt * uu;
         const float dy = s_dy[c * kPitch + tt];
-        float Bv[kSpt], Cv[kSpt], dB[kSpt];
+        float Bv[kSpt], Cv[kSpt];
         read8(s_B + tt * npad + g * kSpt, Bv);
         read8(s_C + tt * npad + g * kSpt, Cv);
         float sum_dhB = 0.f, sum_q = 0.f;
 #pragma unroll
         for (int k = 0; k < kSpt; ++k) {
           const float a = ex2(dt * A2[k]);
-          const float hp = s_hc[((tt - ts) * kSpt + k) * kBwdThreads];
+          float& slot = hslot(k, tt - ts);
+          const float hp = slot;
           const float dh = fmaf(Cv[k], dy, dhc[k]);
           const float q = dh * (a * hp);
           dA[k] = fmaf(q, dt, dA[k]);
           sum_q = fmaf(q, Af[k], sum_q);
           sum_dhB = fmaf(dh, Bv[k], sum_dhB);
-          dB[k] = dh * du;
+          slot = dh * du;
           dhc[k] = a * dh;
         }
         sum_q = group_sum(sum_q, G);
@@ -417,38 +514,20 @@ __global__ void __launch_bounds__(kBwdThreads) scan_backward_kernel(ScanParams p
           float ddt = fmaf(sum_dhB, uu, sum_q);
           // softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x))
           if (p.softplus) ddt *= -expm1f(-dt);
-          s_u[c * kPitch + tt] = fmaf(sum_dhB, dt, Dd * dy);
+          s_u[c * kPitch + tt] = from_f<T>(fmaf(sum_dhB, dt, Dd * dy));
           s_dt[c * kPitch + tt] = ddt;
           dD_acc = fmaf(dy, uu, dD_acc);
           dbias_acc += ddt;
         }
-        int base, cnt;
-        bool writer;
-        channel_reduce(dB, G, lane, base, cnt, writer);
-        if (writer)
-          for (int i = 0; i < cnt; ++i)
-            s_red[(warp * kSub + tt - ts) * 2 * npad + npad + g * kSpt + base + i] = dB[i];
       }
       __syncthreads();
-      // Sum the warps' dC | dB for the sub-chunk and hand it on: per-tile partials
-      // dBC[b][tile][2N][L] or atomics into dBC[b][2N][L].
-      const int cnt_t = te - ts;
-      for (int i = tid; i < 2 * int(N) * kSub; i += kBwdThreads) {
-        const int q = i / kSub, tt = i % kSub;  // q < N: dC state q; else dB state q - N
-        if (tt >= cnt_t) continue;
-        const int col = q < N ? q : npad + q - int(N);
-        float s = 0.f;
-        for (int w = 0; w < nwarps; ++w) s += s_red[(w * kSub + tt) * 2 * npad + col];
-        const int64_t t = t0 + ts + tt;
-        if (p.atomic_dbc)
-          atomicAdd(p.dBC + (int64_t(b) * 2 * N + q) * L + t, s);
-        else
-          p.dBC[((int64_t(b) * p.ntiles + tile) * 2 * N + q) * L + t] = s;
-      }
+      // (d) dB over the block's channels.
+      reduce_sub(false, t0, ts, cnt);
       __syncthreads();
     }
     // Write du, d delta, dz of the chunk.
-    store_tile<kBwdThreads>(du_g + t0, L, rows_valid, len, p.vec, [&](int r, int tt) { return s_u[r * kPitch + tt]; });
+    store_tile<kBwdThreads>(du_g + t0, L, rows_valid, len, p.vec,
+                            [&](int r, int tt) { return to_f(s_u[r * kPitch + tt]); });
     store_tile<kBwdThreads>(ddelta_g + t0, L, rows_valid, len, p.vec,
                             [&](int r, int tt) { return s_dt[r * kPitch + tt]; });
     if (dz_g)
@@ -471,6 +550,7 @@ __global__ void __launch_bounds__(kBwdThreads) scan_backward_kernel(ScanParams p
     }
   }
 }
+
 
 // out[m] = sum_k in[k * m_total + m], k in order: fixed-order reductions over the batch.
 __global__ void sum_leading_kernel(const float* in, float* out, int64_t k_total, int64_t m_total) {
@@ -541,7 +621,9 @@ void selective_scan_forward(const ScanArgs& a, const ScanResult& r) {
   p.out = r.out.raw();
   p.final_state = r.final_state.data<float>();
   p.ckpt = r.checkpoints.defined() ? r.checkpoints.data<float>() : nullptr;
-  const size_t smem = sizeof(float) * (size_t(2) * p.cpb * kPitch + size_t(2) * kChunk * p.npad);
+  const size_t elem = dtype_size(a.u.dtype());
+  const size_t smem = sizeof(float) * (size_t(3) * p.cpb * kPitch + size_t(2) * kChunk * p.npad + ((p.cpb + 3) & ~3)) +
+                      elem * kChunk * (size_t(3) * p.cpb + size_t(2) * p.npad);
   dim3 grid(unsigned(p.ntiles), unsigned(p.batch));
   cudaStream_t stream = coil::cuda::compute_stream();
   if (a.u.dtype() == DType::bf16) {
@@ -584,8 +666,9 @@ void selective_scan_backward(const ScanArgs& a, const ScanResult& saved, const T
   cudaStream_t stream = coil::cuda::compute_stream();
   if (!deterministic) COIL_CUDA_CHECK(cudaMemsetAsync(p.dBC, 0, dbc.nbytes(), stream));
 
-  const size_t smem = sizeof(float) * (size_t(4) * p.cpb * kPitch + size_t(2) * kChunk * p.npad +
-                                       size_t(kSub) * kSpt * kBwdThreads + size_t(kBwdThreads / 32) * kSub * 2 * p.npad);
+  const size_t smem = dtype_size(a.u.dtype()) * p.cpb * kPitch +
+                      sizeof(float) * (size_t(3) * p.cpb * kPitch + size_t(2) * kChunk * p.npad +
+                                       size_t(kSpt) * kRowsH * kPitchH + p.cpb);
   dim3 grid(unsigned(p.ntiles), unsigned(p.batch));
   if (a.u.dtype() == DType::bf16) {
     COIL_CUDA_CHECK(cudaFuncSetAttribute(scan_backward_kernel<bf16_t>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));

@@ -1,0 +1,25 @@
+// The selective scan as a differentiable op (a fused function: it saves its inputs and the
+// forward's chunk checkpoints, and its backward runs the recomputing backward kernel).
+// Layouts, dtypes and limits: kernels/selective_scan.h. Undefined Variables mean "absent"
+// for D, z, delta_bias and initial_state.
+#pragma once
+#include "autograd/variable.h"
+#include "kernels/selective_scan.h"
+
+namespace coil::autograd {
+
+struct ScanInputs {
+  Variable u, delta, A, B, C;
+  Variable D, z, delta_bias, initial_state;  // optional
+  bool delta_softplus = false;
+  bool deterministic = false;  // fixed-order reductions for dB and dC in the CUDA backward
+};
+
+struct ScanOutputs {
+  Variable out;          // (batch, dim, length)
+  Variable final_state;  // (batch, dim, state), fp32
+};
+
+ScanOutputs selective_scan(const ScanInputs& in);
+
+}  // namespace coil::autograd
