@@ -27,6 +27,7 @@ constexpr int kSub = 8;                  // backward sub-chunk (states kept in s
 constexpr int kFwdThreads = 64;
 constexpr int kBwdThreads = 64;
 static_assert(kChunk == 4 * kSub, "the backward keeps 3 sub-chunk start states in registers");
+static_assert(kChunk % 4 == 0, "the forward runs 4 steps at a time");
 constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ float to_f(float x) { return x; }
@@ -240,22 +241,38 @@ __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p)
     __syncthreads();
     if (ck + 1 < p.nchunks) prefetch(ck + 1);
 
-#pragma unroll 4
-    for (int tt = 0; tt < len; ++tt) {
-      const float dt = s_dt[c * kPitch + tt], uu = s_u[c * kPitch + tt], du = dt * uu;
-      float Bv[kSpt], Cv[kSpt];
-      read8(s_B + tt * npad + g * kSpt, Bv);
-      read8(s_C + tt * npad + g * kSpt, Cv);
-      float y0 = 0.f, y1 = 0.f;
+    // Four steps at a time, all shared-memory loads before the one store of y, so that the
+    // compiler can overlap the loads and exponentials of the four steps. Steps past len
+    // (zero padding up to a multiple of 4) leave h unchanged: dt = u = B = C = 0.
+    for (int t4 = 0; t4 < len; t4 += 4) {
+      float dt[4], uu[4], y[4];
 #pragma unroll
-      for (int k = 0; k < kSpt; k += 2) {
-        h[k] = fmaf(ex2(dt * A2[k]), h[k], du * Bv[k]);
-        h[k + 1] = fmaf(ex2(dt * A2[k + 1]), h[k + 1], du * Bv[k + 1]);
-        y0 = fmaf(Cv[k], h[k], y0);
-        y1 = fmaf(Cv[k + 1], h[k + 1], y1);
+      for (int j = 0; j < 4; ++j) {
+        dt[j] = s_dt[c * kPitch + t4 + j];
+        uu[j] = s_u[c * kPitch + t4 + j];
       }
-      const float y = group_sum(y0 + y1, G);
-      if (g == 0) s_u[c * kPitch + tt] = fmaf(Dd, uu, y);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float du = dt[j] * uu[j];
+        float Bv[kSpt], Cv[kSpt];
+        read8(s_B + (t4 + j) * npad + g * kSpt, Bv);
+        read8(s_C + (t4 + j) * npad + g * kSpt, Cv);
+        float y0 = 0.f, y1 = 0.f;
+#pragma unroll
+        for (int k = 0; k < kSpt; k += 2) {
+          h[k] = fmaf(ex2(dt[j] * A2[k]), h[k], du * Bv[k]);
+          h[k + 1] = fmaf(ex2(dt[j] * A2[k + 1]), h[k + 1], du * Bv[k + 1]);
+          y0 = fmaf(Cv[k], h[k], y0);
+          y1 = fmaf(Cv[k + 1], h[k + 1], y1);
+        }
+        y[j] = y0 + y1;
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) y[j] = group_sum(y[j], G);
+      if (g == 0) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) s_u[c * kPitch + t4 + j] = fmaf(Dd, uu[j], y[j]);
+      }
     }
     if (p.ckpt && d < p.dim) {
       float* cp = p.ckpt + ((int64_t(b) * p.dim + d) * p.nchunks + ck) * N;
@@ -306,8 +323,10 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
   float* s_dz = s_dy + cpb * kPitch;        // [cpb][kPitch]: dout silu'(z), then dz
   float* s_B = s_dz + cpb * kPitch;         // [kChunk][npad]
   float* s_C = s_B + kChunk * npad;         // [kChunk][npad]
-  float* s_h = s_C + kChunk * npad;         // [kSpt][kRowsH][kPitchH]
-  float* s_bias = s_h + kSpt * kRowsH * kPitchH;  // [cpb]
+  float* s_bias = s_C + kChunk * npad;      // [cpb]
+  // The states of a sub-chunk, [kSpt][kRowsH][kPitchH]: a static array of its own, so that
+  // the compiler knows its stores do not alias the staged inputs and can hoist their loads.
+  __shared__ float s_h[kSpt * kRowsH * kPitchH];
 
   const int b = blockIdx.y, tile = blockIdx.x, d0 = tile * cpb;
   const int tid = threadIdx.x;
@@ -667,8 +686,7 @@ void selective_scan_backward(const ScanArgs& a, const ScanResult& saved, const T
   if (!deterministic) COIL_CUDA_CHECK(cudaMemsetAsync(p.dBC, 0, dbc.nbytes(), stream));
 
   const size_t smem = dtype_size(a.u.dtype()) * p.cpb * kPitch +
-                      sizeof(float) * (size_t(3) * p.cpb * kPitch + size_t(2) * kChunk * p.npad +
-                                       size_t(kSpt) * kRowsH * kPitchH + p.cpb);
+                      sizeof(float) * (size_t(3) * p.cpb * kPitch + size_t(2) * kChunk * p.npad + p.cpb);
   dim3 grid(unsigned(p.ntiles), unsigned(p.batch));
   if (a.u.dtype() == DType::bf16) {
     COIL_CUDA_CHECK(cudaFuncSetAttribute(scan_backward_kernel<bf16_t>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
