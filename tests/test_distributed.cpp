@@ -1,4 +1,5 @@
 #include <map>
+#include <memory>
 #include <thread>
 
 #include <unistd.h>

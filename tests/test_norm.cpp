@@ -141,7 +141,12 @@ TEST_CASE("norms on the GPU match the CPU reference, forward and backward", "[cu
           for (size_t i = 0; i < ref.size(); ++i) {
             INFO("output " << i);
             // D == 1 layer norm: x - mean is exactly 0, so outputs are the bias alone
-            REQUIRE(test::relative_error(got[i], ref[i]) < tol * (i == 0 ? 1 : 4));
+            // D == 1 RMSNorm: y = sign(x) w, so dx is a difference of equal terms (pure rounding):
+            // compare it absolutely there.
+            if (D == 1 && i > 0)
+              REQUIRE(test::max_abs_difference(got[i], ref[i]) < 1e-3);
+            else
+              REQUIRE(test::relative_error(got[i], ref[i]) < tol * (i == 0 ? 1 : 4));
           }
         }
       }

@@ -46,7 +46,9 @@ TEST_CASE("softmax rejects integer and scalar inputs", "[softmax]") {
 TEST_CASE("softmax on the GPU matches the CPU reference at awkward sizes", "[cuda][softmax]") {
   const Device gpu = Device::cuda(0);
   for (DType dt : {DType::f32, DType::bf16}) {
-    const double tol = dt == DType::f32 ? 1e-5 : 2e-2;
+    // f32: the GPU uses the exp2 unit (about 2 ulp, growing with |x|; inputs here span +-12),
+    // seen at 6.6e-5 over 50k-column rows on an H100.
+    const double tol = dt == DType::f32 ? 2e-4 : 2e-2;
     for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{5, 1}, {3, 7}, {9, 1000}, {3, 50280}, {2, 50277}}) {
       for (bool log : {false, true}) {
         INFO("dtype " << dtype_name(dt) << " rows " << rows << " cols " << cols << " log " << log);
