@@ -6,22 +6,13 @@
 #include "core/cuda.h"
 #include "kernels/norm.h"
 
+#include "kernels/cuda/block_reduce.cuh"
+
 namespace coil::kernels::cuda {
 namespace {
 
-using bf16_t = __nv_bfloat16;
 
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(bf16_t x) { return __bfloat162float(x); }
-template <class T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ bf16_t from_f<bf16_t>(float x) { return __float2bfloat16(x); }
 
-template <class T>
-struct alignas(16) Pack {
-  static constexpr int n = 16 / sizeof(T);
-  T v[n];
-};
 
 // V consecutive elements at p as floats: 16-byte loads when V elements span whole packs (the
 // caller guarantees alignment), else scalar loads (V == 1).
@@ -62,18 +53,6 @@ __device__ __forceinline__ float load_param(const void* p, bool f32, int64_t i) 
   return f32 ? __ldg(static_cast<const float*>(p) + i) : __bfloat162float(static_cast<const bf16_t*>(p)[i]);
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ float block_sum(float v, float* smem) {
-  v = warp_sum(v);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  __syncthreads();
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  return warp_sum(lane < warps ? smem[lane] : 0.f);
-}
 
 // Forward, one block per row; thread t owns the groups of V elements t, t + blockDim, ...
 // Pass 1 reads x (+ residual) and writes r (fused variants); layer norm's second pass reads r
