@@ -1,4 +1,4 @@
-// The `coil` command line: train, resume, eval, prepare, info, export, launch.
+// The `coil` command line: train, resume, eval, prepare, info, export, launch, sweep, report.
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -10,8 +10,12 @@
 
 #include "core/error.h"
 #include "data/prepare.h"
+#include "data/sentencepiece_tokenizer.h"
 #include "train/config.h"
 #include "train/launch.h"
+#include "train/report.h"
+#include "train/sweep.h"
+#include "train/sweep_runner.h"
 #include "train/trainer.h"
 
 using namespace coil;
@@ -28,21 +32,26 @@ commands:
   train CONFIG [--set key=value ...]    train the run a YAML config describes
   resume RUN_DIR [--set key=value ...]  continue a run from its latest good checkpoint
   eval CONFIG|RUN_DIR [--checkpoint F]  held-out loss, perplexity (and accuracy) of a checkpoint
-  prepare --out FILE.h5 TEXT ...        text files to a byte-level token file
+  prepare --out FILE.h5 TEXT ...        text files to a token file (byte-level or SentencePiece)
   info CONFIG [--set key=value ...]     parameters, FLOPs per token, memory estimate
   export CHECKPOINT|RUN_DIR --format safetensors [--out F] [--dtype f32|bf16]
   launch --nproc N -- COMMAND ...       run N local ranks (data parallel)
+  sweep SWEEP.yaml [--print]            run a grid of runs (skips finished, resumes interrupted)
+  report RUNS ... --out DIR             scaling table, power-law fits and plots of runs
   keys                                  every config key with its default and range
 
-`coil COMMAND --help` describes one command. docs/CONFIG.md documents the config keys.
+`coil COMMAND --help` describes one command. docs/CONFIG.md documents the config keys,
+docs/SCALING.md sweeps and reports.
 )";
 
-const char* kTrainHelp = R"(usage: coil train CONFIG [--set key.path=value ...]
+const char* kTrainHelp = R"(usage: coil train CONFIG [--set key.path=value ...] [--stop-after N]
 
 Trains the run that CONFIG describes into its run directory (run.dir, default runs/<run.name>):
 config.yaml (the resolved config), metrics.jsonl, checkpoints/step_*.h5.
   --set key.path=value   override any config key, checked like the file (repeatable),
                          e.g. --set train.steps=100 --set optim.lr=1e-3
+  --stop-after N         stop after N steps of this call, saving a checkpoint (to split a run
+                         over time-limited jobs: the same command continues it)
 If the run directory already holds the same run, training continues from its latest
 checkpoint; if it holds a different run, this is an error listing the differences.
 Ctrl-C (or SIGTERM) saves a checkpoint at the next step boundary and stops; a second one
@@ -64,11 +73,23 @@ positions.
 )";
 
 const char* kPrepareHelp = R"(usage: coil prepare --out FILE.h5 [--lines | --paragraphs] TEXT [TEXT ...]
+       coil prepare --tokenizer sentencepiece --vocab-size N [--sp-type bpe|unigram] --out FILE.h5 TEXT ...
+       coil prepare --sp-model FILE.model --out FILE.h5 TEXT ...
 
-Tokenizes text files (paths or globs, '-' for stdin) with the byte-level tokenizer (ids 0-255,
-end-of-text 256, vocab_size 257) into an HDF5 token file (docs/FORMATS.md). Each input file is
-one document, or each line (--lines), or each blank-line separated paragraph (--paragraphs).
-For Hugging Face tokenizers use scripts/prepare_hf.py, which writes the same format.
+Tokenizes text files (paths or globs, '-' for stdin) into an HDF5 token file (docs/FORMATS.md).
+Each input file is one document, or each line (--lines), or each blank-line separated
+paragraph (--paragraphs); the end-of-text token follows each document.
+  --tokenizer byte         the default: ids 0-255 are bytes, end-of-text 256, vocab_size 257
+  --tokenizer sentencepiece --vocab-size N
+                           trains a SentencePiece model of N pieces (BPE, or --sp-type unigram)
+                           on the inputs, saves it beside the output (FILE.model), encodes the
+                           inputs with it (lossless: byte fallback, whitespace kept; id 0 <unk>,
+                           1 end-of-text)
+  --sp-model FILE.model    encodes with an existing model instead (validation files: the same
+                           tokenizer as the training files)
+The token file records the tokenizer (its name, and the SentencePiece model itself).
+SentencePiece needs libsentencepiece-dev at build time. For Hugging Face tokenizers use
+scripts/prepare_hf.py, which writes the same format.
 )";
 
 const char* kInfoHelp = R"(usage: coil info CONFIG [--set key.path=value ...] [--world N]
@@ -84,6 +105,33 @@ Writes a checkpoint's parameters under the reference names (backbone.embedding.w
 backbone.layers.{i}.mixer.in_proj.weight, ..., lm_head.weight for the tied head too) as a
 safetensors file (default: next to the checkpoint, .safetensors), loadable with
 safetensors.torch.load_file and into mamba_ssm's MambaLMHeadModel.
+)";
+
+const char* kSweepHelp = R"(usage: coil sweep SWEEP.yaml [--print] [--time-limit SECONDS]
+
+Expands the grid of SWEEP.yaml (base config, out_dir, shared `set:` overrides, `axes:`; see
+docs/SCALING.md) into ordinary runs, out_dir/<name> each, and trains them one after another,
+each as `coil train BASE --set ...` in a child process. Every run's config is checked first.
+A run that has finished is skipped, an interrupted one resumes from its latest checkpoint, a
+failed one is reported and the others still run: run the same command again to continue.
+  --print                print the command of each run, one a line, and run nothing (for a
+                         cluster scheduler to run them in parallel)
+  --time-limit SECONDS   stop once this long has passed: the running run saves a checkpoint at
+                         its next step and no further run starts
+Ctrl-C (or SIGTERM) does the same at once. Exit status: 0 every run finished, 1 a run failed,
+3 the time limit stopped the sweep, 128+signal when interrupted.
+)";
+
+const char* kReportHelp = R"(usage: coil report RUNS ... --out DIR [--with-constant] [--no-plots]
+
+RUNS are run directories, a sweep's output directory (its runs) or a sweep file (every run
+it names, started or not). Writes DIR/report.md and DIR/runs.csv (architecture, size,
+parameters, tokens, training FLOPs, final validation loss, wall time, tokens/s, status of
+every run: finished, interrupted, corrupt or missing), curves.csv, fits.csv, and a power-law
+fit loss = a * FLOPs^(-b) per architecture over its finished runs; with python3-matplotlib
+also loss_vs_flops.png and loss_curves.png (scripts/plot_scaling.py).
+  --with-constant   fit loss = a * FLOPs^(-b) + c
+  --no-plots        skip the PNG plots
 )";
 
 const char* kLaunchHelp = R"(usage: coil launch --nproc N [--port P] -- COMMAND [ARGS ...]
@@ -142,12 +190,27 @@ int help(const char* text) {
   return 0;
 }
 
+// A whole number (integer) or a positive number of seconds given to an option.
+double parse_number(const std::string& text, const char* option, bool integer) {
+  size_t used = 0;
+  double v = -1;
+  try {
+    v = integer ? double(std::stoll(text, &used)) : std::stod(text, &used);
+  } catch (const std::exception&) {
+  }
+  if (used != text.size() || !(integer ? v >= 0 : v > 0))
+    fail("{} expects {}, got '{}'", option, integer ? "a non-negative integer" : "a positive number of seconds", text);
+  return v;
+}
+
+int64_t parse_count(const std::string& text, const char* option) { return int64_t(parse_number(text, option, true)); }
+
 void need(const Args& a, size_t n, const char* usage) {
   if (a.positional.size() != n) fail("{}", std::string(usage).substr(0, std::string(usage).find('\n')));
 }
 
 int cmd_train(int argc, char** argv, bool resume) {
-  Args a = parse_args(argc, argv, 2, {}, {});
+  Args a = parse_args(argc, argv, 2, {"stop-after"}, {});
   if (a.help) return help(resume ? kResumeHelp : kTrainHelp);
   need(a, 1, resume ? kResumeHelp : kTrainHelp);
   Config config = resume ? load_run_config(a.positional[0], a.sets) : load_config(a.positional[0], a.sets);
@@ -157,6 +220,7 @@ int cmd_train(int argc, char** argv, bool resume) {
   }
   TrainOptions o;
   o.resume = resume;
+  if (a.options.count("stop-after")) o.stop_after_steps = parse_count(a.options["stop-after"], "--stop-after");
   TrainResult r = run_training(config, o);
   if (r.interrupted && r.signal) return 128 + r.signal;
   return 0;
@@ -186,16 +250,72 @@ int cmd_eval(int argc, char** argv) {
 }
 
 int cmd_prepare(int argc, char** argv) {
-  Args a = parse_args(argc, argv, 2, {"out"}, {"lines", "paragraphs"});
+  Args a = parse_args(argc, argv, 2, {"out", "tokenizer", "vocab-size", "sp-model", "sp-type"}, {"lines", "paragraphs"});
   if (a.help) return help(kPrepareHelp);
   if (!a.options.count("out") || a.positional.empty()) fail("usage: coil prepare --out FILE.h5 TEXT [TEXT ...]");
-  data::PrepareOptions o;
-  o.lines_are_documents = has_flag(a, "lines");
-  o.paragraphs_are_documents = has_flag(a, "paragraphs");
-  auto s = data::prepare_bytes(a.positional, a.options["out"], o);
-  std::printf("wrote %s: %lld tokens, %lld documents from %lld files (byte-level, vocab_size %lld, eot %lld)\n",
-              a.options["out"].c_str(), (long long)s.tokens, (long long)s.documents, (long long)s.files,
-              (long long)data::kByteVocab, (long long)data::kByteEot);
+  const std::string out = a.options["out"];
+  data::PrepareOptions docs;
+  docs.lines_are_documents = has_flag(a, "lines");
+  docs.paragraphs_are_documents = has_flag(a, "paragraphs");
+  std::string tokenizer = a.options.count("tokenizer") ? a.options["tokenizer"]
+                          : a.options.count("sp-model") ? "sentencepiece"
+                                                        : "byte";
+  if (tokenizer == "byte") {
+    for (const char* k : {"vocab-size", "sp-model", "sp-type"})
+      if (a.options.count(k)) fail("prepare: --{} is for --tokenizer sentencepiece; the byte tokenizer has 257 ids", k);
+    auto s = data::prepare_bytes(a.positional, out, docs);
+    std::printf("wrote %s: %lld tokens, %lld documents from %lld files (byte-level, vocab_size %lld, eot %lld)\n",
+                out.c_str(), (long long)s.tokens, (long long)s.documents, (long long)s.files,
+                (long long)data::kByteVocab, (long long)data::kByteEot);
+    return 0;
+  }
+  if (tokenizer != "sentencepiece") fail("prepare: --tokenizer must be byte or sentencepiece, got '{}'", tokenizer);
+  data::SentencePieceOptions o;
+  o.documents = docs;
+  if (a.options.count("sp-model")) {
+    if (a.options.count("vocab-size") || a.options.count("sp-type"))
+      fail("prepare: --sp-model encodes with an existing model; --vocab-size and --sp-type only apply when training one");
+    o.model = a.options["sp-model"];
+  } else {
+    if (!a.options.count("vocab-size"))
+      fail("prepare: --tokenizer sentencepiece needs --vocab-size N (to train a model) or --sp-model FILE (to use one)");
+    o.vocab_size = parse_count(a.options["vocab-size"], "--vocab-size");
+    if (a.options.count("sp-type")) o.model_type = a.options["sp-type"];
+  }
+  auto s = data::prepare_sentencepiece(a.positional, out, o);
+  std::printf("wrote %s: %lld tokens, %lld documents from %lld files (%s, vocab_size %lld, eot %lld; model %s%s)\n",
+              out.c_str(), (long long)s.prepare.tokens, (long long)s.prepare.documents, (long long)s.prepare.files,
+              s.tokenizer.c_str(), (long long)s.vocab_size, (long long)s.eot_token, s.model_path.c_str(),
+              s.trained ? ", trained on the inputs" : "");
+  return 0;
+}
+
+int cmd_sweep(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {"time-limit"}, {"print"});
+  if (a.help) return help(kSweepHelp);
+  need(a, 1, kSweepHelp);
+  Sweep sweep = load_sweep(a.positional[0]);
+  check_sweep(sweep);
+  if (has_flag(a, "print")) {
+    std::fputs(format_sweep_commands(sweep, argv[0]).c_str(), stdout);
+    return 0;
+  }
+  SweepOptions o;
+  if (a.options.count("time-limit")) o.time_limit_s = parse_number(a.options["time-limit"], "--time-limit", false);
+  SweepResult r = run_sweep(sweep, o);
+  std::printf("%s\n", format_sweep_summary(r).c_str());
+  return r.exit_code();
+}
+
+int cmd_report(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {"out"}, {"with-constant", "no-plots"});
+  if (a.help) return help(kReportHelp);
+  if (a.positional.empty() || !a.options.count("out")) fail("usage: coil report RUNS ... --out DIR");
+  ReportOptions o;
+  o.with_constant = has_flag(a, "with-constant");
+  o.plots = !has_flag(a, "no-plots");
+  ReportResult r = write_report(expand_run_args(a.positional), a.options["out"], o);
+  std::printf("%s\n", format_report_summary(r).c_str());
   return 0;
 }
 
@@ -267,6 +387,8 @@ int main(int argc, char** argv) {
     if (cmd == "info") return cmd_info(argc, argv);
     if (cmd == "export") return cmd_export(argc, argv);
     if (cmd == "launch") return cmd_launch(argc, argv);
+    if (cmd == "sweep") return cmd_sweep(argc, argv);
+    if (cmd == "report") return cmd_report(argc, argv);
     if (cmd == "keys") return cmd_keys();
     std::fprintf(stderr, "coil: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;

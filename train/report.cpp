@@ -209,12 +209,6 @@ std::string duration_text(double s) {
   return fmt::format("{:.1f}s", s);
 }
 
-std::string shell_quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
 std::string find_plot_script(const ReportOptions& o) {
   if (!o.plot_script.empty()) return o.plot_script;
   if (const char* e = std::getenv("COIL_PLOT_SCRIPT")) return e;

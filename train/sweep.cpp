@@ -1,7 +1,9 @@
 #include "train/sweep.h"
 
+#include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
+#include <cstring>
 #include <filesystem>
 
 #include "core/error.h"
@@ -27,13 +29,14 @@ std::string sanitize(const std::string& s) {
   return out;
 }
 
-Axis read_axis(const YAML::Node& node, const std::string& file) {
+Axis read_axis(const YAML::Node& node, const std::string& file, std::map<std::string, int>& key_lines) {
   int line = node.Mark().line + 1;
   COIL_CHECK(node.IsMap() && node.size() > 0, "{}:{}: an axis is a map of key paths to lists of values", file, line);
   Axis axis;
   for (const auto& kv : node) {
     std::string key = kv.first.Scalar();
     int key_line = kv.first.Mark().line + 1;
+    key_lines[key] = key_line;
     COIL_CHECK(kv.second.IsSequence() && kv.second.size() > 0,
                "{}:{}: axis key '{}' needs a non-empty list of values", file, key_line, key);
     std::vector<std::string> values;
@@ -74,6 +77,7 @@ Sweep load_sweep(const std::string& path) {
   COIL_CHECK(root["axes"] && root["axes"].IsSequence(), "sweep: {}: 'axes' (a list of axes) is missing", path);
 
   Sweep sweep;
+  sweep.path = path;
   std::filesystem::path dir = std::filesystem::path(path).parent_path();
   std::filesystem::path base = root["base"].Scalar();
   sweep.base_config = (base.is_absolute() ? base : dir / base).lexically_normal().string();
@@ -83,10 +87,13 @@ Sweep load_sweep(const std::string& path) {
   if (root["set"]) {
     COIL_CHECK(root["set"].IsMap(), "sweep: {}:{}: 'set' must be a map of key paths to values", path,
                root["set"].Mark().line + 1);
-    for (const auto& kv : root["set"]) shared.emplace_back(kv.first.Scalar(), scalar_text(kv.second, kv.first.Scalar(), path));
+    for (const auto& kv : root["set"]) {
+      shared.emplace_back(kv.first.Scalar(), scalar_text(kv.second, kv.first.Scalar(), path));
+      sweep.key_lines[kv.first.Scalar()] = kv.first.Mark().line + 1;
+    }
   }
   std::vector<Axis> axes;
-  for (const auto& a : root["axes"]) axes.push_back(read_axis(a, path));
+  for (const auto& a : root["axes"]) axes.push_back(read_axis(a, path, sweep.key_lines));
   COIL_CHECK(!axes.empty(), "sweep: {}: the grid expands to nothing: 'axes' is empty", path);
 
   // The product of the axes, the last axis varying fastest.
@@ -114,6 +121,59 @@ Sweep load_sweep(const std::string& path) {
       COIL_CHECK(sweep.runs[i].name != sweep.runs[j].name,
                  "sweep: {}: two runs are both named '{}'; give an axis a `name:` list", path, sweep.runs[i].name);
   return sweep;
+}
+
+std::vector<std::string> sweep_run_overrides(const SweepRun& run) {
+  std::vector<std::string> out = {"run.name=" + run.name};
+  for (const auto& [key, value] : run.overrides) out.push_back(key + "=" + value);
+  out.push_back("run.dir=" + run.run_dir);
+  return out;
+}
+
+std::vector<std::string> sweep_train_args(const Sweep& sweep, const SweepRun& run) {
+  std::vector<std::string> args = {"train", sweep.base_config};
+  for (const auto& o : sweep_run_overrides(run)) {
+    args.push_back("--set");
+    args.push_back(o);
+  }
+  return args;
+}
+
+std::string shell_quote(const std::string& word) {
+  bool plain = !word.empty();
+  for (char c : word) plain &= std::isalnum(static_cast<unsigned char>(c)) || std::strchr("_./=+:,@%-", c) != nullptr;
+  if (plain) return word;
+  std::string out = "'";
+  for (char c : word) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string format_sweep_commands(const Sweep& sweep, const std::string& program) {
+  std::string out;
+  for (const auto& run : sweep.runs) {
+    std::string line = shell_quote(program);
+    for (const auto& a : sweep_train_args(sweep, run)) line += " " + shell_quote(a);
+    out += line + "\n";
+  }
+  return out;
+}
+
+Config sweep_run_config(const Sweep& sweep, const SweepRun& run) {
+  try {
+    return load_config(sweep.base_config, sweep_run_overrides(run));
+  } catch (const std::exception& e) {
+    // Point at the sweep file's line of the override the message names ("--set KEY=...").
+    std::string msg = e.what(), where = sweep.path;
+    for (const auto& [key, line] : sweep.key_lines)
+      if (msg.find("--set " + key + "=") != std::string::npos) where = fmt::format("{}:{}", sweep.path, line);
+    fail("sweep: {}: run '{}' (base {}): {}", where, run.name, sweep.base_config, msg);
+  }
+}
+
+std::vector<Config> check_sweep(const Sweep& sweep) {
+  std::vector<Config> configs;
+  for (const auto& run : sweep.runs) configs.push_back(sweep_run_config(sweep, run));
+  return configs;
 }
 
 }  // namespace coil::train

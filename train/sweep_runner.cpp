@@ -1,0 +1,216 @@
+#include "train/sweep_runner.h"
+
+#include <fmt/format.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include "core/error.h"
+#include "train/report.h"
+#include "train/trainer.h"
+
+namespace coil::train {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// Signals the sweep received; the waiting loop passes each one on to the running run.
+std::atomic<int> g_signals{0};
+std::atomic<int> g_last_signal{0};
+
+extern "C" void on_sweep_signal(int sig) {
+  g_last_signal = sig;
+  g_signals.fetch_add(1);
+}
+
+struct SweepSignals {
+  struct sigaction old_int {}, old_term {};
+  SweepSignals() {
+    g_signals = 0;
+    g_last_signal = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_sweep_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+  }
+  ~SweepSignals() {
+    sigaction(SIGINT, &old_int, nullptr);
+    sigaction(SIGTERM, &old_term, nullptr);
+  }
+};
+
+// Starts `program args...` in its own process group (so that a Ctrl-C reaches it once, passed
+// on by the sweep); it gets SIGTERM (a checkpoint, then exit) if the sweep dies.
+pid_t start_child(const std::string& program, const std::vector<std::string>& args) {
+  const pid_t parent = getpid();
+  std::fflush(stdout);
+  std::fflush(stderr);
+  pid_t pid = fork();
+  COIL_CHECK(pid >= 0, "sweep: fork failed");
+  if (pid > 0) return pid;
+  setpgid(0, 0);
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (getppid() != parent) _exit(128 + SIGTERM);
+  std::vector<char*> argv = {const_cast<char*>(program.c_str())};
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  execv(program.c_str(), argv.data());
+  std::perror(("sweep: cannot run " + program).c_str());
+  _exit(127);
+}
+
+// Waits for the child, passing on the sweep's signals and, once the deadline has passed, one
+// SIGINT. Returns its exit status (128 + signal when a signal ended it).
+int wait_child(pid_t pid, Clock::time_point deadline, bool has_deadline, SweepResult& result) {
+  int passed_on = 0;
+  bool deadline_sent = false;
+  while (true) {
+    int status = 0;
+    pid_t done = waitpid(pid, &status, WNOHANG);
+    if (done == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    COIL_CHECK(done == 0 || errno == EINTR, "sweep: waiting for run process {} failed", pid);
+    for (int n = g_signals.load(); passed_on < n; ++passed_on) {
+      result.signal = g_last_signal.load();
+      kill(pid, result.signal);
+    }
+    if (has_deadline && !deadline_sent && Clock::now() >= deadline) {
+      result.time_limit_reached = true;
+      deadline_sent = true;
+      kill(pid, SIGINT);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+// A finished run directory is skipped only if it holds the sweep's run (device and dtype as the
+// trainer resolved them).
+std::vector<std::string> differences(const std::string& run_dir, Config wanted) {
+  Config existing = load_run_config(run_dir);
+  if (wanted.train.device == "auto") wanted.train.device = existing.train.device;
+  if (wanted.train.dtype == "auto") wanted.train.dtype = existing.train.dtype;
+  if (wanted.model.config.dtype == "auto") wanted.model.config.dtype = existing.model.config.dtype;
+  auto diffs = config_differences(existing, wanted, true);
+  if (existing.train.steps != wanted.train.steps)
+    diffs.push_back(fmt::format("train.steps: {} -> {}", existing.train.steps, wanted.train.steps));
+  return diffs;
+}
+
+// What a run directory needs: "skipped" (it holds the same run, finished), "resumed" (it has
+// a checkpoint, or finished with fewer or more steps), "started", or a failure (it holds a
+// finished run of another config). from_step: the checkpoint a resumption starts from.
+SweepRunOutcome plan_run(const SweepRun& run, const Config& config, int64_t& from_step) {
+  SweepRunOutcome o;
+  o.name = run.name;
+  o.run_dir = run.run_dir;
+  RunRecord before = read_run(run.run_dir);
+  from_step = before.checkpoint_step;
+  if (before.status != "finished") {
+    o.action = from_step >= 0 ? "resumed" : "started";
+    return o;
+  }
+  std::vector<std::string> diffs;
+  try {
+    diffs = differences(run.run_dir, config);
+  } catch (const std::exception& e) {
+    diffs.push_back(e.what());
+  }
+  if (diffs.empty()) {
+    o.action = "skipped";
+    o.outcome = "finished";
+  } else if (diffs.size() == 1 && diffs[0].rfind("train.steps:", 0) == 0) {
+    o.action = "resumed";  // more (or fewer) steps asked for: the trainer continues it
+    from_step = before.steps;
+  } else {
+    o.action = "not started";
+    o.outcome = "failed";
+    o.problem = fmt::format("{} holds a finished run with another config (delete it to run this one):", run.run_dir);
+    for (auto& d : diffs) o.problem += "\n    " + d;
+  }
+  return o;
+}
+
+void tally(SweepResult& r, const SweepRunOutcome& o) {
+  if (o.outcome == "finished") r.finished += 1;
+  if (o.action == "skipped") r.skipped += 1;
+  if (o.outcome == "interrupted") r.interrupted += 1;
+  if (o.outcome == "failed") r.failed += 1;
+  if (o.outcome == "not started") r.not_started += 1;
+}
+
+}  // namespace
+
+int SweepResult::exit_code() const {
+  if (signal) return 128 + signal;
+  if (time_limit_reached && finished < int(runs.size())) return 3;
+  return failed ? 1 : 0;
+}
+
+SweepResult run_sweep(const Sweep& sweep, const SweepOptions& options) {
+  auto print = options.print ? options.print : [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
+  const std::vector<Config> configs = check_sweep(sweep);
+  const std::string program = options.program.empty() ? "/proc/self/exe" : options.program;
+  const auto start = Clock::now();
+  const bool has_deadline = options.time_limit_s > 0;
+  const auto deadline = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.time_limit_s));
+  SweepSignals signals;
+  SweepResult result;
+  const size_t n = sweep.runs.size();
+  for (size_t i = 0; i < n; ++i) {
+    const SweepRun& run = sweep.runs[i];
+    const std::string tag = fmt::format("sweep: run {}/{} {}", i + 1, n, run.name);
+    if (g_signals.load() > 0 && !result.signal) result.signal = g_last_signal.load();
+    result.time_limit_reached |= has_deadline && Clock::now() >= deadline;
+    int64_t from_step = -1;
+    SweepRunOutcome o = plan_run(run, configs[i], from_step);
+    if (o.action == "skipped") {
+      print(fmt::format("{}: finished already ({}), skipped", tag, run.run_dir));
+    } else if (o.outcome == "failed") {
+      print(fmt::format("{}: {}", tag, o.problem));
+    } else if (result.signal || result.time_limit_reached) {
+      o.action = o.outcome = "not started";
+    } else {
+      print(fmt::format("{}: {} ({}){}", tag, o.action == "resumed" ? "resuming" : "starting", run.run_dir,
+                        from_step >= 0 ? fmt::format(", from step {}", from_step) : ""));
+      pid_t pid = start_child(program, sweep_train_args(sweep, run));
+      o.exit_code = wait_child(pid, deadline, has_deadline, result);
+      RunRecord after = read_run(run.run_dir);
+      if (o.exit_code == 0 && after.status == "finished") {
+        o.outcome = "finished";
+      } else if (result.signal || result.time_limit_reached) {
+        o.outcome = "interrupted";
+      } else {
+        o.outcome = "failed";
+        o.problem = fmt::format("exited with status {}; its directory reads as {}{}", o.exit_code, after.status,
+                                after.problem.empty() ? "" : " (" + after.problem + ")");
+      }
+      print(fmt::format("{}: {}{}", tag, o.outcome, o.problem.empty() ? "" : ": " + o.problem));
+    }
+    tally(result, o);
+    result.runs.push_back(o);
+  }
+  return result;
+}
+
+std::string format_sweep_summary(const SweepResult& r) {
+  std::string s = fmt::format("{} runs: {} finished ({} skipped as already finished), {} interrupted, {} failed, {} not "
+                              "started",
+                              r.runs.size(), r.finished, r.skipped, r.interrupted, r.failed, r.not_started);
+  if (r.time_limit_reached) s += "; the time limit was reached";
+  if (r.signal) s += fmt::format("; stopped by signal {}", r.signal);
+  for (const auto& o : r.runs)
+    if (o.outcome != "finished") s += fmt::format("\n  {}: {}{}", o.name, o.outcome, o.problem.empty() ? "" : ": " + o.problem);
+  if (r.interrupted || r.not_started) s += "\nrun the same `coil sweep` again to continue";
+  return s;
+}
+
+}  // namespace coil::train
