@@ -181,7 +181,8 @@ void DataLoader::set_state(const SamplerState& state) {
   COIL_CHECK(state.seed == options_.seed,
              "data: the checkpoint's sampler was seeded with {} but this run's seed is {} (train.seed)", state.seed,
              options_.seed);
-  drawn_ = state.examples_drawn;
+  const uint64_t world = uint64_t(options_.world_size);
+  drawn_ = (state.examples_drawn + world - 1) / world;
 }
 
 bool DataLoader::has_accuracy() const {

@@ -4,7 +4,11 @@
 // Every training example is a pure function of (seed, example number): the sampler's whole
 // state is the number of examples drawn so far, so a checkpoint stores two integers and a
 // resumed run sees exactly the batches the uninterrupted run would have seen. With several
-// ranks, rank r takes example numbers r, r + world, r + 2 world, ...
+// ranks, rank r takes example numbers r, r + world, r + 2 world, ...: its i-th draw is example
+// i * world + r. Every rank draws the same number per step, so together they consume the
+// stream in order, and the state is one global cursor (examples drawn by all ranks), the same
+// on every rank. A step of micro_batch x accumulation x world examples therefore covers the
+// same examples whatever the world size; only their split into micro-batches differs.
 //
 // Token files: a training example is a window of seq_len + 1 tokens starting at a uniformly
 // drawn position of the training part of the files (each file's last val_fraction is held out,
@@ -56,7 +60,7 @@ struct DataOptions {
 // What a checkpoint stores about the data.
 struct SamplerState {
   uint64_t seed = 0;
-  uint64_t examples_drawn = 0;  // per rank
+  uint64_t examples_drawn = 0;  // by all ranks together: the next step starts at this example
 };
 
 // One synthetic example: inputs and targets of seq_len each, from (seed, example number).
@@ -72,8 +76,10 @@ class DataLoader {
   Batch val_batch(int64_t index, int64_t batch_size) const;
   int64_t num_val_batches(int64_t batch_size) const;
 
-  SamplerState state() const { return {options_.seed, drawn_}; }
-  void set_state(const SamplerState& state);  // the seed must match
+  SamplerState state() const { return {options_.seed, drawn_ * uint64_t(options_.world_size)}; }
+  // The seed must match. A cursor that the world size does not divide (the state was saved by
+  // another number of ranks) is rounded up: the few examples in between are skipped.
+  void set_state(const SamplerState& state);
 
   // Synthetic copying and induction tasks report accuracy on their answer positions.
   bool has_accuracy() const;
@@ -87,7 +93,7 @@ class DataLoader {
   void read_window(const TokenDataset& ds, size_t file, int64_t start, int64_t* inputs, int64_t* targets) const;
 
   DataOptions options_;
-  uint64_t drawn_ = 0;
+  uint64_t drawn_ = 0;  // by this rank
   std::unique_ptr<TokenDataset> dataset_, val_dataset_;
   // Training: per file, the first token past the training part and the count of window starts.
   std::vector<int64_t> train_end_, starts_cum_;  // starts_cum_[f] = window starts in files < f

@@ -205,3 +205,131 @@ TEST_CASE("launch starts every rank with its environment and reports a failing o
   REQUIRE(std::chrono::steady_clock::now() - start < std::chrono::seconds(30));
   REQUIRE_THROWS_WITH(launch_local(options, {}), Catch::Matchers::Contains("nothing to run"));
 }
+
+#include <cstdlib>
+#include <filesystem>
+#include <set>
+
+#include "data/hdf5_util.h"
+#include "data/loader.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/trainer.h"
+
+namespace {
+coil::data::DataOptions sharded(int rank, int world) {
+  coil::data::DataOptions o;
+  o.task = "random";
+  o.vocab_size = 1000;
+  o.seq_len = 12;
+  o.seed = 7;
+  o.rank = rank;
+  o.world_size = world;
+  return o;
+}
+std::vector<int64_t> row(const coil::Tensor& t, int64_t i) {
+  const int64_t L = t.size(1);
+  const int64_t* p = t.data<int64_t>() + i * L;
+  return {p, p + L};
+}
+}  // namespace
+
+TEST_CASE("ranks draw distinct windows whose union is the single-process stream", "[distributed]") {
+  using coil::data::DataLoader;
+  const int world = 3;
+  const int64_t mb = 2, steps = 4;
+  DataLoader single(sharded(0, 1));
+  std::vector<DataLoader> ranks;
+  for (int r = 0; r < world; ++r) ranks.emplace_back(sharded(r, world));
+  std::set<std::vector<int64_t>> seen;
+  for (int64_t s = 0; s < steps; ++s) {
+    // One step: mb examples per rank, together the next world * mb examples of the stream.
+    std::set<std::vector<int64_t>> step_ranks, step_single;
+    coil::data::Batch one = single.next_train(world * mb);
+    for (int64_t i = 0; i < world * mb; ++i) step_single.insert(row(one.inputs, i));
+    for (int r = 0; r < world; ++r) {
+      coil::data::Batch b = ranks[size_t(r)].next_train(mb);
+      for (int64_t i = 0; i < mb; ++i) {
+        // Rank r's i-th draw of the step is example (s * mb + i) * world + r of the stream.
+        REQUIRE(row(b.inputs, i) == row(one.inputs, i * world + r));
+        REQUIRE(seen.insert(row(b.inputs, i)).second);  // distinct across ranks and steps
+        step_ranks.insert(row(b.inputs, i));
+      }
+    }
+    REQUIRE(step_ranks == step_single);
+  }
+  // The sampler state is one global cursor, the same on every rank and in the single process.
+  for (auto& r : ranks) REQUIRE(r.state().examples_drawn == uint64_t(steps * world * mb));
+  REQUIRE(single.state().examples_drawn == uint64_t(steps * world * mb));
+
+  // Resuming with the same world continues each rank's stream exactly.
+  DataLoader resumed(sharded(1, world));
+  resumed.set_state(ranks[0].state());
+  REQUIRE(row(resumed.next_train(1).inputs, 0) == row(ranks[1].next_train(1).inputs, 0));
+  // Another world size continues the global stream (rounded up to a multiple of the world).
+  DataLoader two(sharded(1, 2));
+  two.set_state(single.state());  // 24 examples drawn: rank 1 of 2 goes on with example 25
+  coil::data::Batch next = single.next_train(2);
+  REQUIRE(row(two.next_train(1).inputs, 0) == row(next.inputs, 1));
+  DataLoader four(sharded(0, 4));
+  four.set_state({7, 26});  // not a multiple of 4: examples 26 and 27 are skipped
+  REQUIRE(four.state().examples_drawn == 28);
+}
+
+TEST_CASE("distributed config keys: timeout and bucket size, not part of what is computed", "[distributed]") {
+  using namespace coil::train;
+  Config c = parse_config("train:\n  dist_timeout_s: 30\n  bucket_mb: 4\n", "dist.yaml");
+  REQUIRE(c.train.dist_timeout_s == 30);
+  REQUIRE(c.train.bucket_mb == 4);
+  REQUIRE(Config().train.dist_timeout_s == 300);
+  REQUIRE_THROWS_WITH(parse_config("train:\n  dist_timeout_s: 0\n", "dist.yaml"),
+                      Catch::Matchers::Contains("train.dist_timeout_s"));
+  REQUIRE_THROWS_WITH(parse_config("", "dist.yaml", {"train.bucket_mb=-1"}), Catch::Matchers::Contains("train.bucket_mb"));
+  // A run moved to other GPUs or another world size with another timeout is the same run.
+  Config d = c;
+  apply_override(d, "train.dist_timeout_s=60");
+  apply_override(d, "train.bucket_mb=25");
+  apply_override(d, "train.device=cuda");
+  REQUIRE(config_differences(c, d, true).empty());
+  REQUIRE(config_differences(c, d, false).size() == 3);
+}
+
+TEST_CASE("checkpoints record the world size; a missing attribute reads as 1", "[distributed]") {
+  using namespace coil::train;
+  namespace fs = std::filesystem;
+  fs::path dir = fs::temp_directory_path() / "coil_test_distributed_ckpt";
+  fs::remove_all(dir);
+  Checkpoint c;
+  c.params.emplace_back("w", coil::Tensor::ones({3}));
+  c.state.step = 5;
+  c.state.world_size = 4;
+  c.state.sampler_examples = 40;
+  write_checkpoint((dir / "a.h5").string(), c);
+  Checkpoint back = read_checkpoint((dir / "a.h5").string());
+  REQUIRE(back.state.world_size == 4);
+  REQUIRE(back.state.sampler_examples == 40);
+  // A file from before world_size existed: the attribute is absent, and the checksum verifies.
+  c.state.world_size = 1;
+  write_checkpoint((dir / "b.h5").string(), c);
+  {
+    coil::h5::Handle f = coil::h5::open_file((dir / "b.h5").string(), true);
+    REQUIRE(H5Adelete(f, "world_size") >= 0);
+  }
+  Checkpoint old = read_checkpoint((dir / "b.h5").string());
+  REQUIRE(old.state.world_size == 1);
+  REQUIRE(old.state.step == 5);
+}
+
+TEST_CASE("several ranks need GPUs: a CPU run with WORLD_SIZE 2 is a clear error", "[distributed]") {
+  using namespace coil::train;
+  setenv("RANK", "0", 1);
+  setenv("WORLD_SIZE", "2", 1);
+  Config c = parse_config("", "dist.yaml", {"train.device=cpu", "train.steps=1"});
+  TrainOptions o;
+  o.quiet = true;
+  o.install_signal_handlers = false;
+  REQUIRE_THROWS_WITH(run_training(c, o), Catch::Matchers::Contains("each uses the GPU of its local rank") &&
+                                              Catch::Matchers::Contains("train.device must be auto or cuda, not cpu"));
+  unsetenv("RANK");
+  unsetenv("WORLD_SIZE");
+}

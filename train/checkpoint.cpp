@@ -62,10 +62,13 @@ void hash_tensor(Fnv1a& h, const std::string& name, const Tensor& t) {
   h.update(t.raw(), t.nbytes());
 }
 
+// world_size joined the attributes later; it is hashed only when it is not 1, so that files
+// written before it still verify.
 std::string state_text(const TrainState& s) {
   return fmt::format("step={};tokens_seen={};nan_skips={};sampler={},{};rng={},{};last_lr={};best_val_loss={};config={}",
                      s.step, s.tokens_seen, s.nan_skips, s.sampler_seed, s.sampler_examples, s.rng_seed, s.rng_offset,
-                     s.last_lr, s.best_val_loss, s.config_yaml);
+                     s.last_lr, s.best_val_loss, s.config_yaml) +
+         (s.world_size != 1 ? fmt::format(";world_size={}", s.world_size) : "");
 }
 
 std::string alias_text(const std::vector<std::pair<std::string, std::string>>& aliases) {
@@ -157,6 +160,7 @@ TrainState read_state(hid_t f, const std::string& path) {
   s.last_lr = h5::read_attr_f64(f, "last_lr", path);
   s.best_val_loss = h5::read_attr_f64(f, "best_val_loss", path);
   s.config_yaml = h5::read_attr_str(f, "config", path);
+  s.world_size = h5::has_attr(f, "world_size") ? h5::read_attr_i64(f, "world_size", path) : 1;
   return s;
 }
 
@@ -189,6 +193,7 @@ void write_checkpoint(const std::string& path, const Checkpoint& checkpoint) {
     h5::write_attr_f64(f, "last_lr", s.last_lr);
     h5::write_attr_f64(f, "best_val_loss", s.best_val_loss);
     h5::write_attr_str(f, "config", s.config_yaml);
+    h5::write_attr_i64(f, "world_size", s.world_size);
     h5::write_attr_str(f, "aliases", alias_text(c.aliases));
     h5::write_attr_u64(f, "checksum", checksum(c));
     COIL_CHECK(H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0, "checkpoint: cannot flush '{}' (disk full?)", tmp);

@@ -4,7 +4,8 @@
 //   /optim/<name>            the optimizer's tensors (AdamW: exp_avg/<param>, exp_avg_sq/<param>)
 //   root attributes          step, tokens_seen, nan_skips, sampler and RNG state, the schedule's
 //                            last learning rate, the resolved config (YAML text), param aliases,
-//                            and `checksum` (see below)
+//                            world_size (absent in files from before it existed: 1), and
+//                            `checksum` (see below)
 //
 // A checkpoint is written to "<name>.tmp", flushed and fsync'ed, then renamed (and the
 // directory fsync'ed), so the newest step_*.h5 is always complete. `checksum` is a 64-bit
@@ -28,7 +29,8 @@ struct TrainState {
   int64_t step = 0;         // optimizer steps done
   int64_t tokens_seen = 0;  // over all ranks
   int64_t nan_skips = 0;
-  uint64_t sampler_seed = 0, sampler_examples = 0;  // data::SamplerState
+  uint64_t sampler_seed = 0, sampler_examples = 0;  // data::SamplerState (a global cursor)
+  int64_t world_size = 1;                           // the ranks that wrote it
   uint64_t rng_seed = 0, rng_offset = 0;            // the trainer's Generator
   double last_lr = 0;                               // the schedule's value at the last step
   double best_val_loss = 0;                         // 0: none yet

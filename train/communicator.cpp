@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <exception>
 #include <thread>
 
 #include "core/cuda.h"
@@ -27,26 +28,38 @@ void check_nccl(ncclResult_t r, const char* call, int rank) {
     fail("NCCL {} failed on rank {}: {} ({})", call, rank, ncclGetErrorString(r), ncclGetLastError(nullptr));
 }
 
-// Polls until `done` or the deadline, checking NCCL's asynchronous error state meanwhile.
+// Polls until `done` or the deadline, checking NCCL's asynchronous error state meanwhile. On
+// an error or at the deadline it aborts the communicator (which also ends its kernels that
+// wait for a peer) and forgets it, so the destructor does not touch it again.
 template <class Done>
-void watch(ncclComm_t comm, int rank, double timeout_s, const char* what, Done done) {
+void watch(ncclComm_t& comm, int rank, double timeout_s, const char* what, Done done) {
+  COIL_CHECK(comm, "rank {}: {} on a communicator that was aborted after an earlier error", rank, what);
   auto start = std::chrono::steady_clock::now();
   while (!done()) {
     ncclResult_t async = ncclSuccess;
     ncclCommGetAsyncError(comm, &async);
     if (async != ncclSuccess && async != ncclInProgress) {
       ncclCommAbort(comm);
+      comm = nullptr;
       fail("NCCL error on rank {} during {}: {}; another rank may have died", rank, what,
            ncclGetErrorString(async));
     }
     double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (waited > timeout_s) {
       ncclCommAbort(comm);
+      comm = nullptr;
       fail("rank {} waited {:.0f} s for {} (train.dist_timeout_s): another rank died or hangs", rank,
            waited, what);
     }
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
+}
+
+// True once every operation queued on `stream` is done; raises on a CUDA error.
+bool stream_idle(cudaStream_t stream) {
+  cudaError_t e = cudaStreamQuery(stream);
+  if (e != cudaErrorNotReady) COIL_CUDA_CHECK(e);
+  return e == cudaSuccess;
 }
 }  // namespace
 
@@ -77,8 +90,10 @@ Communicator::Communicator(const DistEnv& env, double timeout_s)
   COIL_CUDA_CHECK(cudaEventCreateWithFlags(&state_->comm_done, cudaEventDisableTiming));
 }
 
+// While an error unwinds the stack, collectives may still wait for peers; ncclCommDestroy
+// would wait with them, so the communicator is aborted instead.
 Communicator::~Communicator() {
-  if (state_->comm) ncclCommDestroy(state_->comm);
+  if (state_->comm) (std::uncaught_exceptions() > 0 ? ncclCommAbort : ncclCommDestroy)(state_->comm);
   if (state_->stream) cudaStreamDestroy(state_->stream);
   if (state_->compute_ready) cudaEventDestroy(state_->compute_ready);
   if (state_->comm_done) cudaEventDestroy(state_->comm_done);
@@ -89,6 +104,8 @@ void Communicator::all_reduce(const Tensor& t, bool mean) {
   int rank = env_.rank;
   ncclRedOp_t op = mean ? ncclAvg : ncclSum;
   COIL_CHECK(t.device().is_cuda(), "all_reduce: {} is not on a GPU", describe(t));
+  COIL_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::bf16 || t.dtype() == DType::f64,
+             "all_reduce: {} is not f32, bf16 or f64", describe(t));
   ncclDataType_t type = t.dtype() == DType::f32 ? ncclFloat32 : t.dtype() == DType::bf16 ? ncclBfloat16 : ncclFloat64;
   COIL_CUDA_CHECK(cudaEventRecord(s.compute_ready, cuda::compute_stream()));
   COIL_CUDA_CHECK(cudaStreamWaitEvent(s.stream, s.compute_ready, 0));
@@ -104,17 +121,21 @@ void Communicator::join_compute_stream() {
 }
 
 void Communicator::wait(const char* what) {
-  watch(state_->comm, env_.rank, timeout_s_, what, [&] {
-    cudaError_t e = cudaStreamQuery(state_->stream);
-    if (e != cudaErrorNotReady) COIL_CUDA_CHECK(e);
-    return e == cudaSuccess;
-  });
+  watch(state_->comm, env_.rank, timeout_s_, what,
+        [&] { return stream_idle(state_->stream) && stream_idle(cuda::compute_stream()); });
 }
 
 void Communicator::barrier(const char* what) {
   Tensor token = Tensor::zeros({1}, DType::f32, Device::cuda(cuda::current_device()));
   all_reduce_sum_async(token);
   wait(what);
+}
+
+std::vector<double> Communicator::sum_over_ranks(const std::vector<double>& values, const char* what) {
+  Tensor t = Tensor::from_vector(values, {int64_t(values.size())}).to(Device::cuda(cuda::current_device()));
+  all_reduce_sum_async(t);
+  wait(what);
+  return t.to_vector<double>();
 }
 
 #else
@@ -132,6 +153,7 @@ void Communicator::all_reduce_sum_async(const Tensor&) {}
 void Communicator::join_compute_stream() {}
 void Communicator::wait(const char*) {}
 void Communicator::barrier(const char*) {}
+std::vector<double> Communicator::sum_over_ranks(const std::vector<double>& values, const char*) { return values; }
 
 #endif
 

@@ -4,6 +4,7 @@
 // Collectives run on a stream of their own, which waits on the compute stream through events.
 #pragma once
 #include <memory>
+#include <vector>
 
 #include "core/tensor.h"
 #include "train/distributed.h"
@@ -28,11 +29,16 @@ class Communicator {
   void all_reduce_sum_async(const Tensor& t);
   // Makes the compute stream wait for the collectives queued so far (no host sync).
   void join_compute_stream();
-  // Host waits for all collectives, with the watchdog (the one sync point of a reduction:
-  // the trainer calls it only where it already syncs, e.g. at checkpoints).
+  // Host waits, with the watchdog, until the collectives and the compute stream's work queued
+  // so far are done (`what` names the wait in the error). The trainer calls it where it syncs
+  // anyway: once a step before reading the loss and the gradient norm, at checkpoints, at
+  // evaluation and logging; a plain cudaStreamSynchronize there could wait forever on a
+  // collective whose peer died.
   void wait(const char* what);
   // Every rank reaches this point, or the watchdog fires.
   void barrier(const char* what);
+  // Sums a few host values over the ranks (a blocking collective through the watchdog).
+  std::vector<double> sum_over_ranks(const std::vector<double>& values, const char* what);
 
  private:
   void all_reduce(const Tensor& t, bool mean);

@@ -50,10 +50,7 @@ Optimizer::~Optimizer() = default;
 
 void Optimizer::zero_grad() { impl_->adamw->zero_grad(); }
 
-double Optimizer::clip_grad_norm(double max_norm) {
-  // The one host sync of a step: the norm is needed for the NaN check and the log.
-  return impl_->adamw->clip_grad_norm(max_norm).item();
-}
+Tensor Optimizer::clip_grad_norm(double max_norm) { return impl_->adamw->clip_grad_norm(max_norm); }
 
 void Optimizer::step(double lr) {
   impl_->adamw->set_lr(lr);

@@ -14,9 +14,11 @@ class Optimizer {
  public:
   Optimizer(const layers::LanguageModel& model, const OptimSection& options);
   ~Optimizer();
-  // The global L2 norm of all gradients before clipping; scales them to max_norm when above
-  // it (max_norm 0: no clipping). Parameters without a gradient count as zero.
-  double clip_grad_norm(double max_norm);
+  // The global L2 norm of all gradients before clipping, an f32 scalar on the parameters'
+  // device (no host sync: the trainer reads it in its one sync of the step); the next step()
+  // scales the gradients to max_norm when above it (max_norm 0: no clipping). Parameters
+  // without a gradient count as zero.
+  Tensor clip_grad_norm(double max_norm);
   void step(double lr);
   void zero_grad();
   NamedTensors state() const;

@@ -15,10 +15,16 @@
 #include "core/allocator.h"
 #include "core/cuda.h"
 #include "data/loader.h"
+#include "kernels/accumulate.h"
+#include "kernels/elementwise.h"
+#include "kernels/embedding.h"
+#include "kernels/loss.h"
 #include "layers/model.h"
 #include "optim/schedule.h"
 #include "train/checkpoint.h"
+#include "train/communicator.h"
 #include "train/distributed.h"
+#include "train/grad_reducer.h"
 #include "train/optimizer.h"
 #include "train/tensorboard.h"
 
@@ -94,9 +100,25 @@ Device resolve_device(const std::string& name) {
   return d;
 }
 
-// The config as the run executes it: device and dtype resolved.
-void resolve(Config& c, Device device) {
-  c.train.device = device.str();
+// With several ranks, each uses the GPU of its local rank.
+Device rank_device(const std::string& name, const DistEnv& env) {
+  if (env.world_size == 1) return resolve_device(name);
+  COIL_CHECK(name == "auto" || name == "cuda",
+             "train: {} ranks were launched ({}); each uses the GPU of its local rank, so train.device must be auto or "
+             "cuda, not {}",
+             env.world_size, env.launcher, name);
+  COIL_CHECK(cuda_available(), "train: {} ranks were launched ({}), but no GPU is usable: {}", env.world_size,
+             env.launcher, cuda_unavailable_reason());
+  COIL_CHECK(env.local_rank < cuda_device_count(),
+             "train: rank {} has local rank {}, but this machine has {} GPU(s); start at most one rank per GPU",
+             env.rank, env.local_rank, cuda_device_count());
+  return Device::cuda(env.local_rank);
+}
+
+// The config as the run executes it: device and dtype resolved (several ranks: "cuda", each
+// rank on the GPU of its local rank).
+void resolve(Config& c, Device device, int world_size = 1) {
+  c.train.device = world_size > 1 ? "cuda" : device.str();
   if (c.train.dtype == "auto") c.train.dtype = device.is_cuda() ? "bf16" : "f32";
   if (c.model.config.dtype == "auto") c.model.config.dtype = c.train.dtype;
 }
@@ -140,14 +162,15 @@ struct EvalTotals {
   double accuracy() const { return has_accuracy && targets ? double(correct) / double(targets) : -1; }
 };
 
-// Loss (and accuracy on answer positions for synthetic tasks) over fixed held-out batches.
+// Loss (and accuracy on answer positions for synthetic tasks) over fixed held-out batches;
+// rank r of `world` takes batches r, r + world, ... (the caller sums the totals over ranks).
 EvalTotals run_eval(const layers::LanguageModel& model, const data::DataLoader& loader, int64_t batches,
-                    int64_t micro_batch, Device device) {
+                    int64_t micro_batch, Device device, int rank = 0, int world = 1) {
   autograd::NoGradGuard no_grad;
   EvalTotals t;
   t.has_accuracy = loader.has_accuracy();
   batches = std::min(batches, loader.num_val_batches(micro_batch));
-  for (int64_t i = 0; i < batches; ++i) {
+  for (int64_t i = rank; i < batches; i += world) {
     data::Batch b = loader.val_batch(i, micro_batch);
     int64_t count = b.target_count();
     if (count == 0) continue;
@@ -255,17 +278,17 @@ Config load_run_config(const std::string& run_dir, const std::vector<std::string
 
 TrainResult run_training(Config config, const TrainOptions& options) {
   auto print = options.print ? options.print : [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
-  auto say = [&](const std::string& s) {
-    if (!options.quiet) print(s);
-  };
   DistEnv env = detect_dist_env();
-  COIL_CHECK(env.world_size == 1,
-             "train: {} ranks were launched ({}), but this trainer runs one process; data-parallel training is "
-             "not wired into the loop yet (train/communicator.h, train/grad_reducer.h exist)",
-             env.world_size, env.launcher);
-  Device device = resolve_device(config.train.device);
-  if (device.is_cuda()) cuda::set_device(device.index);
-  resolve(config, device);
+  auto say = [&](const std::string& s) {  // rank 0 speaks for all
+    if (!options.quiet && env.rank == 0) print(s);
+  };
+  Device device = rank_device(config.train.device, env);
+  if (device.is_cuda()) cuda::set_device(device.index);  // before anything is allocated
+  resolve(config, device, env.world_size);
+  // Several ranks: rank 0 hands out the NCCL id over TCP; every later wait on collectives goes
+  // through the communicator's watchdog (train.dist_timeout_s).
+  std::unique_ptr<Communicator> comm;
+  if (env.world_size > 1) comm = std::make_unique<Communicator>(env, config.train.dist_timeout_s);
   const std::string run_dir = config.run_dir();
   const std::string config_path = (fs::path(run_dir) / "config.yaml").string();
 
@@ -293,13 +316,24 @@ TrainResult run_training(Config config, const TrainOptions& options) {
   } else if (options.resume) {
     fail("resume: '{}' is not a run directory (no config.yaml)", run_dir);
   }
-  fs::create_directories(run_dir);
-  write_text_atomically(config_path, to_yaml(config));
+  if (env.rank == 0) {
+    fs::create_directories(run_dir);
+    write_text_atomically(config_path, to_yaml(config));
+  }
 
   // ---- model, optimizer, data ----
   layers::LanguageModel model(config.model.config, uint64_t(config.train.seed));
   model.to(device);
   model.train();
+  // Several ranks: the gradients live in the reducer's buckets (the optimizer adopts them) and
+  // each complete bucket is averaged over the ranks while backward goes on.
+  std::unique_ptr<GradReducer> reducer;
+  if (comm) {
+    std::vector<autograd::Variable> params;
+    for (auto& [name, p] : model.named_parameters()) params.push_back(p->var);
+    reducer = std::make_unique<GradReducer>(params, size_t(config.train.bucket_mb * double(1 << 20)),
+                                            [c = comm.get()](const Tensor& bucket) { c->all_reduce_mean_async(bucket); });
+  }
   Optimizer opt(model, config.optim);
   const optim::Schedule schedule = make_schedule(config);
   data::DataLoader loader(data_options(config, env.rank, env.world_size));
@@ -310,20 +344,34 @@ TrainResult run_training(Config config, const TrainOptions& options) {
   TrainState state;
   state.config_yaml = to_yaml(config);
   state.rng_seed = uint64_t(config.train.seed);
+  state.world_size = env.world_size;
   if (resuming) {
     load_into(model, opt, ckpt);
     loader.set_state({ckpt.state.sampler_seed, ckpt.state.sampler_examples});
     state = ckpt.state;
     state.config_yaml = to_yaml(config);
+    state.world_size = env.world_size;
     say(fmt::format("resuming {} from {} (step {}, {} tokens)", run_dir, fs::path(ckpt_path).filename().string(),
                     state.step, format_count(double(state.tokens_seen))));
+    if (ckpt.state.world_size != env.world_size)
+      say(fmt::format("note: the checkpoint was written by {} rank(s) and this run has {}: the parameters and the "
+                      "optimizer state continue as they are, but the data order changes (the stream goes on from "
+                      "example {}, split over the ranks and micro-batches differently), so the run is not the one "
+                      "{} rank(s) would have made",
+                      ckpt.state.world_size, env.world_size, loader.state().examples_drawn, ckpt.state.world_size));
   }
   TrainResult result;
   result.run_dir = run_dir;
   result.start_step = state.step;
-  MetricsLog metrics((fs::path(run_dir) / "metrics.jsonl").string(), state.step, !resuming);
+  std::unique_ptr<MetricsLog> metrics;  // rank 0 writes the run directory's logs
   std::unique_ptr<TensorBoardWriter> tb;
-  if (config.log.tensorboard) tb = std::make_unique<TensorBoardWriter>(run_dir);
+  if (env.rank == 0) {
+    metrics = std::make_unique<MetricsLog>((fs::path(run_dir) / "metrics.jsonl").string(), state.step, !resuming);
+    if (config.log.tensorboard) tb = std::make_unique<TensorBoardWriter>(run_dir);
+  }
+  auto write_metrics = [&](const std::string& json) {
+    if (metrics) metrics->write(json);
+  };
 
   const double flops_per_token = model.flops_per_token(L);
   double peak_flops = 0;
@@ -338,29 +386,39 @@ TrainResult run_training(Config config, const TrainOptions& options) {
                   accum, env.world_size > 1 ? fmt::format(" x {} ranks", env.world_size) : ""));
 
   SignalScope signals(options.install_signal_handlers);
+  // Rank 0 writes (every rank holds the same weights, optimizer state and global sampler
+  // cursor); the others wait at a barrier, so no rank runs ahead of a checkpoint.
   auto save = [&](const char* why) {
-    if (env.rank != 0) return;
     auto s = loader.state();
     state.sampler_seed = s.seed;
     state.sampler_examples = s.examples_drawn;
-    std::string path = checkpoint_path(run_dir, state.step);
-    write_checkpoint(path, make_checkpoint(model, opt, state));
-    prune_checkpoints(run_dir, config.checkpoint.keep_last);
-    say(fmt::format("checkpoint {} ({})", path, why));
+    if (env.rank == 0) {
+      std::string path = checkpoint_path(run_dir, state.step);
+      write_checkpoint(path, make_checkpoint(model, opt, state));
+      prune_checkpoints(run_dir, config.checkpoint.keep_last);
+      say(fmt::format("checkpoint {} ({})", path, why));
+    }
+    if (comm) comm->barrier("the checkpoint written by rank 0");
   };
   auto evaluate_now = [&]() {
     if (config.eval.batches <= 0) return;
     int64_t n = std::min(config.eval.batches, loader.num_val_batches(mb));
     if (n <= 0) return;
     model.eval();
-    EvalTotals t = run_eval(model, loader, n, mb, device);
+    EvalTotals t = run_eval(model, loader, n, mb, device, env.rank, env.world_size);
     model.train();
+    if (comm) {  // each rank evaluated its share of the batches
+      auto sum = comm->sum_over_ranks({t.loss_sum, double(t.targets), double(t.correct)}, "the evaluation");
+      t.loss_sum = sum[0];
+      t.targets = int64_t(sum[1]);
+      t.correct = int64_t(sum[2]);
+    }
     result.val_loss = t.loss();
     result.val_accuracy = t.accuracy();
     if (state.best_val_loss == 0 || t.loss() < state.best_val_loss) state.best_val_loss = t.loss();
     std::string acc = t.has_accuracy ? fmt::format(" | accuracy {:.2f}%", 100 * t.accuracy()) : "";
     say(fmt::format("eval step {} | val loss {:.4f} | ppl {:.3f}{}", state.step, t.loss(), std::exp(t.loss()), acc));
-    metrics.write(fmt::format("{{\"step\":{},\"tokens\":{},\"val_loss\":{},\"val_ppl\":{}{}}}", state.step,
+    write_metrics(fmt::format("{{\"step\":{},\"tokens\":{},\"val_loss\":{},\"val_ppl\":{}{}}}", state.step,
                               state.tokens_seen, jnum(t.loss()), jnum(std::exp(t.loss())),
                               t.has_accuracy ? ",\"val_accuracy\":" + jnum(t.accuracy()) : ""));
     if (tb) {
@@ -374,11 +432,19 @@ TrainResult run_training(Config config, const TrainOptions& options) {
   auto t_log = t_start;
   int64_t tokens_at_log = state.tokens_seen, steps_at_log = 0;
   double loss_sum_log = 0, gnorm_sum_log = 0;
-  int64_t loss_count_log = 0;
+  int64_t loss_count_log = 0, gnorm_count_log = 0;
   const int64_t steps_this_call_start = state.step;
+  // A signal or stop_after_steps, seen on this rank, asks to stop once `steps_done` are done.
+  auto stop_requested = [&](int64_t steps_done) {
+    return g_signal.load() != 0 ||
+           (options.stop_after_steps >= 0 && steps_done - steps_this_call_start >= options.stop_after_steps);
+  };
+  // Several ranks must stop after the same step: each step sums the ranks' requests (a flag
+  // all-reduced with the gradients, read in the step's sync).
+  Tensor stop_flag = comm ? Tensor::zeros({1}, DType::f32, device) : Tensor();
+  bool stop_agreed = false;
   while (state.step < config.train.steps) {
-    if (g_signal.load() != 0 ||
-        (options.stop_after_steps >= 0 && state.step - steps_this_call_start >= options.stop_after_steps)) {
+    if (stop_agreed || (!comm && stop_requested(state.step))) {
       result.interrupted = true;
       result.signal = g_signal.load();
       break;
@@ -386,7 +452,10 @@ TrainResult run_training(Config config, const TrainOptions& options) {
     const int64_t step = state.step;
     const double lr = optim::learning_rate(schedule, step);
     // Draw the step's micro-batches first: each gradient is weighted by its share of targets,
-    // so the step's gradient is that of the mean loss over all its targets.
+    // so the step's gradient is that of the mean loss over all its targets. Several ranks
+    // average their gradients, each weighted by its own targets: the same thing when every
+    // rank's batch holds as many targets (token windows: all positions; synthetic tasks: a
+    // fixed number per example).
     std::vector<data::Batch> batches;
     int64_t step_targets = 0;
     for (int64_t a = 0; a < accum; ++a) {
@@ -394,28 +463,52 @@ TrainResult run_training(Config config, const TrainOptions& options) {
       step_targets += batches.back().target_count();
     }
     opt.zero_grad();
-    double step_loss = 0;
-    bool finite = true;
-    for (auto& b : batches) {
+    Tensor loss_dev;  // the step's loss, summed on the device: no sync per micro-batch
+    for (int64_t a = 0; a < accum; ++a) {
+      const data::Batch& b = batches[size_t(a)];
+      // Only the last micro-step's backward all-reduces; the earlier ones accumulate locally.
+      if (reducer) reducer->set_reduce_this_backward(a == accum - 1);
       int64_t count = b.target_count();
-      if (count == 0) continue;
-      Tensor inputs = b.inputs.to(device), targets = b.targets.to(device);
-      autograd::Variable loss = model.loss(inputs, targets, data::kIgnoreIndex);
-      double weight = double(count) / double(step_targets);
-      loss.backward(Tensor::full(loss.shape(), weight, loss.dtype(), loss.device()));
-      double l = loss.value().item();  // a host sync per micro-batch (documented)
-      finite &= std::isfinite(l);
-      step_loss += weight * l;
+      if (count > 0) {
+        Tensor inputs = b.inputs.to(device), targets = b.targets.to(device);
+        autograd::Variable loss = model.loss(inputs, targets, data::kIgnoreIndex);
+        double weight = double(count) / double(step_targets);
+        loss.backward(Tensor::full(loss.shape(), weight, loss.dtype(), loss.device()));
+        Tensor part = kernels::scale(loss.value(), weight);
+        if (loss_dev.defined())
+          kernels::accumulate(loss_dev, part);
+        else
+          loss_dev = part;
+      }
+      if (reducer) reducer->finish_backward();  // hands over buckets no gradient reached
     }
-    double gnorm = finite ? opt.clip_grad_norm(config.optim.grad_clip) : NAN;
-    finite &= std::isfinite(gnorm);
+    if (comm) {
+      stop_flag.fill_(stop_requested(step + 1) ? 1.0 : 0.0);
+      comm->all_reduce_sum_async(stop_flag);
+      comm->join_compute_stream();  // the norm and the optimizer see the averaged gradients
+    }
+    Tensor gnorm_dev = opt.clip_grad_norm(config.optim.grad_clip);  // global: after the reduction
+    // The one host sync of the step (docs/ARCHITECTURE.md, "Host synchronization"): with
+    // several ranks through the watchdog; then bad token ids raise their error, and the loss,
+    // the norm (and the stop flag) are read.
+    if (comm) comm->wait("the step's gradient all-reduce");
+    if (device.is_cuda()) {
+      kernels::check_embedding_errors();
+      kernels::check_cross_entropy_targets(device);
+    }
+    const double step_loss = loss_dev.defined() ? loss_dev.item() : 0.0;
+    const double gnorm = gnorm_dev.item();
+    if (comm) stop_agreed = stop_flag.item() > 0;
+    // Several ranks decide on the norm alone: it comes from the averaged gradients, so all
+    // skip the same steps (each rank's loss is its own until the log averages it).
+    const bool finite = std::isfinite(gnorm) && (comm || std::isfinite(step_loss));
     if (!finite) {
       state.nan_skips += 1;
       opt.zero_grad();
       say(fmt::format("warning: step {}: non-finite {} ({}); the step is skipped ({} of at most {})", step + 1,
                       std::isfinite(step_loss) ? "gradient norm" : "loss", std::isfinite(step_loss) ? gnorm : step_loss,
                       state.nan_skips, config.train.max_nan_skips));
-      metrics.write(fmt::format("{{\"step\":{},\"skipped\":true,\"loss\":{},\"grad_norm\":{}}}", step + 1,
+      write_metrics(fmt::format("{{\"step\":{},\"skipped\":true,\"loss\":{},\"grad_norm\":{}}}", step + 1,
                                 jnum(step_loss), jnum(gnorm)));
       if (state.nan_skips > config.train.max_nan_skips) {
         result.nan_skips = state.nan_skips;
@@ -432,28 +525,33 @@ TrainResult run_training(Config config, const TrainOptions& options) {
     result.losses.push_back(finite ? step_loss : NAN);
     if (options.on_step) options.on_step(state.step, finite ? step_loss : NAN);
     if (finite) {
-      loss_sum_log += step_loss;
       gnorm_sum_log += gnorm;
-      loss_count_log += 1;
+      gnorm_count_log += 1;
+      if (std::isfinite(step_loss)) loss_sum_log += step_loss, loss_count_log += 1;
     }
     steps_at_log += 1;
 
     bool last = state.step == config.train.steps;
     if (state.step % config.log.every == 0 || last) {
+      double loss_sum = loss_sum_log, loss_count = double(loss_count_log);
+      if (comm) {  // the logged loss is the mean over all ranks' steps
+        auto sum = comm->sum_over_ranks({loss_sum, loss_count}, "the logged loss");
+        loss_sum = sum[0], loss_count = sum[1];
+      }
       auto now = Clock::now();
       double dt = std::chrono::duration<double>(now - t_log).count();
       double tok_s = double(state.tokens_seen - tokens_at_log) / std::max(dt, 1e-9);
       double step_s = dt / double(std::max<int64_t>(steps_at_log, 1));
       double eta = step_s * double(config.train.steps - state.step);
-      double mfu = peak_flops > 0 ? tok_s * flops_per_token / peak_flops : -1;
+      double mfu = peak_flops > 0 ? tok_s * flops_per_token / (peak_flops * env.world_size) : -1;
       double mem = device.is_cuda() ? double(memory_stats(device).peak_in_use) : double(host_rss_bytes());
-      double loss_avg = loss_count_log ? loss_sum_log / double(loss_count_log) : NAN;
-      double gnorm_avg = loss_count_log ? gnorm_sum_log / double(loss_count_log) : NAN;
+      double loss_avg = loss_count > 0 ? loss_sum / loss_count : NAN;
+      double gnorm_avg = gnorm_count_log ? gnorm_sum_log / double(gnorm_count_log) : NAN;
       say(fmt::format("step {}/{} | loss {:.4f} | lr {:.3e} | gnorm {:.3f} | {} tok/s | MFU {} | mem {} | ETA {}",
                       state.step, config.train.steps, loss_avg, lr, gnorm_avg, format_count(tok_s),
                       mfu >= 0 ? fmt::format("{:.1f}%", 100 * mfu) : "-", format_bytes(size_t(mem)),
                       format_duration(eta)));
-      metrics.write(fmt::format(
+      write_metrics(fmt::format(
           "{{\"step\":{},\"tokens\":{},\"loss\":{},\"lr\":{},\"grad_norm\":{},\"tokens_per_s\":{},\"mfu\":{},"
           "\"memory_bytes\":{},\"elapsed_s\":{}}}",
           state.step, state.tokens_seen, jnum(loss_avg), jnum(lr), jnum(gnorm_avg), jnum(tok_s), jnum(mfu),
@@ -468,7 +566,7 @@ TrainResult run_training(Config config, const TrainOptions& options) {
       tokens_at_log = state.tokens_seen;
       steps_at_log = 0;
       loss_sum_log = gnorm_sum_log = 0;
-      loss_count_log = 0;
+      loss_count_log = gnorm_count_log = 0;
     }
     if (config.eval.every > 0 && state.step % config.eval.every == 0 && !last) evaluate_now();
     if (config.checkpoint.every > 0 && state.step % config.checkpoint.every == 0 && !last) save("periodic");

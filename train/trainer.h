@@ -5,6 +5,12 @@
 //   the global norm; AdamW at the schedule's learning rate; log; evaluate every eval.every
 //   steps on fixed held-out batches; checkpoint every checkpoint.every steps and at the end.
 //
+// Data parallel (launched by `coil launch`, torchrun, srun or mpirun: docs/DISTRIBUTED.md):
+// each rank runs this loop on the GPU of its local rank and draws its own micro-batches of the
+// one seeded stream; gradient buckets are averaged over NCCL during the last micro-step's
+// backward; rank 0 prints, logs and writes checkpoints. The host syncs once per step
+// (docs/ARCHITECTURE.md, "Host synchronization").
+//
 // A run directory holds config.yaml (the resolved config), metrics.jsonl (one JSON object per
 // logged step or evaluation), checkpoints/step_*.h5 and, with log.tensorboard, an event file.
 // A non-finite loss skips its step with a warning (up to train.max_nan_skips). SIGINT/SIGTERM
@@ -23,9 +29,12 @@ struct TrainOptions {
   bool resume = false;        // continue from the run directory's latest checkpoint (required)
   bool allow_resume = true;   // `coil train` on a directory holding the same run continues it
   bool install_signal_handlers = true;
-  int64_t stop_after_steps = -1;  // stop (with a checkpoint) after this many steps of this call: tests
+  // Stop (with a checkpoint) after this many steps of this call: tests. With several ranks the
+  // request is agreed on like a signal, after a step all ranks finish (at least one step runs).
+  int64_t stop_after_steps = -1;
   bool quiet = false;             // no console output (tests)
-  // Called after every optimizer step (or skipped step) with the step number and its loss.
+  // Called after every optimizer step (or skipped step) with the step number and its loss
+  // (this rank's, as TrainResult::losses).
   std::function<void(int64_t step, double loss)> on_step;
   // Called for each message line (console by default).
   std::function<void(const std::string&)> print;
@@ -35,7 +44,9 @@ struct TrainResult {
   std::string run_dir;
   int64_t start_step = 0;    // where this call began (resumed runs: the checkpoint's step)
   int64_t final_step = 0;
-  std::vector<double> losses;  // the loss of every step this call ran (NaN for skipped ones)
+  // The loss of every step this call ran (NaN for skipped ones). Several ranks: this rank's
+  // own micro-batches; metrics.jsonl logs the mean over the ranks.
+  std::vector<double> losses;
   double val_loss = 0, val_accuracy = -1;  // the last evaluation (accuracy: -1 when none)
   bool interrupted = false;  // by a signal or stop_after_steps
   int signal = 0;            // the signal that interrupted the run, if any
