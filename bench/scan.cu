@@ -48,7 +48,7 @@ Tensor rand_tensor(const Shape& s, DType dt, float lo, float hi, uint32_t seed) 
 }
 
 // Naive scan, kernel 1: one thread per (b, d, n) runs the recurrence and writes every state
-// h[b][d][t][n] (fp32) to global memory.
+// h[b][t][d][n] (fp32) to global memory. Channel-last inputs: u[b][t][d], B[b][t][n].
 template <class T>
 __global__ void naive_states(const T* u, const T* delta, const float* A, const T* B, const float* bias, float* hs,
                              int64_t total_bd, int dim, int len, int N) {
@@ -60,26 +60,41 @@ __global__ void naive_states(const T* u, const T* delta, const float* A, const T
   const float a = A[d * N + n];
   float h = 0.f;
   for (int t = 0; t < len; ++t) {
-    float x = float(delta[bd * len + t]) + bias[d];
+    const int64_t bt = int64_t(b) * len + t, e = bt * dim + d;
+    float x = float(delta[e]) + bias[d];
     float dt = x > 20.f ? x : log1pf(__expf(x));
-    h = __expf(dt * a) * h + dt * float(B[(int64_t(b) * N + n) * len + t]) * float(u[bd * len + t]);
-    hs[(bd * len + t) * N + n] = h;
+    h = __expf(dt * a) * h + dt * float(B[bt * N + n]) * float(u[e]);
+    hs[e * N + n] = h;
   }
 }
 
-// Naive scan, kernel 2: one thread per (b, d, t) reads the N states back for the readout.
+// Naive scan, kernel 2: one thread per (b, t, d) reads the N states back for the readout.
 template <class T>
 __global__ void naive_readout(const T* u, const T* z, const T* C, const float* D, const float* hs, T* out, int64_t total,
-                              int dim, int len, int N) {
+                              int dim, int N) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= total) return;
-  const int64_t bd = i / len;
-  const int t = int(i % len), d = int(bd % dim), b = int(bd / dim);
+  const int64_t bt = i / dim;
+  const int d = int(i % dim);
   float y = 0.f;
-  for (int n = 0; n < N; ++n) y += float(C[(int64_t(b) * N + n) * len + t]) * hs[i * N + n];
+  for (int n = 0; n < N; ++n) y += float(C[bt * N + n]) * hs[i * N + n];
   y += D[d] * float(u[i]);
   const float zv = float(z[i]);
   out[i] = T(y * zv / (1.f + __expf(-zv)));
+}
+
+// The copy that a channel-first scan needs around it: out[b][c][r] = in[b][r][c] (bf16).
+__global__ void transpose_kernel(const __nv_bfloat16* in, __nv_bfloat16* out, int rows, int cols) {
+  __shared__ __nv_bfloat16 tile[32][33];
+  const int64_t b = blockIdx.z;
+  const int r0 = blockIdx.y * 32, c0 = blockIdx.x * 32;
+  in += b * rows * int64_t(cols);
+  out += b * rows * int64_t(cols);
+  for (int i = threadIdx.y; i < 32; i += blockDim.y)
+    if (r0 + i < rows && c0 + int(threadIdx.x) < cols) tile[i][threadIdx.x] = in[int64_t(r0 + i) * cols + c0 + threadIdx.x];
+  __syncthreads();
+  for (int i = threadIdx.y; i < 32; i += blockDim.y)
+    if (c0 + i < cols && r0 + int(threadIdx.x) < rows) out[int64_t(c0 + i) * rows + r0 + threadIdx.x] = tile[threadIdx.x][i];
 }
 
 float median_ms(const std::function<void()>& f, int runs) {
@@ -107,16 +122,16 @@ float median_ms(const std::function<void()>& f, int runs) {
 void run_shape(int64_t Bn, int64_t Dn, int64_t Ln, int64_t Nn, int runs, double copy_gbs) {
   const DType dt = DType::bf16;
   ScanArgs a;
-  a.u = rand_tensor({Bn, Dn, Ln}, dt, -1.f, 1.f, 1);
-  a.delta = rand_tensor({Bn, Dn, Ln}, dt, -4.f, -1.f, 2);
-  a.z = rand_tensor({Bn, Dn, Ln}, dt, -1.f, 1.f, 3);
-  a.B = rand_tensor({Bn, Nn, Ln}, dt, -1.f, 1.f, 4);
-  a.C = rand_tensor({Bn, Nn, Ln}, dt, -1.f, 1.f, 5);
+  a.u = rand_tensor({Bn, Ln, Dn}, dt, -1.f, 1.f, 1);
+  a.delta = rand_tensor({Bn, Ln, Dn}, dt, -4.f, -1.f, 2);
+  a.z = rand_tensor({Bn, Ln, Dn}, dt, -1.f, 1.f, 3);
+  a.B = rand_tensor({Bn, Ln, Nn}, dt, -1.f, 1.f, 4);
+  a.C = rand_tensor({Bn, Ln, Nn}, dt, -1.f, 1.f, 5);
   a.A = rand_tensor({Dn, Nn}, DType::f32, -8.f, -0.5f, 6);
   a.D = rand_tensor({Dn}, DType::f32, 0.5f, 1.5f, 7);
   a.delta_bias = rand_tensor({Dn}, DType::f32, -2.f, 0.f, 8);
   a.delta_softplus = true;
-  Tensor gout = rand_tensor({Bn, Dn, Ln}, dt, -1.f, 1.f, 9);
+  Tensor gout = rand_tensor({Bn, Ln, Dn}, dt, -1.f, 1.f, 9);
   coil::cuda::synchronize();
 
   ScanResult r = selective_scan_forward(a, true);
@@ -150,7 +165,7 @@ void run_shape(int64_t Bn, int64_t Dn, int64_t Ln, int64_t Nn, int runs, double 
   if (hs_bytes < 20e9) {
     float* hs = nullptr;
     COIL_CUDA_CHECK(cudaMalloc(&hs, size_t(hs_bytes)));
-    Tensor out = Tensor::empty({Bn, Dn, Ln}, dt, Device::cuda());
+    Tensor out = Tensor::empty({Bn, Ln, Dn}, dt, Device::cuda());
     using T = __nv_bfloat16;
     auto naive = [&] {
       const int64_t threads = Bn * Dn * Nn;
@@ -159,12 +174,26 @@ void run_shape(int64_t Bn, int64_t Dn, int64_t Ln, int64_t Nn, int runs, double 
           static_cast<const T*>(a.B.raw()), a.delta_bias.data<float>(), hs, Bn * Dn, int(Dn), int(Ln), int(Nn));
       naive_readout<T><<<unsigned((int64_t(elems) + 255) / 256), 256, 0, coil::cuda::compute_stream()>>>(
           static_cast<const T*>(a.u.raw()), static_cast<const T*>(a.z.raw()), static_cast<const T*>(a.C.raw()),
-          a.D.data<float>(), hs, static_cast<T*>(out.raw()), int64_t(elems), int(Dn), int(Ln), int(Nn));
+          a.D.data<float>(), hs, static_cast<T*>(out.raw()), int64_t(elems), int(Dn), int(Nn));
     };
     float n_ms = median_ms(naive, std::max(3, runs / 4));
     std::printf("  naive (all %.2f GB of states to memory and back) %8.3f ms  = %.1fx the fused forward\n",
                 hs_bytes / 1e9, n_ms, n_ms / f_ms);
     cudaFree(hs);
+  }
+  // One (B, L, D) -> (B, D, L) transpose copy: the unit of what the channel-last layout
+  // removed from the Mamba mixer (xz, 2 D wide, then x after the conv, delta and y: 5 units
+  // per forward and 5 per backward, plus the small B and C).
+  {
+    Tensor t = Tensor::empty({Bn, Dn, Ln}, dt, Device::cuda());
+    const dim3 grid(unsigned((Dn + 31) / 32), unsigned((Ln + 31) / 32), unsigned(Bn));
+    float t_ms = median_ms(
+        [&] {
+          transpose_kernel<<<grid, dim3(32, 8), 0, coil::cuda::compute_stream()>>>(
+              static_cast<const __nv_bfloat16*>(a.u.raw()), static_cast<__nv_bfloat16*>(t.raw()), int(Ln), int(Dn));
+        },
+        runs);
+    std::printf("  one transpose copy (B, L, D) -> (B, D, L) %8.3f ms  %7.1f GB/s\n", t_ms, elems * 4 / t_ms / 1e6);
   }
 }
 
@@ -178,16 +207,16 @@ int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "profile") {  // one forward and one backward, for ncu
     ScanArgs a;
     const int64_t Bn = 16, Dn = 1536, Ln = 2048, Nn = 16;
-    a.u = rand_tensor({Bn, Dn, Ln}, DType::bf16, -1.f, 1.f, 1);
-    a.delta = rand_tensor({Bn, Dn, Ln}, DType::bf16, -4.f, -1.f, 2);
-    a.z = rand_tensor({Bn, Dn, Ln}, DType::bf16, -1.f, 1.f, 3);
-    a.B = rand_tensor({Bn, Nn, Ln}, DType::bf16, -1.f, 1.f, 4);
-    a.C = rand_tensor({Bn, Nn, Ln}, DType::bf16, -1.f, 1.f, 5);
+    a.u = rand_tensor({Bn, Ln, Dn}, DType::bf16, -1.f, 1.f, 1);
+    a.delta = rand_tensor({Bn, Ln, Dn}, DType::bf16, -4.f, -1.f, 2);
+    a.z = rand_tensor({Bn, Ln, Dn}, DType::bf16, -1.f, 1.f, 3);
+    a.B = rand_tensor({Bn, Ln, Nn}, DType::bf16, -1.f, 1.f, 4);
+    a.C = rand_tensor({Bn, Ln, Nn}, DType::bf16, -1.f, 1.f, 5);
     a.A = rand_tensor({Dn, Nn}, DType::f32, -8.f, -0.5f, 6);
     a.D = rand_tensor({Dn}, DType::f32, 0.5f, 1.5f, 7);
     a.delta_bias = rand_tensor({Dn}, DType::f32, -2.f, 0.f, 8);
     a.delta_softplus = true;
-    Tensor gout = rand_tensor({Bn, Dn, Ln}, DType::bf16, -1.f, 1.f, 9);
+    Tensor gout = rand_tensor({Bn, Ln, Dn}, DType::bf16, -1.f, 1.f, 9);
     ScanResult r = selective_scan_forward(a, true);
     selective_scan_backward(a, r, gout, Tensor(), false);
     coil::cuda::synchronize();
@@ -214,10 +243,10 @@ int main(int argc, char** argv) {
   run_shape(8, 2048, 4096, 16, runs, copy_gbs);
   {  // The short convolution that precedes the scan in the Mamba mixer.
     const int64_t Bn = 16, Dn = 1536, Ln = 2048, K = 4;
-    Tensor x = rand_tensor({Bn, Dn, Ln}, DType::bf16, -1.f, 1.f, 11);
+    Tensor x = rand_tensor({Bn, Ln, Dn}, DType::bf16, -1.f, 1.f, 11);
     Tensor w = rand_tensor({Dn, K}, DType::f32, -0.5f, 0.5f, 12);
     Tensor bias = rand_tensor({Dn}, DType::f32, -0.5f, 0.5f, 13);
-    Tensor go = rand_tensor({Bn, Dn, Ln}, DType::bf16, -1.f, 1.f, 14);
+    Tensor go = rand_tensor({Bn, Ln, Dn}, DType::bf16, -1.f, 1.f, 14);
     float f_ms = median_ms([&] { conv1d_forward(x, w, bias, true); }, runs);
     float b_ms = median_ms([&] { conv1d_backward(go, x, w, bias, true); }, runs);
     const double e = double(Bn) * Dn * Ln * 2;

@@ -6,17 +6,17 @@ namespace {
 void check_args(const char* op, const Tensor& x, const Tensor& weight, const Tensor& bias) {
   check_defined(op, x, "x");
   check_defined(op, weight, "weight");
-  COIL_CHECK(x.dim() == 3, "{}: x must be (batch, dim, length), got {}", op, describe(x));
-  COIL_CHECK(weight.dim() == 2 && weight.size(0) == x.size(1),
+  COIL_CHECK(x.dim() == 3, "{}: x must be (batch, length, dim), got {}", op, describe(x));
+  COIL_CHECK(weight.dim() == 2 && weight.size(0) == x.size(2),
              "{}: weight must be (dim, width) with dim = {}, got {} (reshape a (dim, 1, width) weight)", op,
-             x.size(1), describe(weight));
+             x.size(2), describe(weight));
   COIL_CHECK(weight.size(1) >= 1 && weight.size(1) <= kConv1dMaxWidth,
              "{}: width {} is outside the supported 1..{}: weight {}", op, weight.size(1), kConv1dMaxWidth,
              describe(weight));
   check_same_device(op, x, weight);
   if (bias.defined()) {
-    COIL_CHECK(bias.dim() == 1 && bias.size(0) == x.size(1), "{}: bias must be (dim) with dim = {}, got {}", op,
-               x.size(1), describe(bias));
+    COIL_CHECK(bias.dim() == 1 && bias.size(0) == x.size(2), "{}: bias must be (dim) with dim = {}, got {}", op,
+               x.size(2), describe(bias));
     check_same_device(op, x, bias);
     check_same_dtype(op, weight, bias);
   }

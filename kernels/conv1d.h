@@ -1,8 +1,8 @@
 // Depthwise causal 1-D convolution (the short convolution of the Mamba mixer), with optional
 // bias and fused SiLU, forward and backward.
-//   x: (batch, dim, length); weight: (dim, width) [the layer stores conv1d.weight as
-//   (dim, 1, width) and reshapes]; bias: (dim), optional.
-//   pre[b,d,t] = bias[d] + sum_{k<width} weight[d,k] * x[b,d,t - (width-1) + k]  (x = 0 before t=0)
+//   x: (batch, length, dim), channel-last as in_proj produces it; weight: (dim, width) [the
+//   layer stores conv1d.weight as (dim, 1, width) and reshapes]; bias: (dim), optional.
+//   pre[b,t,d] = bias[d] + sum_{k<width} weight[d,k] * x[b,t - (width-1) + k,d]  (x = 0 before t=0)
 //   out = silu ? pre * sigmoid(pre) : pre
 // Backward (pre recomputed from x): g = dout * (silu ? silu'(pre) : 1);
 //   dx[t] = sum_k weight[d,k] g[t + (width-1) - k],  dweight[d,k] = sum_{b,t} g[t] x[t-(width-1)+k],

@@ -21,13 +21,13 @@ void check_scan_args(const char* op, const ScanArgs& a) {
   check_defined(op, a.A, "A");
   check_defined(op, a.B, "B");
   check_defined(op, a.C, "C");
-  COIL_CHECK(a.u.dim() == 3, "{}: u must be (batch, dim, length), got {}", op, describe(a.u));
+  COIL_CHECK(a.u.dim() == 3, "{}: u must be (batch, length, dim), got {}", op, describe(a.u));
   COIL_CHECK(a.A.dim() == 2, "{}: A must be (dim, state), got {}", op, describe(a.A));
-  const int64_t batch = a.u.size(0), dim = a.u.size(1), len = a.u.size(2), state = a.A.size(1);
+  const int64_t batch = a.u.size(0), len = a.u.size(1), dim = a.u.size(2), state = a.A.size(1);
   check_shape(op, a.delta, "delta", a.u.shape());
   check_shape(op, a.A, "A", {dim, state});
-  check_shape(op, a.B, "B", {batch, state, len});
-  check_shape(op, a.C, "C", {batch, state, len});
+  check_shape(op, a.B, "B", {batch, len, state});
+  check_shape(op, a.C, "C", {batch, len, state});
   if (a.z.defined()) check_shape(op, a.z, "z", a.u.shape());
   if (a.D.defined()) check_shape(op, a.D, "D", {dim});
   if (a.delta_bias.defined()) check_shape(op, a.delta_bias, "delta_bias", {dim});
@@ -69,7 +69,7 @@ void check_scan_args(const char* op, const ScanArgs& a) {
 ScanResult selective_scan_forward(const ScanArgs& args, bool save_checkpoints) {
   const char* op = "selective_scan_forward";
   check_scan_args(op, args);
-  const int64_t batch = args.u.size(0), dim = args.u.size(1), len = args.u.size(2), state = args.A.size(1);
+  const int64_t batch = args.u.size(0), len = args.u.size(1), dim = args.u.size(2), state = args.A.size(1);
   const Device dev = args.u.device();
   ScanResult r;
   r.out = Tensor::empty(args.u.shape(), args.u.dtype(), dev);
@@ -100,7 +100,7 @@ ScanGrads selective_scan_backward(const ScanArgs& args, const ScanResult& saved,
                                   const Tensor& grad_final_state, bool deterministic) {
   const char* op = "selective_scan_backward";
   check_scan_args(op, args);
-  const int64_t batch = args.u.size(0), dim = args.u.size(1), state = args.A.size(1);
+  const int64_t batch = args.u.size(0), dim = args.u.size(2), state = args.A.size(1);
   const Device dev = args.u.device();
   check_defined(op, grad_out, "grad_out");
   check_shape(op, grad_out, "grad_out", args.u.shape());
@@ -129,7 +129,7 @@ ScanGrads selective_scan_backward(const ScanArgs& args, const ScanResult& saved,
     return g;
   }
 #ifdef COIL_CUDA
-  const int64_t len = args.u.size(2);
+  const int64_t len = args.u.size(1);
   const int64_t chunks = (len + kScanChunk - 1) / kScanChunk;
   COIL_CHECK(saved.checkpoints.defined(), "{}: the forward saved no checkpoints (save_checkpoints = false)", op);
   check_shape(op, saved.checkpoints, "saved checkpoints", {batch, dim, chunks, state});

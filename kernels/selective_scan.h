@@ -1,9 +1,11 @@
 // The selective scan of Mamba (S6), forward and backward, on tensors.
 //
-// Layout (as the reference mamba_ssm kernels):
-//   u, delta, z : (batch, dim, length)        out has u's shape and dtype
+// Layout: channel-last, as the linear layers around the scan produce and consume it (in_proj
+// gives (batch, length, 2 dim), x_proj (batch, length, dt_rank + 2 state), out_proj reads
+// (batch, length, dim)), so the Mamba mixer needs no transpose copies:
+//   u, delta, z : (batch, length, dim)        out has u's shape and dtype
 //   A           : (dim, state)                 fp32 (f64 on the CPU reference in f64)
-//   B, C        : (batch, state, length)       shared by all channels of a batch row
+//   B, C        : (batch, length, state)       shared by all channels of a batch row
 //   D, delta_bias: (dim)                       fp32
 //   initial_state, final_state: (batch, dim, state)  fp32
 // Math, per batch b, channel d, state n, time t (h starts at initial_state, else 0):

@@ -1,9 +1,9 @@
 #include <cmath>
 
+#include "autograd/functions/conv1d.h"
 #include "autograd/functions/elementwise.h"
 #include "autograd/functions/layout.h"
-#include "kernels/conv1d.h"
-#include "kernels/selective_scan.h"
+#include "autograd/functions/selective_scan.h"
 #include "layers/mixer.h"
 
 namespace coil::layers {
@@ -68,44 +68,6 @@ int64_t MambaMixer::matmul_parameters() const {
 
 namespace {
 
-// STOPGAP until autograd/functions/selective_scan.h and conv1d.h land: the two fused ops as
-// recorded functions over the kernels (kernels/selective_scan.h, kernels/conv1d.h). Swap for
-// the autograd ops when they exist; the math and layouts are the kernels' either way.
-Variable scan_op(const Variable& u, const Variable& delta, const Variable& A, const Variable& B,
-                 const Variable& C, const Variable& D, const Variable& z, const Variable& delta_bias) {
-  kernels::ScanArgs args;
-  args.u = u.value();
-  args.delta = delta.value();
-  args.A = A.value();
-  args.B = B.value();
-  args.C = C.value();
-  args.D = D.value();
-  args.z = z.value();
-  args.delta_bias = delta_bias.value();
-  args.delta_softplus = true;
-  bool train = autograd::any_requires_grad({u, delta, A, B, C, D, z, delta_bias});
-  kernels::ScanResult res = kernels::selective_scan_forward(args, train);
-  return autograd::record_fn(
-      "selective_scan", {u, delta, A, B, C, D, z, delta_bias}, res.out,
-      [args, res](const autograd::Grads& g) {
-        kernels::ScanGrads d = kernels::selective_scan_backward(args, res, g[0], Tensor());
-        return autograd::Grads{d.du, d.ddelta, d.dA, d.dB, d.dC, d.dD, d.dz, d.ddelta_bias};
-      });
-}
-
-Variable conv_op(const Variable& x, const Variable& weight, const Variable& bias) {
-  Tensor out = kernels::conv1d_forward(x.value(), weight.value(), bias.defined() ? bias.value() : Tensor(), true);
-  Tensor xv = x.value(), wv = weight.value(), bv = bias.defined() ? bias.value() : Tensor();
-  std::vector<Variable> inputs{x, weight};
-  if (bias.defined()) inputs.push_back(bias);
-  return autograd::record_fn("causal_conv1d_silu", inputs, out, [xv, wv, bv](const autograd::Grads& g) {
-    kernels::Conv1dGrads d = kernels::conv1d_backward(g[0], xv, wv, bv, true);
-    autograd::Grads out{d.dx, d.dweight};
-    if (bv.defined()) out.push_back(d.dbias);
-    return out;
-  });
-}
-
 // fp32 parameters go to the GPU kernels as they are (A, D, delta_bias, conv weights: the
 // kernels take fp32); on the CPU every tensor of an op shares the compute dtype.
 Variable kernel_param(const Parameter& p, const Variable& like) {
@@ -115,31 +77,34 @@ Variable kernel_param(const Parameter& p, const Variable& like) {
 
 }  // namespace
 
-// The reference Mamba.forward, channel-major (B, di, L) around the conv and the scan:
-//   xz = in_proj(x) -> (B, 2di, L); x, z = split; x = silu(conv1d(x));
-//   dt, B, C = split(x_proj(x^T)); delta = dt_proj.weight @ dt (bias: the scan's delta_bias);
-//   y = scan(x, delta, -exp(A_log), B, C, D, z, dt_proj.bias, softplus); out_proj(y^T).
+// The reference Mamba.forward, channel-last throughout: the conv and the scan read (B, L, di)
+// as the linear layers produce it, so no transpose copies (the split of xz is the one copy):
+//   xz = in_proj(x) (B, L, 2di); x, z = split; x = silu(conv1d(x));
+//   dt, B, C = split(x_proj(x)); delta = dt @ dt_proj.weight^T (bias: the scan's delta_bias);
+//   y = scan(x, delta, -exp(A_log), B, C, D, z, dt_proj.bias, softplus); out_proj(y).
 Variable MambaMixer::forward(const Variable& x) const {
   COIL_CHECK(x.dim() == 3 && x.size(2) == d_model, "MambaMixer: x must be [B, L, {}], got {}", d_model,
              describe(x.value()));
-  int64_t Bn = x.size(0), L = x.size(1);
-  Variable xz = autograd::transpose(in_proj->forward(x), 1, 2);  // (B, 2di, L)
-  auto xz_parts = autograd::split(xz, {d_inner, d_inner}, 1);
-  Variable xs = xz_parts[0], z = xz_parts[1];
-  Variable w = autograd::reshape(kernel_param(*conv1d->weight, xs), {d_inner, d_conv});
-  Variable cb = conv1d->bias ? kernel_param(*conv1d->bias, xs) : Variable();
-  xs = conv_op(xs, w, cb);  // (B, di, L)
+  const int64_t Bn = x.size(0), L = x.size(1);
+  auto xz = autograd::split(in_proj->forward(x), {d_inner, d_inner}, 2);  // (B, L, di) each
+  const Variable& z = xz[1];
+  Variable w = autograd::reshape(kernel_param(*conv1d->weight, xz[0]), {d_inner, d_conv});
+  Variable cb = conv1d->bias ? kernel_param(*conv1d->bias, xz[0]) : Variable();
+  Variable xs = autograd::conv1d(xz[0], w, cb, /*silu=*/true);  // (B, L, di)
 
-  Variable x_dbl = x_proj->forward(autograd::reshape(autograd::transpose(xs, 1, 2), {Bn * L, d_inner}));
+  Variable x_dbl = x_proj->forward(autograd::reshape(xs, {Bn * L, d_inner}));
   auto dbc = autograd::split(x_dbl, {dt_rank, d_state, d_state}, 1);
-  Variable delta = dt_proj->forward_no_bias(dbc[0]);  // (B*L, di)
-  delta = autograd::transpose(autograd::reshape(delta, {Bn, L, d_inner}), 1, 2);
-  Variable Bm = autograd::transpose(autograd::reshape(dbc[1], {Bn, L, d_state}), 1, 2);  // (B, N, L)
-  Variable Cm = autograd::transpose(autograd::reshape(dbc[2], {Bn, L, d_state}), 1, 2);
-
-  Variable A = autograd::scale(autograd::exp(kernel_param(*A_log, xs)), -1.0);
-  Variable y = scan_op(xs, delta, A, Bm, Cm, kernel_param(*D, xs), z, kernel_param(*dt_proj->bias, xs));
-  return out_proj->forward(autograd::transpose(y, 1, 2));  // (B, L, di) -> (B, L, d)
+  autograd::ScanInputs in;
+  in.u = xs;
+  in.delta = autograd::reshape(dt_proj->forward_no_bias(dbc[0]), {Bn, L, d_inner});
+  in.A = autograd::scale(autograd::exp(kernel_param(*A_log, xs)), -1.0);
+  in.B = autograd::reshape(dbc[1], {Bn, L, d_state});
+  in.C = autograd::reshape(dbc[2], {Bn, L, d_state});
+  in.D = kernel_param(*D, xs);
+  in.z = z;
+  in.delta_bias = kernel_param(*dt_proj->bias, xs);
+  in.delta_softplus = true;
+  return out_proj->forward(autograd::selective_scan(in).out);  // (B, L, di) -> (B, L, d)
 }
 
 }  // namespace coil::layers

@@ -23,14 +23,14 @@ struct Config {
 ScanArgs make_args(const Config& c, uint64_t seed, DType dtype = DType::f64) {
   ScanArgs a;
   Generator gen(seed);
-  a.u = randn({c.batch, c.dim, c.len}, gen, dtype);
-  a.delta = c.softplus ? uniform({c.batch, c.dim, c.len}, -3.0, 0.5, gen, dtype)
-                       : uniform({c.batch, c.dim, c.len}, 0.02, 0.4, gen, dtype);
+  a.u = randn({c.batch, c.len, c.dim}, gen, dtype);
+  a.delta = c.softplus ? uniform({c.batch, c.len, c.dim}, -3.0, 0.5, gen, dtype)
+                       : uniform({c.batch, c.len, c.dim}, 0.02, 0.4, gen, dtype);
   a.A = uniform({c.dim, c.state}, -4.0, -0.2, gen, dtype);
-  a.B = randn({c.batch, c.state, c.len}, gen, dtype);
-  a.C = randn({c.batch, c.state, c.len}, gen, dtype);
+  a.B = randn({c.batch, c.len, c.state}, gen, dtype);
+  a.C = randn({c.batch, c.len, c.state}, gen, dtype);
   if (c.D) a.D = randn({c.dim}, gen, dtype);
-  if (c.z) a.z = randn({c.batch, c.dim, c.len}, gen, dtype);
+  if (c.z) a.z = randn({c.batch, c.len, c.dim}, gen, dtype);
   if (c.bias) a.delta_bias = uniform({c.dim}, -1.0, 0.5, gen, dtype);
   if (c.h0) a.initial_state = randn({c.batch, c.dim, c.state}, gen, dtype, Device::cpu(), 0.5);
   a.delta_softplus = c.softplus;
@@ -117,7 +117,7 @@ TEST_CASE("selective scan CPU forward: zero length keeps the initial state; NaN 
 TEST_CASE("selective scan rejects bad shapes with a clear error") {
   Config c;
   ScanArgs a = make_args(c, 7);
-  a.B = Tensor::zeros({c.batch, c.state + 1, c.len}, DType::f64);
+  a.B = Tensor::zeros({c.batch, c.len, c.state + 1}, DType::f64);
   CHECK_THROWS_WITH(selective_scan_forward(a), Catch::Matchers::Contains("B must have shape"));
 }
 
@@ -177,6 +177,8 @@ TEST_CASE("selective scan CUDA matches the CPU reference at awkward sizes", "[cu
       {1, 9, 2048, 64, true, true, false}, {1, 33, 4097, 16, true, true, true},
       {2, 17, 1000, 64, false, false, true}, {1, 40, 300, 4, true, true, true},
       {1, 12, 257, 24, true, true, true},
+      // dim a multiple of 8: the 16-byte channel packs (a partial last tile in the first).
+      {2, 104, 300, 16, true, true, true}, {1, 128, 129, 64, false, true, true},
   };
   for (const Case& k : cases)
     for (DType dtype : {DType::f32, DType::bf16}) {
@@ -205,7 +207,7 @@ TEST_CASE("selective scan CUDA matches the CPU reference at awkward sizes", "[cu
 TEST_CASE("selective scan CUDA deterministic backward gives identical bits", "[cuda]") {
   Config c;
   c.batch = 2;
-  c.dim = 100;
+  c.dim = 104;
   c.len = 700;
   c.state = 16;
   ScanArgs dev = make_args(c, 21, DType::f32);
@@ -234,13 +236,14 @@ TEST_CASE("selective scan CUDA: NaN propagates, d_state beyond the limit is an e
   ScanArgs dev = make_args(c, 8, DType::f32);
   for (Tensor* t : inputs_of(dev))
     if (t->defined()) *t = t->to(Device::cuda());
-  Tensor u = dev.u.to(Device::cpu());
-  u.data<float>()[2 * 100 + 50] = NAN;
+  Tensor u = dev.u.to(Device::cpu());  // (1, 100, 4): element (t, d) at t * 4 + d
+  u.data<float>()[50 * 4 + 2] = NAN;
   dev.u = u.to(Device::cuda());
   std::vector<float> out = selective_scan_forward(dev).out.to_vector<float>();
-  CHECK(std::isnan(out[2 * 100 + 50]));
-  CHECK(std::isnan(out[2 * 100 + 99]));  // carried by the state
-  CHECK_FALSE(std::isnan(out[1 * 100 + 99]));
+  CHECK(std::isnan(out[50 * 4 + 2]));
+  CHECK(std::isnan(out[99 * 4 + 2]));  // carried by the state
+  CHECK_FALSE(std::isnan(out[99 * 4 + 1]));
+  CHECK_FALSE(std::isnan(out[49 * 4 + 2]));
 
   c.state = kScanMaxStateCuda + 1;
   ScanArgs big = make_args(c, 9, DType::f32);

@@ -1,5 +1,5 @@
 // CPU reference of the selective scan: plain loops over (b, d), sequential in time, written
-// from the math in kernels/selective_scan.h. The backward recomputes the forward, keeping every
+// from the math in kernels/selective_scan.h (channel-last layouts: u[b, t, d], B[b, t, n]). The backward recomputes the forward, keeping every
 // state h_t of one (b, d) row, then runs the reverse-time recurrence
 //   dh_t = C_t * dy_t + exp(dt_{t+1} A) * dh_{t+1}        (dh_L = grad_final_state)
 // from which, with a_t = exp(dt_t A) and y_t the pre-gate output:
@@ -35,7 +35,7 @@ T* opt(const Tensor& t) {
 void selective_scan_forward(const ScanArgs& a, const ScanResult& r) {
   dispatch_cpu_float("selective_scan_forward", a.u, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
-    const int64_t nb = a.u.size(0), nd = a.u.size(1), nl = a.u.size(2), nn = a.A.size(1);
+    const int64_t nb = a.u.size(0), nl = a.u.size(1), nd = a.u.size(2), nn = a.A.size(1);
     const T *u = a.u.data<T>(), *delta = a.delta.data<T>(), *A = a.A.data<T>(), *B = a.B.data<T>(),
             *C = a.C.data<T>();
     const T *D = opt<T>(a.D), *z = opt<T>(a.z), *bias = opt<T>(a.delta_bias), *h0 = opt<T>(a.initial_state);
@@ -44,19 +44,19 @@ void selective_scan_forward(const ScanArgs& a, const ScanResult& r) {
     std::vector<T> h(static_cast<size_t>(nn));
     for (int64_t b = 0; b < nb; ++b)
       for (int64_t d = 0; d < nd; ++d) {
-        const int64_t row = (b * nd + d) * nl;
         for (int64_t n = 0; n < nn; ++n) h[n] = h0 ? h0[(b * nd + d) * nn + n] : T(0);
         for (int64_t t = 0; t < nl; ++t) {
-          T dt = delta[row + t] + (bias ? bias[d] : T(0));
+          const int64_t i = (b * nl + t) * nd + d, bt = (b * nl + t) * nn;
+          T dt = delta[i] + (bias ? bias[d] : T(0));
           if (a.delta_softplus) dt = softplus(dt);
           T y = 0;
           for (int64_t n = 0; n < nn; ++n) {
-            h[n] = std::exp(dt * A[d * nn + n]) * h[n] + dt * B[(b * nn + n) * nl + t] * u[row + t];
-            y += C[(b * nn + n) * nl + t] * h[n];
+            h[n] = std::exp(dt * A[d * nn + n]) * h[n] + dt * B[bt + n] * u[i];
+            y += C[bt + n] * h[n];
           }
-          if (D) y += D[d] * u[row + t];
-          if (z) y *= z[row + t] * sigmoid(z[row + t]);
-          out[row + t] = y;
+          if (D) y += D[d] * u[i];
+          if (z) y *= z[i] * sigmoid(z[i]);
+          out[i] = y;
         }
         for (int64_t n = 0; n < nn; ++n) hl[(b * nd + d) * nn + n] = h[n];
       }
@@ -67,7 +67,7 @@ void selective_scan_backward(const ScanArgs& a, const Tensor& grad_out, const Te
                              const ScanGrads& g) {
   dispatch_cpu_float("selective_scan_backward", a.u, [&](auto* type) {
     using T = std::remove_pointer_t<decltype(type)>;
-    const int64_t nb = a.u.size(0), nd = a.u.size(1), nl = a.u.size(2), nn = a.A.size(1);
+    const int64_t nb = a.u.size(0), nl = a.u.size(1), nd = a.u.size(2), nn = a.A.size(1);
     const T *u = a.u.data<T>(), *delta = a.delta.data<T>(), *A = a.A.data<T>(), *B = a.B.data<T>(),
             *C = a.C.data<T>();
     const T *D = opt<T>(a.D), *z = opt<T>(a.z), *bias = opt<T>(a.delta_bias), *h0 = opt<T>(a.initial_state);
@@ -83,31 +83,31 @@ void selective_scan_backward(const ScanArgs& a, const Tensor& grad_out, const Te
     std::vector<T> hs(static_cast<size_t>((nl + 1) * nn)), dts(static_cast<size_t>(nl)), dh(static_cast<size_t>(nn));
     for (int64_t b = 0; b < nb; ++b)
       for (int64_t d = 0; d < nd; ++d) {
-        const int64_t row = (b * nd + d) * nl;
         for (int64_t n = 0; n < nn; ++n) hs[n] = h0 ? h0[(b * nd + d) * nn + n] : T(0);
         for (int64_t t = 0; t < nl; ++t) {
-          T dt = delta[row + t] + (bias ? bias[d] : T(0));
+          const int64_t i = (b * nl + t) * nd + d, bt = (b * nl + t) * nn;
+          T dt = delta[i] + (bias ? bias[d] : T(0));
           if (a.delta_softplus) dt = softplus(dt);
           dts[t] = dt;
           for (int64_t n = 0; n < nn; ++n)
-            hs[(t + 1) * nn + n] = std::exp(dt * A[d * nn + n]) * hs[t * nn + n] +
-                                   dt * B[(b * nn + n) * nl + t] * u[row + t];
+            hs[(t + 1) * nn + n] = std::exp(dt * A[d * nn + n]) * hs[t * nn + n] + dt * B[bt + n] * u[i];
         }
         for (int64_t n = 0; n < nn; ++n) dh[n] = dhl ? dhl[(b * nd + d) * nn + n] : T(0);
         for (int64_t t = nl - 1; t >= 0; --t) {
-          const T dt = dts[t], ut = u[row + t];
+          const int64_t i = (b * nl + t) * nd + d, bt = (b * nl + t) * nn;
+          const T dt = dts[t], ut = u[i];
           T y = D ? D[d] * ut : T(0);
-          for (int64_t n = 0; n < nn; ++n) y += C[(b * nn + n) * nl + t] * hs[(t + 1) * nn + n];
-          T dy = dout[row + t];
+          for (int64_t n = 0; n < nn; ++n) y += C[bt + n] * hs[(t + 1) * nn + n];
+          T dy = dout[i];
           if (z) {
-            const T zt = z[row + t], s = sigmoid(zt);
-            dz[row + t] = dout[row + t] * y * s * (T(1) + zt * (T(1) - s));
-            dy = dout[row + t] * zt * s;
+            const T zt = z[i], s = sigmoid(zt);
+            dz[i] = dout[i] * y * s * (T(1) + zt * (T(1) - s));
+            dy = dout[i] * zt * s;
           }
           T dut = D ? D[d] * dy : T(0), ddt = 0;
           if (dD) dD[d] += dy * ut;
           for (int64_t n = 0; n < nn; ++n) {
-            const int64_t bi = (b * nn + n) * nl + t;
+            const int64_t bi = bt + n;
             const T an = std::exp(dt * A[d * nn + n]);
             const T hprev = hs[t * nn + n];
             dC[bi] += dy * hs[(t + 1) * nn + n];
@@ -118,9 +118,9 @@ void selective_scan_backward(const ScanArgs& a, const Tensor& grad_out, const Te
             dB[bi] += dhn * dt * ut;
             dh[n] = an * dhn;  // carried to step t - 1
           }
-          du[row + t] = dut;
-          if (a.delta_softplus) ddt *= sigmoid(delta[row + t] + (bias ? bias[d] : T(0)));
-          ddelta[row + t] = ddt;
+          du[i] = dut;
+          if (a.delta_softplus) ddt *= sigmoid(delta[i] + (bias ? bias[d] : T(0)));
+          ddelta[i] = ddt;
           if (dbias) dbias[d] += ddt;
         }
         if (dh0)

@@ -4,9 +4,10 @@
 // consecutive channels; inside it, G = 1, 2, 4 or 8 neighbouring lanes share one channel and
 // each lane keeps kSpt = 8 of the channel's states in registers (d_state <= 8 G, padded states
 // have A = B = C = 0). Time runs in chunks of kChunk = 32 steps: the block stages the chunk's
-// inputs in shared memory (coalesced 16-byte loads along time, converted to fp32, softplus
-// applied once per element), then every lane runs the recurrence over the chunk sequentially,
-// then the block writes the chunk's outputs with coalesced stores. B and C of the chunk are
+// inputs in shared memory (the arrays are channel-last, (batch, length, dim): coalesced
+// 16-byte loads along the channels of each time step, converted to fp32, softplus applied
+// once per element), then every lane runs the recurrence over the chunk sequentially, then
+// the block writes the chunk's outputs with coalesced stores. B and C of the chunk are
 // staged as [t][state] so that a lane reads its 8 values with two 16-byte broadcasts.
 #include <cuda_bf16.h>
 
@@ -48,62 +49,71 @@ __device__ __forceinline__ float ex2(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
   return r;
 }
-__device__ __forceinline__ float softplus_f(float x) { return x > 20.f ? x : log1pf(__expf(x)); }
+// softplus = log1p(e^x) with the fast intrinsics (log1pf is a long instruction sequence):
+// for e = e^x < 0.03 the series e (1 - e/2 + e^2/3) (relative error < 7e-6; __logf(1 + e)
+// would lose digits to the rounding of 1 + e), else __logf(1 + e) (relative error < 2e-5).
+__device__ __forceinline__ float softplus_f(float x) {
+  const float e = __expf(x);
+  return x > 20.f ? x : e < 0.03f ? e * fmaf(e, fmaf(e, 1.f / 3.f, -0.5f), 1.f) : __logf(1.f + e);
+}
 __device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + __expf(-x)); }
 
-// Stages rows [0, rows) x time [0, kChunk) of a (rows, ld) row-major array starting at g into
-// shared memory through st(r, tt, value, valid); positions past rows_valid or len get value 0
-// and valid = false. 16-byte loads along time when vec.
+// A tile is rows [0, rows) (channels, or states for B and C) x time [0, kChunk) of a
+// channel-last array: element (r, tt) at g[tt * ld + r], g pointing at the tile's first row
+// and step (ld = dim for u, delta, z, out; ld = state for B, C). Rows past rows_valid and
+// steps past len are padding (value 0). When vec, 16-byte packs of V consecutive rows (the
+// contiguous axis) are moved at once: rows, rows_valid and ld are multiples of V and g is
+// 16-byte aligned. Consecutive threads take consecutive packs of a time step (coalesced).
+
+// Stages a tile in shared memory through st(r, tt, value, valid).
 template <int NT, class T, class Store>
 __device__ __forceinline__ void load_tile(const T* g, int64_t ld, int rows, int rows_valid, int len, bool vec,
                                           Store st) {
   if (vec) {
-    constexpr int V = Pack<T>::n, per_row = kChunk / V;
-    for (int i = threadIdx.x; i < rows * per_row; i += NT) {
-      const int r = i / per_row, tt = (i % per_row) * V;
+    constexpr int V = Pack<T>::n;
+    const int per_t = rows / V;
+    for (int i = threadIdx.x; i < per_t * kChunk; i += NT) {
+      const int tt = i / per_t, r = (i % per_t) * V;
       if (r < rows_valid && tt < len) {
-        Pack<T> p = *reinterpret_cast<const Pack<T>*>(g + r * ld + tt);
+        const Pack<T> pk = *reinterpret_cast<const Pack<T>*>(g + tt * ld + r);
 #pragma unroll
-        for (int j = 0; j < V; ++j) st(r, tt + j, to_f(p.v[j]), true);
+        for (int j = 0; j < V; ++j) st(r + j, tt, to_f(pk.v[j]), true);
       } else {
 #pragma unroll
-        for (int j = 0; j < V; ++j) st(r, tt + j, 0.f, false);
+        for (int j = 0; j < V; ++j) st(r + j, tt, 0.f, false);
       }
     }
   } else {
     for (int i = threadIdx.x; i < rows * kChunk; i += NT) {
-      const int r = i / kChunk, tt = i % kChunk;
+      const int tt = i / rows, r = i % rows;
       const bool ok = r < rows_valid && tt < len;
-      st(r, tt, ok ? to_f(g[r * ld + tt]) : 0.f, ok);
+      st(r, tt, ok ? to_f(g[tt * ld + r]) : 0.f, ok);
     }
   }
 }
 
-// Writes rows x len of a tile back: g[r * ld + tt] = f(r, tt) (fp32 converted to T).
+// Writes the valid part of a tile: g[tt * ld + r] = f(r, tt) (fp32 converted to T).
 template <int NT, class T, class F>
-__device__ __forceinline__ void store_tile(T* g, int64_t ld, int rows_valid, int len, bool vec, F f) {
+__device__ __forceinline__ void store_tile(T* g, int64_t ld, int rows, int rows_valid, int len, bool vec, F f) {
   if (vec) {
-    constexpr int V = Pack<T>::n, per_row = kChunk / V;
-    for (int i = threadIdx.x; i < rows_valid * per_row; i += NT) {
-      const int r = i / per_row, tt = (i % per_row) * V;
-      if (tt < len) {
-        Pack<T> p;
+    constexpr int V = Pack<T>::n;
+    const int per_t = rows / V;
+    for (int i = threadIdx.x; i < per_t * kChunk; i += NT) {
+      const int tt = i / per_t, r = (i % per_t) * V;
+      if (r < rows_valid && tt < len) {
+        Pack<T> pk;
 #pragma unroll
-        for (int j = 0; j < V; ++j) p.v[j] = from_f<T>(f(r, tt + j));
-        *reinterpret_cast<Pack<T>*>(g + r * ld + tt) = p;
+        for (int j = 0; j < V; ++j) pk.v[j] = from_f<T>(f(r + j, tt));
+        *reinterpret_cast<Pack<T>*>(g + tt * ld + r) = pk;
       }
     }
   } else {
-    for (int i = threadIdx.x; i < rows_valid * kChunk; i += NT) {
-      const int r = i / kChunk, tt = i % kChunk;
-      if (tt < len) g[r * ld + tt] = from_f<T>(f(r, tt));
+    for (int i = threadIdx.x; i < rows * kChunk; i += NT) {
+      const int tt = i / rows, r = i % rows;
+      if (r < rows_valid && tt < len) g[tt * ld + r] = from_f<T>(f(r, tt));
     }
   }
 }
-
-// Same as load_tile but reads (rows, ld) and applies a per-element map (for z and dout).
-template <class T>
-__device__ __forceinline__ float ld_f(const T* p) { return to_f(*p); }
 
 struct ScanParams {
   const void *u, *delta, *z, *B, *C, *dout;
@@ -111,7 +121,7 @@ struct ScanParams {
   void *out, *du, *ddelta, *dz;
   float *final_state, *ckpt, *dA_part, *dD_part, *dbias_part, *dh0, *dBC;
   int batch, dim, len, nstate, G, npad, cpb, nchunks, ntiles;
-  bool softplus, vec, atomic_dbc;
+  bool softplus, vec, vec_bc, atomic_dbc;  // vec: 16-byte packs for u, delta, z, out (and grads); vec_bc: for B, C
 };
 
 __device__ __forceinline__ void read8(const float* p, float* v) {
@@ -133,35 +143,36 @@ __device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src,
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
-// Starts copying rows [0, rows) x time [0, kChunk) of a (rows, ld) array at g into the raw
-// staging tile st[rows][kChunk] (zeros past rows_valid and len): cp.async when vec, else plain
-// loads (then the copy is complete on return).
+// Starts copying a tile (see load_tile) into the raw staging area st[kChunk][rows] (zeros in
+// the padding): cp.async when vec, else plain loads (then the copy is complete on return).
 template <int NT, class T>
 __device__ __forceinline__ void prefetch_tile(T* st, const T* g, int64_t ld, int rows, int rows_valid, int len,
                                               bool vec) {
-  constexpr int V = Pack<T>::n, per_row = kChunk / V;
-  for (int i = threadIdx.x; i < rows * per_row; i += NT) {
-    const int r = i / per_row, tt = (i % per_row) * V;
-    T* dst = st + r * kChunk + tt;
+  constexpr int V = Pack<T>::n;
+  const int per_t = rows / V;
+  for (int i = threadIdx.x; i < per_t * kChunk; i += NT) {
+    const int tt = i / per_t, r = (i % per_t) * V;
+    T* dst = st + tt * rows + r;
     if (vec) {
       const bool ok = r < rows_valid && tt < len;
-      cp_async16(dst, ok ? g + r * ld + tt : g, ok ? 16 : 0);
+      cp_async16(dst, ok ? g + tt * ld + r : g, ok ? 16 : 0);
     } else {
 #pragma unroll
-      for (int j = 0; j < V; ++j) dst[j] = r < rows_valid && tt + j < len ? g[r * ld + tt + j] : from_f<T>(0.f);
+      for (int j = 0; j < V; ++j) dst[j] = r + j < rows_valid && tt < len ? g[tt * ld + r + j] : from_f<T>(0.f);
     }
   }
 }
 
-// Reads a staged tile st[rows][kChunk] in 16-byte packs: st(r, tt, value) for every element.
+// Reads a staged tile st[kChunk][rows] in 16-byte packs: store(r, tt, value) for every element.
 template <int NT, class T, class Store>
 __device__ __forceinline__ void convert_tile(const T* st, int rows, Store store) {
-  constexpr int V = Pack<T>::n, per_row = kChunk / V;
-  for (int i = threadIdx.x; i < rows * per_row; i += NT) {
-    const int r = i / per_row, tt = (i % per_row) * V;
-    const Pack<T> pk = *reinterpret_cast<const Pack<T>*>(st + r * kChunk + tt);
+  constexpr int V = Pack<T>::n;
+  const int per_t = rows / V;
+  for (int i = threadIdx.x; i < per_t * kChunk; i += NT) {
+    const int tt = i / per_t, r = (i % per_t) * V;
+    const Pack<T> pk = *reinterpret_cast<const Pack<T>*>(st + tt * rows + r);
 #pragma unroll
-    for (int j = 0; j < V; ++j) store(r, tt + j, to_f(pk.v[j]));
+    for (int j = 0; j < V; ++j) store(r + j, tt, to_f(pk.v[j]));
   }
 }
 
@@ -191,13 +202,14 @@ __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p)
   const int b = blockIdx.y, d0 = blockIdx.x * cpb;
   const int c = threadIdx.x / G, g = threadIdx.x % G, d = d0 + c;
   const int rows_valid = min(cpb, p.dim - d0);
-  const int64_t L = p.len, N = p.nstate;
-  const T* u = static_cast<const T*>(p.u) + (int64_t(b) * p.dim + d0) * L;
-  const T* delta = static_cast<const T*>(p.delta) + (int64_t(b) * p.dim + d0) * L;
-  const T* Bg = static_cast<const T*>(p.B) + int64_t(b) * N * L;
-  const T* Cg = static_cast<const T*>(p.C) + int64_t(b) * N * L;
-  const T* z = p.z ? static_cast<const T*>(p.z) + (int64_t(b) * p.dim + d0) * L : nullptr;
-  T* out = static_cast<T*>(p.out) + (int64_t(b) * p.dim + d0) * L;
+  const int64_t L = p.len, N = p.nstate, Dm = p.dim;
+  const int64_t rowoff = int64_t(b) * L * Dm + d0;  // (b, t = 0, d0)
+  const T* u = static_cast<const T*>(p.u) + rowoff;
+  const T* delta = static_cast<const T*>(p.delta) + rowoff;
+  const T* Bg = static_cast<const T*>(p.B) + int64_t(b) * L * N;
+  const T* Cg = static_cast<const T*>(p.C) + int64_t(b) * L * N;
+  const T* z = p.z ? static_cast<const T*>(p.z) + rowoff : nullptr;
+  T* out = static_cast<T*>(p.out) + rowoff;
 
   for (int i = threadIdx.x; i < cpb; i += kFwdThreads) s_bias[i] = p.bias && i < rows_valid ? p.bias[d0 + i] : 0.f;
   float h[kSpt], A2[kSpt];
@@ -213,11 +225,11 @@ __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p)
   auto prefetch = [&](int ck) {
     const int64_t t0 = int64_t(ck) * kChunk;
     const int len = int(L - t0 < kChunk ? L - t0 : kChunk);
-    prefetch_tile<kFwdThreads>(st_u, u + t0, L, cpb, rows_valid, len, p.vec);
-    prefetch_tile<kFwdThreads>(st_dt, delta + t0, L, cpb, rows_valid, len, p.vec);
-    if (z) prefetch_tile<kFwdThreads>(st_z, z + t0, L, cpb, rows_valid, len, p.vec);
-    prefetch_tile<kFwdThreads>(st_B, Bg + t0, L, npad, int(N), len, p.vec);
-    prefetch_tile<kFwdThreads>(st_C, Cg + t0, L, npad, int(N), len, p.vec);
+    prefetch_tile<kFwdThreads>(st_u, u + t0 * Dm, Dm, cpb, rows_valid, len, p.vec);
+    prefetch_tile<kFwdThreads>(st_dt, delta + t0 * Dm, Dm, cpb, rows_valid, len, p.vec);
+    if (z) prefetch_tile<kFwdThreads>(st_z, z + t0 * Dm, Dm, cpb, rows_valid, len, p.vec);
+    prefetch_tile<kFwdThreads>(st_B, Bg + t0 * N, N, npad, int(N), len, p.vec_bc);
+    prefetch_tile<kFwdThreads>(st_C, Cg + t0 * N, N, npad, int(N), len, p.vec_bc);
     cp_async_commit();
   };
   prefetch(0);
@@ -282,10 +294,11 @@ __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p)
     }
     __syncthreads();
     if (z)
-      store_tile<kFwdThreads>(out + t0, L, rows_valid, len, p.vec,
+      store_tile<kFwdThreads>(out + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
                               [&](int r, int tt) { return s_u[r * kPitch + tt] * s_gate[r * kPitch + tt]; });
     else
-      store_tile<kFwdThreads>(out + t0, L, rows_valid, len, p.vec, [&](int r, int tt) { return s_u[r * kPitch + tt]; });
+      store_tile<kFwdThreads>(out + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
+                              [&](int r, int tt) { return s_u[r * kPitch + tt]; });
   }
   if (d < p.dim) {
 #pragma unroll
@@ -332,14 +345,14 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
   const int tid = threadIdx.x;
   const int c = tid / G, g = tid % G, d = d0 + c;
   const int rows_valid = min(cpb, p.dim - d0);
-  const int64_t L = p.len, N = p.nstate;
-  const int64_t rowoff = (int64_t(b) * p.dim + d0) * L;
+  const int64_t L = p.len, N = p.nstate, Dm = p.dim;
+  const int64_t rowoff = int64_t(b) * L * Dm + d0;  // (b, t = 0, d0)
   const T* u = static_cast<const T*>(p.u) + rowoff;
   const T* delta = static_cast<const T*>(p.delta) + rowoff;
   const T* z = p.z ? static_cast<const T*>(p.z) + rowoff : nullptr;
   const T* dout = static_cast<const T*>(p.dout) + rowoff;
-  const T* Bg = static_cast<const T*>(p.B) + int64_t(b) * N * L;
-  const T* Cg = static_cast<const T*>(p.C) + int64_t(b) * N * L;
+  const T* Bg = static_cast<const T*>(p.B) + int64_t(b) * L * N;
+  const T* Cg = static_cast<const T*>(p.C) + int64_t(b) * L * N;
   T* du_g = static_cast<T*>(p.du) + rowoff;
   T* ddelta_g = static_cast<T*>(p.ddelta) + rowoff;
   T* dz_g = p.dz ? static_cast<T*>(p.dz) + rowoff : nullptr;
@@ -412,28 +425,28 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
   for (int ck = p.nchunks - 1; ck >= 0; --ck) {
     const int64_t t0 = int64_t(ck) * kChunk;
     const int len = int(L - t0 < kChunk ? L - t0 : kChunk);
-    load_tile<kBwdThreads>(u + t0, L, cpb, rows_valid, len, p.vec,
+    load_tile<kBwdThreads>(u + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
                            [&](int r, int tt, float v, bool) { s_u[r * kPitch + tt] = from_f<T>(v); });
-    load_tile<kBwdThreads>(delta + t0, L, cpb, rows_valid, len, p.vec, [&](int r, int tt, float v, bool ok) {
+    load_tile<kBwdThreads>(delta + t0 * Dm, Dm, cpb, rows_valid, len, p.vec, [&](int r, int tt, float v, bool ok) {
       if (ok) {
         v += s_bias[r];
         if (p.softplus) v = softplus_f(v);
       }
       s_dt[r * kPitch + tt] = v;
     });
-    load_tile<kBwdThreads>(dout + t0, L, cpb, rows_valid, len, p.vec,
+    load_tile<kBwdThreads>(dout + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
                            [&](int r, int tt, float v, bool) { s_dy[r * kPitch + tt] = v; });
     if (z) {
-      load_tile<kBwdThreads>(z + t0, L, cpb, rows_valid, len, p.vec, [&](int r, int tt, float zv, bool) {
+      load_tile<kBwdThreads>(z + t0 * Dm, Dm, cpb, rows_valid, len, p.vec, [&](int r, int tt, float zv, bool) {
         // The same thread wrote s_dy at this position just above (identical index mapping).
         const float go = s_dy[r * kPitch + tt], s = sigmoid_f(zv);
         s_dy[r * kPitch + tt] = go * zv * s;
         s_dz[r * kPitch + tt] = go * s * (1.f + zv * (1.f - s));
       });
     }
-    load_tile<kBwdThreads>(Bg + t0, L, npad, int(N), len, p.vec,
+    load_tile<kBwdThreads>(Bg + t0 * N, N, npad, int(N), len, p.vec_bc,
                            [&](int r, int tt, float v, bool) { s_B[tt * npad + r] = v; });
-    load_tile<kBwdThreads>(Cg + t0, L, npad, int(N), len, p.vec,
+    load_tile<kBwdThreads>(Cg + t0 * N, N, npad, int(N), len, p.vec_bc,
                            [&](int r, int tt, float v, bool) { s_C[tt * npad + r] = v; });
     __syncthreads();
 
@@ -545,12 +558,12 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
       __syncthreads();
     }
     // Write du, d delta, dz of the chunk.
-    store_tile<kBwdThreads>(du_g + t0, L, rows_valid, len, p.vec,
+    store_tile<kBwdThreads>(du_g + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
                             [&](int r, int tt) { return to_f(s_u[r * kPitch + tt]); });
-    store_tile<kBwdThreads>(ddelta_g + t0, L, rows_valid, len, p.vec,
+    store_tile<kBwdThreads>(ddelta_g + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
                             [&](int r, int tt) { return s_dt[r * kPitch + tt]; });
     if (dz_g)
-      store_tile<kBwdThreads>(dz_g + t0, L, rows_valid, len, p.vec, [&](int r, int tt) { return s_dz[r * kPitch + tt]; });
+      store_tile<kBwdThreads>(dz_g + t0 * Dm, Dm, cpb, rows_valid, len, p.vec, [&](int r, int tt) { return s_dz[r * kPitch + tt]; });
     __syncthreads();
   }
 
@@ -580,17 +593,18 @@ __global__ void sum_leading_kernel(const float* in, float* out, int64_t k_total,
   }
 }
 
-// dB[b][n][t] = sum_tile part[b][tile][n][t], dC from rows N + n; tiles in order.
+// dC[b][t][n] = sum_tile part[b][tile][n][t], dB from rows N + n; tiles in order. Reads the
+// partials once, writes dB and dC once (state fastest: coalesced writes).
 template <class T>
 __global__ void reduce_dbc_kernel(const float* part, T* dB, T* dC, int64_t batch, int64_t ntiles, int64_t N,
                                   int64_t L) {
   const int64_t total = batch * 2 * N * L;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t t = i % L, q = (i / L) % (2 * N), b = i / (2 * N * L);
+    const int64_t q = i % (2 * N), t = (i / (2 * N)) % L, b = i / (2 * N * L);
     float s = 0.f;
     for (int64_t k = 0; k < ntiles; ++k) s += part[((b * ntiles + k) * 2 * N + q) * L + t];
-    if (q < N) dC[(b * N + q) * L + t] = from_f<T>(s);
-    else dB[(b * N + q - N) * L + t] = from_f<T>(s);
+    if (q < N) dC[(b * L + t) * N + q] = from_f<T>(s);
+    else dB[(b * L + t) * N + q - N] = from_f<T>(s);
   }
 }
 
@@ -608,21 +622,22 @@ ScanParams make_params(const ScanArgs& a, int threads) {
   p.bias = a.delta_bias.defined() ? a.delta_bias.data<float>() : nullptr;
   p.h0 = a.initial_state.defined() ? a.initial_state.data<float>() : nullptr;
   p.batch = int(a.u.size(0));
-  p.dim = int(a.u.size(1));
-  p.len = int(a.u.size(2));
+  p.len = int(a.u.size(1));
+  p.dim = int(a.u.size(2));
   p.nstate = int(a.A.size(1));
   int G = 1;
   while (G * kSpt < p.nstate) G *= 2;
   p.G = G;
   p.npad = G * kSpt;
   p.cpb = threads / G;
-  p.nchunks = int((a.u.size(2) + kChunk - 1) / kChunk);
+  p.nchunks = int((a.u.size(1) + kChunk - 1) / kChunk);
   p.ntiles = (p.dim + p.cpb - 1) / p.cpb;
   p.softplus = a.delta_softplus;
-  const int V = a.u.dtype() == DType::bf16 ? 8 : 4;
-  p.vec = p.len % V == 0;
-  for (const Tensor* t : {&a.u, &a.delta, &a.z, &a.B, &a.C})
+  const int V = a.u.dtype() == DType::bf16 ? 8 : 4;  // elements per 16-byte pack; cpb and npad are multiples
+  p.vec = p.dim % V == 0;
+  for (const Tensor* t : {&a.u, &a.delta, &a.z})
     if (t->defined() && !aligned16(t->raw())) p.vec = false;
+  p.vec_bc = p.nstate % V == 0 && aligned16(a.B.raw()) && aligned16(a.C.raw());
   return p;
 }
 
