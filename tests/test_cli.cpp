@@ -1,0 +1,217 @@
+// The coil program end to end (the coil target must be built): sweep, report, prepare.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "data/sentencepiece_tokenizer.h"
+#include "data/token_file.h"
+#include "tests/catch.h"
+#include "train/report.h"
+#include "train/sweep.h"
+
+using namespace coil;
+using namespace coil::data;
+using namespace coil::train;
+namespace fs = std::filesystem;
+
+namespace {
+
+// The coil executable of this build: <build>/coil, next to tests/.
+std::string coil_program() {
+  fs::path exe = fs::read_symlink("/proc/self/exe");
+  fs::path coil = exe.parent_path().parent_path() / "coil";
+  INFO("the coil executable is expected at " << coil.string() << " (build the coil target)");
+  REQUIRE(fs::exists(coil));
+  return coil.string();
+}
+
+struct Ran {
+  int status = -1;
+  std::string output;  // stdout and stderr
+};
+
+Ran run(const std::string& command) {
+  Ran r;
+  FILE* p = ::popen((command + " 2>&1").c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
+  int status = ::pclose(p);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t pos = text.find(what); pos != std::string::npos; pos = text.find(what, pos + 1)) ++n;
+  return n;
+}
+
+// A tiny grid on the CPU: 2 architectures x 2 widths, 8 steps each.
+fs::path tiny_grid(const std::string& name) {
+  fs::path dir = fs::temp_directory_path() / "coil_test_cli" / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::ofstream(dir / "base.yaml") << R"(run: {name: base}
+model: {preset: mamba-tiny, n_layer: 1, vocab_size: 64}
+data: {kind: synthetic, task: selective_copying, task_vocab: 8, copy_tokens: 4}
+train: {seq_len: 32, micro_batch: 2, steps: 8, device: cpu, seed: 0}
+optim: {lr: 1.0e-3, warmup: 2}
+eval: {every: 4, batches: 1}
+checkpoint: {every: 0, keep_last: 1}
+log: {every: 2}
+)";
+  std::ofstream(dir / "grid.yaml") << "base: base.yaml\nout_dir: " << (dir / "runs").string() << R"(
+set: {optim.min_lr: 1.0e-4}
+axes:
+  - name: [mamba, tpp]
+    model.preset: [mamba-tiny, transformer++-tiny]
+  - model.d_model: [16, 32]
+)";
+  return dir;
+}
+
+}  // namespace
+
+TEST_CASE("coil sweep runs a tiny grid, skips finished runs, resumes an interrupted one; coil report tabulates it",
+          "[cli]") {
+  const std::string coil = coil_program();
+  const fs::path dir = tiny_grid("cli");
+  const std::string grid = (dir / "grid.yaml").string();
+  const std::vector<std::string> names = {"mamba_16", "mamba_32", "tpp_16", "tpp_32"};
+
+  // --print: one `coil train` command a run, nothing run.
+  Ran printed = run(shell_quote(coil) + " sweep " + shell_quote(grid) + " --print");
+  REQUIRE(printed.status == 0);
+  std::vector<std::string> commands;
+  std::stringstream lines(printed.output);
+  for (std::string line; std::getline(lines, line);) commands.push_back(line);
+  REQUIRE(commands.size() == 4);
+  CHECK(commands[2].rfind(coil + " train ", 0) == 0);
+  CHECK(commands[2].find("--set run.name=tpp_16 --set optim.min_lr=1.0e-4 --set model.preset=transformer++-tiny "
+                         "--set model.d_model=16 --set run.dir=") != std::string::npos);
+  CHECK_FALSE(fs::exists(dir / "runs"));
+
+  // An interrupted run: the first command, stopped (with a checkpoint) after 3 of its 8 steps.
+  Ran partial = run(commands[0] + " --stop-after 3");
+  INFO(partial.output);
+  REQUIRE(partial.status == 0);
+  RunRecord first = read_run((dir / "runs" / "mamba_16").string());
+  CHECK(first.status == "interrupted");
+  CHECK(first.checkpoint_step == 3);
+
+  // The sweep resumes it from step 3 and runs the other three.
+  Ran swept = run(shell_quote(coil) + " sweep " + shell_quote(grid));
+  INFO(swept.output);
+  REQUIRE(swept.status == 0);
+  CHECK(swept.output.find("run 1/4 mamba_16: resuming") != std::string::npos);
+  CHECK(swept.output.find("from step 3") != std::string::npos);
+  CHECK(swept.output.find("run 4/4 tpp_32: starting") != std::string::npos);
+  CHECK(swept.output.find("4 runs: 4 finished (0 skipped") != std::string::npos);
+  for (auto& n : names) {
+    RunRecord r = read_run((dir / "runs" / n).string());
+    INFO(n << ": " << r.problem);
+    CHECK(r.status == "finished");
+    CHECK(r.steps == 8);
+    CHECK(r.val_step == 8);
+    CHECK(r.segments == (n == "mamba_16" ? 2 : 1));
+  }
+  CHECK(read_run((dir / "runs" / "tpp_32").string()).architecture == "transformer++");
+  CHECK(read_run((dir / "runs" / "tpp_32").string()).d_model == 32);
+
+  // Again: every run is skipped, nothing is written.
+  const std::string metrics_before = read_text(dir / "runs" / "tpp_16" / "metrics.jsonl");
+  Ran again = run(shell_quote(coil) + " sweep " + shell_quote(grid));
+  INFO(again.output);
+  REQUIRE(again.status == 0);
+  CHECK(count(again.output, "finished already") == 4);
+  CHECK(again.output.find("4 runs: 4 finished (4 skipped") != std::string::npos);
+  CHECK(read_text(dir / "runs" / "tpp_16" / "metrics.jsonl") == metrics_before);
+
+  // A time limit already passed starts nothing and says so (exit status 3).
+  fs::remove_all(dir / "runs" / "tpp_32");
+  Ran late = run(shell_quote(coil) + " sweep " + shell_quote(grid) + " --time-limit 1e-9");
+  CHECK(late.status == 3);
+  CHECK(late.output.find("1 not started; the time limit was reached") != std::string::npos);
+  CHECK_FALSE(fs::exists(dir / "runs" / "tpp_32"));
+
+  // The report: every run in the table, the missing one as missing; Markdown and CSV; the plot.
+  Ran report = run(shell_quote(coil) + " report " + shell_quote(grid) + " --out " + shell_quote((dir / "report").string()));
+  INFO(report.output);
+  REQUIRE(report.status == 0);
+  std::string csv = read_text(dir / "report" / "runs.csv");
+  CHECK(count(csv, ",finished,") == 3);
+  CHECK(csv.find("tpp_32,missing,") != std::string::npos);
+  std::string md = read_text(dir / "report" / "report.md");
+  CHECK(md.find("4 runs: 3 finished, 0 interrupted, 0 corrupt, 1 missing") != std::string::npos);
+  for (auto& n : names) CHECK(md.find("| " + n + " |") != std::string::npos);
+  if (std::system("python3 -c 'import matplotlib' >/dev/null 2>&1") != 0 &&
+      std::system("/usr/bin/python3 -c 'import matplotlib' >/dev/null 2>&1") != 0) {
+    WARN("python3 with matplotlib is missing: the PNG check is skipped (apt-get install python3-matplotlib)");
+    CHECK(md.find("plots skipped") != std::string::npos);
+  } else {
+    CHECK(fs::file_size(dir / "report" / "loss_vs_flops.png") > 1000);
+    CHECK(fs::file_size(dir / "report" / "loss_curves.png") > 1000);
+  }
+}
+
+
+TEST_CASE("coil sweep refuses a sweep with a key that no config has before running anything", "[cli]") {
+  const fs::path dir = tiny_grid("badkey");
+  std::ofstream(dir / "bad.yaml") << "base: base.yaml\nout_dir: " << (dir / "runs").string() << R"(
+axes:
+  - model.preset: [mamba-tiny, transformer++-tiny]
+  - model.d_modle: [16, 32]
+)";
+  Ran r = run(shell_quote(coil_program()) + " sweep " + shell_quote((dir / "bad.yaml").string()));
+  CHECK(r.status == 1);
+  CHECK(r.output.find("bad.yaml:5: run 'mamba-tiny_16'") != std::string::npos);
+  CHECK(r.output.find("unknown key 'model.d_modle'") != std::string::npos);
+  CHECK_FALSE(fs::exists(dir / "runs"));
+}
+
+TEST_CASE("coil prepare trains a SentencePiece model, saves it beside the output and applies it", "[cli]") {
+  const std::string coil = shell_quote(coil_program());
+  const fs::path dir = fs::temp_directory_path() / "coil_test_cli" / "prepare";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::string text;
+  for (int i = 0; i < 300; ++i)
+    text += "The selective scan of layer " + std::to_string(i % 17) + " reads the state space model's inputs.\n";
+  std::ofstream(dir / "a.txt") << text;
+  std::ofstream(dir / "b.txt") << "A held-out line about the state space model.\n";
+  const std::string train = (dir / "train.h5").string(), val = (dir / "val.h5").string();
+  Ran trained = run(coil + " prepare --tokenizer sentencepiece --vocab-size 400 --out " + shell_quote(train) + " " +
+                    shell_quote((dir / "a.txt").string()));
+  INFO(trained.output);
+  if (!sentencepiece_available()) {
+    CHECK(trained.status == 1);
+    CHECK(trained.output.find("built without SentencePiece") != std::string::npos);
+    return;
+  }
+  REQUIRE(trained.status == 0);
+  REQUIRE(fs::exists(dir / "train.model"));
+  Ran applied = run(coil + " prepare --sp-model " + shell_quote((dir / "train.model").string()) + " --out " +
+                    shell_quote(val) + " " + shell_quote((dir / "b.txt").string()));
+  INFO(applied.output);
+  REQUIRE(applied.status == 0);
+  TokenDataset a(train, 0), b(val, 0);
+  CHECK(a.files()[0].tokenizer.rfind("sentencepiece-bpe-", 0) == 0);
+  CHECK(a.files()[0].tokenizer == b.files()[0].tokenizer);
+  CHECK(a.files()[0].eot_token == 1);
+  CHECK(a.files()[0].num_tokens < int64_t(text.size()));  // pieces merge bytes
+  CHECK(read_tokenizer_model(val) == read_text(dir / "train.model"));
+  CHECK(trained.output.find("trained on the inputs") != std::string::npos);
+}
