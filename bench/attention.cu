@@ -1,8 +1,9 @@
 // Causal flash attention, bf16, on one GPU: forward and forward+backward times (median of
 // CUDA-event timings after warm-up) and TFLOP/s, with causal FLOPs
 //   forward 4 * B * H * T^2 * hd / 2,  backward 2.5 x forward.
-// Usage: bench_attention [iterations] [--tune]; --tune also times the other warps-per-block
-// settings of the three kernels (COIL_ATTN_{FWD,DKDV,DQ}_WARPS). Compare with bench/attention_torch.py (PyTorch SDPA).
+// Usage: bench_attention [iterations] [--tune]; --tune also times the other launch settings
+// "fwd warps, fwd rows per warp, dK/dV warps, dQ warps" (COIL_ATTN_FWD_WARPS, COIL_ATTN_FWD_ROWS,
+// COIL_ATTN_DKDV_WARPS, COIL_ATTN_DQ_WARPS). Compare with bench/attention_torch.py (PyTorch SDPA).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -60,11 +61,15 @@ int main(int argc, char** argv) {
     int64_t B, H, T, d, window;
   };
   std::vector<Case> cases = {{16, 12, 2048, 64, 0}, {4, 12, 8192, 64, 0}, {8, 16, 2048, 128, 0},
-                             {16, 12, 2048, 64, 512}};
-  std::printf("%-28s %10s %10s %10s %10s %10s %10s\n", "shape (causal, bf16)", "fwd ms", "fwd TF/s",
+                             {8, 16, 2048, 96, 0}, {16, 12, 2048, 64, 512}};
+  std::printf("%-36s %10s %10s %10s %10s %10s %10s\n", "shape (causal, bf16)", "fwd ms", "fwd TF/s",
               "f+b ms", "f+b TF/s", "bwd ms", "bwd TF/s");
-  std::vector<std::string> variants = {""};
-  if (tune) variants = {"4,4,4", "8,4,4", "4,8,4", "4,4,8", "8,8,8"};
+  const char* settings[] = {"COIL_ATTN_FWD_WARPS", "COIL_ATTN_FWD_ROWS", "COIL_ATTN_DKDV_WARPS",
+                            "COIL_ATTN_DQ_WARPS"};
+  std::vector<std::vector<std::string>> variants = {{}};
+  if (tune)
+    variants = {{"4", "16", "4", "4"}, {"8", "16", "4", "4"}, {"4", "32", "4", "4"},
+                {"4", "16", "8", "4"}, {"4", "16", "4", "8"}, {"8", "16", "8", "8"}};
   for (const Case& c : cases) {
     // Inputs drawn once per shape (on the host: seconds at the largest shape).
     Generator gen(1);
@@ -72,11 +77,11 @@ int main(int argc, char** argv) {
     Device gpu = Device::cuda();
     Tensor q = randn(s, gen, DType::bf16, gpu), k = randn(s, gen, DType::bf16, gpu),
            v = randn(s, gen, DType::bf16, gpu), g = randn(s, gen, DType::bf16, gpu);
-  for (const std::string& variant : variants) {
-    if (!variant.empty()) {
-      setenv("COIL_ATTN_FWD_WARPS", variant.substr(0, 1).c_str(), 1);
-      setenv("COIL_ATTN_DKDV_WARPS", variant.substr(2, 1).c_str(), 1);
-      setenv("COIL_ATTN_DQ_WARPS", variant.substr(4, 1).c_str(), 1);
+  for (const std::vector<std::string>& variant : variants) {
+    std::string label;
+    for (size_t i = 0; i < variant.size(); ++i) {
+      setenv(settings[i], variant[i].c_str(), 1);
+      label += (i ? "," : " ") + variant[i];
     }
     kernels::AttentionOptions o;
     o.window = c.window;
@@ -94,11 +99,10 @@ int main(int argc, char** argv) {
       for (int64_t t = 0; t < c.T; ++t) pairs += double(std::min<int64_t>(t + 1, c.window));
       flops = 4.0 * c.B * c.H * pairs * c.d;
     }
-    char name[64];
-    std::snprintf(name, sizeof name, "B%ld H%ld T%ld d%ld%s%s%s", long(c.B), long(c.H), long(c.T),
-                  long(c.d), c.window ? " w512" : "", variant.empty() ? "" : " warps ",
-                  variant.c_str());
-    std::printf("%-28s %10.3f %10.1f %10.3f %10.1f %10.3f %10.1f\n", name, fwd, flops / fwd * 1e-9,
+    char name[80];
+    std::snprintf(name, sizeof name, "B%ld H%ld T%ld d%ld%s%s", long(c.B), long(c.H), long(c.T),
+                  long(c.d), c.window ? " w512" : "", label.c_str());
+    std::printf("%-36s %10.3f %10.1f %10.3f %10.1f %10.3f %10.1f\n", name, fwd, flops / fwd * 1e-9,
                 fb, 3.5 * flops / fb * 1e-9, fb - fwd, 2.5 * flops / (fb - fwd) * 1e-9);
     std::fflush(stdout);
   }

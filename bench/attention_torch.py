@@ -31,7 +31,7 @@ def median_ms(fn, iters=20):
 def main():
     iters = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
-    cases = [(16, 12, 2048, 64), (4, 12, 8192, 64), (8, 16, 2048, 128)]
+    cases = [(16, 12, 2048, 64), (4, 12, 8192, 64), (8, 16, 2048, 128), (8, 16, 2048, 96)]
     backends = [("default", None), ("flash", SDPBackend.FLASH_ATTENTION),
                 ("cudnn", SDPBackend.CUDNN_ATTENTION)]
     print(f"{'shape (causal, bf16)':28s} {'backend':8s} {'fwd ms':>10s} {'fwd TF/s':>10s} "

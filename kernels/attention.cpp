@@ -5,16 +5,14 @@
 namespace coil::kernels {
 namespace {
 
-bool cuda_head_dim_ok(int64_t hd) { return hd == 64 || hd == 128; }
-
 void check_device_dtype(const char* op, const Tensor& t) {
   if (t.device().is_cpu()) {
     check_dtype(op, t, {DType::f32, DType::f64});
   } else {
     check_dtype(op, t, {DType::f32, DType::bf16});
-    COIL_CHECK(cuda_head_dim_ok(t.size(-1)),
-               "{}: head dim {} is not supported on CUDA (supported: 64 and 128); tensor {}", op,
-               t.size(-1), describe(t));
+    COIL_CHECK(attention_cuda_supports_head_dim(t.size(-1)),
+               "{}: head dim {} is not supported on CUDA (supported: {}); tensor {}", op,
+               t.size(-1), attention_cuda_head_dims(), describe(t));
   }
 #ifndef COIL_CUDA
   if (t.device().is_cuda()) fail("{}: {} needs CUDA, but coil was built without it", op, describe(t));
@@ -91,7 +89,10 @@ void check_out_lse(const char* op, const Tensor& out, const Tensor& lse, const T
 
 }  // namespace
 
-bool attention_cuda_supports_head_dim(int64_t head_dim) { return cuda_head_dim_ok(head_dim); }
+bool attention_cuda_supports_head_dim(int64_t head_dim) {
+  return head_dim == 64 || head_dim == 96 || head_dim == 128;
+}
+const char* attention_cuda_head_dims() { return "64, 96 and 128"; }
 
 AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const AttentionOptions& options) {

@@ -14,7 +14,7 @@
 // Devices and dtypes: CPU reference in f32 and f64 (plain softmax attention, O(T^2) memory).
 // CUDA: bf16 is the fast path (mma.sync m16n8k16, fp32 accumulation and softmax); f32 inputs
 // are converted to bf16, computed there and the results converted back, so an f32 call has
-// bf16 accuracy. CUDA head dims: 64 and 128; any sequence length >= 1.
+// bf16 accuracy. CUDA head dims: 64, 96 and 128; any sequence length >= 1.
 // Backward on the GPU is deterministic (no floating-point atomics): dK/dV and dQ are
 // computed by two separate passes.
 #pragma once
@@ -48,8 +48,10 @@ AttentionOutput attention_forward_packed(const Tensor& qkv, const AttentionOptio
 Tensor attention_backward_packed(const Tensor& dout, const Tensor& qkv, const Tensor& out,
                                  const Tensor& lse, const AttentionOptions& options = {});
 
-// The head dims the CUDA kernels are built for.
+// The head dims the CUDA kernels are built for (64, 96, 128), and that list in words for
+// error messages.
 bool attention_cuda_supports_head_dim(int64_t head_dim);
+const char* attention_cuda_head_dims();
 
 // Raw views shared by the CPU and CUDA implementations: q/k/v (and dq/dk/dv) are given by a
 // base pointer each and one token stride (elements between token t and t+1 of one batch row);

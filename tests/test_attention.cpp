@@ -221,7 +221,7 @@ void compare_with_cpu(const CudaCase& c, DType dtype, uint64_t seed, bool packed
 
 TEST_CASE("attention CUDA bf16 matches the CPU reference", "[attention][cuda]") {
   uint64_t seed = 100;
-  for (int64_t hd : {64, 128})
+  for (int64_t hd : {64, 96, 128})
     for (int64_t T : {1, 17, 256})
       for (int64_t window : {int64_t(0), T > 1 ? T / 3 + 1 : int64_t(1)})
         compare_with_cpu({2, T, 3, hd, window}, DType::bf16, seed += 10, false);
@@ -232,6 +232,8 @@ TEST_CASE("attention CUDA bf16 at T = 2048 matches the CPU reference", "[attenti
   compare_with_cpu({1, 2048, 1, 128, 0}, DType::bf16, 210, false);
   compare_with_cpu({1, 2048, 2, 64, 700}, DType::bf16, 220, false);
   compare_with_cpu({1, 2048, 1, 128, 300}, DType::bf16, 230, true);
+  compare_with_cpu({1, 2048, 2, 96, 0}, DType::bf16, 240, false);
+  compare_with_cpu({1, 2048, 1, 96, 500}, DType::bf16, 250, true);
 }
 
 TEST_CASE("attention CUDA: packed qkv, f32 inputs, small windows", "[attention][cuda]") {
@@ -241,6 +243,7 @@ TEST_CASE("attention CUDA: packed qkv, f32 inputs, small windows", "[attention][
   compare_with_cpu({1, 200, 2, 128, 50}, DType::f32, 330, false);
   compare_with_cpu({1, 150, 2, 64, 1}, DType::bf16, 340, false);
   compare_with_cpu({1, 150, 2, 128, 64}, DType::bf16, 350, true);
+  compare_with_cpu({2, 45, 2, 96, 0}, DType::f32, 360, true);
 }
 
 TEST_CASE("attention CUDA backward is deterministic", "[attention][cuda]") {
@@ -258,11 +261,13 @@ TEST_CASE("attention CUDA backward is deterministic", "[attention][cuda]") {
 
 TEST_CASE("attention CUDA: unsupported head dims and mismatched shapes are errors", "[attention][cuda]") {
   Device gpu = Device::cuda();
-  Tensor q96 = random_normal({1, 8, 2, 96}, 1, DType::bf16, gpu);
-  REQUIRE_THROWS_WITH(kernels::attention_forward(q96, q96, q96),
-                      Catch::Matchers::Contains("head dim 96 is not supported on CUDA (supported: 64 and 128)"));
-  Tensor qkv96 = random_normal({1, 8, 3, 2, 96}, 2, DType::bf16, gpu);
-  REQUIRE_THROWS_WITH(kernels::attention_forward_packed(qkv96), Catch::Matchers::Contains("head dim 96"));
+  Tensor q80 = random_normal({1, 8, 2, 80}, 1, DType::bf16, gpu);
+  REQUIRE_THROWS_WITH(kernels::attention_forward(q80, q80, q80),
+                      Catch::Matchers::Contains("head dim 80 is not supported on CUDA (supported: 64, 96 and 128)"));
+  Tensor qkv32 = random_normal({1, 8, 3, 2, 32}, 2, DType::bf16, gpu);
+  REQUIRE_THROWS_WITH(kernels::attention_forward_packed(qkv32), Catch::Matchers::Contains("head dim 32"));
+  REQUIRE_THROWS_WITH(kernels::attention_backward_packed(q80, qkv32, q80, q80),
+                      Catch::Matchers::Contains("head dim 32"));
   Tensor q = random_normal({1, 8, 2, 64}, 3, DType::bf16, gpu), k = random_normal({1, 9, 2, 64}, 4, DType::bf16, gpu);
   REQUIRE_THROWS_WITH(kernels::attention_forward(q, k, q), Catch::Matchers::Contains("attention_forward"));
   Tensor qcpu = random_normal({1, 8, 2, 64}, 5);
@@ -289,18 +294,22 @@ TEST_CASE("attention CUDA autograd op matches the CPU op", "[attention][cuda]") 
   REQUIRE(relative_error(grads[1], grads[0]) < 3e-2);
 }
 
-TEST_CASE("attention CUDA: both warps-per-block configurations match the CPU reference", "[attention][cuda]") {
-  for (const char* w : {"4", "8"}) {
-    INFO("warps " << w);
-    setenv("COIL_ATTN_FWD_WARPS", w, 1);
-    setenv("COIL_ATTN_DKDV_WARPS", w, 1);
-    setenv("COIL_ATTN_DQ_WARPS", w, 1);
-    compare_with_cpu({2, 200, 2, 64, 0}, DType::bf16, 400, false);
-    compare_with_cpu({1, 301, 2, 128, 0}, DType::bf16, 410, true);
-    compare_with_cpu({1, 257, 2, 64, 100}, DType::bf16, 420, false);
-    compare_with_cpu({1, 1, 2, 128, 0}, DType::bf16, 430, false);
-  }
-  unsetenv("COIL_ATTN_FWD_WARPS");
-  unsetenv("COIL_ATTN_DKDV_WARPS");
-  unsetenv("COIL_ATTN_DQ_WARPS");
+TEST_CASE("attention CUDA: every launch configuration matches the CPU reference", "[attention][cuda]") {
+  // Warps per block 4 and 8 of the three kernels; 16 and 32 query rows per warp of the forward.
+  for (const char* w : {"4", "8"})
+    for (const char* rows : {"16", "32"}) {
+      INFO("warps " << w << " forward rows per warp " << rows);
+      setenv("COIL_ATTN_FWD_WARPS", w, 1);
+      setenv("COIL_ATTN_FWD_ROWS", rows, 1);
+      setenv("COIL_ATTN_DKDV_WARPS", w, 1);
+      setenv("COIL_ATTN_DQ_WARPS", w, 1);
+      compare_with_cpu({2, 200, 2, 64, 0}, DType::bf16, 400, false);
+      compare_with_cpu({1, 301, 2, 128, 0}, DType::bf16, 410, true);
+      compare_with_cpu({1, 257, 2, 64, 100}, DType::bf16, 420, false);
+      compare_with_cpu({1, 1, 2, 128, 0}, DType::bf16, 430, false);
+      compare_with_cpu({1, 333, 2, 96, 0}, DType::bf16, 440, true);
+      compare_with_cpu({2, 100, 1, 96, 37}, DType::bf16, 450, false);
+    }
+  for (const char* env : {"COIL_ATTN_FWD_WARPS", "COIL_ATTN_FWD_ROWS", "COIL_ATTN_DKDV_WARPS", "COIL_ATTN_DQ_WARPS"})
+    unsetenv(env);
 }

@@ -216,8 +216,8 @@ TEST_CASE("i32 tokens work like i64 tokens", "[models]") {
 
 namespace {
 
-void compare_cuda_cpu(const char* family, const std::string& dtype, double loss_tol, double grad_tol) {
-  ModelConfig c = ModelConfig::preset(family);
+void compare_cuda_cpu(ModelConfig c, const std::string& dtype, double loss_tol, double grad_tol) {
+  const std::string family = c.name;
   c.dtype = dtype;
   ModelConfig cpu_config = c;
   cpu_config.dtype = "f32";  // the reference: f32 on the CPU
@@ -251,11 +251,21 @@ void compare_cuda_cpu(const char* family, const std::string& dtype, double loss_
 
 TEST_CASE("CUDA forward and backward match the CPU in f32 for each family", "[cuda][models]") {
   // f32 on the GPU (attention computes in bf16 inside its kernels, hence the tolerances).
-  for (const char* family : kFamilies) compare_cuda_cpu(family, "f32", 2e-2, 5e-2);
+  for (const char* family : kFamilies) compare_cuda_cpu(ModelConfig::preset(family), "f32", 2e-2, 5e-2);
 }
 
 TEST_CASE("CUDA bf16 compute (the GPU default) stays close to the f32 CPU model", "[cuda][models]") {
-  for (const char* family : kFamilies) compare_cuda_cpu(family, "bf16", 5e-2, 1.5e-1);
+  for (const char* family : kFamilies) compare_cuda_cpu(ModelConfig::preset(family), "bf16", 5e-2, 1.5e-1);
+}
+
+TEST_CASE("CUDA matches the CPU at head dim 96 (the 760M presets' d_model 1536 / 16 heads)", "[cuda][models]") {
+  for (const char* family : {"transformer++-tiny", "gpt2-tiny"}) {
+    ModelConfig c = ModelConfig::preset(family);
+    c.d_model = 192;
+    REQUIRE(c.head_dim() == 96);
+    compare_cuda_cpu(c, "f32", 2e-2, 5e-2);
+    compare_cuda_cpu(c, "bf16", 5e-2, 1.5e-1);
+  }
 }
 
 TEST_CASE("auto dtype: bf16 compute on CUDA, fp32 masters and gradients", "[cuda][models]") {

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <type_traits>
 
 #include "core/cuda.h"
 #include "kernels/attention.h"
@@ -116,6 +117,16 @@ __device__ __forceinline__ void mma_abt(float (&acc)[NT][4], const bf16_t* a_s, 
   }
 }
 
+// The A fragment (16 rows x 16 k, bf16) of k-step kk from fp32 values p (16 x K) held in the
+// C-fragment layout of a previous product: C n-tiles 2kk and 2kk+1 are exactly that k range.
+template <int K>
+__device__ __forceinline__ void pack_a_frag(uint32_t (&a)[4], const float (&p)[K / 8][4], int kk) {
+  a[0] = pack_bf16(p[2 * kk][0], p[2 * kk][1]);
+  a[1] = pack_bf16(p[2 * kk][2], p[2 * kk][3]);
+  a[2] = pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+  a[3] = pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+}
+
 // acc[N/8][4] += P (16 x K, in C-fragment layout: p[K/8][4]) * B where B is a [k][n] tile
 // (K rows, N columns, n contiguous) in shared memory.
 template <int K, int N, int LDS>
@@ -124,10 +135,7 @@ __device__ __forceinline__ void mma_pb(float (&acc)[N / 8][4], const float (&p)[
 #pragma unroll
   for (int kk = 0; kk < K / 16; ++kk) {
     uint32_t a[4];
-    a[0] = pack_bf16(p[2 * kk][0], p[2 * kk][1]);
-    a[1] = pack_bf16(p[2 * kk][2], p[2 * kk][3]);
-    a[2] = pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]);
-    a[3] = pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+    pack_a_frag<K>(a, p, kk);
 #pragma unroll
     for (int np = 0; np < N / 16; ++np) {
       uint32_t b[4];
@@ -198,13 +206,64 @@ __device__ __forceinline__ bool tile_needs_mask(int q0, int k0, int T, int windo
 }
 
 // ---------------------------------------------------------------------------------------------
-// Forward. Block: NW warps, BR = 16*NW queries of one (b, h); key/value tiles of BC = 64.
-// Per key tile: S = Q K^T (16 x 64 per warp, in registers), online softmax (running row max
-// m and row sum l, in the log2 domain), O = O * exp(m_old - m_new) + P V.
+// Forward. Block: NW warps, each owning MT m-tiles of 16 queries (BR = 16*MT*NW queries of one
+// (b, h)); key/value tiles of BC = 64. Per key tile: S = Q K^T (16*MT x 64 per warp, in
+// registers), online softmax (running row max m and row sum l, in the log2 domain),
+// O = O * exp(m_old - m_new) + P V. Every K or V fragment read from shared memory feeds MT
+// m-tiles: MT = 2 halves the shared-memory reads per tensor-core product.
 // Memory: reads Q once, K and V once per query block (L2 keeps them hot), writes O and lse.
-template <int D, int NW>
+
+// One online-softmax step of a 16-row m-tile: s (the raw scores of this key tile, C-fragment
+// layout) becomes P = exp2(s scale log2e - m_new) with masked entries 0 (one FMA and one ex2
+// per score; m is kept in log2 units); o and l are rescaled by exp2(m_old - m_new), l gains
+// the row sums of P. This thread's rows are row0 and row0 + 8, its keys
+// k0 + j*8 + (lane & 3)*2 + (c & 1).
+template <int D, int BC>
+__device__ __forceinline__ void softmax_step(float (&s)[BC / 8][4], float (&o)[D / 8][4],
+                                             float (&m)[2], float (&l)[2], bool masked, int row0,
+                                             int k0, const Params& p, int lane) {
+  float mx[2] = {-INFINITY, -INFINITY};  // row maxima of the raw scores
+#pragma unroll
+  for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      if (masked) {
+        int qi = row0 + (c >> 1) * 8, ki = k0 + j * 8 + (lane & 3) * 2 + (c & 1);
+        if (!(visible(qi, ki, p.T, p.window) && ki < p.T)) s[j][c] = -INFINITY;
+      }
+      mx[c >> 1] = fmaxf(mx[c >> 1], s[j][c]);
+    }
+  float alpha[2], m_use[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float m_new = fmaxf(m[r], quad_max(mx[r]) * p.scale_log2);
+    m_use[r] = m_new == -INFINITY ? 0.f : m_new;
+    alpha[r] = fast_exp2(m[r] - m_use[r]);
+    m[r] = m_new;
+  }
+  float rs[2] = {0.f, 0.f};
+#pragma unroll
+  for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      float e = fast_exp2(fmaf(s[j][c], p.scale_log2, -m_use[c >> 1]));
+      s[j][c] = e;
+      rs[c >> 1] += e;
+    }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) l[r] = l[r] * alpha[r] + rs[r];
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) {
+    o[j][0] *= alpha[0];
+    o[j][1] *= alpha[0];
+    o[j][2] *= alpha[1];
+    o[j][3] *= alpha[1];
+  }
+}
+
+template <int D, int NW, int MT>
 __global__ void __launch_bounds__(NW * 32) attention_fwd_kernel(Params p) {
-  constexpr int BR = 16 * NW, BC = 64, LDS = D + 8, NT = NW * 32;
+  constexpr int WR = 16 * MT, BR = WR * NW, BC = 64, LDS = D + 8, NT = NW * 32;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16_t* sQ = reinterpret_cast<bf16_t*>(smem_raw);
   bf16_t* sK = sQ + BR * LDS;  // [2][BC][LDS]
@@ -231,12 +290,16 @@ __global__ void __launch_bounds__(NW * 32) attention_fwd_kernel(Params p) {
   }
   cp_async_commit();
 
-  float o[D / 8][4];
+  float o[MT][D / 8][4], m[MT][2], l[MT][2];
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  uint32_t qf[D / 16][4];
-  const int r_lo = q0 + warp * 16 + (lane >> 2);  // this thread's rows: r_lo and r_lo + 8
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.f;
+    m[mt][0] = m[mt][1] = -INFINITY;
+    l[mt][0] = l[mt][1] = 0.f;
+  }
+  uint32_t qf[MT][D / 16][4];
+  const int r_lo = q0 + warp * WR + (lane >> 2);  // rows r_lo + 16*mt and r_lo + 16*mt + 8
 
   for (int i = 0; i < n_tiles; ++i) {
     const int kt = kt_hi - 1 - i, k0 = kt * BC, buf = i & 1;
@@ -244,7 +307,10 @@ __global__ void __launch_bounds__(NW * 32) attention_fwd_kernel(Params p) {
     __syncthreads();
     if (i == 0) {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) load_a<LDS>(qf[kk], sQ, warp * 16, kk * 16, lane);
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk)
+          load_a<LDS>(qf[mt][kk], sQ, warp * WR + mt * 16, kk * 16, lane);
     }
     if (i + 1 < n_tiles) {
       int kn = k0 - BC;
@@ -257,80 +323,67 @@ __global__ void __launch_bounds__(NW * 32) attention_fwd_kernel(Params p) {
     const bf16_t* k_s = sK + buf * BC * LDS;
     const bf16_t* v_s = sV + buf * BC * LDS;
 
-    float s[BC / 8][4];
+    float s[MT][BC / 8][4];
 #pragma unroll
-    for (int j = 0; j < BC / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < BC / 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
       for (int np = 0; np < BC / 16; ++np) {
         uint32_t bb[4];
         load_b_nk<LDS>(bb, k_s, np * 16, kk * 16, lane);
-        mma16816(s[2 * np], qf[kk], bb[0], bb[1]);
-        mma16816(s[2 * np + 1], qf[kk], bb[2], bb[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816(s[mt][2 * np], qf[mt][kk], bb[0], bb[1]);
+          mma16816(s[mt][2 * np + 1], qf[mt][kk], bb[2], bb[3]);
+        }
       }
     }
     const bool masked = tile_needs_mask<BR, BC>(q0, k0, T, p.window);
-    float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int j = 0; j < BC / 8; ++j)
+    for (int mt = 0; mt < MT; ++mt)
+      softmax_step<D, BC>(s[mt], o[mt], m[mt], l[mt], masked, r_lo + mt * 16, k0, p, lane);
+    // O += P V.
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        float x = s[j][c] * p.scale_log2;
-        if (masked) {
-          int qi = r_lo + (c >> 1) * 8, ki = k0 + j * 8 + (lane & 3) * 2 + (c & 1);
-          if (!(visible(qi, ki, T, p.window) && ki < T)) x = -INFINITY;
+    for (int kk = 0; kk < BC / 16; ++kk) {
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) pack_a_frag<BC>(a[mt], s[mt], kk);
+#pragma unroll
+      for (int np = 0; np < D / 16; ++np) {
+        uint32_t bb[4];
+        load_b_kn<LDS>(bb, v_s, np * 16, kk * 16, lane);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816(o[mt][2 * np], a[mt], bb[0], bb[1]);
+          mma16816(o[mt][2 * np + 1], a[mt], bb[2], bb[3]);
         }
-        s[j][c] = x;
-        mx[c >> 1] = fmaxf(mx[c >> 1], x);
       }
-    float alpha[2], m_use[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float m_new = fmaxf(m[r], quad_max(mx[r]));
-      m_use[r] = m_new == -INFINITY ? 0.f : m_new;
-      alpha[r] = fast_exp2(m[r] - m_use[r]);
-      m[r] = m_new;
     }
-    float rs[2] = {0.f, 0.f};
-#pragma unroll
-    for (int j = 0; j < BC / 8; ++j)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        float e = fast_exp2(s[j][c] - m_use[c >> 1]);
-        s[j][c] = e;
-        rs[c >> 1] += e;
-      }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) l[r] = l[r] * alpha[r] + rs[r];
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      o[j][0] *= alpha[0];
-      o[j][1] *= alpha[0];
-      o[j][2] *= alpha[1];
-      o[j][3] *= alpha[1];
-    }
-    mma_pb<BC, D, LDS>(o, s, v_s, lane);
   }
   cp_async_wait_all();
 
   // Epilogue: O / l, lse = m ln2 + ln l.
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float lt = quad_sum(l[r]);
-    int qi = r_lo + r * 8;
-    float inv = lt > 0.f ? 1.f / lt : 0.f;
-    if (qi < T) {
-      bf16_t* go = p.out + ((row_base + qi) * p.H + h) * D;
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        uint32_t v2 = pack_bf16(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
-        *reinterpret_cast<uint32_t*>(go + j * 8 + (lane & 3) * 2) = v2;
+    for (int r = 0; r < 2; ++r) {
+      float lt = quad_sum(l[mt][r]);
+      int qi = r_lo + mt * 16 + r * 8;
+      float inv = lt > 0.f ? 1.f / lt : 0.f;
+      if (qi < T) {
+        bf16_t* go = p.out + ((row_base + qi) * p.H + h) * D;
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+          uint32_t v2 = pack_bf16(o[mt][j][2 * r] * inv, o[mt][j][2 * r + 1] * inv);
+          *reinterpret_cast<uint32_t*>(go + j * 8 + (lane & 3) * 2) = v2;
+        }
+        if ((lane & 3) == 0)
+          p.lse[(int64_t(b) * p.H + h) * T + qi] = m[mt][r] * kLn2 + logf(lt);
       }
-      if ((lane & 3) == 0)
-        p.lse[(int64_t(b) * p.H + h) * T + qi] = m[r] * kLn2 + logf(lt);
     }
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -574,18 +627,35 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dq_kernel(Params p) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Launch configuration: warps per block (16 rows each) of each kernel, 4 or 8. The defaults
-// come from measurements on an H100 (docs/ATTENTION.md); COIL_ATTN_FWD_WARPS,
-// COIL_ATTN_DKDV_WARPS and COIL_ATTN_DQ_WARPS override them (for tuning on other GPUs).
-int warps_setting(const char* env, int fallback) {
+// Launch configuration: warps per block (4 or 8) of each kernel and query rows per warp of the
+// forward (16 or 32). The defaults come from measurements on an H100 (docs/ATTENTION.md);
+// COIL_ATTN_FWD_WARPS, COIL_ATTN_FWD_ROWS, COIL_ATTN_DKDV_WARPS and COIL_ATTN_DQ_WARPS override
+// them (for tuning on other GPUs).
+//
+// The value of environment variable `env`: `alt` if it says so, `base` if it says anything
+// else, `fallback` if it is unset.
+int setting(const char* env, int fallback, int base, int alt) {
   const char* v = std::getenv(env);
   if (!v) return fallback;
-  int w = std::atoi(v);
-  return w == 8 ? 8 : 4;
+  return std::atoi(v) == alt ? alt : base;
 }
+int warps_setting(const char* env, int fallback) { return setting(env, fallback, 4, 8); }
 template <int D>
 constexpr int dkdv_bq() {
   return D == 64 ? 64 : 32;
+}
+
+// Calls f(std::integral_constant<int, D>{}) with the head dim D as a compile-time constant;
+// the head dims here are those of attention_cuda_supports_head_dim.
+template <class F>
+void dispatch_head_dim(int64_t hd, F&& f) {
+  switch (hd) {
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 96: return f(std::integral_constant<int, 96>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    default: fail("attention: no CUDA kernel for head dim {} (supported: {})", hd,
+                  attention_cuda_head_dims());
+  }
 }
 
 // Opt-in to more than 48 KiB of dynamic shared memory (per kernel and device; cheap).
@@ -607,8 +677,9 @@ Params make_params(const AttentionProblem& pr) {
 }
 
 void check_problem(const char* op, const AttentionProblem& pr, std::initializer_list<const void*> ptrs) {
-  COIL_CHECK(pr.head_dim == 64 || pr.head_dim == 128,
-             "{}: head dim {} is not supported on CUDA (supported: 64 and 128)", op, pr.head_dim);
+  COIL_CHECK(attention_cuda_supports_head_dim(pr.head_dim),
+             "{}: head dim {} is not supported on CUDA (supported: {})", op, pr.head_dim,
+             attention_cuda_head_dims());
   COIL_CHECK(pr.seq < (int64_t(1) << 30) && pr.heads <= 65535 && pr.batch <= 65535,
              "{}: shape out of range (T {} < 2^30, H {} <= 65535, B {} <= 65535)", op, pr.seq,
              pr.heads, pr.batch);
@@ -619,23 +690,28 @@ void check_problem(const char* op, const AttentionProblem& pr, std::initializer_
                "{}: operands must be 16-byte aligned (a narrowed view?)", op);
 }
 
-template <int D, int NW>
+template <int D, int NW, int MT>
 void launch_forward(Params p, int B) {
-  constexpr int BR = 16 * NW, BC = 64, LDS = D + 8;
+  constexpr int BR = 16 * MT * NW, BC = 64, LDS = D + 8;
   size_t smem = size_t(BR + 4 * BC) * LDS * sizeof(bf16_t);
-  auto kernel = attention_fwd_kernel<D, NW>;
+  auto kernel = attention_fwd_kernel<D, NW, MT>;
   set_smem(kernel, smem);
   dim3 grid((p.T + BR - 1) / BR, p.H, B);
   kernel<<<grid, NW * 32, smem, coil::cuda::compute_stream()>>>(p);
-  COIL_CUDA_CHECK_LAUNCH("attention_fwd", "B {} T {} H {} hd {} window {} warps {}", B, p.T, p.H,
-                         D, p.window, NW);
+  COIL_CUDA_CHECK_LAUNCH("attention_fwd", "B {} T {} H {} hd {} window {} warps {} rows/warp {}",
+                         B, p.T, p.H, D, p.window, NW, 16 * MT);
 }
 
 template <int D>
 void forward_impl(Params p, int B) {
-  // H100, causal T 2048-8192: 8 warps is 2-6% faster at hd 64, 4 warps 4% faster at hd 128.
-  if (warps_setting("COIL_ATTN_FWD_WARPS", D == 64 ? 8 : 4) == 8) launch_forward<D, 8>(p, B);
-  else launch_forward<D, 4>(p, B);
+  // 32 rows per warp (4 warps) holds two O accumulators in registers: hd 64 and 96 only.
+  // H100, causal T 2048-8192: 32 rows per warp is 5-12% faster than 16 (hd 64, 96; 4% slower
+  // with window 512); with 16, 4 warps beat 8 by 7-28% at every head dim.
+  if constexpr (D <= 96) {
+    if (setting("COIL_ATTN_FWD_ROWS", 32, 16, 32) == 32) return launch_forward<D, 4, 2>(p, B);
+  }
+  if (warps_setting("COIL_ATTN_FWD_WARPS", 4) == 8) launch_forward<D, 8, 1>(p, B);
+  else launch_forward<D, 4, 1>(p, B);
 }
 
 template <int D, int NW>
@@ -671,7 +747,7 @@ void backward_impl(Params p, int B) {
     attention_bwd_delta_kernel<D><<<unsigned(blocks), 256, 0, stream>>>(p, rows);
     COIL_CUDA_CHECK_LAUNCH("attention_bwd_delta", "B {} T {} H {} hd {}", B, p.T, p.H, D);
   }
-  // H100: 4 warps for both backward kernels at both head dims (8 is 3-15% slower).
+  // H100: 4 warps for both backward kernels at every head dim (8 is 2-17% slower).
   if (warps_setting("COIL_ATTN_DKDV_WARPS", 4) == 8) launch_dkdv<D, 8>(p, B, stream);
   else launch_dkdv<D, 4>(p, B, stream);
   if (warps_setting("COIL_ATTN_DQ_WARPS", 4) == 8) launch_dq<D, 8>(p, B, stream);
@@ -691,8 +767,7 @@ void attention_forward(const AttentionProblem& pr, const void* q, const void* k,
   p.v = static_cast<const bf16_t*>(v);
   p.out = static_cast<bf16_t*>(out);
   p.lse = lse;
-  if (pr.head_dim == 64) forward_impl<64>(p, int(pr.batch));
-  else forward_impl<128>(p, int(pr.batch));
+  dispatch_head_dim(pr.head_dim, [&](auto d) { forward_impl<decltype(d)::value>(p, int(pr.batch)); });
 }
 
 void attention_backward(const AttentionProblem& pr, const void* dout, const void* q,
@@ -713,8 +788,8 @@ void attention_backward(const AttentionProblem& pr, const void* dout, const void
   p.dv = static_cast<bf16_t*>(dv);
   p.lse = const_cast<float*>(lse);
   p.delta = delta.data<float>();
-  if (pr.head_dim == 64) backward_impl<64>(p, int(pr.batch));
-  else backward_impl<128>(p, int(pr.batch));
+  dispatch_head_dim(pr.head_dim,
+                    [&](auto d) { backward_impl<decltype(d)::value>(p, int(pr.batch)); });
 }
 
 }  // namespace coil::kernels::cuda
