@@ -640,6 +640,8 @@ int setting(const char* env, int fallback, int base, int alt) {
   return std::atoi(v) == alt ? alt : base;
 }
 int warps_setting(const char* env, int fallback) { return setting(env, fallback, 4, 8); }
+// Query tile of the dK/dV kernel: 64 at hd 64; 32 where the dK, dV accumulators take more
+// registers (hd 96, 128).
 template <int D>
 constexpr int dkdv_bq() {
   return D == 64 ? 64 : 32;
