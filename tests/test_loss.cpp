@@ -143,7 +143,8 @@ TEST_CASE("linear_cross_entropy on the GPU matches the CPU reference", "[cuda][l
   for (DType dt : {DType::f32, DType::bf16}) {
     const double tol = dt == DType::f32 ? 1e-4 : 3e-2;
     for (auto [N, V, d, chunk] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
-             {37, 1000, 64, 16}, {5, 50280, 32, 4096}, {130, 50280, 48, 64}, {1, 7, 8, 4096}}) {
+             {37, 1000, 64, 16}, {5, 50280, 32, 4096}, {130, 50280, 48, 64}, {1, 7, 8, 4096},
+             {3, 70001, 16, 4096}}) {
       INFO("dtype " << dtype_name(dt) << " N " << N << " V " << V << " d " << d << " chunk " << chunk);
       Tensor hidden = test::random_normal({N, d}, 11).to(dt).to(DType::f32);
       Tensor weight = test::random_normal({V, d}, 12, DType::f32, Device::cpu(), 0.2).to(dt).to(DType::f32);

@@ -8,6 +8,7 @@
 #include "kernels/loss.h"
 
 #include "kernels/cuda/block_reduce.cuh"
+#include "kernels/cuda/row_cache.cuh"
 
 namespace coil::kernels::cuda {
 namespace {
@@ -15,80 +16,46 @@ namespace {
 using u64 = unsigned long long;
 constexpr u64 kNoError = ~u64(0);
 
-
-
-__device__ __forceinline__ void merge_ms(float& m, float& s, float m2, float s2) {
-  float nm = fmaxf(m, m2);
-  if (nm == -INFINITY) return;
-  s = s * expf(m - nm) + s2 * expf(m2 - nm);
-  m = nm;
-}
-__device__ __forceinline__ void add_ms(float& m, float& s, float v) {
-  if (v > m) {
-    s = s * expf(m - v) + 1.f;
-    m = v;
-  } else if (v != -INFINITY) {
-    s += expf(v - m);
-  }
-}
-__device__ void block_ms(float& m, float& s, float* smem_m, float* smem_s) {
-  for (int o = 16; o > 0; o >>= 1) merge_ms(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  __syncthreads();
-  if (lane == 0) {
-    smem_m[warp] = m;
-    smem_s[warp] = s;
-  }
-  __syncthreads();
-  m = lane < warps ? smem_m[lane] : -INFINITY;
-  s = lane < warps ? smem_s[lane] : 0.f;
-  for (int o = 16; o > 0; o >>= 1) merge_ms(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
-}
-
 __device__ __forceinline__ int64_t target_at(const void* t, bool t64, int64_t i) {
   return t64 ? static_cast<const int64_t*>(t)[i] : int64_t(static_cast<const int32_t*>(t)[i]);
 }
 
-// One block per row of logits [rows, V]:
-//   pass 1 (unless lse is given): online max / sum of exp -> lse (stored if lse_out);
+// One block per row of logits [rows, V], read as units of N elements (a 16-byte pack, or 1):
+//   pass 1 (unless lse is given): online max / sum of exp -> lse (stored if lse_out), the row
+//   cached in shared memory when the gradient follows (cached > 0);
 //   the row loss lse - x[t] (0 if ignored, NaN and an error record if out of range);
 //   pass 2 (if grad): grad = scale * (exp(x - lse) - [j == t]), scale = grad_loss / count,
-//   written in place when grad == logits (the fused linear cross-entropy).
-// DRAM traffic per row: read V (pass 2's re-read mostly from L2 for rows up to ~100k
-// elements), write V when the gradient is wanted.
-template <class T>
-__global__ void cross_entropy_rows_kernel(const T* logits, T* grad, const void* targets, bool t64,
-                                          int64_t V, int64_t ignore, int64_t row0, const float* count,
-                                          const float* grad_loss, float* lse, bool lse_given,
-                                          float* row_loss, u64* err, bool vec) {
+//   from the cache, written in place when grad == logits (the fused linear cross-entropy).
+// DRAM traffic per row: read V, write V when the gradient is wanted, plus the uncached tail
+// read again (none for bf16 rows up to 55k elements; f32 rows past 27k re-read the rest).
+template <class T, int N>
+__global__ void __launch_bounds__(kRowThreads, 2)
+    cross_entropy_rows_kernel(const T* logits, T* grad, const void* targets, bool t64, int64_t V, int64_t ignore,
+                              int64_t row0, const float* count, const float* grad_loss, float* lse, bool lse_given,
+                              float* row_loss, u64* err, int64_t cached) {
+  using U = Pack<T, N>;
+  extern __shared__ float4 row_smem[];
   __shared__ float sm[32], ss[32];
-  const int64_t row = blockIdx.x;
+  U* cache = reinterpret_cast<U*>(row_smem);
+  const int64_t row = blockIdx.x, units = V / N;
   const T* x = logits + row * V;
+  const U* xr = reinterpret_cast<const U*>(x);
   const int64_t t = target_at(targets, t64, row);
   const bool ignored = t == ignore, bad = !ignored && (t < 0 || t >= V);
-  constexpr int P = Pack<T>::n;
+  // Read before any thread overwrites the row in pass 2 (block_ms and the barrier below order it).
+  const float xt = row_loss && threadIdx.x == 0 && !ignored && !bad ? to_f(x[t]) : 0.f;
   float l;
   if (lse_given) {
     l = lse[row];
   } else {
     float m = -INFINITY, s = 0.f;
-    if (vec) {
-      for (int64_t k = threadIdx.x; k < V / P; k += blockDim.x) {
-        Pack<T> pk = reinterpret_cast<const Pack<T>*>(x)[k];
-#pragma unroll
-        for (int j = 0; j < P; ++j) add_ms(m, s, to_f(pk.v[j]));
-      }
-    } else {
-      for (int64_t i = threadIdx.x; i < V; i += blockDim.x) add_ms(m, s, to_f(x[i]));
-    }
+    visit_row(xr, (const U*)nullptr, units, cache, (U*)nullptr, cached, true,
+              [&](int64_t, const U& u, const U&) { add_ms(m, s, u); });
     block_ms(m, s, sm, ss);
     l = m + logf(s);
     if (lse && threadIdx.x == 0) lse[row] = l;
   }
-  if (row_loss) {
-    float xt = ignored || bad ? 0.f : to_f(x[t]);  // every thread reads it before pass 2 writes
-    if (threadIdx.x == 0) row_loss[row] = ignored ? 0.f : bad ? NAN : l - xt;
-  }
+  if (row_loss && threadIdx.x == 0) row_loss[row] = ignored ? 0.f : bad ? NAN : l - xt;
   if (bad && threadIdx.x == 0 && atomicCAS(&err[0], kNoError, u64(row0 + row)) == kNoError) {
     err[1] = u64(t);
     err[2] = u64(V);
@@ -97,21 +64,14 @@ __global__ void cross_entropy_rows_kernel(const T* logits, T* grad, const void* 
   __syncthreads();
   const float c = *count;
   const float scale = (ignored || bad || c <= 0.f) ? 0.f : (grad_loss ? *grad_loss : 1.f) / c;
-  T* g = grad + row * V;
-  if (vec) {
-    for (int64_t k = threadIdx.x; k < V / P; k += blockDim.x) {
-      Pack<T> pk = reinterpret_cast<const Pack<T>*>(x)[k], po;
+  U* g = reinterpret_cast<U*>(grad + row * V);
+  visit_row(xr, (const U*)nullptr, units, cache, (U*)nullptr, cached, false, [&](int64_t k, const U& u, const U&) {
+    U o;
 #pragma unroll
-      for (int j = 0; j < P; ++j) {
-        int64_t i = k * P + j;
-        po.v[j] = from_f<T>(scale * (expf(to_f(pk.v[j]) - l) - (i == t ? 1.f : 0.f)));
-      }
-      reinterpret_cast<Pack<T>*>(g)[k] = po;
-    }
-  } else {
-    for (int64_t i = threadIdx.x; i < V; i += blockDim.x)
-      g[i] = from_f<T>(scale * (expf(to_f(x[i]) - l) - (i == t ? 1.f : 0.f)));
-  }
+    for (int j = 0; j < N; ++j)
+      o.v[j] = from_f<T>(scale * (expf(to_f(u.v[j]) - l) - (k * N + j == t ? 1.f : 0.f)));
+    g[k] = o;
+  });
 }
 
 // count = #{t != ignore}: one block, integer partial counts (exact), fixed order.
@@ -150,12 +110,6 @@ __global__ void add_into_kernel(float* acc, const T* src, int64_t n) {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
-int threads_for(int64_t V, int pack) {
-  int64_t units = (V + pack - 1) / pack;
-  int64_t t = ((units + 3) / 4 + 31) / 32 * 32;
-  return int(std::min<int64_t>(std::max<int64_t>(t, 32), 1024));
-}
-
 int grid_for(int64_t n) { return int(std::min<int64_t>(std::max<int64_t>((n + 255) / 256, 1), 8192)); }
 
 // The per-device error record {position, target, V, -}: allocated once, never freed.
@@ -174,6 +128,21 @@ u64* error_record(int device) {
   return rec;
 }
 
+template <class T, int N>
+void rows_units(const T* xp, T* gp, int64_t N_rows, int64_t V, const Tensor& targets, int64_t ignore, int64_t row0,
+                const Tensor& count, const Tensor& grad_loss, const Tensor& lse, bool lse_given,
+                const Tensor& row_loss, u64* err) {
+  const int64_t units = V / N;
+  // The cache serves pass 2 only after a pass 1 in the same kernel.
+  const int64_t cached = gp && !lse_given ? row_cached_units(units, sizeof(Pack<T, N>), 1) : 0;
+  allow_row_cache(cross_entropy_rows_kernel<T, N>);
+  cross_entropy_rows_kernel<T, N><<<unsigned(N_rows), row_threads(units), size_t(cached) * sizeof(Pack<T, N>),
+                                    coil::cuda::compute_stream()>>>(
+      xp, gp, targets.raw(), targets.dtype() == DType::i64, V, ignore, row0, count.data<float>(),
+      grad_loss.defined() ? grad_loss.data<float>() : nullptr, lse.defined() ? lse.data<float>() : nullptr,
+      lse_given, row_loss.defined() ? row_loss.data<float>() : nullptr, err, cached);
+}
+
 template <class T>
 void rows_typed(const Tensor& logits, const Tensor& targets, int64_t ignore, int64_t row0, const Tensor& count,
                 const Tensor& grad_loss, const Tensor& lse, bool lse_given, const Tensor& row_loss,
@@ -181,13 +150,12 @@ void rows_typed(const Tensor& logits, const Tensor& targets, int64_t ignore, int
   const int64_t N = logits.size(0), V = logits.size(1);
   const T* xp = static_cast<const T*>(logits.raw());
   T* gp = grad.defined() ? static_cast<T*>(grad.raw()) : nullptr;
-  bool vec = V % Pack<T>::n == 0 && aligned16(xp) && (!gp || aligned16(gp));
-  int threads = threads_for(V, vec ? Pack<T>::n : 1);
   COIL_CHECK(N < (int64_t(1) << 31), "cross_entropy: {} rows exceed the grid", N);
-  cross_entropy_rows_kernel<T><<<unsigned(N), threads, 0, coil::cuda::compute_stream()>>>(
-      xp, gp, targets.raw(), targets.dtype() == DType::i64, V, ignore, row0, count.data<float>(),
-      grad_loss.defined() ? grad_loss.data<float>() : nullptr, lse.defined() ? lse.data<float>() : nullptr,
-      lse_given, row_loss.defined() ? row_loss.data<float>() : nullptr, error_record(logits.device().index), vec);
+  u64* err = error_record(logits.device().index);
+  if (V % Pack<T>::n == 0 && aligned16(xp) && (!gp || aligned16(gp)))
+    rows_units<T, Pack<T>::n>(xp, gp, N, V, targets, ignore, row0, count, grad_loss, lse, lse_given, row_loss, err);
+  else
+    rows_units<T, 1>(xp, gp, N, V, targets, ignore, row0, count, grad_loss, lse, lse_given, row_loss, err);
   COIL_CUDA_CHECK_LAUNCH("cross_entropy_rows", "logits {}, targets {}", describe(logits), describe(targets));
 }
 
