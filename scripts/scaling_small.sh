@@ -25,7 +25,7 @@ elapsed() { echo $(( $(date +%s) - start )); }
 for f in datasets/linux-docs/train.h5 datasets/linux-docs/val.h5; do
   [ -f "$f" ] || { echo "scaling_small: $f is missing: run scripts/prepare_linux_docs.sh first" >&2; exit 1; }
 done
-{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; git rev-parse HEAD; } \
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; git rev-parse HEAD 2>/dev/null; } \
   | tee "$OUT/env.txt"
 
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
