@@ -55,6 +55,17 @@ void watch(ncclComm_t& comm, int rank, double timeout_s, const char* what, Done 
   }
 }
 
+// A non-blocking communicator may answer a call with ncclInProgress before the call has queued
+// its work on the stream (connection set-up, say); nothing may rely on the stream until the
+// communicator's state leaves ncclInProgress, so this polls for that, with the watchdog.
+void settle(ncclComm_t& comm, int rank, double timeout_s, const char* what) {
+  watch(comm, rank, timeout_s, what, [&] {
+    ncclResult_t r = ncclInProgress;
+    ncclCommGetAsyncError(comm, &r);
+    return r == ncclSuccess;
+  });
+}
+
 // True once every operation queued on `stream` is done; raises on a CUDA error.
 bool stream_idle(cudaStream_t stream) {
   cudaError_t e = cudaStreamQuery(stream);
@@ -80,11 +91,7 @@ Communicator::Communicator(const DistEnv& env, double timeout_s)
   config.blocking = 0;  // calls return at once; the watchdog polls their completion
   check_nccl(ncclCommInitRankConfig(&state_->comm, env.world_size, id, env.rank, &config),
              "ncclCommInitRankConfig", env.rank);
-  watch(state_->comm, env.rank, timeout_s, "communicator start-up", [&] {
-    ncclResult_t r = ncclInProgress;
-    ncclCommGetAsyncError(state_->comm, &r);
-    return r != ncclInProgress;
-  });
+  settle(state_->comm, env.rank, timeout_s, "communicator start-up");
   COIL_CUDA_CHECK(cudaStreamCreateWithFlags(&state_->stream, cudaStreamNonBlocking));
   COIL_CUDA_CHECK(cudaEventCreateWithFlags(&state_->compute_ready, cudaEventDisableTiming));
   COIL_CUDA_CHECK(cudaEventCreateWithFlags(&state_->comm_done, cudaEventDisableTiming));
@@ -109,7 +116,9 @@ void Communicator::all_reduce(const Tensor& t, bool mean) {
   ncclDataType_t type = t.dtype() == DType::f32 ? ncclFloat32 : t.dtype() == DType::bf16 ? ncclBfloat16 : ncclFloat64;
   COIL_CUDA_CHECK(cudaEventRecord(s.compute_ready, cuda::compute_stream()));
   COIL_CUDA_CHECK(cudaStreamWaitEvent(s.stream, s.compute_ready, 0));
-  check_nccl(ncclAllReduce(t.raw(), t.raw(), size_t(t.numel()), type, op, s.comm, s.stream), "ncclAllReduce", rank);
+  ncclResult_t r = ncclAllReduce(t.raw(), t.raw(), size_t(t.numel()), type, op, s.comm, s.stream);
+  check_nccl(r, "ncclAllReduce", rank);
+  if (r == ncclInProgress) settle(s.comm, rank, timeout_s_, "queueing an all-reduce");
 }
 
 void Communicator::all_reduce_mean_async(const Tensor& t) { all_reduce(t, true); }
