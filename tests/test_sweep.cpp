@@ -42,6 +42,8 @@ TEST_CASE("sweep errors name the file, the line and the key", "[sweep]") {
                       Catch::Matchers::Contains("zip.yaml:3: axis key 'c.d' has 1 values"));
   REQUIRE_THROWS_WITH(load_sweep(write_file("empty.yaml", "base: b.yaml\naxes: []\n")),
                       Catch::Matchers::Contains("expands to nothing"));
+  REQUIRE_THROWS_WITH(load_sweep(write_file("nothing.yaml", "base: b.yaml\naxes:\n  - {train.seed: []}\n")),
+                      Catch::Matchers::Contains("nothing.yaml:3: axis key 'train.seed' needs a non-empty list"));
   REQUIRE_THROWS_WITH(load_sweep(write_file("unknown.yaml", "base: b.yaml\ngird: []\n")),
                       Catch::Matchers::Contains("unknown.yaml:2: unknown key 'gird'"));
   REQUIRE_THROWS_WITH(load_sweep(write_file("nobase.yaml", "axes: []\n")), Catch::Matchers::Contains("'base'"));
