@@ -199,3 +199,27 @@ TEST_CASE("eval, info and export", "[trainer]") {
   REQUIRE(model_info(m130).parameters == 129135360);
   REQUIRE_THAT(format_info(m130, model_info(m130)), Contains("parameters   129135360"));
 }
+
+#include "data/hdf5_util.h"
+#include "data/token_file.h"
+
+TEST_CASE("on a GPU, a token id outside the vocabulary stops training with an error naming it", "[cuda]") {
+  // The GPU kernels record a bad id instead of syncing; the trainer raises it at the step's
+  // one sync (or the next embedding call). A file that claims 32 ids but holds 1000:
+  fs::path dir = fs::temp_directory_path() / "coil_test_trainer_bad_ids";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::string path = (dir / "bad.h5").string();
+  {
+    data::TokenWriter w(path, 32, "test", -1);
+    w.append(std::vector<uint32_t>(4000, 7));
+    w.close();
+    h5::Handle f = h5::open_file(path, true);
+    h5::Handle d = h5::open_dataset(f, "tokens", path);
+    std::vector<uint32_t> bad(4000, 1000);
+    REQUIRE(H5Dwrite(d, H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, bad.data()) >= 0);
+  }
+  Config c = tiny("bad_ids", "mamba-tiny",
+                  {"data.kind=tokens", "data.path=" + path, "data.check_ids=false", "train.device=cuda"});
+  REQUIRE_THROWS_WITH(run_training(c, quiet()), Contains("1000"));  // the embedding or the loss names it
+}
