@@ -49,6 +49,8 @@ TEST_CASE("sweep errors name the file, the line and the key", "[sweep]") {
   REQUIRE_THROWS_WITH(load_sweep(write_file("nobase.yaml", "axes: []\n")), Catch::Matchers::Contains("'base'"));
   REQUIRE_THROWS_WITH(load_sweep(write_file("dup.yaml", "base: b.yaml\naxes:\n  - {a: [x, x]}\n")),
                       Catch::Matchers::Contains("both named 'x'"));
+  REQUIRE_THROWS_WITH(load_sweep(write_file("twice.yaml", "base: b.yaml\nset: {train.seed: 1}\naxes:\n  - {train.seed: [2, 3]}\n")),
+                      Catch::Matchers::Contains("twice.yaml:4: key 'train.seed' is already given at line 2"));
   REQUIRE_THROWS_WITH(load_sweep("/nonexistent/sweep.yaml"), Catch::Matchers::Contains("cannot read"));
 }
 

@@ -36,7 +36,12 @@ Axis read_axis(const YAML::Node& node, const std::string& file, std::map<std::st
   for (const auto& kv : node) {
     std::string key = kv.first.Scalar();
     int key_line = kv.first.Mark().line + 1;
-    key_lines[key] = key_line;
+    if (key != "name") {
+      auto prev = key_lines.find(key);
+      COIL_CHECK(prev == key_lines.end(), "{}:{}: key '{}' is already given at line {}: a key may appear once (in `set:` or in one axis)",
+                 file, key_line, key, prev == key_lines.end() ? 0 : prev->second);
+      key_lines[key] = key_line;
+    }
     COIL_CHECK(kv.second.IsSequence() && kv.second.size() > 0,
                "{}:{}: axis key '{}' needs a non-empty list of values", file, key_line, key);
     std::vector<std::string> values;
