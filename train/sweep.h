@@ -10,7 +10,7 @@
 //     - train.seed: [1, 2]
 //
 // gives 4 runs. A run's name joins its varying values ("mamba-1m_3e-3_1"), or an axis may
-// give names explicitly with a `name:` list.
+// give names explicitly with a `name:` list. A key appears once (in `set:` or in one axis).
 //
 // Each run is the ordinary training run `coil train BASE --set run.name=NAME --set KEY=VALUE
 // ... --set run.dir=OUT_DIR/NAME` (sweep_train_args); train/sweep_runner.h runs them.
