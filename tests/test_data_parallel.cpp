@@ -5,8 +5,9 @@
 //   COIL_TEST_STOP_AFTER   stop (with a checkpoint) after this many steps
 //   COIL_TEST_RESUME       1: resume the run directory's latest checkpoint
 //   COIL_TEST_EXPECT       a message rank 0 must print
-//   COIL_TEST_FAULT        die | hang: what rank 1 does after step 3 (train_fault)
+//   COIL_TEST_FAULT        kill | hang: what rank 1 does after step 3 (train_fault)
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -62,14 +63,16 @@ std::string joined(const std::vector<std::string>& sets) {
   return out;
 }
 
-// Starts `nproc` ranks playing `role` with the given environment; their exit status.
-int run_ranks(const char* role, int nproc, int port, const std::map<std::string, std::string>& vars) {
+// Starts `nproc` ranks playing `role` with the given environment; their exit status (the
+// first failing rank's). The launcher stops the others `grace_s` after a rank fails.
+int run_ranks(const char* role, int nproc, int port, const std::map<std::string, std::string>& vars,
+              double grace_s = 5) {
   for (auto& [k, v] : vars) setenv(k.c_str(), v.c_str(), 1);
   setenv("COIL_TEST_ROLE", role, 1);
   LaunchOptions options;
   options.nproc = nproc;
   options.master_port = port;
-  options.grace_s = 5;
+  options.grace_s = grace_s;
   int code = launch_local(options, {"--role"});
   unsetenv("COIL_TEST_ROLE");
   for (auto& [k, v] : vars) unsetenv(k.c_str());
@@ -116,12 +119,15 @@ COIL_TEST_ROLE_DEFINE(train_run) {
   return 6;
 }
 
-// Rank 1 dies (or hangs) after step 3; rank 0 must fail with an error within
-// train.dist_timeout_s of its next wait, and the checkpoint of step 2 must stay intact.
+// Rank 1 is killed (SIGKILL) or hangs after step 3; rank 0 must fail with an error within
+// train.dist_timeout_s of its next wait, and the checkpoint of step 2 must stay intact. Rank 0
+// ignores the launcher's SIGTERM, so that only its watchdog can end it, and writes what
+// happened to <run_dir>/rank0_outcome.txt ("ok" or what went wrong).
 COIL_TEST_ROLE_DEFINE(train_fault) {
   Config c = config_from_env();
   const DistEnv env = detect_dist_env();
   const bool hang = env_or("COIL_TEST_FAULT") == "hang";
+  if (env.rank == 0) std::signal(SIGTERM, SIG_IGN);
   TrainOptions o;
   o.quiet = true;
   o.install_signal_handlers = false;
@@ -130,21 +136,26 @@ COIL_TEST_ROLE_DEFINE(train_fault) {
     if (step != 3) return;
     after_step3 = std::chrono::steady_clock::now();
     if (env.rank != 1) return;
-    if (hang) std::this_thread::sleep_for(std::chrono::duration<double>(3 * c.train.dist_timeout_s));
-    std::_Exit(0);  // status 0: the launcher leaves rank 0 alone, only its watchdog can end it
+    if (!hang) std::raise(SIGKILL);
+    std::this_thread::sleep_for(std::chrono::duration<double>(3 * c.train.dist_timeout_s));
+    std::_Exit(0);
   };
+  std::string outcome = "training finished without its peer";
   try {
     run_training(c, o);
   } catch (const Error& e) {
     double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - after_step3).count();
     std::fprintf(stderr, "rank %d ended after %.1f s with: %s\n", env.rank, waited, e.what());
-    if (waited > c.train.dist_timeout_s + 15) return 4;
     Checkpoint latest;
-    std::string path;
-    if (!load_latest(c.run_dir(), latest, &path) || latest.state.step != 2) return 7;
-    return 0;
+    if (waited > c.train.dist_timeout_s + 15)
+      outcome = fmt::format("the error came after {:.1f} s", waited);
+    else if (!load_latest(c.run_dir(), latest) || latest.state.step != 2)
+      outcome = "the checkpoint of step 2 does not load";
+    else
+      outcome = "ok";
   }
-  return 5;  // training finished without its peer: impossible
+  std::ofstream(fs::path(c.run_dir()) / "rank0_outcome.txt") << outcome;
+  return 0;
 }
 
 TEST_CASE("2 ranks x 1 sequence reproduce 1 rank x 2 accumulated sequences", "[cuda][multigpu]") {
@@ -200,16 +211,20 @@ TEST_CASE("2 ranks stop and resume exactly; another world size continues with a 
   REQUIRE(read_checkpoint(list_checkpoints(other.string()).back()).state.world_size == 1);
 }
 
-TEST_CASE("a rank that dies or hangs makes the other exit with an error in time", "[cuda][multigpu]") {
+TEST_CASE("a rank that is killed or hangs makes the other exit with an error in time", "[cuda][multigpu]") {
   int port = 29641;
-  for (std::string fault : {"die", "hang"}) {
+  for (std::string fault : {"kill", "hang"}) {
     INFO(fault);
     fs::path dir = fresh_dir("fault_" + fault);
     auto sets = tiny_run(dir, "transformer++-tiny");
     sets.push_back("train.dist_timeout_s=8");
     sets.push_back("checkpoint.every=2");
     auto start = std::chrono::steady_clock::now();
-    REQUIRE(run_ranks("train_fault", 2, port++, {{"COIL_TEST_SETS", joined(sets)}, {"COIL_TEST_FAULT", fault}}) == 0);
+    int code = run_ranks("train_fault", 2, port++, {{"COIL_TEST_SETS", joined(sets)}, {"COIL_TEST_FAULT", fault}}, 90);
+    REQUIRE(code == (fault == "kill" ? 128 + SIGKILL : 0));  // the launcher reports the killed rank
+    std::ifstream in(dir / "rank0_outcome.txt");
+    std::string outcome((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    REQUIRE(outcome == "ok");
     REQUIRE(std::chrono::steady_clock::now() - start < std::chrono::seconds(120));
   }
 }
