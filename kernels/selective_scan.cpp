@@ -80,7 +80,7 @@ ScanResult selective_scan_forward(const ScanArgs& args, bool save_checkpoints) {
   }
 #ifdef COIL_CUDA
   if (save_checkpoints) {
-    const int64_t chunks = (len + kScanChunk - 1) / kScanChunk;
+    const int64_t chunks = (len + kScanCheckpointSteps - 1) / kScanCheckpointSteps;
     r.checkpoints = Tensor::empty({batch, dim, chunks, state}, DType::f32, dev);
   }
   if (batch * dim * len == 0) {
@@ -130,7 +130,7 @@ ScanGrads selective_scan_backward(const ScanArgs& args, const ScanResult& saved,
   }
 #ifdef COIL_CUDA
   const int64_t len = args.u.size(1);
-  const int64_t chunks = (len + kScanChunk - 1) / kScanChunk;
+  const int64_t chunks = (len + kScanCheckpointSteps - 1) / kScanCheckpointSteps;
   COIL_CHECK(saved.checkpoints.defined(), "{}: the forward saved no checkpoints (save_checkpoints = false)", op);
   check_shape(op, saved.checkpoints, "saved checkpoints", {batch, dim, chunks, state});
   if (batch * dim * len == 0) {

@@ -20,8 +20,8 @@
 // all math is fp32. d_state up to 64 on CUDA (kMaxState); the CPU has no limit.
 //
 // What the forward saves for backward: `checkpoints`, the fp32 state at the end of every
-// chunk of kChunk time steps, (batch, dim, ceil(length / kChunk), state): the CUDA backward
-// recomputes everything else from the inputs. The CPU reference saves nothing (it recomputes
+// kScanCheckpointSteps time steps (and at the end), (batch, dim, ceil(length /
+// kScanCheckpointSteps), state): the CUDA backward recomputes everything else from the inputs. The CPU reference saves nothing (it recomputes
 // the whole forward). Backward needs the same ScanArgs and the ScanResult of the forward.
 //
 // deterministic: the CUDA backward sums dB and dC over channel tiles with float atomics by
@@ -42,7 +42,7 @@ struct ScanArgs {
 struct ScanResult {
   Tensor out;          // (batch, dim, length), u's dtype
   Tensor final_state;  // (batch, dim, state), fp32 (f64 on the f64 CPU reference)
-  Tensor checkpoints;  // CUDA: (batch, dim, chunks, state) fp32; CPU: undefined
+  Tensor checkpoints;  // CUDA: (batch, dim, ceil(length / kScanCheckpointSteps), state) fp32; CPU: undefined
 };
 
 // Gradients, each in its input's shape and dtype; undefined where the input was absent.
@@ -50,7 +50,8 @@ struct ScanGrads {
   Tensor du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state;
 };
 
-constexpr int64_t kScanChunk = 32;      // time steps between saved states (CUDA)
+constexpr int64_t kScanChunk = 32;            // time steps staged at once (CUDA)
+constexpr int64_t kScanCheckpointSteps = 64;  // time steps between saved states (CUDA)
 constexpr int64_t kScanMaxStateCuda = 64;
 
 // save_checkpoints = false skips writing the chunk states (inference).

@@ -40,8 +40,9 @@ __device__ __forceinline__ Lane lane_of(int D, int64_t L) {
 }
 
 // wr: weights right-aligned (wr[kMaxK - K + k] = w[d, k]), wl: left-aligned (wl[k] = w[d, k]);
-// zeros elsewhere. xw: x[t0 - kMaxK + 1 .. t0 - 1] in slots 0..kMaxK-2 (zeros before t = 0
-// and beyond the width); slot kMaxK-1 is filled by the caller's first step.
+// zeros elsewhere. xw: slot j holds x[t0 - kMaxK + j] (zeros before t = 0 and in the slots
+// that the first push moves out of the width), so that after the caller's first push of
+// x[t0] the window ends at t0.
 template <class T>
 __device__ __forceinline__ void init_window(const T* x, const float* w, Lane l, int D, int K, float* wr, float* wl,
                                             float* xw) {
@@ -50,8 +51,8 @@ __device__ __forceinline__ void init_window(const T* x, const float* w, Lane l, 
     const int kr = j - (kMaxK - K);
     wr[j] = kr >= 0 ? w[l.d * K + kr] : 0.f;
     wl[j] = j < K ? w[l.d * K + j] : 0.f;
-    const int64_t t = l.t0 - (kMaxK - 1) + j;
-    xw[j] = j < kMaxK - 1 && kr >= 0 && t >= 0 ? to_f(x[l.base + t * D]) : 0.f;
+    const int64_t t = l.t0 - kMaxK + j;
+    xw[j] = kr >= 1 && t >= 0 ? to_f(x[l.base + t * D]) : 0.f;
   }
 }
 

@@ -21,7 +21,9 @@ namespace {
 
 using bf16_t = __nv_bfloat16;
 
-constexpr int kChunk = int(kScanChunk);  // time steps per chunk (checkpoint interval)
+constexpr int kChunk = int(kScanChunk);  // time steps staged at once
+constexpr int kCkptChunks = int(kScanCheckpointSteps / kScanChunk);  // chunks between saved states
+static_assert(kScanCheckpointSteps % kScanChunk == 0, "checkpoints fall on chunk ends");
 constexpr int kPitch = kChunk + 1;       // shared row pitch (odd: no bank conflicts across rows)
 constexpr int kSpt = 8;                  // states per lane
 constexpr int kSub = 8;                  // backward sub-chunk (states kept in shared memory)
@@ -65,6 +67,16 @@ __device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + __expf
 // contiguous axis) are moved at once: rows, rows_valid and ld are multiples of V and g is
 // 16-byte aligned. Consecutive threads take consecutive packs of a time step (coalesced).
 
+// Pack index i -> (step tt, first row r) with per_t packs of V rows per step. rows is a power
+// of two (cpb = 64 / G, npad = 8 G), so is per_t: shifts, not integer divisions (which cost
+// ~20 instructions each and slowed the staging measurably).
+struct PackIndex {
+  int tt, r;
+};
+__device__ __forceinline__ PackIndex pack_index(int i, int per_t, int V) {
+  return {i >> (__ffs(per_t) - 1), (i & (per_t - 1)) * V};
+}
+
 // Stages a tile in shared memory through st(r, tt, value, valid).
 template <int NT, class T, class Store>
 __device__ __forceinline__ void load_tile(const T* g, int64_t ld, int rows, int rows_valid, int len, bool vec,
@@ -73,7 +85,7 @@ __device__ __forceinline__ void load_tile(const T* g, int64_t ld, int rows, int 
     constexpr int V = Pack<T>::n;
     const int per_t = rows / V;
     for (int i = threadIdx.x; i < per_t * kChunk; i += NT) {
-      const int tt = i / per_t, r = (i % per_t) * V;
+      const auto [tt, r] = pack_index(i, per_t, V);
       if (r < rows_valid && tt < len) {
         const Pack<T> pk = *reinterpret_cast<const Pack<T>*>(g + tt * ld + r);
 #pragma unroll
@@ -85,7 +97,7 @@ __device__ __forceinline__ void load_tile(const T* g, int64_t ld, int rows, int 
     }
   } else {
     for (int i = threadIdx.x; i < rows * kChunk; i += NT) {
-      const int tt = i / rows, r = i % rows;
+      const auto [tt, r] = pack_index(i, rows, 1);
       const bool ok = r < rows_valid && tt < len;
       st(r, tt, ok ? to_f(g[tt * ld + r]) : 0.f, ok);
     }
@@ -99,7 +111,7 @@ __device__ __forceinline__ void store_tile(T* g, int64_t ld, int rows, int rows_
     constexpr int V = Pack<T>::n;
     const int per_t = rows / V;
     for (int i = threadIdx.x; i < per_t * kChunk; i += NT) {
-      const int tt = i / per_t, r = (i % per_t) * V;
+      const auto [tt, r] = pack_index(i, per_t, V);
       if (r < rows_valid && tt < len) {
         Pack<T> pk;
 #pragma unroll
@@ -109,7 +121,7 @@ __device__ __forceinline__ void store_tile(T* g, int64_t ld, int rows, int rows_
     }
   } else {
     for (int i = threadIdx.x; i < rows * kChunk; i += NT) {
-      const int tt = i / rows, r = i % rows;
+      const auto [tt, r] = pack_index(i, rows, 1);
       if (r < rows_valid && tt < len) g[tt * ld + r] = from_f<T>(f(r, tt));
     }
   }
@@ -120,7 +132,7 @@ struct ScanParams {
   const float *A, *D, *bias, *h0, *dhl;
   void *out, *du, *ddelta, *dz;
   float *final_state, *ckpt, *dA_part, *dD_part, *dbias_part, *dh0, *dBC;
-  int batch, dim, len, nstate, G, npad, cpb, nchunks, ntiles;
+  int batch, dim, len, nstate, G, npad, cpb, nchunks, nckpt, ntiles;
   bool softplus, vec, vec_bc, atomic_dbc;  // vec: 16-byte packs for u, delta, z, out (and grads); vec_bc: for B, C
 };
 
@@ -151,7 +163,7 @@ __device__ __forceinline__ void prefetch_tile(T* st, const T* g, int64_t ld, int
   constexpr int V = Pack<T>::n;
   const int per_t = rows / V;
   for (int i = threadIdx.x; i < per_t * kChunk; i += NT) {
-    const int tt = i / per_t, r = (i % per_t) * V;
+    const auto [tt, r] = pack_index(i, per_t, V);
     T* dst = st + tt * rows + r;
     if (vec) {
       const bool ok = r < rows_valid && tt < len;
@@ -169,7 +181,7 @@ __device__ __forceinline__ void convert_tile(const T* st, int rows, Store store)
   constexpr int V = Pack<T>::n;
   const int per_t = rows / V;
   for (int i = threadIdx.x; i < per_t * kChunk; i += NT) {
-    const int tt = i / per_t, r = (i % per_t) * V;
+    const auto [tt, r] = pack_index(i, per_t, V);
     const Pack<T> pk = *reinterpret_cast<const Pack<T>*>(st + tt * rows + r);
 #pragma unroll
     for (int j = 0; j < V; ++j) store(r + j, tt, to_f(pk.v[j]));
@@ -179,7 +191,8 @@ __device__ __forceinline__ void convert_tile(const T* st, int rows, Store store)
 __device__ __forceinline__ float silu_f(float z) { return __fdividef(z, 1.f + __expf(-z)); }
 
 // Forward. Per element of (b, d, t): reads u, delta, z once, writes out once; per (b, t): reads
-// B, C once per channel tile; per chunk writes the 4-byte state of each (b, d, n) when saving.
+// B, C once per channel tile; when saving, writes the 4-byte state of each (b, d, n) at the end
+// of every kCkptChunks chunks (kScanCheckpointSteps steps) and at the end.
 // Exponentials: one ex2 per (b, d, t, n), plus softplus and silu per (b, d, t). The next
 // chunk's inputs are copied (cp.async) into a raw staging area while this chunk computes.
 template <class T>
@@ -286,8 +299,8 @@ __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p)
         for (int j = 0; j < 4; ++j) s_u[c * kPitch + t4 + j] = fmaf(Dd, uu[j], y[j]);
       }
     }
-    if (p.ckpt && d < p.dim) {
-      float* cp = p.ckpt + ((int64_t(b) * p.dim + d) * p.nchunks + ck) * N;
+    if (p.ckpt && d < p.dim && (ck % kCkptChunks == kCkptChunks - 1 || ck + 1 == p.nchunks)) {
+      float* cp = p.ckpt + ((int64_t(b) * p.dim + d) * p.nckpt + ck / kCkptChunks) * N;
 #pragma unroll
       for (int k = 0; k < kSpt; ++k)
         if (g * kSpt + k < N) cp[g * kSpt + k] = h[k];
@@ -309,8 +322,10 @@ __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p)
 
 
 // Backward with recomputation, one block per (channel tile, b), chunks in reverse order. For
-// each chunk: stage u, dt, dy = dout silu(z) and dout silu'(z) (fp32) and B, C; pass 1 runs
-// the recurrence from the saved chunk-start state and keeps the states at the sub-chunk
+// each chunk: its start state is the saved one at the start of its checkpoint interval, run
+// forward over the interval's earlier chunks (staged again); stage u, dt, dy = dout silu(z)
+// and dout silu'(z) (fp32) and B, C; pass 1 runs the recurrence from the chunk's start
+// state and keeps the states at the sub-chunk
 // starts (steps 8, 16, 24) in registers; then per sub-chunk of kSub = 8 steps, last first:
 //  (a) recompute the sub-chunk, storing every state in shared memory (lane-private columns)
 //      and y (for dz);
@@ -320,8 +335,9 @@ __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p)
 //  (d) the block sums dB_t[n] = sum_c dh_t[c, n] du_t[c] from those.
 // The sums of (b) and (d) run over the channels in a fixed order, then over channel tiles
 // through per-tile partials (deterministic) or float atomics. Exponentials: 3 ex2 per
-// (b, d, t, n) (pass 1, recompute, reverse). Memory: reads u, delta, z, dout, B, C once,
-// writes du, ddelta, dz once, reads one saved state per (b, d, n) per chunk.
+// (b, d, t, n) (pass 1, recompute, reverse) plus 1 for the chunks whose start state is rerun.
+// Memory: reads u, delta, z, dout, B, C once (u, delta, B of the rerun chunks twice), writes
+// du, ddelta, dz once, reads one saved state per (b, d, n) per chunk.
 constexpr int kRowsH = kSub + 1;             // states 0..kSub of a sub-chunk, per slot
 constexpr int kPitchH = kBwdThreads + 1;     // row pitch of s_h (odd: conflict-free both ways)
 
@@ -422,9 +438,8 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
     }
   };
 
-  for (int ck = p.nchunks - 1; ck >= 0; --ck) {
-    const int64_t t0 = int64_t(ck) * kChunk;
-    const int len = int(L - t0 < kChunk ? L - t0 : kChunk);
+  // Stages what the recurrence reads: u, dt = softplus(delta + bias), B of the chunk at t0.
+  auto stage_recurrence = [&](int64_t t0, int len) {
     load_tile<kBwdThreads>(u + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
                            [&](int r, int tt, float v, bool) { s_u[r * kPitch + tt] = from_f<T>(v); });
     load_tile<kBwdThreads>(delta + t0 * Dm, Dm, cpb, rows_valid, len, p.vec, [&](int r, int tt, float v, bool ok) {
@@ -434,6 +449,49 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
       }
       s_dt[r * kPitch + tt] = v;
     });
+    load_tile<kBwdThreads>(Bg + t0 * N, N, npad, int(N), len, p.vec_bc,
+                           [&](int r, int tt, float v, bool) { s_B[tt * npad + r] = v; });
+  };
+  // Runs this lane's states h over the staged steps [ts, te).
+  auto advance = [&](float* h, int ts, int te) {
+#pragma unroll 2
+    for (int tt = ts; tt < te; ++tt) {
+      const float dt = s_dt[c * kPitch + tt], du = dt * to_f(s_u[c * kPitch + tt]);
+      float Bv[kSpt];
+      read8(s_B + tt * npad + g * kSpt, Bv);
+#pragma unroll
+      for (int k = 0; k < kSpt; ++k) h[k] = fmaf(ex2(dt * A2[k]), h[k], du * Bv[k]);
+    }
+  };
+  // The state at the start of chunk ck into h: the saved state (or the initial one) at the
+  // start of its checkpoint interval, then the interval's earlier chunks recomputed (full
+  // chunks: only the last chunk can be partial).
+  auto chunk_start_state = [&](int ck, float* h) {
+    const int c0 = ck - ck % kCkptChunks;
+#pragma unroll
+    for (int k = 0; k < kSpt; ++k) {
+      const int n = g * kSpt + k;
+      float v = 0.f;
+      if (d < p.dim && n < N) {
+        if (c0 > 0) v = p.ckpt[(bd * p.nckpt + c0 / kCkptChunks - 1) * N + n];
+        else if (p.h0) v = p.h0[bd * N + n];
+      }
+      h[k] = v;
+    }
+    for (int cr = c0; cr < ck; ++cr) {
+      stage_recurrence(int64_t(cr) * kChunk, kChunk);
+      __syncthreads();
+      advance(h, 0, kChunk);
+      __syncthreads();  // the staging area is reused
+    }
+  };
+
+  for (int ck = p.nchunks - 1; ck >= 0; --ck) {
+    const int64_t t0 = int64_t(ck) * kChunk;
+    const int len = int(L - t0 < kChunk ? L - t0 : kChunk);
+    float h0[kSpt], hb[3][kSpt];
+    chunk_start_state(ck, h0);
+    stage_recurrence(t0, len);
     load_tile<kBwdThreads>(dout + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
                            [&](int r, int tt, float v, bool) { s_dy[r * kPitch + tt] = v; });
     if (z) {
@@ -444,24 +502,11 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
         s_dz[r * kPitch + tt] = go * s * (1.f + zv * (1.f - s));
       });
     }
-    load_tile<kBwdThreads>(Bg + t0 * N, N, npad, int(N), len, p.vec_bc,
-                           [&](int r, int tt, float v, bool) { s_B[tt * npad + r] = v; });
     load_tile<kBwdThreads>(Cg + t0 * N, N, npad, int(N), len, p.vec_bc,
                            [&](int r, int tt, float v, bool) { s_C[tt * npad + r] = v; });
     __syncthreads();
 
     // Pass 1: the states at the sub-chunk starts.
-    float h0[kSpt], hb[3][kSpt];
-#pragma unroll
-    for (int k = 0; k < kSpt; ++k) {
-      const int n = g * kSpt + k;
-      float v = 0.f;
-      if (d < p.dim && n < N) {
-        if (ck > 0) v = p.ckpt[(bd * p.nchunks + ck - 1) * N + n];
-        else if (p.h0) v = p.h0[bd * N + n];
-      }
-      h0[k] = v;
-    }
     const int nsub = (len + kSub - 1) / kSub;
     {
       float h[kSpt];
@@ -469,16 +514,7 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
       for (int k = 0; k < kSpt; ++k) h[k] = h0[k];
 #pragma unroll
       for (int j = 0; j < 3; ++j) {
-        if (j + 1 < nsub) {
-#pragma unroll 2
-          for (int tt = j * kSub; tt < (j + 1) * kSub; ++tt) {
-            const float dt = s_dt[c * kPitch + tt], du = dt * to_f(s_u[c * kPitch + tt]);
-            float Bv[kSpt];
-            read8(s_B + tt * npad + g * kSpt, Bv);
-#pragma unroll
-            for (int k = 0; k < kSpt; ++k) h[k] = fmaf(ex2(dt * A2[k]), h[k], du * Bv[k]);
-          }
-        }
+        if (j + 1 < nsub) advance(h, j * kSub, (j + 1) * kSub);
 #pragma unroll
         for (int k = 0; k < kSpt; ++k) hb[j][k] = h[k];
       }
@@ -631,6 +667,7 @@ ScanParams make_params(const ScanArgs& a, int threads) {
   p.npad = G * kSpt;
   p.cpb = threads / G;
   p.nchunks = int((a.u.size(1) + kChunk - 1) / kChunk);
+  p.nckpt = int((a.u.size(1) + kScanCheckpointSteps - 1) / kScanCheckpointSteps);
   p.ntiles = (p.dim + p.cpb - 1) / p.cpb;
   p.softplus = a.delta_softplus;
   const int V = a.u.dtype() == DType::bf16 ? 8 : 4;  // elements per 16-byte pack; cpb and npad are multiples
