@@ -52,7 +52,12 @@ struct SweepSignals {
 // Starts `program args...` in its own process group (so that a Ctrl-C reaches it once, passed
 // on by the sweep); it gets SIGTERM (a checkpoint, then exit) if the sweep dies.
 pid_t start_child(const std::string& program, const std::vector<std::string>& args) {
+  // Everything the child needs is prepared before fork: after it, only async-signal-safe calls.
   const pid_t parent = getpid();
+  std::vector<char*> argv = {const_cast<char*>(program.c_str())};
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  const std::string cannot_run = "sweep: cannot run " + program + "\n";
   std::fflush(stdout);
   std::fflush(stderr);
   pid_t pid = fork();
@@ -61,11 +66,9 @@ pid_t start_child(const std::string& program, const std::vector<std::string>& ar
   setpgid(0, 0);
   prctl(PR_SET_PDEATHSIG, SIGTERM);
   if (getppid() != parent) _exit(128 + SIGTERM);
-  std::vector<char*> argv = {const_cast<char*>(program.c_str())};
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
   execv(program.c_str(), argv.data());
-  std::perror(("sweep: cannot run " + program).c_str());
+  ssize_t ignored = write(2, cannot_run.data(), cannot_run.size());
+  (void)ignored;
   _exit(127);
 }
 
