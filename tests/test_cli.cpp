@@ -1,5 +1,7 @@
 // The coil program end to end (the coil target must be built): sweep, report, prepare.
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -214,4 +216,68 @@ TEST_CASE("coil prepare trains a SentencePiece model, saves it beside the output
   CHECK(a.files()[0].num_tokens < int64_t(text.size()));  // pieces merge bytes
   CHECK(read_tokenizer_model(val) == read_text(dir / "train.model"));
   CHECK(trained.output.find("trained on the inputs") != std::string::npos);
+}
+
+namespace {
+
+// A sweep of two runs too long to finish during the test (a million tiny steps each).
+fs::path long_grid(const std::string& name) {
+  fs::path dir = tiny_grid(name);
+  std::ofstream(dir / "long.yaml") << "base: base.yaml\nout_dir: " << (dir / "runs").string() << R"(
+set: {train.steps: 1000000, eval.every: 0}
+axes:
+  - train.seed: [1, 2]
+)";
+  return dir;
+}
+
+// Starts `coil ARGS > LOG 2>&1` in the background; returns its pid.
+pid_t start(const std::string& args, const fs::path& log) {
+  std::string cmd = "exec " + shell_quote(coil_program()) + " " + args + " > " + shell_quote(log.string()) + " 2>&1";
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  return pid;
+}
+
+int wait_status(pid_t pid) {
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+}  // namespace
+
+TEST_CASE("Ctrl-C and the time limit stop a sweep: the running run saves a checkpoint, no other run starts", "[cli]") {
+  const fs::path dir = long_grid("stop");
+  const std::string sweep = shell_quote((dir / "long.yaml").string());
+  const fs::path metrics = dir / "runs" / "1" / "metrics.jsonl";
+
+  // SIGINT once the first run is training: passed on to it once (a second would end it unsaved).
+  pid_t pid = start("sweep " + sweep, dir / "interrupted.log");
+  for (int i = 0; i < 600 && read_text(metrics).empty(); ++i) usleep(50000);
+  REQUIRE_FALSE(read_text(metrics).empty());
+  kill(pid, SIGINT);
+  CHECK(wait_status(pid) == 128 + SIGINT);
+  std::string log = read_text(dir / "interrupted.log");
+  INFO(log);
+  CHECK(log.find("interrupted by SIGINT") != std::string::npos);
+  CHECK(log.find("second signal") == std::string::npos);
+  CHECK(log.find("1 interrupted, 0 failed, 1 not started; stopped by signal 2") != std::string::npos);
+  RunRecord first = read_run((dir / "runs" / "1").string());
+  CHECK(first.status == "interrupted");
+  CHECK(first.checkpoint_step > 0);
+  CHECK_FALSE(fs::exists(dir / "runs" / "2"));
+
+  // The time limit: the first run resumes from its checkpoint and is stopped the same way.
+  Ran limited = run(shell_quote(coil_program()) + " sweep " + sweep + " --time-limit 2");
+  INFO(limited.output);
+  CHECK(limited.status == 3);
+  CHECK(limited.output.find(fmt::format("from step {}", first.checkpoint_step)) != std::string::npos);
+  CHECK(limited.output.find("1 not started; the time limit was reached") != std::string::npos);
+  CHECK(read_run((dir / "runs" / "1").string()).checkpoint_step > first.checkpoint_step);
+  CHECK_FALSE(fs::exists(dir / "runs" / "2"));
 }
