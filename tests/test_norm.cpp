@@ -156,3 +156,22 @@ TEST_CASE("norms on the GPU match the CPU reference, forward and backward", "[cu
     }
   }
 }
+
+TEST_CASE("norm backward on the GPU is deterministic (weight and bias gradients bitwise equal)", "[cuda][norm]") {
+  const Device gpu = Device::cuda(0);
+  for (int64_t D : {768, 1000, 9000}) {  // warp-per-row and block-per-row kernels
+    INFO("D " << D);
+    const int64_t rows = 3000;
+    Tensor x = test::random_normal({rows, D}, 31, DType::f32, Device::cpu()).to(gpu, DType::bf16);
+    Tensor w = test::random_normal({D}, 32, DType::f32, Device::cpu()).to(gpu);
+    Tensor b = test::random_normal({D}, 33, DType::f32, Device::cpu()).to(gpu);
+    Tensor gy = test::random_normal({rows, D}, 34, DType::f32, Device::cpu()).to(gpu, DType::bf16);
+    kernels::NormForward f = kernels::norm_forward(x, Tensor(), w, b, 1e-5, false, false);
+    auto grads = [&] {
+      kernels::NormBackward g = kernels::norm_backward(gy, x, f.mean, f.rstd, w, true, Tensor(), DType::bf16, false, false);
+      return std::vector<Tensor>{g.dweight.to(Device::cpu()), g.dbias.to(Device::cpu())};
+    };
+    std::vector<Tensor> first = grads(), second = grads();
+    for (size_t i = 0; i < first.size(); ++i) REQUIRE(first[i].to_vector<float>() == second[i].to_vector<float>());
+  }
+}

@@ -49,7 +49,7 @@ __global__ void __launch_bounds__(kRowThreads, 2)
     l = lse[row];
   } else {
     float m = -INFINITY, s = 0.f;
-    visit_row(xr, (const U*)nullptr, units, cache, (U*)nullptr, cached, true,
+    visit_row<kRowBatch, false>(xr, (const U*)nullptr, units, cache, (U*)nullptr, cached, true,
               [&](int64_t, const U& u, const U&) { add_ms(m, s, u); });
     block_ms(m, s, sm, ss);
     l = m + logf(s);
@@ -65,11 +65,11 @@ __global__ void __launch_bounds__(kRowThreads, 2)
   const float c = *count;
   const float scale = (ignored || bad || c <= 0.f) ? 0.f : (grad_loss ? *grad_loss : 1.f) / c;
   U* g = reinterpret_cast<U*>(grad + row * V);
-  visit_row(xr, (const U*)nullptr, units, cache, (U*)nullptr, cached, false, [&](int64_t k, const U& u, const U&) {
+  visit_row<kRowBatch, false>(xr, (const U*)nullptr, units, cache, (U*)nullptr, cached, false, [&](int64_t k, const U& u, const U&) {
     U o;
 #pragma unroll
     for (int j = 0; j < N; ++j)
-      o.v[j] = from_f<T>(scale * (expf(to_f(u.v[j]) - l) - (k * N + j == t ? 1.f : 0.f)));
+      o.v[j] = from_f<T>(scale * (__expf(to_f(u.v[j]) - l) - (k * N + j == t ? 1.f : 0.f)));
     g[k] = o;
   });
 }

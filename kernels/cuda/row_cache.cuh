@@ -15,25 +15,25 @@
 namespace coil::kernels::cuda {
 
 constexpr int kRowThreads = 512;               // threads of a row block (two blocks an SM)
-constexpr int kRowBatch = 4;                   // units a thread loads before using them
+constexpr int kRowBatch = 4;                   // units a thread loads at once (8 spill in 64 registers)
 constexpr size_t kRowCacheBytes = 108 * 1024;  // shared memory of a row block: two fit an SM
 
-// Visits the units of one row or two parallel rows (b may be null): f(k, a[k], b[k]), B units
-// of each row loaded at once (two rows: kRowBatch / 2 keeps as many loads in flight).
+// Visits the units of one row (Pair false: b and cache_b unused) or two parallel rows:
+// f(k, a[k], b[k]), B units of each row loaded at once before any is used.
 // fill: the first pass (load from global, store units below `cached` into the caches);
 // otherwise units below `cached` come from the caches.
-template <int B = kRowBatch, class U, class F>
+template <int B, bool Pair, class U, class F>
 __device__ __forceinline__ void visit_row(const U* a, const U* b, int64_t units, U* cache_a, U* cache_b,
                                           int64_t cached, bool fill, F&& f) {
   for (int64_t k0 = threadIdx.x; k0 < units; k0 += int64_t(B) * blockDim.x) {
-    U ua[B], ub[B] = {};
+    U ua[B], ub[Pair ? B : 1] = {};
 #pragma unroll
     for (int i = 0; i < B; ++i) {
       const int64_t k = k0 + int64_t(i) * blockDim.x;
       if (k >= units) continue;
       const bool hit = !fill && k < cached;
       ua[i] = hit ? cache_a[k] : a[k];
-      if (b) ub[i] = hit ? cache_b[k] : b[k];
+      if constexpr (Pair) ub[i] = hit ? cache_b[k] : b[k];
     }
 #pragma unroll
     for (int i = 0; i < B; ++i) {
@@ -41,9 +41,9 @@ __device__ __forceinline__ void visit_row(const U* a, const U* b, int64_t units,
       if (k >= units) continue;
       if (fill && k < cached) {
         cache_a[k] = ua[i];
-        if (b) cache_b[k] = ub[i];
+        if constexpr (Pair) cache_b[k] = ub[i];
       }
-      f(k, ua[i], ub[i]);
+      f(k, ua[i], ub[Pair ? i : 0]);
     }
   }
 }

@@ -25,16 +25,16 @@ __global__ void __launch_bounds__(kRowThreads, 2)
   const U* xr = reinterpret_cast<const U*>(x + off);
   U* yr = reinterpret_cast<U*>(y + off);
   float m = -INFINITY, s = 0.f;
-  visit_row(xr, (const U*)nullptr, units, cache, (U*)nullptr, cached, true,
+  visit_row<kRowBatch, false>(xr, (const U*)nullptr, units, cache, (U*)nullptr, cached, true,
             [&](int64_t, const U& u, const U&) { add_ms(m, s, u); });
   block_ms(m, s, sm, ss);
   const float log_s = logf(s), inv_s = 1.f / s;
-  visit_row(xr, (const U*)nullptr, units, cache, (U*)nullptr, cached, false, [&](int64_t k, const U& u, const U&) {
+  visit_row<kRowBatch, false>(xr, (const U*)nullptr, units, cache, (U*)nullptr, cached, false, [&](int64_t k, const U& u, const U&) {
     U o;
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const float v = to_f(u.v[j]);
-      o.v[j] = from_f<T>(log ? v - m - log_s : expf(v - m) * inv_s);
+      o.v[j] = from_f<T>(log ? v - m - log_s : __expf(v - m) * inv_s);
     }
     yr[k] = o;
   });
@@ -57,12 +57,12 @@ __global__ void __launch_bounds__(kRowThreads, 2)
   const U* yr = reinterpret_cast<const U*>(y + off);
   U* dr = reinterpret_cast<U*>(dx + off);
   float acc = 0.f;
-  visit_row<kRowBatch / 2>(gr, yr, units, cache_g, cache_y, cached, true, [&](int64_t, const U& ug, const U& uy) {
+  visit_row<kRowBatch / 2, true>(gr, yr, units, cache_g, cache_y, cached, true, [&](int64_t, const U& ug, const U& uy) {
 #pragma unroll
     for (int j = 0; j < N; ++j) acc += log ? to_f(ug.v[j]) : to_f(ug.v[j]) * to_f(uy.v[j]);
   });
   const float s = block_sum(acc, sm);
-  visit_row<kRowBatch / 2>(gr, yr, units, cache_g, cache_y, cached, false, [&](int64_t k, const U& ug, const U& uy) {
+  visit_row<kRowBatch / 2, true>(gr, yr, units, cache_g, cache_y, cached, false, [&](int64_t k, const U& ug, const U& uy) {
     U o;
 #pragma unroll
     for (int j = 0; j < N; ++j) {
