@@ -40,7 +40,7 @@ struct ScanArgs {
 };
 
 struct ScanResult {
-  Tensor out;          // (batch, dim, length), u's dtype
+  Tensor out;          // (batch, length, dim), u's dtype
   Tensor final_state;  // (batch, dim, state), fp32 (f64 on the f64 CPU reference)
   Tensor checkpoints;  // CUDA: (batch, dim, ceil(length / kScanCheckpointSteps), state) fp32; CPU: undefined
 };

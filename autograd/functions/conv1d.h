@@ -5,7 +5,7 @@
 
 namespace coil::autograd {
 
-// x (batch, dim, length), weight (dim, width), bias (dim) or undefined.
+// x (batch, length, dim), weight (dim, width), bias (dim) or undefined.
 Variable conv1d(const Variable& x, const Variable& weight, const Variable& bias, bool silu);
 
 }  // namespace coil::autograd

@@ -16,7 +16,7 @@ struct ScanInputs {
 };
 
 struct ScanOutputs {
-  Variable out;          // (batch, dim, length)
+  Variable out;          // (batch, length, dim)
   Variable final_state;  // (batch, dim, state), fp32
 };
 
