@@ -56,12 +56,16 @@ TEST_CASE("a tiny Mamba and a tiny Transformer++ learn: the loss falls", "[train
   }
 }
 
-TEST_CASE("resuming gives bitwise the losses of the uninterrupted run", "[trainer]") {
-  Config whole = tiny("resume_whole", "mamba-tiny", {"train.tokens_per_step=128"});  // 2 micro-batches a step
+namespace {
+// k steps, a stop, a resume and the rest give bitwise the losses, the validation loss and the
+// final weights of the uninterrupted run, and metrics.jsonl logs each step once.
+void check_exact_resume(const std::string& name, const std::string& preset, std::vector<std::string> extra) {
+  extra.push_back("train.tokens_per_step=128");  // 2 micro-batches a step
+  Config whole = tiny(name + "_whole", preset, extra);
   TrainResult a = run_training(whole, quiet());
   REQUIRE(a.losses.size() == 12);
 
-  Config parts = tiny("resume_parts", "mamba-tiny", {"train.tokens_per_step=128"});
+  Config parts = tiny(name + "_parts", preset, extra);
   TrainOptions stop = quiet();
   stop.stop_after_steps = 5;
   TrainResult first = run_training(parts, stop);
@@ -92,6 +96,20 @@ TEST_CASE("resuming gives bitwise the losses of the uninterrupted run", "[traine
   int step4 = 0;
   while (std::getline(in, line)) step4 += line.rfind("{\"step\":4,", 0) == 0;
   REQUIRE(step4 == 1);
+}
+}  // namespace
+
+TEST_CASE("resuming gives bitwise the losses of the uninterrupted run", "[trainer]") {
+  check_exact_resume("resume", "mamba-tiny", {});
+}
+
+TEST_CASE("on the GPU in deterministic mode, resuming is exact too", "[trainer][cuda]") {
+  for (std::string preset : {"mamba-tiny", "transformer++-tiny"}) {
+    INFO(preset);
+    for (std::string dtype : {"f32", "bf16"})
+      check_exact_resume("resume_cuda_" + preset + "_" + dtype, preset,
+                         {"train.device=cuda", "train.dtype=" + dtype, "train.deterministic=true"});
+  }
 }
 
 TEST_CASE("a signal saves a checkpoint at the next step boundary and stops", "[trainer]") {

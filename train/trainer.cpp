@@ -14,6 +14,7 @@
 #include "autograd/variable.h"
 #include "core/allocator.h"
 #include "core/cuda.h"
+#include "core/determinism.h"
 #include "data/loader.h"
 #include "kernels/accumulate.h"
 #include "kernels/elementwise.h"
@@ -285,6 +286,7 @@ TrainResult run_training(Config config, const TrainOptions& options) {
   Device device = rank_device(config.train.device, env);
   if (device.is_cuda()) cuda::set_device(device.index);  // before anything is allocated
   resolve(config, device, env.world_size);
+  set_deterministic(config.train.deterministic);
   // Several ranks: rank 0 hands out the NCCL id over TCP; every later wait on collectives goes
   // through the communicator's watchdog (train.dist_timeout_s).
   std::unique_ptr<Communicator> comm;

@@ -4,6 +4,7 @@
 // for D, z, delta_bias and initial_state.
 #pragma once
 #include "autograd/variable.h"
+#include "core/determinism.h"
 #include "kernels/selective_scan.h"
 
 namespace coil::autograd {
@@ -12,7 +13,9 @@ struct ScanInputs {
   Variable u, delta, A, B, C;
   Variable D, z, delta_bias, initial_state;  // optional
   bool delta_softplus = false;
-  bool deterministic = false;  // fixed-order reductions for dB and dC in the CUDA backward
+  // Fixed-order reductions for dB and dC in the CUDA backward; follows the process-wide
+  // deterministic mode (core/determinism.h) unless set.
+  bool deterministic = coil::deterministic();
 };
 
 struct ScanOutputs {
