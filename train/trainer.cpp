@@ -734,9 +734,9 @@ std::string format_info(const Config& config, const ModelInfo& info) {
   if (n_mamba) layers += fmt::format("{} mamba", n_mamba);
   if (n_attn) layers += fmt::format("{}{} attention", layers.empty() ? "" : " + ", n_attn);
   std::string out;
-  out += fmt::format("model        {} ({} layers: {}; d_model {}; vocab {} padded to {})\n",
-                     config.model.preset.empty() ? "custom" : config.model.preset, m.n_layer, layers, m.d_model,
-                     m.vocab_size, m.padded_vocab_size());
+  out += fmt::format("model        {} (from preset {}; {} layers: {}; d_model {}; vocab {} padded to {})\n",
+                     config.run.name, config.model.preset.empty() ? "none" : config.model.preset, m.n_layer, layers,
+                     m.d_model, m.vocab_size, m.padded_vocab_size());
   out += fmt::format("parameters   {} ({:.1f}M); without embeddings {} ({:.1f}M)\n", info.parameters,
                      double(info.parameters) / 1e6, info.non_embedding_parameters,
                      double(info.non_embedding_parameters) / 1e6);
