@@ -2,6 +2,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "data/hdf5_util.h"
+#include "data/token_file.h"
 #include "layers/model.h"
 #include "tests/catch.h"
 #include "train/checkpoint.h"
@@ -218,13 +220,10 @@ TEST_CASE("eval, info and export", "[trainer]") {
   REQUIRE_THAT(format_info(m130, model_info(m130)), Contains("parameters   129135360"));
 }
 
-#include "data/hdf5_util.h"
-#include "data/token_file.h"
-
 TEST_CASE("on a GPU, a token id outside the vocabulary stops training with an error naming it", "[cuda]") {
   // The GPU kernels record a bad id instead of syncing; the trainer raises it at the step's
   // one sync (or the next embedding call). A file that claims 32 ids but holds 1000:
-  fs::path dir = fs::temp_directory_path() / "coil_test_trainer_bad_ids";
+  fs::path dir = fs::temp_directory_path() / "coil_test_trainer_bad_ids_data";  // not the run dir
   fs::remove_all(dir);
   fs::create_directories(dir);
   std::string path = (dir / "bad.h5").string();
