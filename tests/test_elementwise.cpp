@@ -19,13 +19,6 @@ Tensor positive(const Shape& shape, uint64_t seed) {  // in [0.5, 1.5]
   return uniform(shape, 0.5, 1.5, gen, DType::f64);
 }
 
-void require_gradcheck(const ag::DifferentiableFn& f, const std::vector<Tensor>& inputs,
-                       ag::GradcheckOptions options = {}) {
-  ag::GradcheckResult r = ag::gradcheck(f, inputs, options);
-  INFO(r.message);
-  REQUIRE(r.ok);
-}
-
 using Binary = ag::Variable (*)(const ag::Variable&, const ag::Variable&);
 
 }  // namespace
@@ -76,14 +69,14 @@ TEST_CASE("binary ops: gradcheck, full and broadcast shapes", "[elementwise][gra
       INFO(c.name << " with b " << shape_str(bs));
       Tensor a = f64({2, 3, 4}, 1);
       Tensor b = std::string(c.name) == "div" ? positive(bs, 2) : f64(bs, 2);
-      require_gradcheck([&](const std::vector<ag::Variable>& v) { return c.op(v[0], v[1]); }, {a, b});
+      test::require_gradcheck([&](const std::vector<ag::Variable>& v) { return c.op(v[0], v[1]); }, {a, b});
     }
   }
 }
 
 TEST_CASE("binary ops: an operand used twice, one side without grad", "[elementwise][gradcheck]") {
-  require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::mul(v[0], v[0]); }, {f64({5}, 3)});
-  require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::div(v[0], v[0]); }, {positive({5}, 3)});
+  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::mul(v[0], v[0]); }, {f64({5}, 3)});
+  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::div(v[0], v[0]); }, {positive({5}, 3)});
   // b is a constant: only a's gradient exists, and it is right.
   ag::Variable a(f64({3, 2}, 4), true);
   ag::Variable b(f64({2}, 5), false);
@@ -102,20 +95,20 @@ TEST_CASE("unary ops and scale: gradcheck", "[elementwise][gradcheck]") {
   for (Case c : {Case{"exp", ag::exp}, Case{"sigmoid", ag::sigmoid}, Case{"silu", ag::silu},
                  Case{"gelu", ag::gelu}, Case{"softplus", ag::softplus}}) {
     INFO(c.name);
-    require_gradcheck([&](const std::vector<ag::Variable>& v) { return c.op(v[0]); }, {f64({3, 7}, 6)});
+    test::require_gradcheck([&](const std::vector<ag::Variable>& v) { return c.op(v[0]); }, {f64({3, 7}, 6)});
   }
-  require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::log(v[0]); }, {positive({3, 7}, 7)});
+  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::log(v[0]); }, {positive({3, 7}, 7)});
   // softplus on both sides of its threshold (20): the gradient is sigmoid(x) below, 1 above.
   Tensor around = Tensor::from_vector<double>({-3, 0.5, 18, 19.9, 20.1, 24}, {6}, DType::f64);
-  require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::softplus(v[0]); }, {around});
-  require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::scale(v[0], -2.5); }, {f64({4}, 8)});
+  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::softplus(v[0]); }, {around});
+  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::scale(v[0], -2.5); }, {f64({4}, 8)});
 }
 
 TEST_CASE("to_dtype: the gradient is cast back", "[elementwise][gradcheck]") {
   ag::GradcheckOptions loose;
   loose.eps = 1e-2;  // the function is linear; f32 rounding needs a larger step
   loose.atol = 1e-4;
-  require_gradcheck(
+  test::require_gradcheck(
       [](const std::vector<ag::Variable>& v) {
         return ag::to_dtype(ag::scale(ag::to_dtype(v[0], DType::f32), 3.0), DType::f64);
       },

@@ -9,16 +9,6 @@ using namespace coil;
 namespace ag = coil::autograd;
 using Catch::Matchers::Contains;
 
-namespace {
-
-void require_gradcheck(const ag::DifferentiableFn& f, const std::vector<Tensor>& inputs) {
-  ag::GradcheckResult r = ag::gradcheck(f, inputs);
-  INFO(r.message);
-  REQUIRE(r.ok);
-}
-
-}  // namespace
-
 TEST_CASE("transpose, concat, split: values", "[layout]") {
   Tensor x = Tensor::from_vector<float>({0, 1, 2, 3, 4, 5}, {2, 3});
   Tensor t = kernels::transpose(x, 0, 1);
@@ -47,16 +37,16 @@ TEST_CASE("transpose, concat, split: values", "[layout]") {
 
 TEST_CASE("layout ops: gradcheck", "[layout][gradcheck]") {
   Tensor x = test::random_normal({2, 3, 4}, 1, DType::f64);
-  require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::reshape(v[0], {4, -1}); }, {x});
+  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::reshape(v[0], {4, -1}); }, {x});
   for (auto [d0, d1] : std::vector<std::pair<int, int>>{{0, 1}, {0, 2}, {1, 2}, {2, 0}, {-1, -2}}) {
     INFO("transpose " << d0 << ", " << d1);
-    require_gradcheck([&](const std::vector<ag::Variable>& v) { return ag::transpose(v[0], d0, d1); }, {x});
+    test::require_gradcheck([&](const std::vector<ag::Variable>& v) { return ag::transpose(v[0], d0, d1); }, {x});
   }
   Tensor y = test::random_normal({2, 1, 4}, 2, DType::f64), z = test::random_normal({2, 2, 4}, 3, DType::f64);
-  require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::concat({v[0], v[1], v[2]}, 1); }, {x, y, z});
-  require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::concat({v[0], v[0]}, -1); }, {x});
+  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::concat({v[0], v[1], v[2]}, 1); }, {x, y, z});
+  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::concat({v[0], v[0]}, -1); }, {x});
   // split: weight the pieces differently so each piece's gradient path is checked
-  require_gradcheck(
+  test::require_gradcheck(
       [](const std::vector<ag::Variable>& v) {
         std::vector<ag::Variable> p = ag::split(v[0], {1, 2}, 1);
         return ag::concat({ag::transpose(p[1], 1, 2), ag::transpose(p[0], 1, 2)}, 2);

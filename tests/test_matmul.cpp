@@ -10,12 +10,6 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-void require_gradcheck(const ag::DifferentiableFn& f, const std::vector<Tensor>& inputs) {
-  ag::GradcheckResult r = ag::gradcheck(f, inputs);
-  INFO(r.message);
-  REQUIRE(r.ok);
-}
-
 // The stored shape of an operand whose product shape is [rows, cols] (transposed: [cols, rows]).
 Shape stored(int64_t batch, int64_t rows, int64_t cols, bool transposed) {
   Shape s = transposed ? Shape{cols, rows} : Shape{rows, cols};
@@ -55,10 +49,10 @@ TEST_CASE("matmul: gradcheck for every transpose, 2-d and batched", "[matmul][gr
         INFO("batch " << batch << " ta " << ta << " tb " << tb);
         Tensor a = test::random_normal(stored(batch, M, K, ta), 1, DType::f64);
         Tensor b = test::random_normal(stored(batch, K, N, tb), 2, DType::f64);
-        require_gradcheck([&](const std::vector<ag::Variable>& v) { return ag::matmul(v[0], v[1], ta, tb); }, {a, b});
+        test::require_gradcheck([&](const std::vector<ag::Variable>& v) { return ag::matmul(v[0], v[1], ta, tb); }, {a, b});
       }
   // a product of a matrix with itself
-  require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::matmul(v[0], v[0], false, true); },
+  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::matmul(v[0], v[0], false, true); },
                     {test::random_normal({3, 4}, 3, DType::f64)});
 }
 
@@ -66,9 +60,9 @@ TEST_CASE("linear: gradcheck with and without bias", "[matmul][gradcheck]") {
   Tensor x = test::random_normal({2, 3, 4}, 4, DType::f64);
   Tensor w = test::random_normal({5, 4}, 5, DType::f64);
   Tensor b = test::random_normal({5}, 6, DType::f64);
-  require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::linear(v[0], v[1], v[2]); }, {x, w, b});
-  require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::linear(v[0], v[1]); }, {x, w});
-  require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::linear(v[0], v[1], v[2]); },
+  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::linear(v[0], v[1], v[2]); }, {x, w, b});
+  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::linear(v[0], v[1]); }, {x, w});
+  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::linear(v[0], v[1], v[2]); },
                     {test::random_normal({4}, 7, DType::f64), w, b});
   // only the weight requires a gradient
   ag::Variable xv(x.to(DType::f32)), wv(w.to(DType::f32), true);

@@ -9,25 +9,16 @@
 using namespace coil;
 using namespace coil::autograd;
 
-namespace {
-
-void require_ok(const GradcheckResult& r) {
-  INFO(r.message);
-  REQUIRE(r.ok);
-}
-
-}  // namespace
-
 TEST_CASE("rms_norm and layer_norm pass gradcheck", "[norm]") {
   Tensor x = test::random_normal({4, 6}, 1, DType::f64);
   Tensor w = test::random_normal({6}, 2, DType::f64);
   Tensor b = test::random_normal({6}, 3, DType::f64);
-  require_ok(gradcheck([](const std::vector<Variable>& v) { return rms_norm(v[0], v[1]); }, {x, w}));
-  require_ok(gradcheck([](const std::vector<Variable>& v) { return layer_norm(v[0], v[1], v[2]); }, {x, w, b}));
-  require_ok(gradcheck([](const std::vector<Variable>& v) { return layer_norm(v[0], v[1], Variable()); }, {x, w}));
+  test::require_ok(gradcheck([](const std::vector<Variable>& v) { return rms_norm(v[0], v[1]); }, {x, w}));
+  test::require_ok(gradcheck([](const std::vector<Variable>& v) { return layer_norm(v[0], v[1], v[2]); }, {x, w, b}));
+  test::require_ok(gradcheck([](const std::vector<Variable>& v) { return layer_norm(v[0], v[1], Variable()); }, {x, w}));
   Tensor x3 = test::random_normal({2, 3, 5}, 4, DType::f64);
   Tensor w5 = test::random_normal({5}, 5, DType::f64);
-  require_ok(gradcheck([](const std::vector<Variable>& v) { return rms_norm(v[0], v[1], 1e-3); }, {x3, w5}));
+  test::require_ok(gradcheck([](const std::vector<Variable>& v) { return rms_norm(v[0], v[1], 1e-3); }, {x3, w5}));
 }
 
 // The fused ops have two outputs; each is checked through its own gradcheck.
@@ -37,22 +28,22 @@ TEST_CASE("add_rms_norm and add_layer_norm pass gradcheck on both outputs", "[no
   Tensor w = test::random_normal({8}, 13, DType::f64);
   Tensor b = test::random_normal({8}, 14, DType::f64);
   for (int out : {0, 1}) {
-    require_ok(gradcheck([out](const std::vector<Variable>& v) {
+    test::require_ok(gradcheck([out](const std::vector<Variable>& v) {
       NormResidual nr = add_rms_norm(v[0], v[1], v[2]);
       return out == 0 ? nr.normed : nr.residual;
     }, {x, r, w}));
-    require_ok(gradcheck([out](const std::vector<Variable>& v) {
+    test::require_ok(gradcheck([out](const std::vector<Variable>& v) {
       NormResidual nr = add_layer_norm(v[0], v[1], v[2], v[3]);
       return out == 0 ? nr.normed : nr.residual;
     }, {x, r, w, b}));
     // No residual yet (the first block): residual' = x.
-    require_ok(gradcheck([out](const std::vector<Variable>& v) {
+    test::require_ok(gradcheck([out](const std::vector<Variable>& v) {
       NormResidual nr = add_rms_norm(v[0], Variable(), v[1]);
       return out == 0 ? nr.normed : nr.residual;
     }, {x, w}));
   }
   // Both outputs used at once: the gradients from the two paths add up.
-  require_ok(gradcheck([](const std::vector<Variable>& v) {
+  test::require_ok(gradcheck([](const std::vector<Variable>& v) {
     NormResidual nr = add_layer_norm(v[0], v[1], v[2], v[3]);
     NormResidual nr2 = add_layer_norm(nr.normed, nr.residual, v[2], v[3]);
     return nr2.normed;

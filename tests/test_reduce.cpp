@@ -8,16 +8,6 @@ using namespace coil;
 namespace ag = coil::autograd;
 using Catch::Matchers::Contains;
 
-namespace {
-
-void require_gradcheck(const ag::DifferentiableFn& f, const std::vector<Tensor>& inputs) {
-  ag::GradcheckResult r = ag::gradcheck(f, inputs);
-  INFO(r.message);
-  REQUIRE(r.ok);
-}
-
-}  // namespace
-
 TEST_CASE("sum and mean: values and shapes", "[reduce]") {
   Tensor x = Tensor::from_vector<float>({1, 2, 3, 4, 5, 6}, {2, 3});
   REQUIRE(kernels::sum(x, 0).to_vector<float>() == std::vector<float>{5, 7, 9});
@@ -46,12 +36,12 @@ TEST_CASE("sum and mean: gradcheck", "[reduce][gradcheck]") {
   for (int64_t dim : {0, 1, 2, -1})
     for (bool keepdim : {false, true}) {
       INFO("dim " << dim << " keepdim " << keepdim);
-      require_gradcheck([&](const std::vector<ag::Variable>& v) { return ag::sum(v[0], dim, keepdim); }, {x});
-      require_gradcheck([&](const std::vector<ag::Variable>& v) { return ag::mean(v[0], dim, keepdim); }, {x});
+      test::require_gradcheck([&](const std::vector<ag::Variable>& v) { return ag::sum(v[0], dim, keepdim); }, {x});
+      test::require_gradcheck([&](const std::vector<ag::Variable>& v) { return ag::mean(v[0], dim, keepdim); }, {x});
     }
-  require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::sum_all(v[0]); }, {x});
-  require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::mean_all(v[0]); }, {x});
-  require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::sum(v[0], 0); },
+  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::sum_all(v[0]); }, {x});
+  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::mean_all(v[0]); }, {x});
+  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::sum(v[0], 0); },
                     {test::random_normal({1}, 2, DType::f64)});
 }
 

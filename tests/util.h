@@ -3,11 +3,23 @@
 #include <cmath>
 #include <vector>
 
+#include "autograd/gradcheck.h"
 #include "core/cuda.h"
 #include "core/random.h"
 #include "core/tensor.h"
+#include "tests/catch.h"
 
 namespace coil::test {
+
+// REQUIRE that a gradient check passed; its message says where it failed when not.
+inline void require_ok(const autograd::GradcheckResult& r) {
+  INFO(r.message);
+  REQUIRE(r.ok);
+}
+inline void require_gradcheck(const autograd::DifferentiableFn& f, const std::vector<Tensor>& inputs,
+                              autograd::GradcheckOptions options = {}) {
+  require_ok(autograd::gradcheck(f, inputs, options));
+}
 
 // ||a - b|| / max(||b||, tiny), over all elements, computed in f64 on the host.
 inline double relative_error(const Tensor& a, const Tensor& b) {
