@@ -43,7 +43,11 @@ TEST_CASE("layout ops: gradcheck", "[layout][gradcheck]") {
     test::require_gradcheck([&](const std::vector<ag::Variable>& v) { return ag::transpose(v[0], d0, d1); }, {x});
   }
   Tensor y = test::random_normal({2, 1, 4}, 2, DType::f64), z = test::random_normal({2, 2, 4}, 3, DType::f64);
-  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::concat({v[0], v[1], v[2]}, 1); }, {x, y, z});
+  test::require_gradcheck(
+      [](const std::vector<ag::Variable>& v) {
+        return ag::concat({v[0], v[1], v[2]}, 1);
+      },
+      {x, y, z});
   test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::concat({v[0], v[0]}, -1); }, {x});
   // split: weight the pieces differently so each piece's gradient path is checked
   test::require_gradcheck(

@@ -34,10 +34,12 @@ TEST_CASE("cross_entropy passes gradcheck, with ignored targets", "[loss]") {
   Tensor logits = test::random_normal({6, 7}, 1, DType::f64);
   for (DType dt : {DType::i64, DType::i32}) {
     Tensor targets = make_targets(6, 7, 3, dt);
-    test::require_ok(gradcheck([targets](const std::vector<Variable>& v) { return cross_entropy(v[0], targets); }, {logits}));
+    test::require_ok(
+        gradcheck([targets](const std::vector<Variable>& v) { return cross_entropy(v[0], targets); }, {logits}));
   }
   Tensor custom = Tensor::from_vector<int64_t>({0, 3, 3, 6, 1, 2}, {6});  // ignore_index 3
-  test::require_ok(gradcheck([custom](const std::vector<Variable>& v) { return cross_entropy(v[0], custom, 3); }, {logits}));
+  test::require_ok(
+      gradcheck([custom](const std::vector<Variable>& v) { return cross_entropy(v[0], custom, 3); }, {logits}));
 }
 
 TEST_CASE("cross_entropy values by hand; all ignored gives 0", "[loss]") {
@@ -82,8 +84,9 @@ TEST_CASE("linear_cross_entropy passes gradcheck, in one chunk and in several", 
   Tensor targets = make_targets(7, 9, 3);
   for (int64_t chunk : {4096, 3}) {
     ChunkRows rows(chunk);
-    test::require_ok(gradcheck([targets](const std::vector<Variable>& v) { return linear_cross_entropy(v[0], v[1], targets); },
-                         {hidden, weight}));
+    test::require_ok(
+        gradcheck([targets](const std::vector<Variable>& v) { return linear_cross_entropy(v[0], v[1], targets); },
+                  {hidden, weight}));
   }
 }
 

@@ -49,11 +49,12 @@ TEST_CASE("matmul: gradcheck for every transpose, 2-d and batched", "[matmul][gr
         INFO("batch " << batch << " ta " << ta << " tb " << tb);
         Tensor a = test::random_normal(stored(batch, M, K, ta), 1, DType::f64);
         Tensor b = test::random_normal(stored(batch, K, N, tb), 2, DType::f64);
-        test::require_gradcheck([&](const std::vector<ag::Variable>& v) { return ag::matmul(v[0], v[1], ta, tb); }, {a, b});
+        test::require_gradcheck([&](const std::vector<ag::Variable>& v) { return ag::matmul(v[0], v[1], ta, tb); },
+                                {a, b});
       }
   // a product of a matrix with itself
   test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::matmul(v[0], v[0], false, true); },
-                    {test::random_normal({3, 4}, 3, DType::f64)});
+                          {test::random_normal({3, 4}, 3, DType::f64)});
 }
 
 TEST_CASE("linear: gradcheck with and without bias", "[matmul][gradcheck]") {
@@ -63,7 +64,7 @@ TEST_CASE("linear: gradcheck with and without bias", "[matmul][gradcheck]") {
   test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::linear(v[0], v[1], v[2]); }, {x, w, b});
   test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::linear(v[0], v[1]); }, {x, w});
   test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::linear(v[0], v[1], v[2]); },
-                    {test::random_normal({4}, 7, DType::f64), w, b});
+                          {test::random_normal({4}, 7, DType::f64), w, b});
   // only the weight requires a gradient
   ag::Variable xv(x.to(DType::f32)), wv(w.to(DType::f32), true);
   ag::Variable y = ag::linear(xv, wv);

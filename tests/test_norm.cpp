@@ -15,7 +15,8 @@ TEST_CASE("rms_norm and layer_norm pass gradcheck", "[norm]") {
   Tensor b = test::random_normal({6}, 3, DType::f64);
   test::require_ok(gradcheck([](const std::vector<Variable>& v) { return rms_norm(v[0], v[1]); }, {x, w}));
   test::require_ok(gradcheck([](const std::vector<Variable>& v) { return layer_norm(v[0], v[1], v[2]); }, {x, w, b}));
-  test::require_ok(gradcheck([](const std::vector<Variable>& v) { return layer_norm(v[0], v[1], Variable()); }, {x, w}));
+  test::require_ok(
+      gradcheck([](const std::vector<Variable>& v) { return layer_norm(v[0], v[1], Variable()); }, {x, w}));
   Tensor x3 = test::random_normal({2, 3, 5}, 4, DType::f64);
   Tensor w5 = test::random_normal({5}, 5, DType::f64);
   test::require_ok(gradcheck([](const std::vector<Variable>& v) { return rms_norm(v[0], v[1], 1e-3); }, {x3, w5}));
@@ -28,26 +29,34 @@ TEST_CASE("add_rms_norm and add_layer_norm pass gradcheck on both outputs", "[no
   Tensor w = test::random_normal({8}, 13, DType::f64);
   Tensor b = test::random_normal({8}, 14, DType::f64);
   for (int out : {0, 1}) {
-    test::require_ok(gradcheck([out](const std::vector<Variable>& v) {
-      NormResidual nr = add_rms_norm(v[0], v[1], v[2]);
-      return out == 0 ? nr.normed : nr.residual;
-    }, {x, r, w}));
-    test::require_ok(gradcheck([out](const std::vector<Variable>& v) {
-      NormResidual nr = add_layer_norm(v[0], v[1], v[2], v[3]);
-      return out == 0 ? nr.normed : nr.residual;
-    }, {x, r, w, b}));
+    test::require_ok(gradcheck(
+        [out](const std::vector<Variable>& v) {
+          NormResidual nr = add_rms_norm(v[0], v[1], v[2]);
+          return out == 0 ? nr.normed : nr.residual;
+        },
+        {x, r, w}));
+    test::require_ok(gradcheck(
+        [out](const std::vector<Variable>& v) {
+          NormResidual nr = add_layer_norm(v[0], v[1], v[2], v[3]);
+          return out == 0 ? nr.normed : nr.residual;
+        },
+        {x, r, w, b}));
     // No residual yet (the first block): residual' = x.
-    test::require_ok(gradcheck([out](const std::vector<Variable>& v) {
-      NormResidual nr = add_rms_norm(v[0], Variable(), v[1]);
-      return out == 0 ? nr.normed : nr.residual;
-    }, {x, w}));
+    test::require_ok(gradcheck(
+        [out](const std::vector<Variable>& v) {
+          NormResidual nr = add_rms_norm(v[0], Variable(), v[1]);
+          return out == 0 ? nr.normed : nr.residual;
+        },
+        {x, w}));
   }
   // Both outputs used at once: the gradients from the two paths add up.
-  test::require_ok(gradcheck([](const std::vector<Variable>& v) {
-    NormResidual nr = add_layer_norm(v[0], v[1], v[2], v[3]);
-    NormResidual nr2 = add_layer_norm(nr.normed, nr.residual, v[2], v[3]);
-    return nr2.normed;
-  }, {x, r, w, b}));
+  test::require_ok(gradcheck(
+      [](const std::vector<Variable>& v) {
+        NormResidual nr = add_layer_norm(v[0], v[1], v[2], v[3]);
+        NormResidual nr2 = add_layer_norm(nr.normed, nr.residual, v[2], v[3]);
+        return nr2.normed;
+      },
+      {x, r, w, b}));
 }
 
 TEST_CASE("norm values against a hand computation", "[norm]") {

@@ -42,7 +42,7 @@ TEST_CASE("sum and mean: gradcheck", "[reduce][gradcheck]") {
   test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::sum_all(v[0]); }, {x});
   test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::mean_all(v[0]); }, {x});
   test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::sum(v[0], 0); },
-                    {test::random_normal({1}, 2, DType::f64)});
+                          {test::random_normal({1}, 2, DType::f64)});
 }
 
 TEST_CASE("reductions: bad inputs give clear errors", "[reduce][errors]") {
