@@ -1,6 +1,7 @@
 #include <cuda_bf16.h>
 
 #include "core/cuda.h"
+#include "kernels/cuda/block_reduce.cuh"
 #include "kernels/adamw.h"
 
 namespace coil::kernels::cuda {
@@ -69,19 +70,6 @@ __global__ void adamw_kernel(const DeviceSlot* slots, const int2* chunks, const 
       }
     }
   }
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ float block_sum(float v, float* smem) {
-  v = warp_sum(v);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  __syncthreads();
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  return warp_sum(lane < warps ? smem[lane] : 0.f);
 }
 
 // Pass 1 of the norm: partial[chunk] = sum of grad^2 over the chunk (fixed order inside the

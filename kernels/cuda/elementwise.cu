@@ -5,15 +5,11 @@
 #include <cuda_bf16.h>
 
 #include "core/cuda.h"
+#include "kernels/cuda/float_access.cuh"
 #include "kernels/elementwise.h"
 
 namespace coil::kernels::cuda {
 namespace {
-
-__device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
-__device__ __forceinline__ void store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16(v); }
 
 __device__ __forceinline__ float sigmoid_of(float x) { return 1.0f / (1.0f + expf(-x)); }
 
@@ -95,15 +91,6 @@ __global__ void unary_backward_kernel(const T* grad, const T* x, T* out, int64_t
 
 constexpr int kThreads = 256;
 int grid_for(int64_t n) { return int(std::min<int64_t>((n + kThreads - 1) / kThreads, 132 * 32)); }
-
-template <class F>
-void dispatch_gpu_float(const char* op, const Tensor& t, F&& f) {
-  switch (t.dtype()) {
-    case DType::f32: return f(static_cast<float*>(nullptr));
-    case DType::bf16: return f(static_cast<__nv_bfloat16*>(nullptr));
-    default: fail("{}: the GPU kernels take f32 or bf16, got {}", op, describe(t));
-  }
-}
 
 template <class F>
 void dispatch_unary(UnaryOp op, F&& f) {

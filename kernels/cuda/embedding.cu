@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/cuda.h"
+#include "kernels/cuda/float_access.cuh"
 #include "kernels/embedding.h"
 
 namespace coil::kernels::cuda {
@@ -84,11 +85,6 @@ __device__ void raise_bad_id(ErrorFlag flag, int64_t position, int64_t id, int64
   }
 }
 
-__device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
-__device__ __forceinline__ void store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16(v); }
-
 // out[i, :] = weight[ids[i], :] (a zero row for an out-of-range id, which is reported).
 template <class T, class I>
 __global__ void gather_kernel(const T* weight, const I* ids, T* out, int64_t n, int64_t V, int64_t D,
@@ -135,15 +131,6 @@ __global__ void run_sum_kernel(const T* grad, const int32_t* keys, const int32_t
       for (int64_t j = b; j < end; ++j) acc += load(grad, int64_t(positions[j]) * D + d);
       store(grad_weight, int64_t(key) * D + d, acc);
     }
-  }
-}
-
-template <class F>
-void dispatch_gpu_float(const char* op, const Tensor& t, F&& f) {
-  switch (t.dtype()) {
-    case DType::f32: return f(static_cast<float*>(nullptr));
-    case DType::bf16: return f(static_cast<__nv_bfloat16*>(nullptr));
-    default: fail("{}: the GPU kernels take f32 or bf16, got {}", op, describe(t));
   }
 }
 

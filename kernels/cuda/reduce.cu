@@ -6,15 +6,11 @@
 #include <cuda_bf16.h>
 
 #include "core/cuda.h"
+#include "kernels/cuda/float_access.cuh"
 #include "kernels/reduce.h"
 
 namespace coil::kernels::cuda {
 namespace {
-
-__device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
-__device__ __forceinline__ void store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16(v); }
 
 constexpr int kRowThreads = 256;
 
@@ -76,15 +72,6 @@ __global__ void expand_kernel(const T* g, T* out, int64_t n, int64_t R, int64_t 
     int64_t c = i % C;
     int64_t a = i / (R * C);
     store(out, i, factor * load(g, a * C + c));
-  }
-}
-
-template <class F>
-void dispatch_gpu_float(const char* op, const Tensor& t, F&& f) {
-  switch (t.dtype()) {
-    case DType::f32: return f(static_cast<float*>(nullptr));
-    case DType::bf16: return f(static_cast<__nv_bfloat16*>(nullptr));
-    default: fail("{}: the GPU kernels take f32 or bf16, got {}", op, describe(t));
   }
 }
 
