@@ -18,13 +18,16 @@ void emit_document(TokenWriter& w, const std::string& text, PrepareStats& stats)
   stats.tokens += int64_t(ids.size()) + 1;
 }
 
-void split_and_emit(TokenWriter& w, const std::string& text, const PrepareOptions& o, PrepareStats& stats) {
+}  // namespace
+
+void for_each_document(const std::string& text, const PrepareOptions& o,
+                       const std::function<void(const std::string&)>& emit) {
   if (o.lines_are_documents) {
     size_t begin = 0;
     while (begin < text.size()) {
       size_t end = text.find('\n', begin);
       if (end == std::string::npos) end = text.size();
-      if (end > begin) emit_document(w, text.substr(begin, end - begin), stats);
+      if (end > begin) emit(text.substr(begin, end - begin));
       begin = end + 1;
     }
   } else if (o.paragraphs_are_documents) {
@@ -33,15 +36,13 @@ void split_and_emit(TokenWriter& w, const std::string& text, const PrepareOption
       size_t end = text.find("\n\n", begin);
       if (end == std::string::npos) end = text.size();
       std::string para = text.substr(begin, end - begin);
-      if (para.find_first_not_of(" \t\n\r") != std::string::npos) emit_document(w, para, stats);
+      if (para.find_first_not_of(" \t\n\r") != std::string::npos) emit(para);
       begin = end + 2;
     }
   } else if (!text.empty()) {
-    emit_document(w, text, stats);
+    emit(text);
   }
 }
-
-}  // namespace
 
 PrepareStats prepare_bytes(const std::vector<std::string>& inputs, const std::string& output,
                            const PrepareOptions& options) {
@@ -59,7 +60,7 @@ PrepareStats prepare_bytes(const std::vector<std::string>& inputs, const std::st
         if (!in) fail("prepare: cannot read '{}'", path);
         text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
       }
-      split_and_emit(w, text, options, stats);
+      for_each_document(text, options, [&](const std::string& doc) { emit_document(w, doc, stats); });
       stats.files += 1;
     }
   }

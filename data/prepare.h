@@ -5,6 +5,7 @@
 // `paragraphs_are_documents`.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,11 @@ struct PrepareOptions {
   bool lines_are_documents = false;
   bool paragraphs_are_documents = false;
 };
+
+// Calls emit with each document of text as the options split it (empty lines and blank
+// paragraphs are not documents); every tokenizer splits the same way.
+void for_each_document(const std::string& text, const PrepareOptions& options,
+                       const std::function<void(const std::string&)>& emit);
 
 // Inputs are paths or globs; "-" reads standard input.
 PrepareStats prepare_bytes(const std::vector<std::string>& inputs, const std::string& output,

@@ -189,30 +189,6 @@ void encode_document(const sentencepiece::SentencePieceProcessor& sp, const std:
   }
 }
 
-template <typename F>
-void for_each_document(const std::string& text, const PrepareOptions& o, F&& emit) {
-  if (o.lines_are_documents) {
-    size_t begin = 0;
-    while (begin < text.size()) {
-      size_t end = text.find('\n', begin);
-      if (end == std::string::npos) end = text.size();
-      if (end > begin) emit(text.substr(begin, end - begin));
-      begin = end + 1;
-    }
-  } else if (o.paragraphs_are_documents) {
-    size_t begin = 0;
-    while (begin < text.size()) {
-      size_t end = text.find("\n\n", begin);
-      if (end == std::string::npos) end = text.size();
-      std::string para = text.substr(begin, end - begin);
-      if (para.find_first_not_of(" \t\n\r") != std::string::npos) emit(para);
-      begin = end + 2;
-    }
-  } else if (!text.empty()) {
-    emit(text);
-  }
-}
-
 }  // namespace
 
 bool sentencepiece_available() { return true; }
