@@ -29,6 +29,16 @@ Variable Linear::forward_no_bias(const Variable& x) const {
   return autograd::linear(to_compute(x), weight->compute(compute_dtype()));
 }
 
+std::vector<Variable> Linear::forward_split(const Variable& x, const std::vector<int64_t>& sizes) const {
+  DType cd = compute_dtype();
+  Variable xc = to_compute(x);
+  std::vector<Variable> w = autograd::split(weight->compute(cd), sizes, 0);
+  std::vector<Variable> b = bias ? autograd::split(bias->compute(cd), sizes, 0) : std::vector<Variable>(sizes.size());
+  std::vector<Variable> out;
+  for (size_t i = 0; i < sizes.size(); ++i) out.push_back(autograd::linear(xc, w[i], b[i]));
+  return out;
+}
+
 Embedding::Embedding(int64_t num, int64_t dim, Generator& gen, double std, DType param_dtype)
     : num(num), dim(dim) {
   COIL_CHECK(num > 0 && dim > 0, "Embedding: sizes must be positive, got {} x {}", num, dim);

@@ -78,15 +78,16 @@ Variable kernel_param(const Parameter& p, const Variable& like) {
 }  // namespace
 
 // The reference Mamba.forward, channel-last throughout: the conv and the scan read (B, L, di)
-// as the linear layers produce it, so no transpose copies (the split of xz is the one copy):
-//   xz = in_proj(x) (B, L, 2di); x, z = split; x = silu(conv1d(x));
+// as the linear layers produce it, so no transpose copies; in_proj writes x and z as two
+// tensors (two products with the halves of its weight), so splitting xz copies nothing:
+//   x, z = in_proj(x) (B, L, di) each; x = silu(conv1d(x));
 //   dt, B, C = split(x_proj(x)); delta = dt @ dt_proj.weight^T (bias: the scan's delta_bias);
 //   y = scan(x, delta, -exp(A_log), B, C, D, z, dt_proj.bias, softplus); out_proj(y).
 Variable MambaMixer::forward(const Variable& x) const {
   COIL_CHECK(x.dim() == 3 && x.size(2) == d_model, "MambaMixer: x must be [B, L, {}], got {}", d_model,
              describe(x.value()));
   const int64_t Bn = x.size(0), L = x.size(1);
-  auto xz = autograd::split(in_proj->forward(x), {d_inner, d_inner}, 2);  // (B, L, di) each
+  auto xz = in_proj->forward_split(x, {d_inner, d_inner});  // x and z, (B, L, di) each
   const Variable& z = xz[1];
   Variable w = autograd::reshape(kernel_param(*conv1d->weight, xz[0]), {d_inner, d_conv});
   Variable cb = conv1d->bias ? kernel_param(*conv1d->bias, xz[0]) : Variable();
