@@ -177,6 +177,8 @@ TEST_CASE("selective scan CUDA matches the CPU reference at awkward sizes", "[cu
       {1, 9, 2048, 64, true, true, false}, {1, 33, 4097, 16, true, true, true},
       {2, 17, 1000, 64, false, false, true}, {1, 40, 300, 4, true, true, true},
       {1, 12, 257, 24, true, true, true},
+      // An odd and an even number of chunks (the backward's kept rerun states), d_state 8, 32.
+      {1, 24, 130, 8, true, true, true}, {2, 16, 96, 32, true, false, true},
       // dim a multiple of 8: the 16-byte channel packs (a partial last tile in the first).
       {2, 104, 300, 16, true, true, true}, {1, 128, 129, 64, false, true, true},
   };

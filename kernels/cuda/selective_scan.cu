@@ -1,16 +1,18 @@
 // The fused selective scan on CUDA. Design notes: docs/SELECTIVE_SCAN.md.
 //
 // Work split (forward and backward alike): a thread block owns one batch row b and a tile of
-// consecutive channels; inside it, G = 1, 2, 4 or 8 neighbouring lanes share one channel and
-// each lane keeps kSpt = 8 of the channel's states in registers (d_state <= 8 G, padded states
-// have A = B = C = 0). Time runs in chunks of kChunk = 32 steps: the block stages the chunk's
+// consecutive channels; inside it, G (a power of two) neighbouring lanes share one channel and
+// each lane keeps SPT of the channel's states in registers (SPT = 4 in the forward, 8 in the
+// backward; d_state <= SPT G, padded states have A = B = C = 0); block_threads(SPT) threads
+// make a tile of 32 channels at d_state 16. Time runs in chunks of kChunk = 32 steps: the block stages the chunk's
 // inputs in shared memory (the arrays are channel-last, (batch, length, dim): coalesced
 // 16-byte loads along the channels of each time step, converted to fp32, softplus applied
 // once per element), then every lane runs the recurrence over the chunk sequentially, then
 // the block writes the chunk's outputs with coalesced stores. B and C of the chunk are
-// staged as [t][state] so that a lane reads its 8 values with two 16-byte broadcasts.
+// staged as [t][state] so that a lane reads its SPT values with 16-byte broadcasts.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "core/cuda.h"
@@ -25,10 +27,10 @@ constexpr int kChunk = int(kScanChunk);  // time steps staged at once
 constexpr int kCkptChunks = int(kScanCheckpointSteps / kScanChunk);  // chunks between saved states
 static_assert(kScanCheckpointSteps % kScanChunk == 0, "checkpoints fall on chunk ends");
 constexpr int kPitch = kChunk + 1;       // shared row pitch (odd: no bank conflicts across rows)
-constexpr int kSpt = 8;                  // states per lane
 constexpr int kSub = 8;                  // backward sub-chunk (states kept in shared memory)
-constexpr int kFwdThreads = 64;
-constexpr int kBwdThreads = 64;
+// Threads per block with spt states per lane: a tile of 32 channels at d_state 16.
+constexpr int block_threads(int spt) { return 512 / spt; }
+constexpr int kBwdBlocksPerSm = 6;       // the B16 D1536 N16 grid (768 blocks) in one wave
 static_assert(kChunk == 4 * kSub, "the backward keeps 3 sub-chunk start states in registers");
 static_assert(kChunk % 4 == 0, "the forward runs 4 steps at a time");
 constexpr float kLog2e = 1.4426950408889634f;
@@ -59,6 +61,12 @@ __device__ __forceinline__ float softplus_f(float x) {
   return x > 20.f ? x : e < 0.03f ? e * fmaf(e, fmaf(e, 1.f / 3.f, -0.5f), 1.f) : __logf(1.f + e);
 }
 __device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + __expf(-x)); }
+// softplus'(x) from dt = softplus(x): sigmoid(x) = 1 - e^-dt, as dt (1 - dt/2 + dt^2/6) for
+// dt < 0.03 (relative error < 4e-8; 1 - e^-dt would lose digits) and from ex2 above (relative
+// error < 1e-6), instead of the long expm1f sequence.
+__device__ __forceinline__ float softplus_grad_f(float dt) {
+  return dt < 0.03f ? dt * fmaf(dt, fmaf(dt, 1.f / 6.f, -0.5f), 1.f) : 1.f - ex2(-dt * kLog2e);
+}
 
 // A tile is rows [0, rows) (channels, or states for B and C) x time [0, kChunk) of a
 // channel-last array: element (r, tt) at g[tt * ld + r], g pointing at the tile's first row
@@ -131,14 +139,19 @@ struct ScanParams {
   const void *u, *delta, *z, *B, *C, *dout;
   const float *A, *D, *bias, *h0, *dhl;
   void *out, *du, *ddelta, *dz;
-  float *final_state, *ckpt, *dA_part, *dD_part, *dbias_part, *dh0, *dBC;
+  float *final_state, *ckpt, *dA_part, *dD_part, *dbias_part, *dh0, *dBC, *sub_states;
   int batch, dim, len, nstate, G, npad, cpb, nchunks, nckpt, ntiles;
   bool softplus, vec, vec_bc, atomic_dbc;  // vec: 16-byte packs for u, delta, z, out (and grads); vec_bc: for B, C
 };
 
-__device__ __forceinline__ void read8(const float* p, float* v) {
-  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
-  v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+// A lane's S consecutive states of one staged step (S a multiple of 4, 16-byte aligned).
+template <int S>
+__device__ __forceinline__ void read_states(const float* p, float* v) {
+#pragma unroll
+  for (int i = 0; i < S / 4; ++i) {
+    const float4 a = reinterpret_cast<const float4*>(p)[i];
+    v[4 * i] = a.x; v[4 * i + 1] = a.y; v[4 * i + 2] = a.z; v[4 * i + 3] = a.w;
+  }
 }
 
 // Sum over the G lanes of a channel (neighbouring lanes).
@@ -195,8 +208,10 @@ __device__ __forceinline__ float silu_f(float z) { return __fdividef(z, 1.f + __
 // of every kCkptChunks chunks (kScanCheckpointSteps steps) and at the end.
 // Exponentials: one ex2 per (b, d, t, n), plus softplus and silu per (b, d, t). The next
 // chunk's inputs are copied (cp.async) into a raw staging area while this chunk computes.
-template <class T>
-__global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p) {
+// 4 states per lane (128 threads a block) measured 2-3% faster than 8 (64 threads): twice
+// the warps hide the latency of each step's exponentials and shuffle better.
+template <class T, int SPT, int NT = block_threads(SPT)>
+__global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   const int cpb = p.cpb, G = p.G, npad = p.npad;
@@ -224,11 +239,11 @@ __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p)
   const T* z = p.z ? static_cast<const T*>(p.z) + rowoff : nullptr;
   T* out = static_cast<T*>(p.out) + rowoff;
 
-  for (int i = threadIdx.x; i < cpb; i += kFwdThreads) s_bias[i] = p.bias && i < rows_valid ? p.bias[d0 + i] : 0.f;
-  float h[kSpt], A2[kSpt];
+  for (int i = threadIdx.x; i < cpb; i += NT) s_bias[i] = p.bias && i < rows_valid ? p.bias[d0 + i] : 0.f;
+  float h[SPT], A2[SPT];
 #pragma unroll
-  for (int k = 0; k < kSpt; ++k) {
-    const int n = g * kSpt + k;
+  for (int k = 0; k < SPT; ++k) {
+    const int n = g * SPT + k;
     const bool ok = d < p.dim && n < N;
     A2[k] = ok ? p.A[int64_t(d) * N + n] * kLog2e : 0.f;
     h[k] = ok && p.h0 ? p.h0[(int64_t(b) * p.dim + d) * N + n] : 0.f;
@@ -238,11 +253,11 @@ __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p)
   auto prefetch = [&](int ck) {
     const int64_t t0 = int64_t(ck) * kChunk;
     const int len = int(L - t0 < kChunk ? L - t0 : kChunk);
-    prefetch_tile<kFwdThreads>(st_u, u + t0 * Dm, Dm, cpb, rows_valid, len, p.vec);
-    prefetch_tile<kFwdThreads>(st_dt, delta + t0 * Dm, Dm, cpb, rows_valid, len, p.vec);
-    if (z) prefetch_tile<kFwdThreads>(st_z, z + t0 * Dm, Dm, cpb, rows_valid, len, p.vec);
-    prefetch_tile<kFwdThreads>(st_B, Bg + t0 * N, N, npad, int(N), len, p.vec_bc);
-    prefetch_tile<kFwdThreads>(st_C, Cg + t0 * N, N, npad, int(N), len, p.vec_bc);
+    prefetch_tile<NT>(st_u, u + t0 * Dm, Dm, cpb, rows_valid, len, p.vec);
+    prefetch_tile<NT>(st_dt, delta + t0 * Dm, Dm, cpb, rows_valid, len, p.vec);
+    if (z) prefetch_tile<NT>(st_z, z + t0 * Dm, Dm, cpb, rows_valid, len, p.vec);
+    prefetch_tile<NT>(st_B, Bg + t0 * N, N, npad, int(N), len, p.vec_bc);
+    prefetch_tile<NT>(st_C, Cg + t0 * N, N, npad, int(N), len, p.vec_bc);
     cp_async_commit();
   };
   prefetch(0);
@@ -252,17 +267,17 @@ __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p)
     const int len = int(L - t0 < kChunk ? L - t0 : kChunk);
     cp_async_wait_all();
     __syncthreads();  // the staged chunk is visible; the previous chunk's stores are done
-    convert_tile<kFwdThreads>(st_u, cpb, [&](int r, int tt, float v) { s_u[r * kPitch + tt] = v; });
-    convert_tile<kFwdThreads>(st_dt, cpb, [&](int r, int tt, float v) {
+    convert_tile<NT>(st_u, cpb, [&](int r, int tt, float v) { s_u[r * kPitch + tt] = v; });
+    convert_tile<NT>(st_dt, cpb, [&](int r, int tt, float v) {
       if (tt < len && r < rows_valid) {  // padding stays exactly 0 (no decay, no input)
         v += s_bias[r];
         if (p.softplus) v = softplus_f(v);
       }
       s_dt[r * kPitch + tt] = v;
     });
-    if (z) convert_tile<kFwdThreads>(st_z, cpb, [&](int r, int tt, float v) { s_gate[r * kPitch + tt] = silu_f(v); });
-    convert_tile<kFwdThreads>(st_B, npad, [&](int r, int tt, float v) { s_B[tt * npad + r] = v; });
-    convert_tile<kFwdThreads>(st_C, npad, [&](int r, int tt, float v) { s_C[tt * npad + r] = v; });
+    if (z) convert_tile<NT>(st_z, cpb, [&](int r, int tt, float v) { s_gate[r * kPitch + tt] = silu_f(v); });
+    convert_tile<NT>(st_B, npad, [&](int r, int tt, float v) { s_B[tt * npad + r] = v; });
+    convert_tile<NT>(st_C, npad, [&](int r, int tt, float v) { s_C[tt * npad + r] = v; });
     __syncthreads();
     if (ck + 1 < p.nchunks) prefetch(ck + 1);
 
@@ -279,12 +294,12 @@ __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p)
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const float du = dt[j] * uu[j];
-        float Bv[kSpt], Cv[kSpt];
-        read8(s_B + (t4 + j) * npad + g * kSpt, Bv);
-        read8(s_C + (t4 + j) * npad + g * kSpt, Cv);
+        float Bv[SPT], Cv[SPT];
+        read_states<SPT>(s_B + (t4 + j) * npad + g * SPT, Bv);
+        read_states<SPT>(s_C + (t4 + j) * npad + g * SPT, Cv);
         float y0 = 0.f, y1 = 0.f;
 #pragma unroll
-        for (int k = 0; k < kSpt; k += 2) {
+        for (int k = 0; k < SPT; k += 2) {
           h[k] = fmaf(ex2(dt[j] * A2[k]), h[k], du * Bv[k]);
           h[k + 1] = fmaf(ex2(dt[j] * A2[k + 1]), h[k + 1], du * Bv[k + 1]);
           y0 = fmaf(Cv[k], h[k], y0);
@@ -302,21 +317,21 @@ __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p)
     if (p.ckpt && d < p.dim && (ck % kCkptChunks == kCkptChunks - 1 || ck + 1 == p.nchunks)) {
       float* cp = p.ckpt + ((int64_t(b) * p.dim + d) * p.nckpt + ck / kCkptChunks) * N;
 #pragma unroll
-      for (int k = 0; k < kSpt; ++k)
-        if (g * kSpt + k < N) cp[g * kSpt + k] = h[k];
+      for (int k = 0; k < SPT; ++k)
+        if (g * SPT + k < N) cp[g * SPT + k] = h[k];
     }
     __syncthreads();
     if (z)
-      store_tile<kFwdThreads>(out + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
+      store_tile<NT>(out + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
                               [&](int r, int tt) { return s_u[r * kPitch + tt] * s_gate[r * kPitch + tt]; });
     else
-      store_tile<kFwdThreads>(out + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
+      store_tile<NT>(out + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
                               [&](int r, int tt) { return s_u[r * kPitch + tt]; });
   }
   if (d < p.dim) {
 #pragma unroll
-    for (int k = 0; k < kSpt; ++k)
-      if (g * kSpt + k < N) p.final_state[(int64_t(b) * p.dim + d) * N + g * kSpt + k] = h[k];
+    for (int k = 0; k < SPT; ++k)
+      if (g * SPT + k < N) p.final_state[(int64_t(b) * p.dim + d) * N + g * SPT + k] = h[k];
   }
 }
 
@@ -325,8 +340,9 @@ __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p)
 // each chunk: its start state is the saved one at the start of its checkpoint interval, run
 // forward over the interval's earlier chunks (staged again); stage u, dt, dy = dout silu(z)
 // and dout silu'(z) (fp32) and B, C; pass 1 runs the recurrence from the chunk's start
-// state and keeps the states at the sub-chunk
-// starts (steps 8, 16, 24) in registers; then per sub-chunk of kSub = 8 steps, last first:
+// state and keeps the states at the sub-chunk starts (steps 8, 16, 24) in registers (the
+// rerun of chunk ck - 1 for chunk ck saves them in a scratch buffer, so that chunk ck - 1
+// skips pass 1); then per sub-chunk of kSub = 8 steps, last first:
 //  (a) recompute the sub-chunk, storing every state in shared memory (lane-private columns)
 //      and y (for dz);
 //  (b) the block sums dC_t[n] = sum_c dy_t[c] h_t[c, n] over its channels from those states;
@@ -334,15 +350,17 @@ __global__ void __launch_bounds__(kFwdThreads) scan_forward_kernel(ScanParams p)
 //      ddelta and the running dA, and overwrites each consumed state with dh_t du_t;
 //  (d) the block sums dB_t[n] = sum_c dh_t[c, n] du_t[c] from those.
 // The sums of (b) and (d) run over the channels in a fixed order, then over channel tiles
-// through per-tile partials (deterministic) or float atomics. Exponentials: 3 ex2 per
-// (b, d, t, n) (pass 1, recompute, reverse) plus 1 for the chunks whose start state is rerun.
+// through per-tile partials (deterministic) or float atomics. Exponentials per (b, d, t, n):
+// 1 recompute, 1 reverse, 1/2 for the rerun of every other chunk and 3/8 for pass 1 of the
+// chunks that rerun their predecessor: 2.875 at kCkptChunks = 2.
 // Memory: reads u, delta, z, dout, B, C once (u, delta, B of the rerun chunks twice), writes
-// du, ddelta, dz once, reads one saved state per (b, d, n) per chunk.
+// du, ddelta, dz once, reads one saved state per (b, d, n) per chunk; writes and reads back
+// 4 x 4 bytes per (b, d, n) per rerun chunk (scratch, L2-resident: 6.3 MB at B16 D1536 N16).
 constexpr int kRowsH = kSub + 1;             // states 0..kSub of a sub-chunk, per slot
-constexpr int kPitchH = kBwdThreads + 1;     // row pitch of s_h (odd: conflict-free both ways)
 
-template <class T>
-__global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParams p) {
+template <class T, int SPT, int NT = block_threads(SPT)>
+__global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(ScanParams p) {
+  constexpr int kPitchH = NT + 1;  // row pitch of s_h (odd: conflict-free both ways)
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   const int cpb = p.cpb, G = p.G, npad = p.npad;
@@ -353,9 +371,9 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
   float* s_B = s_dz + cpb * kPitch;         // [kChunk][npad]
   float* s_C = s_B + kChunk * npad;         // [kChunk][npad]
   float* s_bias = s_C + kChunk * npad;      // [cpb]
-  // The states of a sub-chunk, [kSpt][kRowsH][kPitchH]: a static array of its own, so that
+  // The states of a sub-chunk, [SPT][kRowsH][kPitchH]: a static array of its own, so that
   // the compiler knows its stores do not alias the staged inputs and can hoist their loads.
-  __shared__ float s_h[kSpt * kRowsH * kPitchH];
+  __shared__ float s_h[SPT * kRowsH * kPitchH];
 
   const int b = blockIdx.y, tile = blockIdx.x, d0 = tile * cpb;
   const int tid = threadIdx.x;
@@ -374,11 +392,11 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
   T* dz_g = p.dz ? static_cast<T*>(p.dz) + rowoff : nullptr;
   const bool vec4 = L % 4 == 0;
 
-  float A2[kSpt], Af[kSpt], dA[kSpt], dhc[kSpt];
+  float A2[SPT], Af[SPT], dA[SPT], dhc[SPT];
   const int64_t bd = int64_t(b) * p.dim + d;
 #pragma unroll
-  for (int k = 0; k < kSpt; ++k) {
-    const int n = g * kSpt + k;
+  for (int k = 0; k < SPT; ++k) {
+    const int n = g * SPT + k;
     const bool ok = d < p.dim && n < N;
     Af[k] = ok ? p.A[int64_t(d) * N + n] : 0.f;
     A2[k] = Af[k] * kLog2e;
@@ -387,7 +405,7 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
   }
   const float Dd = d < p.dim && p.D ? p.D[d] : 0.f;
   float dD_acc = 0.f, dbias_acc = 0.f;
-  for (int i = tid; i < cpb; i += kBwdThreads) s_bias[i] = p.bias && i < rows_valid ? p.bias[d0 + i] : 0.f;
+  for (int i = tid; i < cpb; i += NT) s_bias[i] = p.bias && i < rows_valid ? p.bias[d0 + i] : 0.f;
   __syncthreads();
   // This lane's state slot k, state i of the sub-chunk.
   auto hslot = [&](int k, int i) -> float& { return s_h[(k * kRowsH + i) * kPitchH + tid]; };
@@ -400,13 +418,13 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
   auto reduce_sub = [&](bool is_dc, int64_t t0, int ts, int cnt) {
     constexpr int groups = kSub / 4;
     const int work = int(N) * groups * 2;
-    for (int base = 0; base < work; base += kBwdThreads) {  // uniform trip count: shuffles below
+    for (int base = 0; base < work; base += NT) {  // uniform trip count: shuffles below
       const int unit = base + tid, half = unit & 1, rest = unit >> 1;
       const int n = rest / groups, i0 = (rest % groups) * 4;
       const bool active = unit < work && i0 < cnt;
       float acc[4] = {0.f, 0.f, 0.f, 0.f};
       if (active) {
-        const int gg = n / kSpt, k = n % kSpt;
+        const int gg = n / SPT, k = n % SPT;
         const float* rows = s_h + (k * kRowsH + i0 + (is_dc ? 1 : 0)) * kPitchH + gg;
         const float* dyr = s_dy + ts + i0;
 #pragma unroll 4
@@ -440,16 +458,16 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
 
   // Stages what the recurrence reads: u, dt = softplus(delta + bias), B of the chunk at t0.
   auto stage_recurrence = [&](int64_t t0, int len) {
-    load_tile<kBwdThreads>(u + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
+    load_tile<NT>(u + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
                            [&](int r, int tt, float v, bool) { s_u[r * kPitch + tt] = from_f<T>(v); });
-    load_tile<kBwdThreads>(delta + t0 * Dm, Dm, cpb, rows_valid, len, p.vec, [&](int r, int tt, float v, bool ok) {
+    load_tile<NT>(delta + t0 * Dm, Dm, cpb, rows_valid, len, p.vec, [&](int r, int tt, float v, bool ok) {
       if (ok) {
         v += s_bias[r];
         if (p.softplus) v = softplus_f(v);
       }
       s_dt[r * kPitch + tt] = v;
     });
-    load_tile<kBwdThreads>(Bg + t0 * N, N, npad, int(N), len, p.vec_bc,
+    load_tile<NT>(Bg + t0 * N, N, npad, int(N), len, p.vec_bc,
                            [&](int r, int tt, float v, bool) { s_B[tt * npad + r] = v; });
   };
   // Runs this lane's states h over the staged steps [ts, te).
@@ -457,20 +475,26 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
 #pragma unroll 2
     for (int tt = ts; tt < te; ++tt) {
       const float dt = s_dt[c * kPitch + tt], du = dt * to_f(s_u[c * kPitch + tt]);
-      float Bv[kSpt];
-      read8(s_B + tt * npad + g * kSpt, Bv);
+      float Bv[SPT];
+      read_states<SPT>(s_B + tt * npad + g * SPT, Bv);
 #pragma unroll
-      for (int k = 0; k < kSpt; ++k) h[k] = fmaf(ex2(dt * A2[k]), h[k], du * Bv[k]);
+      for (int k = 0; k < SPT; ++k) h[k] = fmaf(ex2(dt * A2[k]), h[k], du * Bv[k]);
     }
+  };
+  // This lane's state at step 8 j of the last rerun chunk (slot j of 4): kept in a scratch
+  // buffer of its own (coalesced, [block][j][k][lane]) until that chunk is processed next.
+  auto sub_state = [&](int j, int k) -> float& {
+    return p.sub_states[((int64_t(b * p.ntiles + tile) * (kChunk / kSub) + j) * SPT + k) * NT + tid];
   };
   // The state at the start of chunk ck into h: the saved state (or the initial one) at the
   // start of its checkpoint interval, then the interval's earlier chunks recomputed (full
-  // chunks: only the last chunk can be partial).
+  // chunks: only the last chunk can be partial). The rerun of chunk ck - 1 keeps its states at
+  // the sub-chunk starts: they replace pass 1 when chunk ck - 1 is processed next.
   auto chunk_start_state = [&](int ck, float* h) {
     const int c0 = ck - ck % kCkptChunks;
 #pragma unroll
-    for (int k = 0; k < kSpt; ++k) {
-      const int n = g * kSpt + k;
+    for (int k = 0; k < SPT; ++k) {
+      const int n = g * SPT + k;
       float v = 0.f;
       if (d < p.dim && n < N) {
         if (c0 > 0) v = p.ckpt[(bd * p.nckpt + c0 / kCkptChunks - 1) * N + n];
@@ -481,7 +505,13 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
     for (int cr = c0; cr < ck; ++cr) {
       stage_recurrence(int64_t(cr) * kChunk, kChunk);
       __syncthreads();
-      advance(h, 0, kChunk);
+      for (int j = 0; j < kChunk / kSub; ++j) {
+        if (cr + 1 == ck) {
+#pragma unroll
+          for (int k = 0; k < SPT; ++k) sub_state(j, k) = h[k];
+        }
+        advance(h, j * kSub, (j + 1) * kSub);
+      }
       __syncthreads();  // the staging area is reused
     }
   };
@@ -489,34 +519,45 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
   for (int ck = p.nchunks - 1; ck >= 0; --ck) {
     const int64_t t0 = int64_t(ck) * kChunk;
     const int len = int(L - t0 < kChunk ? L - t0 : kChunk);
-    float h0[kSpt], hb[3][kSpt];
-    chunk_start_state(ck, h0);
+    float h0[SPT], hb[3][SPT];
+    // Chunk ck + 1 reran this (full) chunk and kept its sub-chunk start states.
+    const bool rerun_kept = ck + 1 < p.nchunks && (ck + 1) % kCkptChunks != 0;
+    if (rerun_kept) {
+#pragma unroll
+      for (int k = 0; k < SPT; ++k) {
+        h0[k] = sub_state(0, k);
+#pragma unroll
+        for (int j = 0; j < 3; ++j) hb[j][k] = sub_state(j + 1, k);
+      }
+    } else {
+      chunk_start_state(ck, h0);
+    }
     stage_recurrence(t0, len);
-    load_tile<kBwdThreads>(dout + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
+    load_tile<NT>(dout + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
                            [&](int r, int tt, float v, bool) { s_dy[r * kPitch + tt] = v; });
     if (z) {
-      load_tile<kBwdThreads>(z + t0 * Dm, Dm, cpb, rows_valid, len, p.vec, [&](int r, int tt, float zv, bool) {
+      load_tile<NT>(z + t0 * Dm, Dm, cpb, rows_valid, len, p.vec, [&](int r, int tt, float zv, bool) {
         // The same thread wrote s_dy at this position just above (identical index mapping).
         const float go = s_dy[r * kPitch + tt], s = sigmoid_f(zv);
         s_dy[r * kPitch + tt] = go * zv * s;
         s_dz[r * kPitch + tt] = go * s * (1.f + zv * (1.f - s));
       });
     }
-    load_tile<kBwdThreads>(Cg + t0 * N, N, npad, int(N), len, p.vec_bc,
+    load_tile<NT>(Cg + t0 * N, N, npad, int(N), len, p.vec_bc,
                            [&](int r, int tt, float v, bool) { s_C[tt * npad + r] = v; });
     __syncthreads();
 
-    // Pass 1: the states at the sub-chunk starts.
+    // Pass 1: the states at the sub-chunk starts (unless kept from the rerun).
     const int nsub = (len + kSub - 1) / kSub;
-    {
-      float h[kSpt];
+    if (!rerun_kept) {
+      float h[SPT];
 #pragma unroll
-      for (int k = 0; k < kSpt; ++k) h[k] = h0[k];
+      for (int k = 0; k < SPT; ++k) h[k] = h0[k];
 #pragma unroll
       for (int j = 0; j < 3; ++j) {
         if (j + 1 < nsub) advance(h, j * kSub, (j + 1) * kSub);
 #pragma unroll
-        for (int k = 0; k < kSpt; ++k) hb[j][k] = h[k];
+        for (int k = 0; k < SPT; ++k) hb[j][k] = h[k];
       }
     }
 
@@ -524,21 +565,21 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
       const int ts = j * kSub, te = min(len, ts + kSub), cnt = te - ts;
       // (a) Recompute the sub-chunk's states; y for dz.
       {
-        float h[kSpt];
+        float h[SPT];
 #pragma unroll
-        for (int k = 0; k < kSpt; ++k) {
+        for (int k = 0; k < SPT; ++k) {
           h[k] = j == 0 ? h0[k] : j == 1 ? hb[0][k] : j == 2 ? hb[1][k] : hb[2][k];
           hslot(k, 0) = h[k];
         }
 #pragma unroll 2
         for (int tt = ts; tt < te; ++tt) {
           const float dt = s_dt[c * kPitch + tt], uu = to_f(s_u[c * kPitch + tt]), du = dt * uu;
-          float Bv[kSpt], Cv[kSpt];
-          read8(s_B + tt * npad + g * kSpt, Bv);
-          read8(s_C + tt * npad + g * kSpt, Cv);
+          float Bv[SPT], Cv[SPT];
+          read_states<SPT>(s_B + tt * npad + g * SPT, Bv);
+          read_states<SPT>(s_C + tt * npad + g * SPT, Cv);
           float y0 = 0.f, y1 = 0.f;
 #pragma unroll
-          for (int k = 0; k < kSpt; k += 2) {
+          for (int k = 0; k < SPT; k += 2) {
             h[k] = fmaf(ex2(dt * A2[k]), h[k], du * Bv[k]);
             h[k + 1] = fmaf(ex2(dt * A2[k + 1]), h[k + 1], du * Bv[k + 1]);
             hslot(k, tt - ts + 1) = h[k];
@@ -559,12 +600,12 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
       for (int tt = te - 1; tt >= ts; --tt) {
         const float dt = s_dt[c * kPitch + tt], uu = to_f(s_u[c * kPitch + tt]), du = dt * uu;
         const float dy = s_dy[c * kPitch + tt];
-        float Bv[kSpt], Cv[kSpt];
-        read8(s_B + tt * npad + g * kSpt, Bv);
-        read8(s_C + tt * npad + g * kSpt, Cv);
+        float Bv[SPT], Cv[SPT];
+        read_states<SPT>(s_B + tt * npad + g * SPT, Bv);
+        read_states<SPT>(s_C + tt * npad + g * SPT, Cv);
         float sum_dhB = 0.f, sum_q = 0.f;
 #pragma unroll
-        for (int k = 0; k < kSpt; ++k) {
+        for (int k = 0; k < SPT; ++k) {
           const float a = ex2(dt * A2[k]);
           float& slot = hslot(k, tt - ts);
           const float hp = slot;
@@ -581,7 +622,7 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
         if (g == 0) {
           float ddt = fmaf(sum_dhB, uu, sum_q);
           // softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x))
-          if (p.softplus) ddt *= -expm1f(-dt);
+          if (p.softplus) ddt *= softplus_grad_f(dt);
           s_u[c * kPitch + tt] = from_f<T>(fmaf(sum_dhB, dt, Dd * dy));
           s_dt[c * kPitch + tt] = ddt;
           dD_acc = fmaf(dy, uu, dD_acc);
@@ -594,19 +635,19 @@ __global__ void __launch_bounds__(kBwdThreads, 6) scan_backward_kernel(ScanParam
       __syncthreads();
     }
     // Write du, d delta, dz of the chunk.
-    store_tile<kBwdThreads>(du_g + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
+    store_tile<NT>(du_g + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
                             [&](int r, int tt) { return to_f(s_u[r * kPitch + tt]); });
-    store_tile<kBwdThreads>(ddelta_g + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
+    store_tile<NT>(ddelta_g + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
                             [&](int r, int tt) { return s_dt[r * kPitch + tt]; });
     if (dz_g)
-      store_tile<kBwdThreads>(dz_g + t0 * Dm, Dm, cpb, rows_valid, len, p.vec, [&](int r, int tt) { return s_dz[r * kPitch + tt]; });
+      store_tile<NT>(dz_g + t0 * Dm, Dm, cpb, rows_valid, len, p.vec, [&](int r, int tt) { return s_dz[r * kPitch + tt]; });
     __syncthreads();
   }
 
   if (d < p.dim) {
 #pragma unroll
-    for (int k = 0; k < kSpt; ++k) {
-      const int n = g * kSpt + k;
+    for (int k = 0; k < SPT; ++k) {
+      const int n = g * SPT + k;
       if (n < N) {
         p.dA_part[bd * N + n] = dA[k];
         if (p.dh0) p.dh0[bd * N + n] = dhc[k];
@@ -646,7 +687,7 @@ __global__ void reduce_dbc_kernel(const float* part, T* dB, T* dC, int64_t batch
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
-ScanParams make_params(const ScanArgs& a, int threads) {
+ScanParams make_params(const ScanArgs& a, int spt) {
   ScanParams p{};
   p.u = a.u.raw();
   p.delta = a.delta.raw();
@@ -662,10 +703,10 @@ ScanParams make_params(const ScanArgs& a, int threads) {
   p.dim = int(a.u.size(2));
   p.nstate = int(a.A.size(1));
   int G = 1;
-  while (G * kSpt < p.nstate) G *= 2;
+  while (G * spt < p.nstate) G *= 2;
   p.G = G;
-  p.npad = G * kSpt;
-  p.cpb = threads / G;
+  p.npad = std::max(G * spt, 8);  // at least one 16-byte bf16 pack per staged step
+  p.cpb = block_threads(spt) / G;
   p.nchunks = int((a.u.size(1) + kChunk - 1) / kChunk);
   p.nckpt = int((a.u.size(1) + kScanCheckpointSteps - 1) / kScanCheckpointSteps);
   p.ntiles = (p.dim + p.cpb - 1) / p.cpb;
@@ -683,12 +724,9 @@ void check_sizes(const char* op, const ScanArgs& a) {
              "{}: batch must be <= 65535 and dim, length < 2^31 on CUDA, got u {}", op, describe(a.u));
 }
 
-}  // namespace
-
-void selective_scan_forward(const ScanArgs& a, const ScanResult& r) {
-  const char* op = "selective_scan_forward";
-  check_sizes(op, a);
-  ScanParams p = make_params(a, kFwdThreads);
+template <int SPT>
+void launch_forward(const ScanArgs& a, const ScanResult& r) {
+  ScanParams p = make_params(a, SPT);
   p.out = r.out.raw();
   p.final_state = r.final_state.data<float>();
   p.ckpt = r.checkpoints.defined() ? r.checkpoints.data<float>() : nullptr;
@@ -696,23 +734,32 @@ void selective_scan_forward(const ScanArgs& a, const ScanResult& r) {
   const size_t smem = sizeof(float) * (size_t(3) * p.cpb * kPitch + size_t(2) * kChunk * p.npad + ((p.cpb + 3) & ~3)) +
                       elem * kChunk * (size_t(3) * p.cpb + size_t(2) * p.npad);
   dim3 grid(unsigned(p.ntiles), unsigned(p.batch));
+  constexpr int NT = block_threads(SPT);
   cudaStream_t stream = coil::cuda::compute_stream();
   if (a.u.dtype() == DType::bf16) {
-    COIL_CUDA_CHECK(cudaFuncSetAttribute(scan_forward_kernel<bf16_t>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    scan_forward_kernel<bf16_t><<<grid, kFwdThreads, smem, stream>>>(p);
+    COIL_CUDA_CHECK(cudaFuncSetAttribute(scan_forward_kernel<bf16_t, SPT>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    scan_forward_kernel<bf16_t, SPT><<<grid, NT, smem, stream>>>(p);
   } else {
-    COIL_CUDA_CHECK(cudaFuncSetAttribute(scan_forward_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    scan_forward_kernel<float><<<grid, kFwdThreads, smem, stream>>>(p);
+    COIL_CUDA_CHECK(cudaFuncSetAttribute(scan_forward_kernel<float, SPT>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    scan_forward_kernel<float, SPT><<<grid, NT, smem, stream>>>(p);
   }
   COIL_CUDA_CHECK_LAUNCH("selective_scan_forward", "u {}, A {}, grid {}x{}, smem {}", describe(a.u), describe(a.A),
                          grid.x, grid.y, smem);
+}
+
+}  // namespace
+
+void selective_scan_forward(const ScanArgs& a, const ScanResult& r) {
+  check_sizes("selective_scan_forward", a);
+  launch_forward<4>(a, r);
 }
 
 void selective_scan_backward(const ScanArgs& a, const ScanResult& saved, const Tensor& grad_out,
                              const Tensor& grad_final_state, const ScanGrads& grads, bool deterministic) {
   const char* op = "selective_scan_backward";
   check_sizes(op, a);
-  ScanParams p = make_params(a, kBwdThreads);
+  constexpr int spt = 8;
+  ScanParams p = make_params(a, spt);
   if (!aligned16(grad_out.raw())) p.vec = false;
   for (const Tensor* t : {&grads.du, &grads.ddelta, &grads.dz})
     if (t->defined() && !aligned16(t->raw())) p.vec = false;
@@ -731,6 +778,8 @@ void selective_scan_backward(const ScanArgs& a, const ScanResult& saved, const T
   p.dA_part = dA_part.data<float>();
   p.dD_part = dD_part.data<float>();
   p.dbias_part = dbias_part.data<float>();
+  Tensor sub_states = Tensor::empty({B * p.ntiles * (kChunk / kSub) * spt * block_threads(spt)}, DType::f32, dev);
+  p.sub_states = sub_states.data<float>();
   p.atomic_dbc = !deterministic;
   Tensor dbc = Tensor::empty({B, deterministic ? int64_t(p.ntiles) : 1, 2 * N, L}, DType::f32, dev);
   p.dBC = dbc.data<float>();
@@ -740,13 +789,13 @@ void selective_scan_backward(const ScanArgs& a, const ScanResult& saved, const T
   const size_t smem = dtype_size(a.u.dtype()) * p.cpb * kPitch +
                       sizeof(float) * (size_t(3) * p.cpb * kPitch + size_t(2) * kChunk * p.npad + p.cpb);
   dim3 grid(unsigned(p.ntiles), unsigned(p.batch));
-  if (a.u.dtype() == DType::bf16) {
-    COIL_CUDA_CHECK(cudaFuncSetAttribute(scan_backward_kernel<bf16_t>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    scan_backward_kernel<bf16_t><<<grid, kBwdThreads, smem, stream>>>(p);
-  } else {
-    COIL_CUDA_CHECK(cudaFuncSetAttribute(scan_backward_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    scan_backward_kernel<float><<<grid, kBwdThreads, smem, stream>>>(p);
-  }
+  auto launch = [&](auto kernel, int threads) {
+    COIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    kernel<<<grid, threads, smem, stream>>>(p);
+  };
+  const bool bf = a.u.dtype() == DType::bf16;
+  if (bf) launch(scan_backward_kernel<bf16_t, spt>, block_threads(spt));
+  else launch(scan_backward_kernel<float, spt>, block_threads(spt));
   COIL_CUDA_CHECK_LAUNCH("selective_scan_backward", "u {}, A {}, grid {}x{}, smem {}", describe(a.u), describe(a.A),
                          grid.x, grid.y, smem);
 
