@@ -12,39 +12,14 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.cuh"
 #include "core/cuda.h"
 #include "core/random.h"
 #include "kernels/attention.h"
 
 using namespace coil;
 
-namespace {
-
-template <class F>
-double median_ms(F&& f, int iters) {
-  cudaStream_t s = coil::cuda::compute_stream();
-  for (int i = 0; i < 3; ++i) f();
-  coil::cuda::synchronize();
-  std::vector<float> times;
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  for (int i = 0; i < iters; ++i) {
-    cudaEventRecord(a, s);
-    f();
-    cudaEventRecord(b, s);
-    cudaEventSynchronize(b);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, a, b);
-    times.push_back(ms);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
-
-}  // namespace
+using bench::median_ms;
 
 int main(int argc, char** argv) {
   int iters = argc > 1 ? std::atoi(argv[1]) : 20;

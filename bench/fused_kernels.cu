@@ -21,6 +21,7 @@
 
 #include "core/allocator.h"
 #include "core/cuda.h"
+#include "bench/bench_util.cuh"
 #include "core/tensor.h"
 #include "kernels/adamw.h"
 #include "kernels/loss.h"
@@ -31,52 +32,12 @@ using namespace coil;
 
 namespace {
 
-// Deterministic pseudo-random values in [-1, 1) * scale, written on the device.
-template <class T>
-__global__ void fill_kernel(T* p, int64_t n, float scale, uint32_t seed) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
-    h ^= h >> 16;
-    h *= 0x7feb352du;
-    h ^= h >> 15;
-    p[i] = T(scale * (float(h & 0xffffff) / float(1 << 23) - 1.0f));
-  }
-}
-
-Tensor random(const Shape& shape, DType dtype, uint32_t seed, float scale = 1.f) {
-  Tensor t = Tensor::empty(shape, dtype, Device::cuda(0));
-  if (dtype == DType::bf16)
-    fill_kernel<<<1024, 256, 0, cuda::compute_stream()>>>(static_cast<__nv_bfloat16*>(t.raw()), t.numel(), scale, seed);
-  else
-    fill_kernel<<<1024, 256, 0, cuda::compute_stream()>>>(t.data<float>(), t.numel(), scale, seed);
-  COIL_CUDA_CHECK(cudaGetLastError());
-  return t;
-}
-
 constexpr int kInner = 10;  // calls per timed repetition
 
-template <class F>
-double median_ms(F&& f, int warmup, int reps) {
-  cudaStream_t stream = cuda::compute_stream();
-  for (int i = 0; i < warmup; ++i) f();
-  cudaEvent_t start, stop;
-  COIL_CUDA_CHECK(cudaEventCreate(&start));
-  COIL_CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<double> times;
-  for (int i = 0; i < reps; ++i) {
-    COIL_CUDA_CHECK(cudaEventRecord(start, stream));
-    for (int j = 0; j < kInner; ++j) f();
-    COIL_CUDA_CHECK(cudaEventRecord(stop, stream));
-    COIL_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    COIL_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(ms / kInner);
-  }
-  COIL_CUDA_CHECK(cudaEventDestroy(start));
-  COIL_CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
+Tensor random(const Shape& shape, DType dtype, uint32_t seed, float scale = 1.f) {
+  return bench::random_uniform(shape, dtype, -scale, scale, seed);
 }
+
 
 double copy_bw = 0;  // GB/s
 
@@ -102,7 +63,7 @@ int main(int argc, char** argv) {
     const size_t bytes = size_t(1) << 30;
     Tensor b = Tensor::empty({int64_t(bytes / 4)}, DType::i32, gpu);
     Tensor src = Tensor::zeros({int64_t(bytes / 4)}, DType::i32, gpu);
-    double ms = median_ms([&] { cuda::memcpy_device_to_device(b.raw(), src.raw(), bytes); }, warmup, reps);
+    double ms = bench::median_ms([&] { cuda::memcpy_device_to_device(b.raw(), src.raw(), bytes); }, reps, warmup, kInner);
     copy_bw = 2.0 * double(bytes) / (ms * 1e-3) / 1e9;
     std::printf("%-44s %9.1f MB %9.3f ms %8.0f GB/s %6.1f%%\n", "device-to-device copy (read + write)", 2e-6 * double(bytes),
                 ms, copy_bw, 100.0);
@@ -113,20 +74,20 @@ int main(int argc, char** argv) {
   {  // add + RMSNorm: x bf16, residual f32 in, residual f32 out, y bf16
     Tensor x = random({T, d}, DType::bf16, 1), res = random({T, d}, DType::f32, 2), w = random({d}, DType::f32, 3);
     kernels::NormForward f;
-    double ms = median_ms([&] { f = kernels::norm_forward(x, res, w, Tensor(), 1e-5, true, true); }, warmup, reps);
+    double ms = bench::median_ms([&] { f = kernels::norm_forward(x, res, w, Tensor(), 1e-5, true, true); }, reps, warmup, kInner);
     report("add+rms_norm forward (bf16, fp32 residual)", n * (2 + 4 + 4 + 2), ms);
     Tensor dy = random({T, d}, DType::bf16, 4), dres = random({T, d}, DType::f32, 5);
-    ms = median_ms([&] { kernels::norm_backward(dy, f.residual, f.mean, f.rstd, w, false, dres, DType::bf16, true, true); },
+    ms = bench::median_ms([&] { kernels::norm_backward(dy, f.residual, f.mean, f.rstd, w, false, dres, DType::bf16, true, true); },
                    warmup, reps);
     report("add+rms_norm backward", n * (2 + 4 + 4 + 2 + 4), ms);
   }
   {  // layer norm, bf16 in and out
     Tensor x = random({T, d}, DType::bf16, 6), w = random({d}, DType::bf16, 7), b = random({d}, DType::bf16, 8);
     kernels::NormForward f;
-    double ms = median_ms([&] { f = kernels::norm_forward(x, Tensor(), w, b, 1e-5, false, false); }, warmup, reps);
+    double ms = bench::median_ms([&] { f = kernels::norm_forward(x, Tensor(), w, b, 1e-5, false, false); }, reps, warmup, kInner);
     report("layer_norm forward (bf16)", n * (2 + 2), ms);
     Tensor dy = random({T, d}, DType::bf16, 9);
-    ms = median_ms([&] { kernels::norm_backward(dy, x, f.mean, f.rstd, w, true, Tensor(), DType::bf16, false, false); },
+    ms = bench::median_ms([&] { kernels::norm_backward(dy, x, f.mean, f.rstd, w, true, Tensor(), DType::bf16, false, false); },
                    warmup, reps);
     report("layer_norm backward (bf16)", n * (2 + 2 + 2), ms);
   }
@@ -134,10 +95,10 @@ int main(int argc, char** argv) {
   {  // softmax over a chunk of logits
     Tensor x = random({chunk, V}, DType::bf16, 10, 4.f);
     Tensor y;
-    double ms = median_ms([&] { y = kernels::softmax_forward(x); }, warmup, reps);
+    double ms = bench::median_ms([&] { y = kernels::softmax_forward(x); }, reps, warmup, kInner);
     report("softmax forward [4096, 50280] bf16", nv * (2 + 2), ms);
     Tensor dy = random({chunk, V}, DType::bf16, 11);
-    ms = median_ms([&] { kernels::softmax_backward(dy, y); }, warmup, reps);
+    ms = bench::median_ms([&] { kernels::softmax_backward(dy, y); }, reps, warmup, kInner);
     report("softmax backward", nv * (2 + 2 + 2), ms);
   }
   {  // cross-entropy over a chunk: loss alone, and loss + in-place logit gradient (the fused pass)
@@ -147,13 +108,13 @@ int main(int argc, char** argv) {
     Tensor targets = Tensor::from_vector(t, {chunk}, DType::i64, gpu);
     Tensor count = kernels::cross_entropy_count(targets, -100, V, DType::f32);
     Tensor row_loss = Tensor::empty({chunk}, DType::f32, gpu), lse = Tensor::empty({chunk}, DType::f32, gpu);
-    double ms = median_ms([&] {
+    double ms = bench::median_ms([&] {
       kernels::cuda::cross_entropy_rows(logits, targets, -100, 0, count, Tensor(), lse, false, row_loss, Tensor());
-    }, warmup, reps);
+    }, reps, warmup, kInner);
     report("cross_entropy forward (loss only)", nv * 2, ms);
-    ms = median_ms([&] {
+    ms = bench::median_ms([&] {
       kernels::cuda::cross_entropy_rows(logits, targets, -100, 0, count, Tensor(), Tensor(), false, row_loss, logits);
-    }, warmup, reps);
+    }, reps, warmup, kInner);
     report("cross_entropy fused loss + grad in place", nv * (2 + 2), ms);
     kernels::check_cross_entropy_targets(gpu);
   }
@@ -182,11 +143,11 @@ int main(int argc, char** argv) {
     Tensor lr = Tensor::scalar(1e-4, DType::f32, gpu);
     kernels::GradNorm gn = kernels::grad_norm(plan, 1.0);
     int64_t step = 0;
-    double ms = median_ms([&] { kernels::adamw_step(plan, lr, gn.clip, {0.9, 0.95, 1e-8}, ++step); }, warmup, reps);
+    double ms = bench::median_ms([&] { kernels::adamw_step(plan, lr, gn.clip, {0.9, 0.95, 1e-8}, ++step); }, reps, warmup, kInner);
     char name[96];
     std::snprintf(name, sizeof(name), "adamw, %zu tensors, %.1fM params", slots.size(), total / 1e6);
     report(name, double(total) * (16 + 12 + 2), ms);
-    ms = median_ms([&] { kernels::grad_norm(plan, 1.0); }, warmup, reps);
+    ms = bench::median_ms([&] { kernels::grad_norm(plan, 1.0); }, reps, warmup, kInner);
     report("global grad norm + clip coefficient", double(total) * 4, ms);
   }
   MemoryStats stats = memory_stats(gpu);

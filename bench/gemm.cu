@@ -15,53 +15,12 @@
 #include "core/allocator.h"
 #include "core/cuda.h"
 #include "core/tensor.h"
+#include "bench/bench_util.cuh"
 #include "kernels/matmul.h"
 
 using namespace coil;
 
 namespace {
-
-// Deterministic pseudo-random values in [-1, 1) * scale, written on the device.
-__global__ void fill_kernel(__nv_bfloat16* p, int64_t n, float scale, uint32_t seed) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
-    h ^= h >> 16;
-    h *= 0x7feb352du;
-    h ^= h >> 15;
-    p[i] = __float2bfloat16(scale * (float(h & 0xffffff) / float(1 << 23) - 1.0f));
-  }
-}
-
-Tensor random_bf16(const Shape& shape, uint32_t seed, float scale) {
-  Tensor t = Tensor::empty(shape, DType::bf16, Device::cuda(0));
-  fill_kernel<<<1024, 256, 0, cuda::compute_stream()>>>(static_cast<__nv_bfloat16*>(t.raw()), t.numel(), scale, seed);
-  COIL_CUDA_CHECK(cudaGetLastError());
-  return t;
-}
-
-// Median milliseconds of `reps` timed calls of f, after `warmup` untimed ones.
-template <class F>
-double median_ms(F&& f, int warmup, int reps) {
-  cudaStream_t stream = cuda::compute_stream();
-  for (int i = 0; i < warmup; ++i) f();
-  cudaEvent_t start, stop;
-  COIL_CUDA_CHECK(cudaEventCreate(&start));
-  COIL_CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<double> times;
-  for (int i = 0; i < reps; ++i) {
-    COIL_CUDA_CHECK(cudaEventRecord(start, stream));
-    f();
-    COIL_CUDA_CHECK(cudaEventRecord(stop, stream));
-    COIL_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    COIL_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(ms);
-  }
-  COIL_CUDA_CHECK(cudaEventDestroy(start));
-  COIL_CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
 
 struct Case {
   std::string name;
@@ -105,9 +64,9 @@ int main(int argc, char** argv) {
 
   std::printf("| product | M | N | K | time (ms) | TFLOP/s |\n|---|---:|---:|---:|---:|---:|\n");
   for (const Case& c : cases) {
-    Tensor a = random_bf16(c.ta ? Shape{c.K, c.M} : Shape{c.M, c.K}, 1, 1.0f);
-    Tensor b = random_bf16(c.tb ? Shape{c.N, c.K} : Shape{c.K, c.N}, 2, 0.05f);
-    Tensor bias = c.bias ? random_bf16({c.N}, 3, 0.1f) : Tensor();
+    Tensor a = bench::random_uniform(c.ta ? Shape{c.K, c.M} : Shape{c.M, c.K}, DType::bf16, -1.0f, 1.0f, 1);
+    Tensor b = bench::random_uniform(c.tb ? Shape{c.N, c.K} : Shape{c.K, c.N}, DType::bf16, -0.05f, 0.05f, 2);
+    Tensor bias = c.bias ? bench::random_uniform({c.N}, DType::bf16, -0.1f, 0.1f, 3) : Tensor();
     Tensor out = Tensor::empty({c.M, c.N}, DType::bf16, Device::cuda(0));
     kernels::GemmShape g;
     g.M = c.M;
@@ -117,7 +76,7 @@ int main(int argc, char** argv) {
     g.transpose_b = c.tb;
     double flops = 2.0 * double(c.M) * double(c.N) * double(c.K);
     int r = flops > 2e12 ? std::max(5, reps / 2) : reps;
-    double ms = median_ms([&] { kernels::cuda::matmul(a, b, bias, out, g); }, 3, r);
+    double ms = bench::median_ms([&] { kernels::cuda::matmul(a, b, bias, out, g); }, r);
     std::printf("| %s | %lld | %lld | %lld | %.4f | %.1f |\n", c.name.c_str(), (long long)c.M, (long long)c.N,
                 (long long)c.K, ms, flops / (ms * 1e-3) / 1e12);
   }
@@ -127,9 +86,7 @@ int main(int argc, char** argv) {
     void* src = device_alloc(Device::cuda(0), bytes);
     void* dst = device_alloc(Device::cuda(0), bytes);
     COIL_CUDA_CHECK(cudaMemsetAsync(src, 1, bytes, cuda::compute_stream()));
-    double ms = median_ms(
-        [&] { COIL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda::compute_stream())); },
-        3, reps);
+    double ms = bench::median_ms([&] { cuda::memcpy_device_to_device(dst, src, bytes); }, reps);
     std::printf("| %zu MiB | %zu | %.4f | %.0f |\n", bytes >> 20, bytes, ms, 2.0 * double(bytes) / (ms * 1e-3) / 1e9);
     device_free(Device::cuda(0), src, bytes);
     device_free(Device::cuda(0), dst, bytes);

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.cuh"
 #include "core/cuda.h"
 #include "kernels/conv1d.h"
 #include "kernels/selective_scan.h"
@@ -21,30 +22,8 @@ using namespace coil::kernels;
 
 namespace {
 
-__device__ float hash_uniform(uint64_t i, uint32_t seed) {
-  uint32_t x = uint32_t(i) * 2654435761u ^ (uint32_t(i >> 32) + seed) * 2246822519u;
-  x ^= x >> 15;
-  x *= 2246822519u;
-  x ^= x >> 13;
-  x *= 3266489917u;
-  x ^= x >> 16;
-  return (x >> 8) * (1.0f / 16777216.0f);
-}
-
-template <class T>
-__global__ void fill_kernel(T* p, int64_t n, float lo, float hi, uint32_t seed) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    p[i] = T(lo + (hi - lo) * hash_uniform(uint64_t(i), seed));
-}
-
 Tensor rand_tensor(const Shape& s, DType dt, float lo, float hi, uint32_t seed) {
-  Tensor t = Tensor::empty(s, dt, Device::cuda());
-  const int64_t n = t.numel();
-  if (dt == DType::bf16)
-    fill_kernel<<<4096, 256, 0, coil::cuda::compute_stream()>>>(static_cast<__nv_bfloat16*>(t.raw()), n, lo, hi, seed);
-  else
-    fill_kernel<<<4096, 256, 0, coil::cuda::compute_stream()>>>(t.data<float>(), n, lo, hi, seed);
-  return t;
+  return bench::random_uniform(s, dt, lo, hi, seed);
 }
 
 // Naive scan, kernel 1: one thread per (b, d, n) runs the recurrence and writes every state
@@ -97,27 +76,7 @@ __global__ void transpose_kernel(const __nv_bfloat16* in, __nv_bfloat16* out, in
     if (c0 + i < cols && r0 + int(threadIdx.x) < rows) out[int64_t(c0 + i) * rows + r0 + threadIdx.x] = tile[threadIdx.x][i];
 }
 
-float median_ms(const std::function<void()>& f, int runs) {
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  cudaStream_t s = coil::cuda::compute_stream();
-  for (int i = 0; i < 3; ++i) f();
-  std::vector<float> ms;
-  for (int i = 0; i < runs; ++i) {
-    cudaEventRecord(e0, s);
-    f();
-    cudaEventRecord(e1, s);
-    cudaEventSynchronize(e1);
-    float m = 0;
-    cudaEventElapsedTime(&m, e0, e1);
-    ms.push_back(m);
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
+using bench::median_ms;
 
 void run_shape(int64_t Bn, int64_t Dn, int64_t Ln, int64_t Nn, int runs, double copy_gbs) {
   const DType dt = DType::bf16;
@@ -227,18 +186,8 @@ int main(int argc, char** argv) {
   cudaGetDeviceProperties(&prop, coil::cuda::current_device());
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
   // Device-to-device copy bandwidth (read + write bytes), 1 GiB.
-  const size_t bytes = size_t(1) << 30;
-  Tensor src = Tensor::zeros({int64_t(bytes / 4)}, DType::f32, Device::cuda());
-  Tensor dst = Tensor::empty({int64_t(bytes / 4)}, DType::f32, Device::cuda());
-  float copy_ms = median_ms(
-      [&] {
-        COIL_CUDA_CHECK(cudaMemcpyAsync(dst.raw(), src.raw(), bytes, cudaMemcpyDeviceToDevice, coil::cuda::compute_stream()));
-      },
-      10);
-  const double copy_gbs = 2.0 * bytes / copy_ms / 1e6;
+  const double copy_gbs = bench::copy_bandwidth_gbs(size_t(1) << 30, 10);
   std::printf("device-to-device copy: %.0f GB/s (read + write)\n", copy_gbs);
-  src = Tensor();
-  dst = Tensor();
   run_shape(16, 1536, 2048, 16, runs, copy_gbs);
   run_shape(8, 2048, 4096, 16, runs, copy_gbs);
   {  // The short convolution that precedes the scan in the Mamba mixer.
