@@ -12,6 +12,7 @@
 #include "data/sentencepiece_tokenizer.h"
 #include "data/token_file.h"
 #include "tests/catch.h"
+#include "tests/files.h"
 #include "train/report.h"
 #include "train/sweep.h"
 
@@ -46,13 +47,6 @@ Ran run(const std::string& command) {
   int status = ::pclose(p);
   r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
-}
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 size_t count(const std::string& text, const std::string& what) {
@@ -134,13 +128,13 @@ TEST_CASE("coil sweep runs a tiny grid, skips finished runs, resumes an interrup
   CHECK(read_run((dir / "runs" / "tpp_32").string()).d_model == 32);
 
   // Again: every run is skipped, nothing is written.
-  const std::string metrics_before = read_text(dir / "runs" / "tpp_16" / "metrics.jsonl");
+  const std::string metrics_before = test::read_text(dir / "runs" / "tpp_16" / "metrics.jsonl");
   Ran again = run(shell_quote(coil) + " sweep " + shell_quote(grid));
   INFO(again.output);
   REQUIRE(again.status == 0);
   CHECK(count(again.output, "finished already") == 4);
   CHECK(again.output.find("4 runs: 4 finished (4 skipped") != std::string::npos);
-  CHECK(read_text(dir / "runs" / "tpp_16" / "metrics.jsonl") == metrics_before);
+  CHECK(test::read_text(dir / "runs" / "tpp_16" / "metrics.jsonl") == metrics_before);
 
   // A time limit already passed starts nothing and says so (exit status 3).
   fs::remove_all(dir / "runs" / "tpp_32");
@@ -153,10 +147,10 @@ TEST_CASE("coil sweep runs a tiny grid, skips finished runs, resumes an interrup
   Ran report = run(shell_quote(coil) + " report " + shell_quote(grid) + " --out " + shell_quote((dir / "report").string()));
   INFO(report.output);
   REQUIRE(report.status == 0);
-  std::string csv = read_text(dir / "report" / "runs.csv");
+  std::string csv = test::read_text(dir / "report" / "runs.csv");
   CHECK(count(csv, ",finished,") == 3);
   CHECK(csv.find("tpp_32,missing,") != std::string::npos);
-  std::string md = read_text(dir / "report" / "report.md");
+  std::string md = test::read_text(dir / "report" / "report.md");
   CHECK(md.find("4 runs: 3 finished, 0 interrupted, 0 corrupt, 1 missing") != std::string::npos);
   for (auto& n : names) CHECK(md.find("| " + n + " |") != std::string::npos);
   if (std::system("python3 -c 'import matplotlib' >/dev/null 2>&1") != 0 &&
@@ -168,7 +162,6 @@ TEST_CASE("coil sweep runs a tiny grid, skips finished runs, resumes an interrup
     CHECK(fs::file_size(dir / "report" / "loss_curves.png") > 1000);
   }
 }
-
 
 TEST_CASE("coil sweep refuses a sweep with a key that no config has before running anything", "[cli]") {
   const fs::path dir = tiny_grid("badkey");
@@ -214,7 +207,7 @@ TEST_CASE("coil prepare trains a SentencePiece model, saves it beside the output
   CHECK(a.files()[0].tokenizer == b.files()[0].tokenizer);
   CHECK(a.files()[0].eot_token == 1);
   CHECK(a.files()[0].num_tokens < int64_t(text.size()));  // pieces merge bytes
-  CHECK(read_tokenizer_model(val) == read_text(dir / "train.model"));
+  CHECK(read_tokenizer_model(val) == test::read_text(dir / "train.model"));
   CHECK(trained.output.find("trained on the inputs") != std::string::npos);
 }
 
@@ -258,11 +251,11 @@ TEST_CASE("Ctrl-C and the time limit stop a sweep: the running run saves a check
 
   // SIGINT once the first run is training: passed on to it once (a second would end it unsaved).
   pid_t pid = start("sweep " + sweep, dir / "interrupted.log");
-  for (int i = 0; i < 600 && read_text(metrics).empty(); ++i) usleep(50000);
-  REQUIRE_FALSE(read_text(metrics).empty());
+  for (int i = 0; i < 600 && test::read_text(metrics).empty(); ++i) usleep(50000);
+  REQUIRE_FALSE(test::read_text(metrics).empty());
   kill(pid, SIGINT);
   CHECK(wait_status(pid) == 128 + SIGINT);
-  std::string log = read_text(dir / "interrupted.log");
+  std::string log = test::read_text(dir / "interrupted.log");
   INFO(log);
   CHECK(log.find("interrupted by SIGINT") != std::string::npos);
   CHECK(log.find("second signal") == std::string::npos);

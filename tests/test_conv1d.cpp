@@ -10,15 +10,6 @@
 using namespace coil;
 using namespace coil::kernels;
 
-namespace {
-double dot(const Tensor& a, const Tensor& w) {
-  std::vector<double> x = a.to_vector<double>(), y = w.to_vector<double>();
-  double s = 0;
-  for (size_t i = 0; i < x.size(); ++i) s += x[i] * y[i];
-  return s;
-}
-}  // namespace
-
 TEST_CASE("conv1d CPU reference matches central differences (f64)") {
   for (int K : {1, 2, 4})
     for (bool silu : {false, true})
@@ -39,9 +30,9 @@ TEST_CASE("conv1d CPU reference matches central differences (f64)") {
           for (int64_t i = 0; i < ins[k]->numel(); ++i) {
             const double saved = p[i], eps = 1e-6;
             p[i] = saved + eps;
-            const double up = dot(conv1d_forward(x, w, b, silu), wo);
+            const double up = test::dot(conv1d_forward(x, w, b, silu), wo);
             p[i] = saved - eps;
-            const double down = dot(conv1d_forward(x, w, b, silu), wo);
+            const double down = test::dot(conv1d_forward(x, w, b, silu), wo);
             p[i] = saved;
             const double num = (up - down) / (2 * eps);
             INFO("K " << K << " silu " << silu << " input " << k << " element " << i << ": analytic " << an[size_t(i)]

@@ -6,6 +6,7 @@
 
 #include "layers/model.h"
 #include "tests/catch.h"
+#include "tests/files.h"
 #include "train/config.h"
 #include "train/report.h"
 #include "train/sweep.h"
@@ -17,22 +18,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / "coil_test_report" / name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void write_text(const fs::path& p, const std::string& text) { std::ofstream(p, std::ios::binary) << text; }
-
 // A resolved config as the trainer writes it into a run directory.
 Config make_config(const fs::path& dir, const std::vector<std::string>& overrides) {
   std::vector<std::string> o = {"train.seq_len=64", "train.micro_batch=4", "train.steps=100", "eval.every=50",
@@ -40,7 +25,7 @@ Config make_config(const fs::path& dir, const std::vector<std::string>& override
   o.insert(o.end(), overrides.begin(), overrides.end());
   Config c = parse_config("run: {name: test}\n", "test", o);
   fs::create_directories(dir);
-  write_text(dir / "config.yaml", to_yaml(c));
+  test::write_text(dir / "config.yaml", to_yaml(c));
   return c;
 }
 
@@ -84,7 +69,7 @@ bool have_matplotlib() {
 }
 
 bool is_png(const std::string& path) {
-  std::string head = read_text(path).substr(0, 8);
+  std::string head = test::read_text(path).substr(0, 8);
   return head == std::string("\x89PNG\r\n\x1a\n", 8);
 }
 
@@ -99,21 +84,21 @@ std::vector<std::string> split_lines(const std::string& s) {
 }  // namespace
 
 TEST_CASE("report: finished, interrupted and corrupt runs are each reported as such", "[report]") {
-  fs::path root = fresh_dir("statuses");
+  fs::path root = test::fresh_dir("coil_test_report", "statuses");
   // finished: all 100 steps and the final evaluation
   Config fin = make_config(root / "mamba_fin", {"model.preset=mamba-tiny"});
-  write_text(root / "mamba_fin" / "metrics.jsonl", metrics_text(100, 100, 3.25));
+  test::write_text(root / "mamba_fin" / "metrics.jsonl", metrics_text(100, 100, 3.25));
   // interrupted: killed at step 60, the last line torn in the middle of its write
   Config intr = make_config(root / "tpp_intr", {"model.preset=transformer++-tiny"});
-  write_text(root / "tpp_intr" / "metrics.jsonl", metrics_text(100, 60, 3.0) + "{\"step\":70,\"tok");
+  test::write_text(root / "tpp_intr" / "metrics.jsonl", metrics_text(100, 60, 3.0) + "{\"step\":70,\"tok");
   // corrupt: a malformed line in the middle of the metrics
   make_config(root / "mamba_bad", {"model.preset=mamba-tiny", "model.d_model=64"});
-  write_text(root / "mamba_bad" / "metrics.jsonl",
+  test::write_text(root / "mamba_bad" / "metrics.jsonl",
              train_line(10, 2560, 4.9, 0.1) + "garbage\x01\x02 not json\n" + train_line(20, 5120, 4.8, 0.2));
   // corrupt: a config.yaml that does not parse
   fs::create_directories(root / "badcfg");
-  write_text(root / "badcfg" / "config.yaml", "model: {d_model: [oops\n");
-  write_text(root / "badcfg" / "metrics.jsonl", train_line(10, 2560, 4.9, 0.1));
+  test::write_text(root / "badcfg" / "config.yaml", "model: {d_model: [oops\n");
+  test::write_text(root / "badcfg" / "metrics.jsonl", train_line(10, 2560, 4.9, 0.1));
   // interrupted before its first step: config.yaml, no metrics
   make_config(root / "nometrics", {"model.preset=mamba-tiny"});
 
@@ -164,7 +149,7 @@ TEST_CASE("report: finished, interrupted and corrupt runs are each reported as s
   CHECK(i.flops == Approx(model_flops(intr) * 60 * 256).epsilon(1e-12));
 
   // The CSV: a header and one row per run, in order, with its status.
-  auto csv = split_lines(read_text(r.csv));
+  auto csv = split_lines(test::read_text(r.csv));
   REQUIRE(csv.size() == 7);
   CHECK(csv[0].rfind("run,status,architecture,preset,d_model,n_layer,parameters,non_embedding_parameters,", 0) == 0);
   CHECK(csv[1].rfind(fmt::format("mamba_fin,finished,mamba,mamba-tiny,128,2,{},{},", f.parameters,
@@ -177,7 +162,7 @@ TEST_CASE("report: finished, interrupted and corrupt runs are each reported as s
   CHECK(csv[1].find(",3.25,100,") != std::string::npos);  // val_loss, val_step
 
   // The Markdown table: one row per run, the status in the last column.
-  std::string md = read_text(r.markdown);
+  std::string md = test::read_text(r.markdown);
   CHECK(md.find("6 runs: 1 finished, 2 interrupted, 2 corrupt, 1 missing") != std::string::npos);
   CHECK(md.find("| mamba_fin | mamba | 128 x 2 |") != std::string::npos);
   CHECK(md.find("| 3.2500 |") != std::string::npos);
@@ -192,17 +177,17 @@ TEST_CASE("report: finished, interrupted and corrupt runs are each reported as s
   CHECK_FALSE(r.fits[0].ok);
   CHECK(md.find("no fit") != std::string::npos);
   // curves.csv holds the logged losses of every run that has any.
-  auto curves = split_lines(read_text(r.curves_csv));
+  auto curves = split_lines(test::read_text(r.curves_csv));
   CHECK(curves[0] == "run,architecture,status,split,step,tokens,loss,parameters");
   CHECK(curves.size() == 1 + 12 + 7 + 1);  // finished 10+2, interrupted 6+1, corrupt: the line before
 }
 
 TEST_CASE("report: a finished run without a final evaluation is interrupted; resumed runs sum their time", "[report]") {
-  fs::path root = fresh_dir("resume");
+  fs::path root = test::fresh_dir("coil_test_report", "resume");
   make_config(root / "noeval", {"model.preset=mamba-tiny"});
   std::string m = metrics_text(100, 100, 3.0);
   m = m.substr(0, m.rfind("{\"step\":100,\"tokens\":25600,\"val_loss\""));
-  write_text(root / "noeval" / "metrics.jsonl", m);
+  test::write_text(root / "noeval" / "metrics.jsonl", m);
   RunRecord a = read_run((root / "noeval").string());
   CHECK(a.status == "interrupted");
   CHECK(a.problem.find("no final evaluation") != std::string::npos);
@@ -213,7 +198,7 @@ TEST_CASE("report: a finished run without a final evaluation is interrupted; res
   for (int s = 10; s <= 40; s += 10) r += train_line(s, s * 256, 4.0, 0.02 * s);   // 0.8 s
   for (int s = 50; s <= 100; s += 10) r += train_line(s, s * 256, 3.5, 0.01 * (s - 40));  // 0.6 s
   r += val_line(100, 25600, 3.1);
-  write_text(root / "resumed" / "metrics.jsonl", r);
+  test::write_text(root / "resumed" / "metrics.jsonl", r);
   RunRecord b = read_run((root / "resumed").string());
   CHECK(b.status == "finished");
   CHECK(b.segments == 2);
@@ -224,7 +209,7 @@ TEST_CASE("report: a finished run without a final evaluation is interrupted; res
   make_config(root / "noval", {"model.preset=mamba-tiny", "eval.batches=0"});
   std::string t;
   for (int s = 10; s <= 100; s += 10) t += train_line(s, s * 256, 4.0, 0.01 * s);
-  write_text(root / "noval" / "metrics.jsonl", t);
+  test::write_text(root / "noval" / "metrics.jsonl", t);
   RunRecord c = read_run((root / "noval").string());
   CHECK(c.status == "finished");
   CHECK(std::isnan(c.val_loss));
@@ -232,12 +217,12 @@ TEST_CASE("report: a finished run without a final evaluation is interrupted; res
 
   // Metrics beyond train.steps: not this config's run.
   make_config(root / "beyond", {"model.preset=mamba-tiny", "train.steps=50"});
-  write_text(root / "beyond" / "metrics.jsonl", metrics_text(100, 100, 3.0));
+  test::write_text(root / "beyond" / "metrics.jsonl", metrics_text(100, 100, 3.0));
   CHECK(read_run((root / "beyond").string()).status == "corrupt");
 }
 
 TEST_CASE("report: fits recover a known exponent per architecture and plots are drawn", "[report]") {
-  fs::path root = fresh_dir("fits");
+  fs::path root = test::fresh_dir("coil_test_report", "fits");
   std::vector<std::string> dirs;
   // Four sizes per architecture; the final validation loss follows a known power law of FLOPs.
   struct Arch {
@@ -256,7 +241,7 @@ TEST_CASE("report: fits recover a known exponent per architecture and plots are 
       std::string m;
       for (int64_t s = 10; s <= steps; s += 10) m += train_line(s, s * 256, loss + 1.0 / double(s), 0.001 * s);
       m += val_line(steps, steps * 256, loss);
-      write_text(dir / "metrics.jsonl", m);
+      test::write_text(dir / "metrics.jsonl", m);
       dirs.push_back(dir.string());
       ++k;
     }
@@ -273,23 +258,23 @@ TEST_CASE("report: fits recover a known exponent per architecture and plots are 
   CHECK(r.fits[0].fit.a == Approx(40.0).epsilon(1e-4));
   CHECK(r.fits[1].fit.b == Approx(0.08).epsilon(1e-6));
   CHECK(r.fits[1].fit.a == Approx(55.0).epsilon(1e-4));
-  std::string md = read_text(r.markdown);
+  std::string md = test::read_text(r.markdown);
   CHECK(md.find("| mamba | 4 | 40 | 0.0700 |") != std::string::npos);
   CHECK(md.find("| transformer++ | 4 | 55 | 0.0800 |") != std::string::npos);
   CHECK(md.find("Predicted loss at equal training FLOPs") != std::string::npos);
-  auto fits = split_lines(read_text(r.fits_csv));
+  auto fits = split_lines(test::read_text(r.fits_csv));
   REQUIRE(fits.size() == 3);
   CHECK(fits[1].rfind("mamba,4,1,", 0) == 0);
 
   // The same runs with an irreducible loss added: the fit with a constant finds it.
   for (auto& d : dirs) {
-    std::string m = read_text(fs::path(d) / "metrics.jsonl");
+    std::string m = test::read_text(fs::path(d) / "metrics.jsonl");
     RunRecord rec = read_run(d);
     double with_c = rec.val_loss + 1.5;
     size_t pos = m.rfind("\"val_loss\":");
     size_t end = m.find(',', pos);
     m = m.substr(0, pos) + fmt::format("\"val_loss\":{:.17g}", with_c) + m.substr(end);
-    write_text(fs::path(d) / "metrics.jsonl", m);
+    test::write_text(fs::path(d) / "metrics.jsonl", m);
   }
   ReportOptions o;
   o.with_constant = true;
@@ -318,7 +303,7 @@ TEST_CASE("report: fits recover a known exponent per architecture and plots are 
 }
 
 TEST_CASE("report: arguments expand a sweep's directory and a sweep file", "[report]") {
-  fs::path root = fresh_dir("expand");
+  fs::path root = test::fresh_dir("coil_test_report", "expand");
   make_config(root / "sweep" / "a", {"model.preset=mamba-tiny"});
   make_config(root / "sweep" / "b", {"model.preset=mamba-tiny"});
   fs::create_directories(root / "sweep" / "c_empty");  // a run that died before writing anything
@@ -328,7 +313,7 @@ TEST_CASE("report: arguments expand a sweep's directory and a sweep file", "[rep
   CHECK(fs::path(dirs[2]).filename() == "c_empty");
   CHECK(read_run(dirs[2]).status == "corrupt");
 
-  write_text(root / "grid.yaml", fmt::format("base: base.yaml\nout_dir: {}\naxes:\n  - name: [a, b, z]\n    "
+  test::write_text(root / "grid.yaml", fmt::format("base: base.yaml\nout_dir: {}\naxes:\n  - name: [a, b, z]\n    "
                                              "model.preset: [mamba-tiny, mamba-tiny, mamba-tiny]\n",
                                              (root / "sweep").string()));
   auto from_sweep = expand_run_args({(root / "grid.yaml").string()});

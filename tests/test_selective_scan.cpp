@@ -45,13 +45,6 @@ std::vector<Tensor> grads_of(const ScanGrads& g) {
 }
 const char* kNames[] = {"u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"};
 
-double dot(const Tensor& a, const Tensor& w) {
-  std::vector<double> x = a.to_vector<double>(), y = w.to_vector<double>();
-  double s = 0;
-  for (size_t i = 0; i < x.size(); ++i) s += x[i] * y[i];
-  return s;
-}
-
 }  // namespace
 
 TEST_CASE("selective scan CPU reference matches central differences (f64)") {
@@ -73,7 +66,7 @@ TEST_CASE("selective scan CPU reference matches central differences (f64)") {
     Tensor w_fin = c.grad_final ? randn({c.batch, c.dim, c.state}, gen, DType::f64) : Tensor();
     auto loss = [&](const ScanArgs& args) {
       ScanResult r = selective_scan_forward(args);
-      return dot(r.out, w_out) + (w_fin.defined() ? dot(r.final_state, w_fin) : 0.0);
+      return test::dot(r.out, w_out) + (w_fin.defined() ? test::dot(r.final_state, w_fin) : 0.0);
     };
     ScanGrads g = selective_scan_backward(a, selective_scan_forward(a), w_out, w_fin);
     std::vector<Tensor*> xs = inputs_of(a);

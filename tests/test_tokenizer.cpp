@@ -5,28 +5,13 @@
 #include "data/sentencepiece_tokenizer.h"
 #include "data/token_file.h"
 #include "tests/catch.h"
+#include "tests/files.h"
 
 using namespace coil;
 using namespace coil::data;
 namespace fs = std::filesystem;
 
 namespace {
-
-fs::path fresh_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / "coil_test_tokenizer" / name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-void write_text(const fs::path& p, const std::string& text) { std::ofstream(p, std::ios::binary) << text; }
-
-std::string read_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // A small corpus with repeated words (so BPE finds merges), punctuation, digits, runs of
 // spaces, tabs, blank lines and non-ASCII text.
@@ -72,10 +57,10 @@ TEST_CASE("sentencepiece: reports when it is not built in", "[tokenizer]") {
 
 TEST_CASE("sentencepiece: BPE trains on text files and encodes them losslessly into a token file", "[tokenizer]") {
   if (!sentencepiece_available()) return;  // counted by the test above
-  fs::path dir = fresh_dir("bpe");
+  fs::path dir = test::fresh_dir("coil_test_tokenizer", "bpe");
   std::string a = corpus(1, 300), b = corpus(2, 200) + "trailing line without newline   ";
-  write_text(dir / "a.txt", a);
-  write_text(dir / "b.txt", b);
+  test::write_text(dir / "a.txt", a);
+  test::write_text(dir / "b.txt", b);
   SentencePieceOptions o;
   o.vocab_size = 400;
   o.model_type = "bpe";
@@ -107,7 +92,7 @@ TEST_CASE("sentencepiece: BPE trains on text files and encodes them losslessly i
 
   // The token file carries its model; decoding gives the text back exactly.
   std::string model = read_tokenizer_model((dir / "train.h5").string());
-  CHECK(model == read_bytes(dir / "train.model"));
+  CHECK(model == test::read_text(dir / "train.model"));
   CHECK(sentencepiece_decode(model, ids) == a + "\n<|endoftext|>\n" + b + "\n<|endoftext|>\n");
   std::string odd = "  two leading spaces,\ttab, ünïcødé ✓ and\r\nCRLF\n\n\nblank lines 12345 ";
   CHECK(sentencepiece_decode(model, sentencepiece_encode(model, odd)) == odd);
@@ -119,7 +104,7 @@ TEST_CASE("sentencepiece: BPE trains on text files and encodes them losslessly i
 
   // Held-out text encoded with the same model carries the same tokenizer name (the data
   // loader requires training and validation files to match).
-  write_text(dir / "val.txt", corpus(3, 40));
+  test::write_text(dir / "val.txt", corpus(3, 40));
   SentencePieceOptions v;
   v.model = stats.model_path;
   auto vs = prepare_sentencepiece({(dir / "val.txt").string()}, (dir / "val.h5").string(), v);
@@ -133,8 +118,8 @@ TEST_CASE("sentencepiece: BPE trains on text files and encodes them losslessly i
 
 TEST_CASE("sentencepiece: unigram, documents per line, and errors", "[tokenizer]") {
   if (!sentencepiece_available()) return;
-  fs::path dir = fresh_dir("unigram");
-  write_text(dir / "c.txt", corpus(5, 400));
+  fs::path dir = test::fresh_dir("coil_test_tokenizer", "unigram");
+  test::write_text(dir / "c.txt", corpus(5, 400));
   SentencePieceOptions o;
   o.vocab_size = 500;
   o.model_type = "unigram";
@@ -146,7 +131,7 @@ TEST_CASE("sentencepiece: unigram, documents per line, and errors", "[tokenizer]
   CHECK(s.tokenizer.rfind("sentencepiece-unigram-", 0) == 0);
   CHECK(s.prepare.documents == 400);
   // A different model is a different tokenizer.
-  write_text(dir / "d.txt", corpus(6, 300));
+  test::write_text(dir / "d.txt", corpus(6, 300));
   SentencePieceOptions o2 = o;
   o2.model_out = (dir / "uni2.model").string();
   auto s2 = prepare_sentencepiece({(dir / "d.txt").string()}, (dir / "d.h5").string(), o2);

@@ -41,6 +41,14 @@ inline double max_abs_difference(const Tensor& a, const Tensor& b) {
   return m;
 }
 
+// sum_i a_i * b_i in f64: a scalar function of a tensor for gradient checks (d/da = b).
+inline double dot(const Tensor& a, const Tensor& b) {
+  std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  double s = 0;
+  for (size_t i = 0; i < x.size(); ++i) s += x[i] * y[i];
+  return s;
+}
+
 // A seeded random normal tensor.
 inline Tensor random_normal(const Shape& shape, uint64_t seed, DType dtype = DType::f32,
                             Device device = Device::cpu(), double stddev = 1.0) {
