@@ -9,35 +9,18 @@
 #include <thread>
 
 #include "core/error.h"
+#include "train/process.h"
 
 namespace coil::train {
 namespace {
 
 pid_t start_rank(const LaunchOptions& options, int rank, const std::vector<std::string>& args) {
-  std::string program = options.program.empty() ? "/proc/self/exe" : options.program;
-  pid_t pid = fork();
-  COIL_CHECK(pid >= 0, "launch: fork failed for rank {}", rank);
-  if (pid > 0) return pid;
-  setenv("RANK", std::to_string(rank).c_str(), 1);
-  setenv("LOCAL_RANK", std::to_string(rank).c_str(), 1);
-  setenv("WORLD_SIZE", std::to_string(options.nproc).c_str(), 1);
-  setenv("LOCAL_WORLD_SIZE", std::to_string(options.nproc).c_str(), 1);
-  setenv("MASTER_ADDR", "127.0.0.1", 1);
-  setenv("MASTER_PORT", std::to_string(options.master_port).c_str(), 1);
-  setenv("NCCL_NVLS_ENABLE", "0", 0);
-  std::vector<char*> argv;
-  argv.push_back(const_cast<char*>(program.c_str()));
-  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  execv(program.c_str(), argv.data());
-  std::perror("launch: exec");
-  _exit(127);
-}
-
-int exit_code(int status) {
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return 1;
+  ChildOptions child;
+  child.env = {"RANK=" + std::to_string(rank), "LOCAL_RANK=" + std::to_string(rank),
+               "WORLD_SIZE=" + std::to_string(options.nproc), "LOCAL_WORLD_SIZE=" + std::to_string(options.nproc),
+               "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(options.master_port)};
+  child.env_defaults = {"NCCL_NVLS_ENABLE=0"};
+  return start_child(options.program.empty() ? "/proc/self/exe" : options.program, args, child);
 }
 
 }  // namespace
@@ -60,7 +43,7 @@ int launch_local(const LaunchOptions& options, const std::vector<std::string>& a
         if (pids[r] != done) continue;
         pids[r] = 0;
         running--;
-        int code = exit_code(status);
+        int code = exit_status(status);
         if (code != 0 && !stopping) {
           std::fprintf(stderr, "launch: rank %zu exited with status %d; stopping the other ranks\n", r, code);
           result = code;

@@ -2,7 +2,6 @@
 
 #include <fmt/format.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,6 +13,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "train/process.h"
 #include "train/report.h"
 #include "train/trainer.h"
 
@@ -32,46 +32,6 @@ extern "C" void on_sweep_signal(int sig) {
   g_signals.fetch_add(1);
 }
 
-struct SweepSignals {
-  struct sigaction old_int {}, old_term {};
-  SweepSignals() {
-    g_signals = 0;
-    g_last_signal = 0;
-    struct sigaction sa {};
-    sa.sa_handler = on_sweep_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
-  }
-  ~SweepSignals() {
-    sigaction(SIGINT, &old_int, nullptr);
-    sigaction(SIGTERM, &old_term, nullptr);
-  }
-};
-
-// Starts `program args...` in its own process group (so that a Ctrl-C reaches it once, passed
-// on by the sweep); it gets SIGTERM (a checkpoint, then exit) if the sweep dies.
-pid_t start_child(const std::string& program, const std::vector<std::string>& args) {
-  // Everything the child needs is prepared before fork: after it, only async-signal-safe calls.
-  const pid_t parent = getpid();
-  std::vector<char*> argv = {const_cast<char*>(program.c_str())};
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  const std::string cannot_run = "sweep: cannot run " + program + "\n";
-  std::fflush(stdout);
-  std::fflush(stderr);
-  pid_t pid = fork();
-  COIL_CHECK(pid >= 0, "sweep: fork failed");
-  if (pid > 0) return pid;
-  setpgid(0, 0);
-  prctl(PR_SET_PDEATHSIG, SIGTERM);
-  if (getppid() != parent) _exit(128 + SIGTERM);
-  execv(program.c_str(), argv.data());
-  ssize_t ignored = write(2, cannot_run.data(), cannot_run.size());
-  (void)ignored;
-  _exit(127);
-}
-
 // Waits for the child, passing on the sweep's signals and, once the deadline has passed, one
 // SIGINT. Returns its exit status (128 + signal when a signal ended it).
 int wait_child(pid_t pid, Clock::time_point deadline, bool has_deadline, SweepResult& result) {
@@ -80,7 +40,7 @@ int wait_child(pid_t pid, Clock::time_point deadline, bool has_deadline, SweepRe
   while (true) {
     int status = 0;
     pid_t done = waitpid(pid, &status, WNOHANG);
-    if (done == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (done == pid) return exit_status(status);
     COIL_CHECK(done == 0 || errno == EINTR, "sweep: waiting for run process {} failed", pid);
     for (int n = g_signals.load(); passed_on < n; ++passed_on) {
       result.signal = g_last_signal.load();
@@ -165,7 +125,9 @@ SweepResult run_sweep(const Sweep& sweep, const SweepOptions& options) {
   const auto start = Clock::now();
   const bool has_deadline = options.time_limit_s > 0;
   const auto deadline = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.time_limit_s));
-  SweepSignals signals;
+  g_signals = 0;
+  g_last_signal = 0;
+  SignalHandlerScope signals(on_sweep_signal);
   SweepResult result;
   const size_t n = sweep.runs.size();
   for (size_t i = 0; i < n; ++i) {
@@ -184,7 +146,10 @@ SweepResult run_sweep(const Sweep& sweep, const SweepOptions& options) {
     } else {
       print(fmt::format("{}: {} ({}){}", tag, o.action == "resumed" ? "resuming" : "starting", run.run_dir,
                         from_step >= 0 ? fmt::format(", from step {}", from_step) : ""));
-      pid_t pid = start_child(program, sweep_train_args(sweep, run));
+      ChildOptions child;
+      child.own_process_group = true;  // a Ctrl-C reaches the run once, passed on by the sweep
+      child.terminate_with_parent = true;  // a checkpoint, then exit, if the sweep dies
+      pid_t pid = start_child(program, sweep_train_args(sweep, run), child);
       o.exit_code = wait_child(pid, deadline, has_deadline, result);
       RunRecord after = read_run(run.run_dir);
       if (o.exit_code == 0 && after.status == "finished") {

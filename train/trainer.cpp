@@ -27,6 +27,7 @@
 #include "train/distributed.h"
 #include "train/grad_reducer.h"
 #include "train/optimizer.h"
+#include "train/process.h"
 #include "train/tensorboard.h"
 
 namespace coil::train {
@@ -47,26 +48,6 @@ extern "C" void on_signal(int sig) {
     std::_Exit(128 + sig);
   }
 }
-
-struct SignalScope {
-  struct sigaction old_int {}, old_term {};
-  bool installed = false;
-  explicit SignalScope(bool install) {
-    g_signal = 0;
-    if (!install) return;
-    struct sigaction sa {};
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
-    installed = true;
-  }
-  ~SignalScope() {
-    if (!installed) return;
-    sigaction(SIGINT, &old_int, nullptr);
-    sigaction(SIGTERM, &old_term, nullptr);
-  }
-};
 
 std::string format_duration(double s) {
   if (!std::isfinite(s) || s < 0) return "-";
@@ -387,7 +368,8 @@ TrainResult run_training(Config config, const TrainOptions& options) {
   say(fmt::format("{} steps of {} tokens ({} x {} x {} accumulation{})", config.train.steps, tokens_per_step, mb, L,
                   accum, env.world_size > 1 ? fmt::format(" x {} ranks", env.world_size) : ""));
 
-  SignalScope signals(options.install_signal_handlers);
+  g_signal = 0;
+  SignalHandlerScope signals(options.install_signal_handlers ? on_signal : nullptr);
   // Rank 0 writes (every rank holds the same weights, optimizer state and global sampler
   // cursor); the others wait at a barrier, so no rank runs ahead of a checkpoint.
   auto save = [&](const char* why) {
