@@ -39,6 +39,16 @@ int current_device() {
   return d;
 }
 
+int sm_count() {
+  static std::mutex mutex;
+  static std::vector<int> counts;
+  int d = current_device();
+  std::lock_guard<std::mutex> lock(mutex);
+  if (counts.size() <= size_t(d)) counts.resize(size_t(d) + 1, 0);
+  if (!counts[size_t(d)]) COIL_CUDA_CHECK(cudaDeviceGetAttribute(&counts[size_t(d)], cudaDevAttrMultiProcessorCount, d));
+  return counts[size_t(d)];
+}
+
 void set_device(int index) {
   COIL_CHECK(index >= 0 && index < cuda_device_count(), "set_device: cuda:{} does not exist ({} devices)",
              index, cuda_device_count());
@@ -83,6 +93,7 @@ std::string cuda_unavailable_reason() { return "built without CUDA (COIL_CUDA=OF
 namespace cuda {
 [[noreturn]] static void no_cuda(const char* what) { fail("{}: coil was built without CUDA", what); }
 int current_device() { no_cuda("current_device"); }
+int sm_count() { no_cuda("sm_count"); }
 void set_device(int) { no_cuda("set_device"); }
 cudaStream_t compute_stream() { no_cuda("compute_stream"); }
 void synchronize() { no_cuda("synchronize"); }

@@ -22,6 +22,7 @@ namespace cuda {
 // non-blocking with respect to the legacy default stream).
 cudaStream_t compute_stream();
 int current_device();
+int sm_count();  // multiprocessors of the current device (read once per device)
 void set_device(int index);
 void synchronize();  // waits for the compute stream: a documented host sync point
 

@@ -17,7 +17,7 @@
 //
 // Dtypes: on the CPU all tensors share one dtype, f32 or f64 (the reference). On CUDA u, delta,
 // z, B, C (and out and their gradients) are f32 or bf16, A, D, delta_bias and the states f32;
-// all math is fp32. d_state up to 64 on CUDA (kMaxState); the CPU has no limit.
+// all math is fp32. d_state up to 64 on CUDA (kScanMaxStateCuda); the CPU has no limit.
 //
 // What the forward saves for backward: `checkpoints`, the fp32 state at the end of every
 // kScanCheckpointSteps time steps (and at the end), (batch, dim, ceil(length /
@@ -36,6 +36,11 @@ namespace coil::kernels {
 struct ScanArgs {
   Tensor u, delta, A, B, C;
   Tensor D, z, delta_bias, initial_state;  // optional
+  // Optional (batch, length) int32 document index per position (non-decreasing along a row):
+  // where it changes (t > 0, seq_idx[t] != seq_idx[t - 1]) a document starts and the state
+  // before that step counts as zero (no decay of the earlier document's state, no gradient
+  // across). The initial state applies at t = 0 only.
+  Tensor seq_idx;
   bool delta_softplus = false;
 };
 

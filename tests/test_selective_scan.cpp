@@ -2,6 +2,7 @@
 // against the CPU reference (outputs and every gradient), determinism, and errors.
 #include <cmath>
 #include <functional>
+#include <initializer_list>
 #include <string>
 
 #include "kernels/selective_scan.h"
@@ -159,22 +160,14 @@ void compare_with_cpu(const Config& c, DType dtype, uint64_t seed) {
 
 }  // namespace
 
-TEST_CASE("selective scan CUDA matches the CPU reference at awkward sizes", "[cuda]") {
-  struct Case {
-    int64_t batch, dim, len, state;
-    bool z, bias, h0;
-  };
-  const Case cases[] = {
-      {2, 37, 1, 16, true, true, true},    {1, 5, 7, 4, true, false, false},
-      {2, 37, 128, 16, true, true, true},  {1, 70, 1000, 16, false, true, true},
-      {1, 9, 2048, 64, true, true, false}, {1, 33, 4097, 16, true, true, true},
-      {2, 17, 1000, 64, false, false, true}, {1, 40, 300, 4, true, true, true},
-      {1, 12, 257, 24, true, true, true},
-      // An odd and an even number of chunks (the backward's kept rerun states), d_state 8, 32.
-      {1, 24, 130, 8, true, true, true}, {2, 16, 96, 32, true, false, true},
-      // dim a multiple of 8: the 16-byte channel packs (a partial last tile in the first).
-      {2, 104, 300, 16, true, true, true}, {1, 128, 129, 64, false, true, true},
-  };
+namespace {
+
+struct Case {
+  int64_t batch, dim, len, state;
+  bool z, bias, h0;
+};
+
+void compare_cases(std::initializer_list<Case> cases) {
   for (const Case& k : cases)
     for (DType dtype : {DType::f32, DType::bf16}) {
       Config c;
@@ -188,6 +181,22 @@ TEST_CASE("selective scan CUDA matches the CPU reference at awkward sizes", "[cu
       c.grad_final = k.h0;
       compare_with_cpu(c, dtype, uint64_t(k.len * 131 + k.state));
     }
+}
+
+}  // namespace
+
+TEST_CASE("selective scan CUDA matches the CPU reference at awkward sizes", "[cuda]") {
+  compare_cases({
+      {2, 37, 1, 16, true, true, true},    {1, 5, 7, 4, true, false, false},
+      {2, 37, 128, 16, true, true, true},  {1, 70, 1000, 16, false, true, true},
+      {1, 9, 2048, 64, true, true, false}, {1, 33, 4097, 16, true, true, true},
+      {2, 17, 1000, 64, false, false, true}, {1, 40, 300, 4, true, true, true},
+      {1, 12, 257, 24, true, true, true},
+      // An odd and an even number of chunks (the backward's kept rerun states), d_state 8, 32.
+      {1, 24, 130, 8, true, true, true}, {2, 16, 96, 32, true, false, true},
+      // dim a multiple of 8: the 16-byte channel packs (a partial last tile in the first).
+      {2, 104, 300, 16, true, true, true}, {1, 128, 129, 64, false, true, true},
+  });
   // Without softplus (delta used as given).
   Config c;
   c.batch = 2;
@@ -197,6 +206,16 @@ TEST_CASE("selective scan CUDA matches the CPU reference at awkward sizes", "[cu
   c.softplus = false;
   c.bias = false;  // keeps dt positive (a negative dt would make the state grow without bound)
   compare_with_cpu(c, DType::f32, 3);
+}
+
+// Time runs in parallel segments whenever the (channel tiles x batch) blocks leave the GPU
+// partly idle: every case below but the last is cut into segments (up to one per 64-step
+// checkpoint interval, so segment boundaries fall inside and at the ends of the short cases
+// too); the last has enough blocks to fill an H200 alone (no segments).
+TEST_CASE("selective scan CUDA over time segments: lengths 1 to 65537, with and without initial state", "[cuda]") {
+  for (int64_t len : {1, 7, 64, 65, 4097, 65537})
+    for (bool h0 : {true, false}) compare_cases({{1, 24, len, 16, true, true, h0}});
+  compare_cases({{4, 1024, 2000, 16, true, true, true}, {30, 1280, 100, 16, true, true, true}});
 }
 
 TEST_CASE("selective scan CUDA deterministic backward gives identical bits", "[cuda]") {
@@ -222,23 +241,30 @@ TEST_CASE("selective scan CUDA deterministic backward gives identical bits", "[c
   }
 }
 
-TEST_CASE("selective scan CUDA: NaN propagates, d_state beyond the limit is an error", "[cuda]") {
+TEST_CASE("selective scan CUDA: NaN and inf propagate (across time segments), d_state beyond the limit is an error",
+          "[cuda]") {
   Config c;
   c.batch = 1;
   c.dim = 4;
-  c.len = 100;
+  c.len = 300;  // several segments: what a segment carries reaches the next ones
   c.state = 8;
   ScanArgs dev = make_args(c, 8, DType::f32);
   for (Tensor* t : inputs_of(dev))
     if (t->defined()) *t = t->to(Device::cuda());
-  Tensor u = dev.u.to(Device::cpu());  // (1, 100, 4): element (t, d) at t * 4 + d
+  Tensor u = dev.u.to(Device::cpu());  // (1, 300, 4): element (t, d) at t * 4 + d
   u.data<float>()[50 * 4 + 2] = NAN;
   dev.u = u.to(Device::cuda());
+  Tensor delta = dev.delta.to(Device::cpu());
+  delta.data<float>()[70 * 4 + 1] = INFINITY;
+  dev.delta = delta.to(Device::cuda());
   std::vector<float> out = selective_scan_forward(dev).out.to_vector<float>();
   CHECK(std::isnan(out[50 * 4 + 2]));
-  CHECK(std::isnan(out[99 * 4 + 2]));  // carried by the state
-  CHECK_FALSE(std::isnan(out[99 * 4 + 1]));
-  CHECK_FALSE(std::isnan(out[49 * 4 + 2]));
+  CHECK(std::isnan(out[299 * 4 + 2]));  // carried by the state
+  CHECK_FALSE(std::isfinite(out[70 * 4 + 1]));
+  CHECK_FALSE(std::isfinite(out[299 * 4 + 1]));
+  CHECK(std::isfinite(out[299 * 4 + 0]));
+  CHECK(std::isfinite(out[49 * 4 + 2]));
+  CHECK(std::isfinite(out[69 * 4 + 1]));
 
   c.state = kScanMaxStateCuda + 1;
   ScanArgs big = make_args(c, 9, DType::f32);

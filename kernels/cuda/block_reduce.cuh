@@ -1,41 +1,10 @@
-// Device helpers shared by the row-wise kernels (norms, softmax, cross-entropy): bf16/f32
-// loads and stores through float, 16-byte packs for vectorized access, warp/block sums and
-// the online (max, sum of exp) statistics of a softmax.
+// Device helpers of the row-wise kernels (norms, softmax, cross-entropy): the online (max, sum
+// of exp) statistics of a softmax, per warp and per block. Element access, packs and plain
+// sums are in device_util.cuh.
 #pragma once
-#include <cuda_bf16.h>
+#include "kernels/cuda/device_util.cuh"
 
 namespace coil::kernels::cuda {
-
-using bf16_t = __nv_bfloat16;
-
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(bf16_t x) { return __bfloat162float(x); }
-template <class T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ bf16_t from_f<bf16_t>(float x) { return __float2bfloat16(x); }
-
-// N consecutive elements loaded or stored at once: by default 16 bytes (one vectorized
-// access); N = 1 is a single element (rows whose length or alignment rules out packs).
-template <class T, int N = 16 / int(sizeof(T))>
-struct alignas(sizeof(T) * N) Pack {
-  static constexpr int n = N;
-  T v[N];
-};
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-// Sum over the block (blockDim.x a multiple of 32); every thread receives it.
-__device__ inline float block_sum(float v, float* smem) {
-  v = warp_sum(v);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  __syncthreads();
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  return warp_sum(lane < warps ? smem[lane] : 0.f);
-}
 
 // Online softmax statistics: the max m and the sum s of exp(x - m), merged pairwise.
 __device__ __forceinline__ void merge_ms(float& m, float& s, float m2, float s2) {

@@ -1,58 +1,61 @@
 // The fused selective scan on CUDA. Design notes: docs/SELECTIVE_SCAN.md.
 //
-// Work split (forward and backward alike): a thread block owns one batch row b and a tile of
-// consecutive channels; inside it, G (a power of two) neighbouring lanes share one channel and
-// each lane keeps SPT of the channel's states in registers (SPT = 4 in the forward, 8 in the
-// backward; d_state <= SPT G, padded states have A = B = C = 0); block_threads(SPT) threads
-// make a tile of 32 channels at d_state 16. Time runs in chunks of kChunk = 32 steps: the block stages the chunk's
-// inputs in shared memory (the arrays are channel-last, (batch, length, dim): coalesced
-// 16-byte loads along the channels of each time step, converted to fp32, softplus applied
-// once per element), then every lane runs the recurrence over the chunk sequentially, then
-// the block writes the chunk's outputs with coalesced stores. B and C of the chunk are
-// staged as [t][state] so that a lane reads its SPT values with 16-byte broadcasts.
+// Work split (forward and backward alike): a thread block owns one batch row b, a tile of
+// consecutive channels and one segment of time; inside it, G (a power of two) neighbouring
+// lanes share one channel and each lane keeps SPT of the channel's states in registers (SPT = 4
+// in the forward, 8 in the backward; d_state <= SPT G, padded states have A = B = C = 0);
+// block_threads(SPT) threads make a tile of 32 channels at d_state 16.
+//
+// Time parallelism. Every step maps the state affinely, h -> a h + b, and so does every run
+// of steps: a segment is the pair (P, E) = (the product of its decays, its end state from a
+// zero start). When the (channel tiles x batch) blocks would leave the GPU partly idle (small
+// batch, long sequences), time is cut into segments of whole checkpoint intervals, each run by
+// its own blocks: a first kernel computes (P, E) of every segment but the last, then each
+// block of the main kernel starts from the initial state composed with the (P, E) of the
+// segments before its own. The backward does the same in reverse time for the carried dh.
+//
+// Within a block, time runs in chunks of kChunk = 32 steps: the block stages the chunk's inputs
+// in shared memory (the arrays are channel-last, (batch, length, dim): coalesced 16-byte loads
+// along the channels of each time step, converted to fp32, softplus applied once per element),
+// then every lane runs the recurrence over the chunk sequentially, then the block writes the
+// chunk's outputs with coalesced stores. B and C of the chunk are staged as [t][state] so that
+// a lane reads its SPT values with 16-byte broadcasts.
+//
+// Document starts (seq_idx): a per-chunk bit mask, bit tt set when step t0 + tt starts a
+// document; there the state before the step is zero (decay 0), in every kernel below.
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "core/cuda.h"
+#include "kernels/cuda/device_util.cuh"
 #include "kernels/selective_scan.h"
 
 namespace coil::kernels::cuda {
 namespace {
 
-using bf16_t = __nv_bfloat16;
-
 constexpr int kChunk = int(kScanChunk);  // time steps staged at once
 constexpr int kCkptChunks = int(kScanCheckpointSteps / kScanChunk);  // chunks between saved states
 static_assert(kScanCheckpointSteps % kScanChunk == 0, "checkpoints fall on chunk ends");
+static_assert(kChunk == 32, "a chunk's document starts are the bits of one 32-bit mask");
 constexpr int kPitch = kChunk + 1;       // shared row pitch (odd: no bank conflicts across rows)
 constexpr int kSub = 8;                  // backward sub-chunk (states kept in shared memory)
 // Threads per block with spt states per lane: a tile of 32 channels at d_state 16.
 constexpr int block_threads(int spt) { return 512 / spt; }
+constexpr int kFwdSpt = 4, kBwdSpt = 8;
 constexpr int kBwdBlocksPerSm = 6;       // the B16 D1536 N16 grid (768 blocks) in one wave
 static_assert(kChunk == 4 * kSub, "the backward keeps 3 sub-chunk start states in registers");
 static_assert(kChunk % 4 == 0, "the forward runs 4 steps at a time");
-constexpr float kLog2e = 1.4426950408889634f;
 
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(bf16_t x) { return __bfloat162float(x); }
-template <class T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ bf16_t from_f<bf16_t>(float x) { return __float2bfloat16(x); }
-
-template <class T>
-struct alignas(16) Pack {
-  static constexpr int n = 16 / sizeof(T);
-  T v[n];
-};
-
-// 2^x on the special-function unit (flushes denormal results to zero; NaN stays NaN).
-__device__ __forceinline__ float ex2(float x) {
-  float r;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
-  return r;
+// The decay exp2(x) of state k of a lane's SPT: the last FE states on the FMA units, the others
+// on the special-function unit (k is a compile-time constant once the state loops unroll).
+template <int SPT, int FE>
+__device__ __forceinline__ float decay_exp2(int k, float x) {
+  return k >= SPT - FE ? exp2_fma(x) : ex2(x);
 }
+
 // softplus = log1p(e^x) with the fast intrinsics (log1pf is a long instruction sequence):
 // for e = e^x < 0.03 the series e (1 - e/2 + e^2/3) (relative error < 7e-6; __logf(1 + e)
 // would lose digits to the rounding of 1 + e), else __logf(1 + e) (relative error < 2e-5).
@@ -67,6 +70,7 @@ __device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + __expf
 __device__ __forceinline__ float softplus_grad_f(float dt) {
   return dt < 0.03f ? dt * fmaf(dt, fmaf(dt, 1.f / 6.f, -0.5f), 1.f) : 1.f - ex2(-dt * kLog2e);
 }
+__device__ __forceinline__ float silu_f(float z) { return __fdividef(z, 1.f + __expf(-z)); }
 
 // A tile is rows [0, rows) (channels, or states for B and C) x time [0, kChunk) of a
 // channel-last array: element (r, tt) at g[tt * ld + r], g pointing at the tile's first row
@@ -138,11 +142,39 @@ __device__ __forceinline__ void store_tile(T* g, int64_t ld, int rows, int rows_
 struct ScanParams {
   const void *u, *delta, *z, *B, *C, *dout;
   const float *A, *D, *bias, *h0, *dhl;
+  const uint32_t* resets;  // (batch, nchunks) document-start masks, or null
   void *out, *du, *ddelta, *dz;
   float *final_state, *ckpt, *dA_part, *dD_part, *dbias_part, *dh0, *dBC, *sub_states;
+  // Segments: (batch, nseg, dim, state) each. Forward: P and E of a segment (end state from a
+  // zero start). Backward: P and the dh carried out of a segment's start from a zero carry in.
+  float *seg_decay, *seg_state;
   int batch, dim, len, nstate, G, npad, cpb, nchunks, nckpt, ntiles;
+  int nseg, seg_chunks;  // segments of time (blockIdx.z) and chunks per segment
   bool softplus, vec, vec_bc, atomic_dbc;  // vec: 16-byte packs for u, delta, z, out (and grads); vec_bc: for B, C
 };
+
+// The chunks [begin, end) of segment seg.
+struct ChunkRange {
+  int begin, end;
+};
+__device__ __forceinline__ ChunkRange segment_chunks(const ScanParams& p, int seg) {
+  const int begin = seg * p.seg_chunks;
+  return {begin, min(p.nchunks, begin + p.seg_chunks)};
+}
+__device__ __forceinline__ int64_t seg_index(const ScanParams& p, int b, int seg, int d, int n) {
+  return ((int64_t(b) * p.nseg + seg) * p.dim + d) * p.nstate + n;
+}
+__device__ __forceinline__ uint32_t chunk_resets(const ScanParams& p, int b, int ck) {
+  return p.resets ? __ldg(p.resets + int64_t(b) * p.nchunks + ck) : 0u;
+}
+// f(std::true_type) when some steps of `mask` start a document, else f(std::false_type): the
+// common path tests no bit and selects no decay per state. In f, a step starts a document iff
+// decltype(arg)::value && (mask >> step & 1).
+template <class F>
+__device__ __forceinline__ void with_document_starts(uint32_t mask, F&& f) {
+  if (mask) f(std::true_type{});
+  else f(std::false_type{});
+}
 
 // A lane's S consecutive states of one staged step (S a multiple of 4, 16-byte aligned).
 template <int S>
@@ -159,14 +191,6 @@ __device__ __forceinline__ float group_sum(float v, int G) {
   for (int o = 1; o < G; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
-
-// Asynchronous 16-byte copy global -> shared (zero-filled when src_bytes = 0).
-__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src, int src_bytes) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
 // Starts copying a tile (see load_tile) into the raw staging area st[kChunk][rows] (zeros in
 // the padding): cp.async when vec, else plain loads (then the copy is complete on return).
@@ -201,16 +225,25 @@ __device__ __forceinline__ void convert_tile(const T* st, int rows, Store store)
   }
 }
 
-__device__ __forceinline__ float silu_f(float z) { return __fdividef(z, 1.f + __expf(-z)); }
+// dt = softplus(delta + bias) for the valid part of a tile; the padding stays exactly 0 (no
+// decay, no input).
+__device__ __forceinline__ float staged_dt(const ScanParams& p, float v, float bias, bool valid) {
+  if (!valid) return v;
+  v += bias;
+  return p.softplus ? softplus_f(v) : v;
+}
 
-// Forward. Per element of (b, d, t): reads u, delta, z once, writes out once; per (b, t): reads
-// B, C once per channel tile; when saving, writes the 4-byte state of each (b, d, n) at the end
-// of every kCkptChunks chunks (kScanCheckpointSteps steps) and at the end.
-// Exponentials: one ex2 per (b, d, t, n), plus softplus and silu per (b, d, t). The next
-// chunk's inputs are copied (cp.async) into a raw staging area while this chunk computes.
-// 4 states per lane (128 threads a block) measured 2-3% faster than 8 (64 threads): twice
-// the warps hide the latency of each step's exponentials and shuffle better.
-template <class T, int SPT, int NT = block_threads(SPT)>
+// Forward (kStateOnly false). Per element of (b, d, t): reads u, delta, z once, writes out
+// once; per (b, t): reads B, C once per channel tile; when saving, writes the 4-byte state of
+// each (b, d, n) at the end of every kCkptChunks chunks (kScanCheckpointSteps steps) and at the
+// end. Exponentials: one exp2 per (b, d, t, n) (the last FE of a lane's states on the FMA
+// units), plus softplus and silu per (b, d, t). The next chunk's inputs are copied (cp.async)
+// into a raw staging area while this chunk computes. A block of segment seg > 0 starts from
+// the initial state composed with the (P, E) of segments 0 .. seg - 1.
+// kStateOnly: the segment pass. Runs segment seg from a zero state reading u, delta, B only
+// (no C, z, out, checkpoints) and writes the segment's (P, E): P = 2^(A log2(e) sum dt), or 0
+// when a document starts inside the segment.
+template <class T, int SPT, int FE, bool kStateOnly, int NT = block_threads(SPT)>
 __global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
@@ -227,7 +260,7 @@ __global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
   T* st_B = st_z + cpb * kChunk;
   T* st_C = st_B + npad * kChunk;
 
-  const int b = blockIdx.y, d0 = blockIdx.x * cpb;
+  const int b = blockIdx.y, d0 = blockIdx.x * cpb, seg = blockIdx.z;
   const int c = threadIdx.x / G, g = threadIdx.x % G, d = d0 + c;
   const int rows_valid = min(cpb, p.dim - d0);
   const int64_t L = p.len, N = p.nstate, Dm = p.dim;
@@ -236,8 +269,9 @@ __global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
   const T* delta = static_cast<const T*>(p.delta) + rowoff;
   const T* Bg = static_cast<const T*>(p.B) + int64_t(b) * L * N;
   const T* Cg = static_cast<const T*>(p.C) + int64_t(b) * L * N;
-  const T* z = p.z ? static_cast<const T*>(p.z) + rowoff : nullptr;
+  const T* z = !kStateOnly && p.z ? static_cast<const T*>(p.z) + rowoff : nullptr;
   T* out = static_cast<T*>(p.out) + rowoff;
+  const ChunkRange chunks = segment_chunks(p, seg);
 
   for (int i = threadIdx.x; i < cpb; i += NT) s_bias[i] = p.bias && i < rows_valid ? p.bias[d0 + i] : 0.f;
   float h[SPT], A2[SPT];
@@ -246,10 +280,15 @@ __global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
     const int n = g * SPT + k;
     const bool ok = d < p.dim && n < N;
     A2[k] = ok ? p.A[int64_t(d) * N + n] * kLog2e : 0.f;
-    h[k] = ok && p.h0 ? p.h0[(int64_t(b) * p.dim + d) * N + n] : 0.f;
+    h[k] = ok && !kStateOnly && p.h0 ? p.h0[(int64_t(b) * p.dim + d) * N + n] : 0.f;
+    if (!kStateOnly && ok)
+      for (int s = 0; s < seg; ++s) h[k] = fmaf(p.seg_decay[seg_index(p, b, s, d, n)], h[k], p.seg_state[seg_index(p, b, s, d, n)]);
   }
   const float Dd = d < p.dim && p.D ? p.D[d] : 0.f;
+  float dt_sum = 0.f;        // kStateOnly: sum of dt over the segment
+  uint32_t any_reset = 0u;   // kStateOnly: a document starts inside the segment
 
+  uint32_t next_resets = 0u;
   auto prefetch = [&](int ck) {
     const int64_t t0 = int64_t(ck) * kChunk;
     const int len = int(L - t0 < kChunk ? L - t0 : kChunk);
@@ -257,35 +296,35 @@ __global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
     prefetch_tile<NT>(st_dt, delta + t0 * Dm, Dm, cpb, rows_valid, len, p.vec);
     if (z) prefetch_tile<NT>(st_z, z + t0 * Dm, Dm, cpb, rows_valid, len, p.vec);
     prefetch_tile<NT>(st_B, Bg + t0 * N, N, npad, int(N), len, p.vec_bc);
-    prefetch_tile<NT>(st_C, Cg + t0 * N, N, npad, int(N), len, p.vec_bc);
+    if (!kStateOnly) prefetch_tile<NT>(st_C, Cg + t0 * N, N, npad, int(N), len, p.vec_bc);
     cp_async_commit();
+    next_resets = chunk_resets(p, b, ck);
   };
-  prefetch(0);
+  prefetch(chunks.begin);
 
-  for (int ck = 0; ck < p.nchunks; ++ck) {
+  for (int ck = chunks.begin; ck < chunks.end; ++ck) {
     const int64_t t0 = int64_t(ck) * kChunk;
     const int len = int(L - t0 < kChunk ? L - t0 : kChunk);
+    const uint32_t resets = next_resets;
+    any_reset |= resets;
     cp_async_wait_all();
     __syncthreads();  // the staged chunk is visible; the previous chunk's stores are done
     convert_tile<NT>(st_u, cpb, [&](int r, int tt, float v) { s_u[r * kPitch + tt] = v; });
     convert_tile<NT>(st_dt, cpb, [&](int r, int tt, float v) {
-      if (tt < len && r < rows_valid) {  // padding stays exactly 0 (no decay, no input)
-        v += s_bias[r];
-        if (p.softplus) v = softplus_f(v);
-      }
-      s_dt[r * kPitch + tt] = v;
+      s_dt[r * kPitch + tt] = staged_dt(p, v, s_bias[r], tt < len && r < rows_valid);
     });
     if (z) convert_tile<NT>(st_z, cpb, [&](int r, int tt, float v) { s_gate[r * kPitch + tt] = silu_f(v); });
     convert_tile<NT>(st_B, npad, [&](int r, int tt, float v) { s_B[tt * npad + r] = v; });
-    convert_tile<NT>(st_C, npad, [&](int r, int tt, float v) { s_C[tt * npad + r] = v; });
+    if (!kStateOnly) convert_tile<NT>(st_C, npad, [&](int r, int tt, float v) { s_C[tt * npad + r] = v; });
     __syncthreads();
-    if (ck + 1 < p.nchunks) prefetch(ck + 1);
+    if (ck + 1 < chunks.end) prefetch(ck + 1);
 
     // Four steps at a time, all shared-memory loads before the one store of y, so that the
     // compiler can overlap the loads and exponentials of the four steps. Steps past len
-    // (zero padding up to a multiple of 4) leave h unchanged: dt = u = B = C = 0.
-    for (int t4 = 0; t4 < len; t4 += 4) {
-      float dt[4], uu[4], y[4];
+    // (zero padding up to a multiple of 4) leave h unchanged: dt = u = B = C = 0. The variant
+    // with document starts (a uniform branch per 4 steps) zeroes h before a starting step.
+    auto four_steps = [&](int t4, auto has_starts) {
+      [[maybe_unused]] float dt[4], uu[4], y[4];
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         dt[j] = s_dt[c * kPitch + t4 + j];
@@ -293,56 +332,174 @@ __global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
       }
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const float du = dt[j] * uu[j];
-        float Bv[SPT], Cv[SPT];
-        read_states<SPT>(s_B + (t4 + j) * npad + g * SPT, Bv);
-        read_states<SPT>(s_C + (t4 + j) * npad + g * SPT, Cv);
-        float y0 = 0.f, y1 = 0.f;
+        if constexpr (decltype(has_starts)::value) {
+          if (resets >> (t4 + j) & 1u) {
 #pragma unroll
-        for (int k = 0; k < SPT; k += 2) {
-          h[k] = fmaf(ex2(dt[j] * A2[k]), h[k], du * Bv[k]);
-          h[k + 1] = fmaf(ex2(dt[j] * A2[k + 1]), h[k + 1], du * Bv[k + 1]);
-          y0 = fmaf(Cv[k], h[k], y0);
-          y1 = fmaf(Cv[k + 1], h[k + 1], y1);
+            for (int k = 0; k < SPT; ++k) h[k] = 0.f;
+          }
         }
-        y[j] = y0 + y1;
+        const float du = dt[j] * uu[j];
+        float Bv[SPT];
+        read_states<SPT>(s_B + (t4 + j) * npad + g * SPT, Bv);
+#pragma unroll
+        for (int k = 0; k < SPT; ++k) h[k] = fmaf(decay_exp2<SPT, FE>(k, dt[j] * A2[k]), h[k], du * Bv[k]);
+        if constexpr (kStateOnly) {
+          dt_sum += dt[j];
+        } else {
+          float Cv[SPT];
+          read_states<SPT>(s_C + (t4 + j) * npad + g * SPT, Cv);
+          float y0 = 0.f, y1 = 0.f;
+#pragma unroll
+          for (int k = 0; k < SPT; k += 2) {
+            y0 = fmaf(Cv[k], h[k], y0);
+            y1 = fmaf(Cv[k + 1], h[k + 1], y1);
+          }
+          y[j] = y0 + y1;
+        }
       }
+      if constexpr (!kStateOnly) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) y[j] = group_sum(y[j], G);
-      if (g == 0) {
+        for (int j = 0; j < 4; ++j) y[j] = group_sum(y[j], G);
+        if (g == 0) {
 #pragma unroll
-        for (int j = 0; j < 4; ++j) s_u[c * kPitch + t4 + j] = fmaf(Dd, uu[j], y[j]);
+          for (int j = 0; j < 4; ++j) s_u[c * kPitch + t4 + j] = fmaf(Dd, uu[j], y[j]);
+        }
       }
-    }
-    if (p.ckpt && d < p.dim && (ck % kCkptChunks == kCkptChunks - 1 || ck + 1 == p.nchunks)) {
-      float* cp = p.ckpt + ((int64_t(b) * p.dim + d) * p.nckpt + ck / kCkptChunks) * N;
+    };
+    for (int t4 = 0; t4 < len; t4 += 4)
+      with_document_starts(resets >> t4 & 15u, [&](auto has_starts) { four_steps(t4, has_starts); });
+    if constexpr (!kStateOnly) {
+      if (p.ckpt && d < p.dim && (ck % kCkptChunks == kCkptChunks - 1 || ck + 1 == p.nchunks)) {
+        float* cp = p.ckpt + ((int64_t(b) * p.dim + d) * p.nckpt + ck / kCkptChunks) * N;
 #pragma unroll
-      for (int k = 0; k < SPT; ++k)
-        if (g * SPT + k < N) cp[g * SPT + k] = h[k];
+        for (int k = 0; k < SPT; ++k)
+          if (g * SPT + k < N) cp[g * SPT + k] = h[k];
+      }
+      __syncthreads();
+      if (z)
+        store_tile<NT>(out + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
+                       [&](int r, int tt) { return s_u[r * kPitch + tt] * s_gate[r * kPitch + tt]; });
+      else
+        store_tile<NT>(out + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
+                       [&](int r, int tt) { return s_u[r * kPitch + tt]; });
     }
-    __syncthreads();
-    if (z)
-      store_tile<NT>(out + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
-                              [&](int r, int tt) { return s_u[r * kPitch + tt] * s_gate[r * kPitch + tt]; });
-    else
-      store_tile<NT>(out + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
-                              [&](int r, int tt) { return s_u[r * kPitch + tt]; });
   }
-  if (d < p.dim) {
+  if (d >= p.dim) return;
 #pragma unroll
-    for (int k = 0; k < SPT; ++k)
-      if (g * SPT + k < N) p.final_state[(int64_t(b) * p.dim + d) * N + g * SPT + k] = h[k];
+  for (int k = 0; k < SPT; ++k) {
+    const int n = g * SPT + k;
+    if (n >= N) continue;
+    if constexpr (kStateOnly) {
+      p.seg_state[seg_index(p, b, seg, d, n)] = h[k];
+      p.seg_decay[seg_index(p, b, seg, d, n)] = any_reset ? 0.f : ex2(A2[k] * dt_sum);
+    } else if (seg == p.nseg - 1) {
+      p.final_state[(int64_t(b) * p.dim + d) * N + n] = h[k];
+    }
   }
 }
 
+// Backward segment pass: the dh carried out of segment seg = blockIdx.z + 1 (into the step
+// before its first) when nothing comes in at its end, and its decay P (as in the forward's
+// segment pass). Reverse over the segment: dh_t = C_t dy_t + carry, carry = a_t dh_t (a_t = 0
+// at a document start), dy_t = dout_t silu(z_t). Reads delta, z, dout, C once (no u, B, no
+// checkpoints); one exp2 per (b, d, t, n). Same block shape and staging as the forward.
+template <class T, int SPT, int FE, int NT = block_threads(SPT)>
+__global__ void __launch_bounds__(NT) scan_backward_carry_kernel(ScanParams p) {
+  extern __shared__ float4 smem4[];
+  float* smem = reinterpret_cast<float*>(smem4);
+  const int cpb = p.cpb, G = p.G, npad = p.npad;
+  float* s_dy = smem;                      // [cpb][kPitch]: dout, then dout silu(z)
+  float* s_dt = s_dy + cpb * kPitch;       // [cpb][kPitch]: softplus(delta + bias)
+  float* s_C = s_dt + cpb * kPitch;        // [kChunk][npad]
+  float* s_bias = s_C + kChunk * npad;     // [cpb], padded to a multiple of 4
+  T* st_dout = reinterpret_cast<T*>(s_bias + ((cpb + 3) & ~3));  // raw staging
+  T* st_dt = st_dout + cpb * kChunk;
+  T* st_z = st_dt + cpb * kChunk;
+  T* st_C = st_z + cpb * kChunk;
 
-// Backward with recomputation, one block per (channel tile, b), chunks in reverse order. For
-// each chunk: its start state is the saved one at the start of its checkpoint interval, run
-// forward over the interval's earlier chunks (staged again); stage u, dt, dy = dout silu(z)
-// and dout silu'(z) (fp32) and B, C; pass 1 runs the recurrence from the chunk's start
-// state and keeps the states at the sub-chunk starts (steps 8, 16, 24) in registers (the
-// rerun of chunk ck - 1 for chunk ck saves them in a scratch buffer, so that chunk ck - 1
-// skips pass 1); then per sub-chunk of kSub = 8 steps, last first:
+  const int b = blockIdx.y, d0 = blockIdx.x * cpb, seg = blockIdx.z + 1;
+  const int c = threadIdx.x / G, g = threadIdx.x % G, d = d0 + c;
+  const int rows_valid = min(cpb, p.dim - d0);
+  const int64_t L = p.len, N = p.nstate, Dm = p.dim;
+  const int64_t rowoff = int64_t(b) * L * Dm + d0;
+  const T* delta = static_cast<const T*>(p.delta) + rowoff;
+  const T* z = p.z ? static_cast<const T*>(p.z) + rowoff : nullptr;
+  const T* dout = static_cast<const T*>(p.dout) + rowoff;
+  const T* Cg = static_cast<const T*>(p.C) + int64_t(b) * L * N;
+  const ChunkRange chunks = segment_chunks(p, seg);
+
+  for (int i = threadIdx.x; i < cpb; i += NT) s_bias[i] = p.bias && i < rows_valid ? p.bias[d0 + i] : 0.f;
+  float carry[SPT], A2[SPT];
+#pragma unroll
+  for (int k = 0; k < SPT; ++k) {
+    const int n = g * SPT + k;
+    A2[k] = d < p.dim && n < N ? p.A[int64_t(d) * N + n] * kLog2e : 0.f;
+    carry[k] = 0.f;
+  }
+  float dt_sum = 0.f;
+  uint32_t any_reset = 0u, next_resets = 0u;
+  auto prefetch = [&](int ck) {
+    const int64_t t0 = int64_t(ck) * kChunk;
+    const int len = int(L - t0 < kChunk ? L - t0 : kChunk);
+    prefetch_tile<NT>(st_dout, dout + t0 * Dm, Dm, cpb, rows_valid, len, p.vec);
+    prefetch_tile<NT>(st_dt, delta + t0 * Dm, Dm, cpb, rows_valid, len, p.vec);
+    if (z) prefetch_tile<NT>(st_z, z + t0 * Dm, Dm, cpb, rows_valid, len, p.vec);
+    prefetch_tile<NT>(st_C, Cg + t0 * N, N, npad, int(N), len, p.vec_bc);
+    cp_async_commit();
+    next_resets = chunk_resets(p, b, ck);
+  };
+  prefetch(chunks.end - 1);
+
+  for (int ck = chunks.end - 1; ck >= chunks.begin; --ck) {
+    const int64_t t0 = int64_t(ck) * kChunk;
+    const int len = int(L - t0 < kChunk ? L - t0 : kChunk);
+    const uint32_t resets = next_resets;
+    any_reset |= resets;
+    cp_async_wait_all();
+    __syncthreads();
+    convert_tile<NT>(st_dout, cpb, [&](int r, int tt, float v) { s_dy[r * kPitch + tt] = v; });
+    convert_tile<NT>(st_dt, cpb, [&](int r, int tt, float v) {
+      s_dt[r * kPitch + tt] = staged_dt(p, v, s_bias[r], tt < len && r < rows_valid);
+    });
+    // The same thread wrote s_dy at this position just above (identical index mapping).
+    if (z) convert_tile<NT>(st_z, cpb, [&](int r, int tt, float v) { s_dy[r * kPitch + tt] *= silu_f(v); });
+    convert_tile<NT>(st_C, npad, [&](int r, int tt, float v) { s_C[tt * npad + r] = v; });
+    __syncthreads();
+    if (ck > chunks.begin) prefetch(ck - 1);
+    with_document_starts(resets, [&](auto has_starts) {
+      for (int tt = len - 1; tt >= 0; --tt) {
+        const float dt = s_dt[c * kPitch + tt], dy = s_dy[c * kPitch + tt];
+        const bool starts = decltype(has_starts)::value && (resets >> tt & 1u);
+        float Cv[SPT];
+        read_states<SPT>(s_C + tt * npad + g * SPT, Cv);
+#pragma unroll
+        for (int k = 0; k < SPT; ++k) {
+          const float a = starts ? 0.f : decay_exp2<SPT, FE>(k, dt * A2[k]);
+          carry[k] = a * fmaf(Cv[k], dy, carry[k]);
+        }
+        dt_sum += dt;
+      }
+    });
+  }
+  if (d >= p.dim) return;
+#pragma unroll
+  for (int k = 0; k < SPT; ++k) {
+    const int n = g * SPT + k;
+    if (n >= N) continue;
+    p.seg_state[seg_index(p, b, seg, d, n)] = carry[k];
+    p.seg_decay[seg_index(p, b, seg, d, n)] = any_reset ? 0.f : ex2(A2[k] * dt_sum);
+  }
+}
+
+// Backward with recomputation, one block per (channel tile, b, segment), its chunks in reverse
+// order, starting from the dh carried into the segment's end: the gradient of the final state
+// composed with the (P, carry) of the later segments. For each chunk: its start state is the
+// saved one at the start of its checkpoint interval, run forward over the interval's earlier
+// chunks (staged again); stage u, dt, dy = dout silu(z) and dout silu'(z) (fp32) and B, C;
+// pass 1 runs the recurrence from the chunk's start state and keeps the states at the
+// sub-chunk starts (steps 8, 16, 24) in registers (the rerun of chunk ck - 1 for chunk ck saves
+// them in a scratch buffer, so that chunk ck - 1 skips pass 1); then per sub-chunk of kSub = 8
+// steps, last first:
 //  (a) recompute the sub-chunk, storing every state in shared memory (lane-private columns)
 //      and y (for dz);
 //  (b) the block sums dC_t[n] = sum_c dy_t[c] h_t[c, n] over its channels from those states;
@@ -358,7 +515,7 @@ __global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
 // 4 x 4 bytes per (b, d, n) per rerun chunk (scratch, L2-resident: 6.3 MB at B16 D1536 N16).
 constexpr int kRowsH = kSub + 1;             // states 0..kSub of a sub-chunk, per slot
 
-template <class T, int SPT, int NT = block_threads(SPT)>
+template <class T, int SPT, int FE, int NT = block_threads(SPT)>
 __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(ScanParams p) {
   constexpr int kPitchH = NT + 1;  // row pitch of s_h (odd: conflict-free both ways)
   extern __shared__ float4 smem4[];
@@ -375,7 +532,7 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
   // the compiler knows its stores do not alias the staged inputs and can hoist their loads.
   __shared__ float s_h[SPT * kRowsH * kPitchH];
 
-  const int b = blockIdx.y, tile = blockIdx.x, d0 = tile * cpb;
+  const int b = blockIdx.y, tile = blockIdx.x, d0 = tile * cpb, seg = blockIdx.z;
   const int tid = threadIdx.x;
   const int c = tid / G, g = tid % G, d = d0 + c;
   const int rows_valid = min(cpb, p.dim - d0);
@@ -391,9 +548,11 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
   T* ddelta_g = static_cast<T*>(p.ddelta) + rowoff;
   T* dz_g = p.dz ? static_cast<T*>(p.dz) + rowoff : nullptr;
   const bool vec4 = L % 4 == 0;
+  const ChunkRange chunks = segment_chunks(p, seg);
 
   float A2[SPT], Af[SPT], dA[SPT], dhc[SPT];
   const int64_t bd = int64_t(b) * p.dim + d;
+  const int64_t bsd = (int64_t(b) * p.nseg + seg) * p.dim + d;  // this (b, segment, d)'s partials
 #pragma unroll
   for (int k = 0; k < SPT; ++k) {
     const int n = g * SPT + k;
@@ -402,6 +561,9 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
     A2[k] = Af[k] * kLog2e;
     dA[k] = 0.f;
     dhc[k] = ok && p.dhl ? p.dhl[bd * N + n] : 0.f;
+    if (ok)
+      for (int s = p.nseg - 1; s > seg; --s)
+        dhc[k] = fmaf(p.seg_decay[seg_index(p, b, s, d, n)], dhc[k], p.seg_state[seg_index(p, b, s, d, n)]);
   }
   const float Dd = d < p.dim && p.D ? p.D[d] : 0.f;
   float dD_acc = 0.f, dbias_acc = 0.f;
@@ -459,32 +621,32 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
   // Stages what the recurrence reads: u, dt = softplus(delta + bias), B of the chunk at t0.
   auto stage_recurrence = [&](int64_t t0, int len) {
     load_tile<NT>(u + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
-                           [&](int r, int tt, float v, bool) { s_u[r * kPitch + tt] = from_f<T>(v); });
-    load_tile<NT>(delta + t0 * Dm, Dm, cpb, rows_valid, len, p.vec, [&](int r, int tt, float v, bool ok) {
-      if (ok) {
-        v += s_bias[r];
-        if (p.softplus) v = softplus_f(v);
-      }
-      s_dt[r * kPitch + tt] = v;
-    });
+                  [&](int r, int tt, float v, bool) { s_u[r * kPitch + tt] = from_f<T>(v); });
+    load_tile<NT>(delta + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
+                  [&](int r, int tt, float v, bool ok) { s_dt[r * kPitch + tt] = staged_dt(p, v, s_bias[r], ok); });
     load_tile<NT>(Bg + t0 * N, N, npad, int(N), len, p.vec_bc,
-                           [&](int r, int tt, float v, bool) { s_B[tt * npad + r] = v; });
+                  [&](int r, int tt, float v, bool) { s_B[tt * npad + r] = v; });
   };
-  // Runs this lane's states h over the staged steps [ts, te).
-  auto advance = [&](float* h, int ts, int te) {
+  // Runs this lane's states h over the staged steps [ts, te); `resets` is the chunk's mask of
+  // document starts (a start zeroes h before its step).
+  auto advance = [&](float* h, int ts, int te, uint32_t resets) {
+    with_document_starts(resets >> ts & ((1u << (te - ts)) - 1u), [&](auto has_starts) {
 #pragma unroll 2
-    for (int tt = ts; tt < te; ++tt) {
-      const float dt = s_dt[c * kPitch + tt], du = dt * to_f(s_u[c * kPitch + tt]);
-      float Bv[SPT];
-      read_states<SPT>(s_B + tt * npad + g * SPT, Bv);
+      for (int tt = ts; tt < te; ++tt) {
+        const float dt = s_dt[c * kPitch + tt], du = dt * to_f(s_u[c * kPitch + tt]);
+        const bool starts = decltype(has_starts)::value && (resets >> tt & 1u);
+        float Bv[SPT];
+        read_states<SPT>(s_B + tt * npad + g * SPT, Bv);
 #pragma unroll
-      for (int k = 0; k < SPT; ++k) h[k] = fmaf(ex2(dt * A2[k]), h[k], du * Bv[k]);
-    }
+        for (int k = 0; k < SPT; ++k) h[k] = fmaf(starts ? 0.f : decay_exp2<SPT, FE>(k, dt * A2[k]), h[k], du * Bv[k]);
+      }
+    });
   };
   // This lane's state at step 8 j of the last rerun chunk (slot j of 4): kept in a scratch
   // buffer of its own (coalesced, [block][j][k][lane]) until that chunk is processed next.
+  const int64_t block_id = (int64_t(b) * p.nseg + seg) * p.ntiles + tile;
   auto sub_state = [&](int j, int k) -> float& {
-    return p.sub_states[((int64_t(b * p.ntiles + tile) * (kChunk / kSub) + j) * SPT + k) * NT + tid];
+    return p.sub_states[((block_id * (kChunk / kSub) + j) * SPT + k) * NT + tid];
   };
   // The state at the start of chunk ck into h: the saved state (or the initial one) at the
   // start of its checkpoint interval, then the interval's earlier chunks recomputed (full
@@ -504,24 +666,25 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
     }
     for (int cr = c0; cr < ck; ++cr) {
       stage_recurrence(int64_t(cr) * kChunk, kChunk);
+      const uint32_t resets = chunk_resets(p, b, cr);
       __syncthreads();
       for (int j = 0; j < kChunk / kSub; ++j) {
         if (cr + 1 == ck) {
 #pragma unroll
           for (int k = 0; k < SPT; ++k) sub_state(j, k) = h[k];
         }
-        advance(h, j * kSub, (j + 1) * kSub);
+        advance(h, j * kSub, (j + 1) * kSub, resets);
       }
       __syncthreads();  // the staging area is reused
     }
   };
 
-  for (int ck = p.nchunks - 1; ck >= 0; --ck) {
+  for (int ck = chunks.end - 1; ck >= chunks.begin; --ck) {
     const int64_t t0 = int64_t(ck) * kChunk;
     const int len = int(L - t0 < kChunk ? L - t0 : kChunk);
     float h0[SPT], hb[3][SPT];
-    // Chunk ck + 1 reran this (full) chunk and kept its sub-chunk start states.
-    const bool rerun_kept = ck + 1 < p.nchunks && (ck + 1) % kCkptChunks != 0;
+    // Chunk ck + 1 (of this segment) reran this (full) chunk and kept its sub-chunk start states.
+    const bool rerun_kept = ck + 1 < chunks.end && (ck + 1) % kCkptChunks != 0;
     if (rerun_kept) {
 #pragma unroll
       for (int k = 0; k < SPT; ++k) {
@@ -533,8 +696,9 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
       chunk_start_state(ck, h0);
     }
     stage_recurrence(t0, len);
+    const uint32_t resets = chunk_resets(p, b, ck);
     load_tile<NT>(dout + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
-                           [&](int r, int tt, float v, bool) { s_dy[r * kPitch + tt] = v; });
+                  [&](int r, int tt, float v, bool) { s_dy[r * kPitch + tt] = v; });
     if (z) {
       load_tile<NT>(z + t0 * Dm, Dm, cpb, rows_valid, len, p.vec, [&](int r, int tt, float zv, bool) {
         // The same thread wrote s_dy at this position just above (identical index mapping).
@@ -544,7 +708,7 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
       });
     }
     load_tile<NT>(Cg + t0 * N, N, npad, int(N), len, p.vec_bc,
-                           [&](int r, int tt, float v, bool) { s_C[tt * npad + r] = v; });
+                  [&](int r, int tt, float v, bool) { s_C[tt * npad + r] = v; });
     __syncthreads();
 
     // Pass 1: the states at the sub-chunk starts (unless kept from the rerun).
@@ -555,7 +719,7 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
       for (int k = 0; k < SPT; ++k) h[k] = h0[k];
 #pragma unroll
       for (int j = 0; j < 3; ++j) {
-        if (j + 1 < nsub) advance(h, j * kSub, (j + 1) * kSub);
+        if (j + 1 < nsub) advance(h, j * kSub, (j + 1) * kSub, resets);
 #pragma unroll
         for (int k = 0; k < SPT; ++k) hb[j][k] = h[k];
       }
@@ -563,8 +727,9 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
 
     for (int j = nsub - 1; j >= 0; --j) {
       const int ts = j * kSub, te = min(len, ts + kSub), cnt = te - ts;
+      const uint32_t sub_starts = resets >> ts & ((1u << cnt) - 1u);
       // (a) Recompute the sub-chunk's states; y for dz.
-      {
+      with_document_starts(sub_starts, [&](auto has_starts) {
         float h[SPT];
 #pragma unroll
         for (int k = 0; k < SPT; ++k) {
@@ -574,14 +739,15 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
 #pragma unroll 2
         for (int tt = ts; tt < te; ++tt) {
           const float dt = s_dt[c * kPitch + tt], uu = to_f(s_u[c * kPitch + tt]), du = dt * uu;
+          const bool starts = decltype(has_starts)::value && (resets >> tt & 1u);
           float Bv[SPT], Cv[SPT];
           read_states<SPT>(s_B + tt * npad + g * SPT, Bv);
           read_states<SPT>(s_C + tt * npad + g * SPT, Cv);
           float y0 = 0.f, y1 = 0.f;
 #pragma unroll
           for (int k = 0; k < SPT; k += 2) {
-            h[k] = fmaf(ex2(dt * A2[k]), h[k], du * Bv[k]);
-            h[k + 1] = fmaf(ex2(dt * A2[k + 1]), h[k + 1], du * Bv[k + 1]);
+            h[k] = fmaf(starts ? 0.f : decay_exp2<SPT, FE>(k, dt * A2[k]), h[k], du * Bv[k]);
+            h[k + 1] = fmaf(starts ? 0.f : decay_exp2<SPT, FE>(k + 1, dt * A2[k + 1]), h[k + 1], du * Bv[k + 1]);
             hslot(k, tt - ts + 1) = h[k];
             hslot(k + 1, tt - ts + 1) = h[k + 1];
             y0 = fmaf(Cv[k], h[k], y0);
@@ -590,45 +756,49 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
           const float y = group_sum(y0 + y1, G);
           if (z && g == 0) s_dz[c * kPitch + tt] *= fmaf(Dd, uu, y);
         }
-      }
+      });
       __syncthreads();
       // (b) dC over the block's channels.
       reduce_sub(true, t0, ts, cnt);
       __syncthreads();
-      // (c) Reverse over the sub-chunk.
+      // (c) Reverse over the sub-chunk. At a document start the decay is 0: nothing flows to
+      // the step before, and the terms of exp(dt A) h_{t-1} vanish.
+      with_document_starts(sub_starts, [&](auto has_starts) {
 #pragma unroll 2
-      for (int tt = te - 1; tt >= ts; --tt) {
-        const float dt = s_dt[c * kPitch + tt], uu = to_f(s_u[c * kPitch + tt]), du = dt * uu;
-        const float dy = s_dy[c * kPitch + tt];
-        float Bv[SPT], Cv[SPT];
-        read_states<SPT>(s_B + tt * npad + g * SPT, Bv);
-        read_states<SPT>(s_C + tt * npad + g * SPT, Cv);
-        float sum_dhB = 0.f, sum_q = 0.f;
+        for (int tt = te - 1; tt >= ts; --tt) {
+          const float dt = s_dt[c * kPitch + tt], uu = to_f(s_u[c * kPitch + tt]), du = dt * uu;
+          const float dy = s_dy[c * kPitch + tt];
+          const bool starts = decltype(has_starts)::value && (resets >> tt & 1u);
+          float Bv[SPT], Cv[SPT];
+          read_states<SPT>(s_B + tt * npad + g * SPT, Bv);
+          read_states<SPT>(s_C + tt * npad + g * SPT, Cv);
+          float sum_dhB = 0.f, sum_q = 0.f;
 #pragma unroll
-        for (int k = 0; k < SPT; ++k) {
-          const float a = ex2(dt * A2[k]);
-          float& slot = hslot(k, tt - ts);
-          const float hp = slot;
-          const float dh = fmaf(Cv[k], dy, dhc[k]);
-          const float q = dh * (a * hp);
-          dA[k] = fmaf(q, dt, dA[k]);
-          sum_q = fmaf(q, Af[k], sum_q);
-          sum_dhB = fmaf(dh, Bv[k], sum_dhB);
-          slot = dh * du;
-          dhc[k] = a * dh;
+          for (int k = 0; k < SPT; ++k) {
+            const float a = starts ? 0.f : decay_exp2<SPT, FE>(k, dt * A2[k]);
+            float& slot = hslot(k, tt - ts);
+            const float hp = slot;
+            const float dh = fmaf(Cv[k], dy, dhc[k]);
+            const float q = dh * (a * hp);
+            dA[k] = fmaf(q, dt, dA[k]);
+            sum_q = fmaf(q, Af[k], sum_q);
+            sum_dhB = fmaf(dh, Bv[k], sum_dhB);
+            slot = dh * du;
+            dhc[k] = a * dh;
+          }
+          sum_q = group_sum(sum_q, G);
+          sum_dhB = group_sum(sum_dhB, G);
+          if (g == 0) {
+            float ddt = fmaf(sum_dhB, uu, sum_q);
+            // softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x))
+            if (p.softplus) ddt *= softplus_grad_f(dt);
+            s_u[c * kPitch + tt] = from_f<T>(fmaf(sum_dhB, dt, Dd * dy));
+            s_dt[c * kPitch + tt] = ddt;
+            dD_acc = fmaf(dy, uu, dD_acc);
+            dbias_acc += ddt;
+          }
         }
-        sum_q = group_sum(sum_q, G);
-        sum_dhB = group_sum(sum_dhB, G);
-        if (g == 0) {
-          float ddt = fmaf(sum_dhB, uu, sum_q);
-          // softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x))
-          if (p.softplus) ddt *= softplus_grad_f(dt);
-          s_u[c * kPitch + tt] = from_f<T>(fmaf(sum_dhB, dt, Dd * dy));
-          s_dt[c * kPitch + tt] = ddt;
-          dD_acc = fmaf(dy, uu, dD_acc);
-          dbias_acc += ddt;
-        }
-      }
+      });
       __syncthreads();
       // (d) dB over the block's channels.
       reduce_sub(false, t0, ts, cnt);
@@ -636,9 +806,9 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
     }
     // Write du, d delta, dz of the chunk.
     store_tile<NT>(du_g + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
-                            [&](int r, int tt) { return to_f(s_u[r * kPitch + tt]); });
+                   [&](int r, int tt) { return to_f(s_u[r * kPitch + tt]); });
     store_tile<NT>(ddelta_g + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
-                            [&](int r, int tt) { return s_dt[r * kPitch + tt]; });
+                   [&](int r, int tt) { return s_dt[r * kPitch + tt]; });
     if (dz_g)
       store_tile<NT>(dz_g + t0 * Dm, Dm, cpb, rows_valid, len, p.vec, [&](int r, int tt) { return s_dz[r * kPitch + tt]; });
     __syncthreads();
@@ -649,17 +819,30 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
     for (int k = 0; k < SPT; ++k) {
       const int n = g * SPT + k;
       if (n < N) {
-        p.dA_part[bd * N + n] = dA[k];
-        if (p.dh0) p.dh0[bd * N + n] = dhc[k];
+        p.dA_part[bsd * N + n] = dA[k];
+        if (p.dh0 && seg == 0) p.dh0[bd * N + n] = dhc[k];
       }
     }
     if (g == 0) {
-      p.dD_part[bd] = dD_acc;
-      p.dbias_part[bd] = dbias_acc;
+      p.dD_part[bsd] = dD_acc;
+      p.dbias_part[bsd] = dbias_acc;
     }
   }
 }
 
+// Document starts: bit tt of masks[b][ck] is set when step t = 32 ck + tt (0 < t < len)
+// begins a new document (seq_idx[b][t] != seq_idx[b][t - 1]). One warp per (b, chunk).
+__global__ void document_starts_kernel(const int32_t* seq_idx, uint32_t* masks, int64_t batch, int64_t len,
+                                       int64_t nchunks) {
+  const int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
+  const int lane = threadIdx.x & 31;
+  if (warp >= batch * nchunks) return;
+  const int64_t b = warp / nchunks, t = (warp % nchunks) * kChunk + lane;
+  const int32_t* row = seq_idx + b * len;
+  const bool starts = t > 0 && t < len && row[t] != row[t - 1];
+  const uint32_t mask = __ballot_sync(0xffffffffu, starts);
+  if (lane == 0) masks[warp] = mask;
+}
 
 // out[m] = sum_k in[k * m_total + m], k in order: fixed-order reductions over the batch.
 __global__ void sum_leading_kernel(const float* in, float* out, int64_t k_total, int64_t m_total) {
@@ -685,7 +868,10 @@ __global__ void reduce_dbc_kernel(const float* part, T* dB, T* dC, int64_t batch
   }
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+// ---- host side -----------------------------------------------------------------------------
+
+// Exponentials of a lane's states on the FMA units (the rest on the special-function unit).
+constexpr int kFwdFmaExps = 0, kBwdFmaExps = 0;
 
 ScanParams make_params(const ScanArgs& a, int spt) {
   ScanParams p{};
@@ -710,6 +896,8 @@ ScanParams make_params(const ScanArgs& a, int spt) {
   p.nchunks = int((a.u.size(1) + kChunk - 1) / kChunk);
   p.nckpt = int((a.u.size(1) + kScanCheckpointSteps - 1) / kScanCheckpointSteps);
   p.ntiles = (p.dim + p.cpb - 1) / p.cpb;
+  p.nseg = 1;
+  p.seg_chunks = p.nchunks;
   p.softplus = a.delta_softplus;
   const int V = a.u.dtype() == DType::bf16 ? 8 : 4;  // elements per 16-byte pack; cpb and npad are multiples
   p.vec = p.dim % V == 0;
@@ -724,47 +912,128 @@ void check_sizes(const char* op, const ScanArgs& a) {
              "{}: batch must be <= 65535 and dim, length < 2^31 on CUDA, got u {}", op, describe(a.u));
 }
 
-template <int SPT>
+// The document-start masks of seq_idx, (batch, nchunks), or an undefined tensor without it.
+Tensor document_starts(const ScanArgs& a, ScanParams& p) {
+  if (!a.seq_idx.defined()) return Tensor();
+  Tensor masks = Tensor::empty({p.batch, p.nchunks}, DType::i32, a.u.device());
+  const int64_t threads = int64_t(p.batch) * p.nchunks * 32;
+  document_starts_kernel<<<unsigned((threads + 255) / 256), 256, 0, coil::cuda::compute_stream()>>>(
+      a.seq_idx.data<int32_t>(), static_cast<uint32_t*>(masks.raw()), p.batch, p.len, p.nchunks);
+  COIL_CUDA_CHECK_LAUNCH("selective_scan/document_starts", "seq_idx {}", describe(a.seq_idx));
+  p.resets = static_cast<const uint32_t*>(masks.raw());
+  return masks;
+}
+
+// Cuts time into segments (whole checkpoint intervals) so that the (tiles x batch x segments)
+// blocks fill one wave of `kernel`, whose blocks of `threads` take `smem` bytes: as many
+// segments as fit beside the tiles x batch blocks, none when those fill the GPU already.
+template <class Kernel>
+void choose_segments(ScanParams& p, Kernel kernel, int threads, size_t smem) {
+  int per_sm = 0;
+  COIL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+  const int64_t capacity = int64_t(std::max(per_sm, 1)) * coil::cuda::sm_count();
+  const int64_t base = int64_t(p.ntiles) * p.batch;
+  const int intervals = (p.nchunks + kCkptChunks - 1) / kCkptChunks;
+  const int want = int(std::clamp<int64_t>(capacity / base, 1, std::min(intervals, 65535)));
+  p.seg_chunks = (intervals + want - 1) / want * kCkptChunks;
+  p.nseg = (p.nchunks + p.seg_chunks - 1) / p.seg_chunks;
+}
+
+// The (batch, nseg, dim, state) pair of segment tensors (P and E, or P and the carry).
+struct SegmentState {
+  Tensor decay, state;
+  SegmentState(ScanParams& p, Device dev) {
+    if (p.nseg == 1) return;
+    decay = Tensor::empty({p.batch, p.nseg, p.dim, p.nstate}, DType::f32, dev);
+    state = Tensor::empty({p.batch, p.nseg, p.dim, p.nstate}, DType::f32, dev);
+    p.seg_decay = decay.data<float>();
+    p.seg_state = state.data<float>();
+  }
+};
+
+size_t forward_smem(const ScanParams& p, size_t elem) {
+  return sizeof(float) * (size_t(3) * p.cpb * kPitch + size_t(2) * kChunk * p.npad + ((p.cpb + 3) & ~3)) +
+         elem * kChunk * (size_t(3) * p.cpb + size_t(2) * p.npad);
+}
+
+template <class T>
 void launch_forward(const ScanArgs& a, const ScanResult& r) {
-  ScanParams p = make_params(a, SPT);
+  constexpr int NT = block_threads(kFwdSpt);
+  ScanParams p = make_params(a, kFwdSpt);
   p.out = r.out.raw();
   p.final_state = r.final_state.data<float>();
   p.ckpt = r.checkpoints.defined() ? r.checkpoints.data<float>() : nullptr;
-  const size_t elem = dtype_size(a.u.dtype());
-  const size_t smem = sizeof(float) * (size_t(3) * p.cpb * kPitch + size_t(2) * kChunk * p.npad + ((p.cpb + 3) & ~3)) +
-                      elem * kChunk * (size_t(3) * p.cpb + size_t(2) * p.npad);
-  dim3 grid(unsigned(p.ntiles), unsigned(p.batch));
-  constexpr int NT = block_threads(SPT);
+  const Tensor masks = document_starts(a, p);
+  const size_t smem = forward_smem(p, sizeof(T));
+  auto* main_kernel = scan_forward_kernel<T, kFwdSpt, kFwdFmaExps, false>;
+  auto* segment_kernel = scan_forward_kernel<T, kFwdSpt, kFwdFmaExps, true>;
+  for (auto* k : {main_kernel, segment_kernel})
+    COIL_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  choose_segments(p, main_kernel, NT, smem);
+  const SegmentState segments(p, a.u.device());
   cudaStream_t stream = coil::cuda::compute_stream();
-  if (a.u.dtype() == DType::bf16) {
-    COIL_CUDA_CHECK(cudaFuncSetAttribute(scan_forward_kernel<bf16_t, SPT>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    scan_forward_kernel<bf16_t, SPT><<<grid, NT, smem, stream>>>(p);
-  } else {
-    COIL_CUDA_CHECK(cudaFuncSetAttribute(scan_forward_kernel<float, SPT>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    scan_forward_kernel<float, SPT><<<grid, NT, smem, stream>>>(p);
+  if (p.nseg > 1) {
+    segment_kernel<<<dim3(unsigned(p.ntiles), unsigned(p.batch), unsigned(p.nseg - 1)), NT, smem, stream>>>(p);
+    COIL_CUDA_CHECK_LAUNCH("selective_scan_forward/segments", "u {}, segments {} of {} chunks", describe(a.u), p.nseg,
+                           p.seg_chunks);
   }
-  COIL_CUDA_CHECK_LAUNCH("selective_scan_forward", "u {}, A {}, grid {}x{}, smem {}", describe(a.u), describe(a.A),
-                         grid.x, grid.y, smem);
+  const dim3 grid(unsigned(p.ntiles), unsigned(p.batch), unsigned(p.nseg));
+  main_kernel<<<grid, NT, smem, stream>>>(p);
+  COIL_CUDA_CHECK_LAUNCH("selective_scan_forward", "u {}, A {}, grid {}x{}x{}, smem {}", describe(a.u), describe(a.A),
+                         grid.x, grid.y, grid.z, smem);
+}
+
+// The backward's dh carried into each segment's end: the carry kernel (forward's block shape)
+// over segments 1 .. nseg - 1 of the backward's segmentation.
+template <class T>
+void launch_backward_carry(const ScanArgs& a, const ScanParams& bwd, const Tensor& grad_out) {
+  constexpr int NT = block_threads(kFwdSpt);
+  ScanParams p = make_params(a, kFwdSpt);
+  if (!aligned16(grad_out.raw())) p.vec = false;
+  p.dout = grad_out.raw();
+  p.resets = bwd.resets;
+  p.nseg = bwd.nseg;
+  p.seg_chunks = bwd.seg_chunks;
+  p.seg_decay = bwd.seg_decay;
+  p.seg_state = bwd.seg_state;
+  const size_t smem = sizeof(float) * (size_t(2) * p.cpb * kPitch + size_t(kChunk) * p.npad + ((p.cpb + 3) & ~3)) +
+                      sizeof(T) * kChunk * (size_t(3) * p.cpb + size_t(p.npad));
+  auto* kernel = scan_backward_carry_kernel<T, kFwdSpt, kBwdFmaExps>;
+  COIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  kernel<<<dim3(unsigned(p.ntiles), unsigned(p.batch), unsigned(p.nseg - 1)), NT, smem,
+           coil::cuda::compute_stream()>>>(p);
+  COIL_CUDA_CHECK_LAUNCH("selective_scan_backward/segments", "u {}, segments {} of {} chunks", describe(a.u), p.nseg,
+                         p.seg_chunks);
 }
 
 }  // namespace
 
 void selective_scan_forward(const ScanArgs& a, const ScanResult& r) {
   check_sizes("selective_scan_forward", a);
-  launch_forward<4>(a, r);
+  if (a.u.dtype() == DType::bf16) launch_forward<bf16_t>(a, r);
+  else launch_forward<float>(a, r);
 }
 
 void selective_scan_backward(const ScanArgs& a, const ScanResult& saved, const Tensor& grad_out,
                              const Tensor& grad_final_state, const ScanGrads& grads, bool deterministic) {
   const char* op = "selective_scan_backward";
   check_sizes(op, a);
-  constexpr int spt = 8;
-  ScanParams p = make_params(a, spt);
+  constexpr int NT = block_threads(kBwdSpt);
+  ScanParams p = make_params(a, kBwdSpt);
   if (!aligned16(grad_out.raw())) p.vec = false;
   for (const Tensor* t : {&grads.du, &grads.ddelta, &grads.dz})
     if (t->defined() && !aligned16(t->raw())) p.vec = false;
   const Device dev = a.u.device();
-  const int64_t B = p.batch, Dm = p.dim, N = p.nstate, L = p.len;
+  const bool bf = a.u.dtype() == DType::bf16;
+  const Tensor masks = document_starts(a, p);
+  const size_t smem = dtype_size(a.u.dtype()) * p.cpb * kPitch +
+                      sizeof(float) * (size_t(3) * p.cpb * kPitch + size_t(2) * kChunk * p.npad + p.cpb);
+  auto* kernel = bf ? scan_backward_kernel<bf16_t, kBwdSpt, kBwdFmaExps> : scan_backward_kernel<float, kBwdSpt, kBwdFmaExps>;
+  COIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  choose_segments(p, kernel, NT, smem);
+  const SegmentState segments(p, dev);
+
+  const int64_t B = p.batch, Dm = p.dim, N = p.nstate, L = p.len, S = p.nseg;
   p.dout = grad_out.raw();
   p.dhl = grad_final_state.defined() ? grad_final_state.data<float>() : nullptr;
   p.ckpt = saved.checkpoints.data<float>();
@@ -772,13 +1041,13 @@ void selective_scan_backward(const ScanArgs& a, const ScanResult& saved, const T
   p.ddelta = grads.ddelta.raw();
   p.dz = grads.dz.defined() ? grads.dz.raw() : nullptr;
   p.dh0 = grads.dinitial_state.defined() ? grads.dinitial_state.data<float>() : nullptr;
-  Tensor dA_part = Tensor::empty({B, Dm, N}, DType::f32, dev);
-  Tensor dD_part = Tensor::empty({B, Dm}, DType::f32, dev);
-  Tensor dbias_part = Tensor::empty({B, Dm}, DType::f32, dev);
+  Tensor dA_part = Tensor::empty({B, S, Dm, N}, DType::f32, dev);
+  Tensor dD_part = Tensor::empty({B, S, Dm}, DType::f32, dev);
+  Tensor dbias_part = Tensor::empty({B, S, Dm}, DType::f32, dev);
   p.dA_part = dA_part.data<float>();
   p.dD_part = dD_part.data<float>();
   p.dbias_part = dbias_part.data<float>();
-  Tensor sub_states = Tensor::empty({B * p.ntiles * (kChunk / kSub) * spt * block_threads(spt)}, DType::f32, dev);
+  Tensor sub_states = Tensor::empty({B * S * p.ntiles * (kChunk / kSub) * kBwdSpt * NT}, DType::f32, dev);
   p.sub_states = sub_states.data<float>();
   p.atomic_dbc = !deterministic;
   Tensor dbc = Tensor::empty({B, deterministic ? int64_t(p.ntiles) : 1, 2 * N, L}, DType::f32, dev);
@@ -786,25 +1055,21 @@ void selective_scan_backward(const ScanArgs& a, const ScanResult& saved, const T
   cudaStream_t stream = coil::cuda::compute_stream();
   if (!deterministic) COIL_CUDA_CHECK(cudaMemsetAsync(p.dBC, 0, dbc.nbytes(), stream));
 
-  const size_t smem = dtype_size(a.u.dtype()) * p.cpb * kPitch +
-                      sizeof(float) * (size_t(3) * p.cpb * kPitch + size_t(2) * kChunk * p.npad + p.cpb);
-  dim3 grid(unsigned(p.ntiles), unsigned(p.batch));
-  auto launch = [&](auto kernel, int threads) {
-    COIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kernel<<<grid, threads, smem, stream>>>(p);
-  };
-  const bool bf = a.u.dtype() == DType::bf16;
-  if (bf) launch(scan_backward_kernel<bf16_t, spt>, block_threads(spt));
-  else launch(scan_backward_kernel<float, spt>, block_threads(spt));
-  COIL_CUDA_CHECK_LAUNCH("selective_scan_backward", "u {}, A {}, grid {}x{}, smem {}", describe(a.u), describe(a.A),
-                         grid.x, grid.y, smem);
+  if (p.nseg > 1) {
+    if (bf) launch_backward_carry<bf16_t>(a, p, grad_out);
+    else launch_backward_carry<float>(a, p, grad_out);
+  }
+  const dim3 grid(unsigned(p.ntiles), unsigned(p.batch), unsigned(p.nseg));
+  kernel<<<grid, NT, smem, stream>>>(p);
+  COIL_CUDA_CHECK_LAUNCH("selective_scan_backward", "u {}, A {}, grid {}x{}x{}, smem {}", describe(a.u), describe(a.A),
+                         grid.x, grid.y, grid.z, smem);
 
   // dB, dC: sum the tiles (or just convert the atomic accumulator) into (batch, state, length).
   {
     const int64_t total = B * 2 * N * L;
     const int blocks = int(std::min<int64_t>((total + 255) / 256, 65535));
     const int64_t ntiles = deterministic ? p.ntiles : 1;
-    if (a.u.dtype() == DType::bf16)
+    if (bf)
       reduce_dbc_kernel<bf16_t><<<blocks, 256, 0, stream>>>(p.dBC, static_cast<bf16_t*>(grads.dB.raw()),
                                                            static_cast<bf16_t*>(grads.dC.raw()), B, ntiles, N, L);
     else
@@ -812,14 +1077,15 @@ void selective_scan_backward(const ScanArgs& a, const ScanResult& saved, const T
                                                           ntiles, N, L);
     COIL_CUDA_CHECK_LAUNCH("selective_scan_backward/reduce_dbc", "batch {}, tiles {}, state {}, length {}", B, ntiles, N, L);
   }
-  auto sum_batch = [&](const Tensor& part, const Tensor& out, int64_t m) {
+  // dA, dD, d delta_bias: sum the (batch, segment) partials in a fixed order.
+  auto sum_parts = [&](const Tensor& part, const Tensor& out, int64_t m) {
     const int blocks = int(std::min<int64_t>((m + 255) / 256, 4096));
-    sum_leading_kernel<<<blocks, 256, 0, stream>>>(part.data<float>(), out.data<float>(), B, m);
-    COIL_CUDA_CHECK_LAUNCH("selective_scan_backward/sum_batch", "parts {}", describe(part));
+    sum_leading_kernel<<<blocks, 256, 0, stream>>>(part.data<float>(), out.data<float>(), B * S, m);
+    COIL_CUDA_CHECK_LAUNCH("selective_scan_backward/sum_parts", "parts {}", describe(part));
   };
-  sum_batch(dA_part, grads.dA, Dm * N);
-  if (grads.dD.defined()) sum_batch(dD_part, grads.dD, Dm);
-  if (grads.ddelta_bias.defined()) sum_batch(dbias_part, grads.ddelta_bias, Dm);
+  sum_parts(dA_part, grads.dA, Dm * N);
+  if (grads.dD.defined()) sum_parts(dD_part, grads.dD, Dm);
+  if (grads.ddelta_bias.defined()) sum_parts(dbias_part, grads.ddelta_bias, Dm);
 }
 
 }  // namespace coil::kernels::cuda
