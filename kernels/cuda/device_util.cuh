@@ -1,6 +1,5 @@
 // Device helpers every kernel shares: f32/bf16 access through float (the math is fp32 either
-// way), 16-byte packs, the PTX wrappers (cp.async, ex2) and a polynomial 2^x on the FMA units,
-// and warp/block sums.
+// way), 16-byte packs, the PTX wrappers (cp.async, ex2), and warp/block sums.
 #pragma once
 #include <cuda_bf16.h>
 
@@ -49,25 +48,6 @@ __device__ __forceinline__ float ex2(float x) {
   float r;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
   return r;
-}
-
-// 2^x on the FMA units (128 a clock per SM), for kernels whose exponentials would otherwise
-// queue on the special-function unit: x = j + f with j = round(x) and f in [-1/2, 1/2]; 2^f by
-// a degree-5 polynomial fitted for relative error (< 2.4e-7 in fp32, like ex2.approx); 2^j
-// added to the exponent bits. x is clamped to [-125, 127] first (2^-125 instead of 0 below,
-// 2^127 instead of inf above); NaN stays NaN. 9 FMA-pipe and 3 integer instructions.
-__device__ __forceinline__ float exp2_fma(float x) {
-  x = x < -125.f ? -125.f : x > 127.f ? 127.f : x;
-  constexpr float kRound = 12582912.f;  // 1.5 * 2^23: x + kRound holds round(x) in its low bits
-  const float t = x + kRound;
-  const float f = x - (t - kRound);
-  float p = 0.00132764713f;
-  p = fmaf(p, f, 0.00967554096f);
-  p = fmaf(p, f, 0.0555071309f);
-  p = fmaf(p, f, 0.240221202f);
-  p = fmaf(p, f, 0.693146944f);
-  p = fmaf(p, f, 1.00000012f);
-  return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
 }
 
 // ---- sums --------------------------------------------------------------------------------

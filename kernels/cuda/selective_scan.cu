@@ -49,13 +49,6 @@ constexpr int kBwdBlocksPerSm = 6;       // the B16 D1536 N16 grid (768 blocks) 
 static_assert(kChunk == 4 * kSub, "the backward keeps 3 sub-chunk start states in registers");
 static_assert(kChunk % 4 == 0, "the forward runs 4 steps at a time");
 
-// The decay exp2(x) of state k of a lane's SPT: the last FE states on the FMA units, the others
-// on the special-function unit (k is a compile-time constant once the state loops unroll).
-template <int SPT, int FE>
-__device__ __forceinline__ float decay_exp2(int k, float x) {
-  return k >= SPT - FE ? exp2_fma(x) : ex2(x);
-}
-
 // softplus = log1p(e^x) with the fast intrinsics (log1pf is a long instruction sequence):
 // for e = e^x < 0.03 the series e (1 - e/2 + e^2/3) (relative error < 7e-6; __logf(1 + e)
 // would lose digits to the rounding of 1 + e), else __logf(1 + e) (relative error < 2e-5).
@@ -236,14 +229,13 @@ __device__ __forceinline__ float staged_dt(const ScanParams& p, float v, float b
 // Forward (kStateOnly false). Per element of (b, d, t): reads u, delta, z once, writes out
 // once; per (b, t): reads B, C once per channel tile; when saving, writes the 4-byte state of
 // each (b, d, n) at the end of every kCkptChunks chunks (kScanCheckpointSteps steps) and at the
-// end. Exponentials: one exp2 per (b, d, t, n) (the last FE of a lane's states on the FMA
-// units), plus softplus and silu per (b, d, t). The next chunk's inputs are copied (cp.async)
+// end. Exponentials: one ex2 per (b, d, t, n), plus softplus and silu per (b, d, t). The next chunk's inputs are copied (cp.async)
 // into a raw staging area while this chunk computes. A block of segment seg > 0 starts from
 // the initial state composed with the (P, E) of segments 0 .. seg - 1.
 // kStateOnly: the segment pass. Runs segment seg from a zero state reading u, delta, B only
 // (no C, z, out, checkpoints) and writes the segment's (P, E): P = 2^(A log2(e) sum dt), or 0
 // when a document starts inside the segment.
-template <class T, int SPT, int FE, bool kStateOnly, int NT = block_threads(SPT)>
+template <class T, int SPT, bool kStateOnly, int NT = block_threads(SPT)>
 __global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
@@ -342,7 +334,7 @@ __global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
         float Bv[SPT];
         read_states<SPT>(s_B + (t4 + j) * npad + g * SPT, Bv);
 #pragma unroll
-        for (int k = 0; k < SPT; ++k) h[k] = fmaf(decay_exp2<SPT, FE>(k, dt[j] * A2[k]), h[k], du * Bv[k]);
+        for (int k = 0; k < SPT; ++k) h[k] = fmaf(ex2(dt[j] * A2[k]), h[k], du * Bv[k]);
         if constexpr (kStateOnly) {
           dt_sum += dt[j];
         } else {
@@ -403,7 +395,7 @@ __global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
 // segment pass). Reverse over the segment: dh_t = C_t dy_t + carry, carry = a_t dh_t (a_t = 0
 // at a document start), dy_t = dout_t silu(z_t). Reads delta, z, dout, C once (no u, B, no
 // checkpoints); one exp2 per (b, d, t, n). Same block shape and staging as the forward.
-template <class T, int SPT, int FE, int NT = block_threads(SPT)>
+template <class T, int SPT, int NT = block_threads(SPT)>
 __global__ void __launch_bounds__(NT) scan_backward_carry_kernel(ScanParams p) {
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
@@ -474,7 +466,7 @@ __global__ void __launch_bounds__(NT) scan_backward_carry_kernel(ScanParams p) {
         read_states<SPT>(s_C + tt * npad + g * SPT, Cv);
 #pragma unroll
         for (int k = 0; k < SPT; ++k) {
-          const float a = starts ? 0.f : decay_exp2<SPT, FE>(k, dt * A2[k]);
+          const float a = starts ? 0.f : ex2(dt * A2[k]);
           carry[k] = a * fmaf(Cv[k], dy, carry[k]);
         }
         dt_sum += dt;
@@ -515,7 +507,7 @@ __global__ void __launch_bounds__(NT) scan_backward_carry_kernel(ScanParams p) {
 // 4 x 4 bytes per (b, d, n) per rerun chunk (scratch, L2-resident: 6.3 MB at B16 D1536 N16).
 constexpr int kRowsH = kSub + 1;             // states 0..kSub of a sub-chunk, per slot
 
-template <class T, int SPT, int FE, int NT = block_threads(SPT)>
+template <class T, int SPT, int NT = block_threads(SPT)>
 __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(ScanParams p) {
   constexpr int kPitchH = NT + 1;  // row pitch of s_h (odd: conflict-free both ways)
   extern __shared__ float4 smem4[];
@@ -638,7 +630,7 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
         float Bv[SPT];
         read_states<SPT>(s_B + tt * npad + g * SPT, Bv);
 #pragma unroll
-        for (int k = 0; k < SPT; ++k) h[k] = fmaf(starts ? 0.f : decay_exp2<SPT, FE>(k, dt * A2[k]), h[k], du * Bv[k]);
+        for (int k = 0; k < SPT; ++k) h[k] = fmaf(starts ? 0.f : ex2(dt * A2[k]), h[k], du * Bv[k]);
       }
     });
   };
@@ -746,8 +738,8 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
           float y0 = 0.f, y1 = 0.f;
 #pragma unroll
           for (int k = 0; k < SPT; k += 2) {
-            h[k] = fmaf(starts ? 0.f : decay_exp2<SPT, FE>(k, dt * A2[k]), h[k], du * Bv[k]);
-            h[k + 1] = fmaf(starts ? 0.f : decay_exp2<SPT, FE>(k + 1, dt * A2[k + 1]), h[k + 1], du * Bv[k + 1]);
+            h[k] = fmaf(starts ? 0.f : ex2(dt * A2[k]), h[k], du * Bv[k]);
+            h[k + 1] = fmaf(starts ? 0.f : ex2(dt * A2[k + 1]), h[k + 1], du * Bv[k + 1]);
             hslot(k, tt - ts + 1) = h[k];
             hslot(k + 1, tt - ts + 1) = h[k + 1];
             y0 = fmaf(Cv[k], h[k], y0);
@@ -775,7 +767,7 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
           float sum_dhB = 0.f, sum_q = 0.f;
 #pragma unroll
           for (int k = 0; k < SPT; ++k) {
-            const float a = starts ? 0.f : decay_exp2<SPT, FE>(k, dt * A2[k]);
+            const float a = starts ? 0.f : ex2(dt * A2[k]);
             float& slot = hslot(k, tt - ts);
             const float hp = slot;
             const float dh = fmaf(Cv[k], dy, dhc[k]);
@@ -870,9 +862,6 @@ __global__ void reduce_dbc_kernel(const float* part, T* dB, T* dC, int64_t batch
 
 // ---- host side -----------------------------------------------------------------------------
 
-// Exponentials of a lane's states on the FMA units (the rest on the special-function unit).
-constexpr int kFwdFmaExps = 0, kBwdFmaExps = 0;
-
 ScanParams make_params(const ScanArgs& a, int spt) {
   ScanParams p{};
   p.u = a.u.raw();
@@ -965,8 +954,8 @@ void launch_forward(const ScanArgs& a, const ScanResult& r) {
   p.ckpt = r.checkpoints.defined() ? r.checkpoints.data<float>() : nullptr;
   const Tensor masks = document_starts(a, p);
   const size_t smem = forward_smem(p, sizeof(T));
-  auto* main_kernel = scan_forward_kernel<T, kFwdSpt, kFwdFmaExps, false>;
-  auto* segment_kernel = scan_forward_kernel<T, kFwdSpt, kFwdFmaExps, true>;
+  auto* main_kernel = scan_forward_kernel<T, kFwdSpt, false>;
+  auto* segment_kernel = scan_forward_kernel<T, kFwdSpt, true>;
   for (auto* k : {main_kernel, segment_kernel})
     COIL_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   choose_segments(p, main_kernel, NT, smem);
@@ -998,7 +987,7 @@ void launch_backward_carry(const ScanArgs& a, const ScanParams& bwd, const Tenso
   p.seg_state = bwd.seg_state;
   const size_t smem = sizeof(float) * (size_t(2) * p.cpb * kPitch + size_t(kChunk) * p.npad + ((p.cpb + 3) & ~3)) +
                       sizeof(T) * kChunk * (size_t(3) * p.cpb + size_t(p.npad));
-  auto* kernel = scan_backward_carry_kernel<T, kFwdSpt, kBwdFmaExps>;
+  auto* kernel = scan_backward_carry_kernel<T, kFwdSpt>;
   COIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   kernel<<<dim3(unsigned(p.ntiles), unsigned(p.batch), unsigned(p.nseg - 1)), NT, smem,
            coil::cuda::compute_stream()>>>(p);
@@ -1028,7 +1017,7 @@ void selective_scan_backward(const ScanArgs& a, const ScanResult& saved, const T
   const Tensor masks = document_starts(a, p);
   const size_t smem = dtype_size(a.u.dtype()) * p.cpb * kPitch +
                       sizeof(float) * (size_t(3) * p.cpb * kPitch + size_t(2) * kChunk * p.npad + p.cpb);
-  auto* kernel = bf ? scan_backward_kernel<bf16_t, kBwdSpt, kBwdFmaExps> : scan_backward_kernel<float, kBwdSpt, kBwdFmaExps>;
+  auto* kernel = bf ? scan_backward_kernel<bf16_t, kBwdSpt> : scan_backward_kernel<float, kBwdSpt>;
   COIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   choose_segments(p, kernel, NT, smem);
   const SegmentState segments(p, dev);
