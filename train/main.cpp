@@ -54,7 +54,8 @@ config.yaml (the resolved config), metrics.jsonl, checkpoints/step_*.h5.
   --stop-after N         stop after N steps of this call, saving a checkpoint (to split a run
                          over time-limited jobs: the same command continues it)
 If the run directory already holds the same run, training continues from its latest
-checkpoint; if it holds a different run, this is an error listing the differences.
+checkpoint (a finished run does nothing); if it holds a different run, this is an error listing
+the differences. Nothing is written into the run directory before every check has passed.
 Ctrl-C (or SIGTERM) saves a checkpoint at the next step boundary and stops; a second one
 exits at once. Exit status: 0 done, 1 error, 128+signal when interrupted (after saving).
 )";
