@@ -608,8 +608,8 @@ EvalResult evaluate(const Config& config_in, const std::string& checkpoint,
                     const std::function<void(const std::string&)>& print) {
   Config config = config_in;
   COIL_CHECK(config.eval.batches != 0,
-             "eval: eval.batches is 0 in this config (it never evaluates): give --batches N, or --batches all for the "
-             "whole held-out split");
+             "eval: eval.batches is 0 in this config (it never evaluates): give a number of batches, or all for the "
+             "whole held-out split (coil eval --batches N|all)");
   Device device = resolve_device(config.train.device);
   resolve(config, device);
   layers::LanguageModel model(config.model.config, uint64_t(config.train.seed));
