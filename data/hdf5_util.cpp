@@ -1,5 +1,6 @@
 #include "data/hdf5_util.h"
 
+#include <filesystem>
 #include <mutex>
 
 namespace coil::h5 {
@@ -19,7 +20,13 @@ Handle open_file(const std::string& path, bool write) {
 Handle create_file(const std::string& path) {
   quiet();
   hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-  if (f < 0) fail("hdf5: cannot create '{}'", path);
+  if (f < 0) {
+    std::filesystem::path folder = std::filesystem::path(path).parent_path();
+    std::error_code ec;
+    if (!folder.empty() && !std::filesystem::is_directory(folder, ec))
+      fail("hdf5: cannot create '{}': the folder '{}' does not exist", path, folder.string());
+    fail("hdf5: cannot create '{}' (no permission, or the disk is full?)", path);
+  }
   return Handle(f, H5Fclose);
 }
 

@@ -1,5 +1,6 @@
 #include "data/prepare.h"
 
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -44,25 +45,40 @@ void for_each_document(const std::string& text, const PrepareOptions& o,
   }
 }
 
+std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs) {
+  if (inputs.empty()) fail("prepare: no input files given");
+  std::vector<std::string> out;
+  for (const auto& pattern : inputs) {
+    if (pattern == "-") {
+      out.push_back(pattern);
+      continue;
+    }
+    for (const auto& path : expand_glob(pattern)) {
+      std::error_code ec;
+      if (std::filesystem::is_directory(path, ec))
+        fail("prepare: '{}' is a folder; give the text files in it (e.g. '{}')", path,
+             (std::filesystem::path(path) / "*.txt").lexically_normal().string());
+      out.push_back(path);
+    }
+  }
+  return out;
+}
+
+std::string read_input(const std::string& path) {
+  if (path == "-") return std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("prepare: cannot read '{}'", path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
 PrepareStats prepare_bytes(const std::vector<std::string>& inputs, const std::string& output,
                            const PrepareOptions& options) {
-  if (inputs.empty()) fail("prepare: no input files given");
+  const std::vector<std::string> paths = expand_inputs(inputs);
   TokenWriter w(output, kByteVocab, "byte", kByteEot);
   PrepareStats stats;
-  for (const auto& pattern : inputs) {
-    std::vector<std::string> paths = pattern == "-" ? std::vector<std::string>{"-"} : expand_glob(pattern);
-    for (const auto& path : paths) {
-      std::string text;
-      if (path == "-") {
-        text.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
-      } else {
-        std::ifstream in(path, std::ios::binary);
-        if (!in) fail("prepare: cannot read '{}'", path);
-        text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-      }
-      for_each_document(text, options, [&](const std::string& doc) { emit_document(w, doc, stats); });
-      stats.files += 1;
-    }
+  for (const auto& path : paths) {
+    for_each_document(read_input(path), options, [&](const std::string& doc) { emit_document(w, doc, stats); });
+    stats.files += 1;
   }
   if (stats.tokens == 0) fail("prepare: the inputs hold no text");
   w.close();

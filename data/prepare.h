@@ -30,6 +30,12 @@ struct PrepareOptions {
 void for_each_document(const std::string& text, const PrepareOptions& options,
                        const std::function<void(const std::string&)>& emit);
 
+// The input files of prepare: each path or glob expanded (sorted), "-" (standard input) as it
+// is. No input, no match, or a folder among them is an error naming it.
+std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs);
+// The whole text of an input file ("-": standard input).
+std::string read_input(const std::string& path);
+
 // Inputs are paths or globs; "-" reads standard input.
 PrepareStats prepare_bytes(const std::vector<std::string>& inputs, const std::string& output,
                            const PrepareOptions& options = {});

@@ -7,6 +7,7 @@
 #include <iterator>
 
 #include "data/hdf5_util.h"
+#include "data/prepare.h"
 #include "data/token_file.h"
 
 #ifdef COIL_SENTENCEPIECE
@@ -44,27 +45,6 @@ std::string sentencepiece_decode(const std::string&, const std::vector<int64_t>&
 #else
 
 namespace {
-
-std::string read_all(const std::string& path) {
-  if (path == "-") return std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("prepare: cannot read '{}'", path);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs) {
-  if (inputs.empty()) fail("prepare: no input files given");
-  std::vector<std::string> out;
-  for (const auto& p : inputs) {
-    if (p == "-") {
-      out.push_back(p);
-      continue;
-    }
-    auto m = expand_glob(p);
-    out.insert(out.end(), m.begin(), m.end());
-  }
-  return out;
-}
 
 uint64_t fnv1a64(const std::string& s) {
   uint64_t h = 1469598103934665603ull;
@@ -290,7 +270,7 @@ SentencePieceStats prepare_sentencepiece(const std::vector<std::string>& inputs,
       TokenWriter w(partial, stats.vocab_size, stats.tokenizer, stats.eot_token);
       std::vector<uint32_t> ids;
       for (const auto& f : files) {
-        std::string text = read_all(f);
+        std::string text = read_input(f);
         for_each_document(text, o.documents, [&](const std::string& doc) {
           ids.clear();
           encode_document(sp, doc, ids);

@@ -101,6 +101,22 @@ std::vector<std::string> expand_glob(const std::string& pattern) {
   return out;
 }
 
+namespace {
+
+// A dataspace that claims more tokens than the file stores (a damaged header) would read as
+// fill values; it is refused. Filtered (compressed) data cannot be sized this way: not checked.
+void check_storage(hid_t dataset, const TokenFileInfo& info) {
+  h5::Handle dcpl(H5Dget_create_plist(dataset), H5Pclose);
+  if (H5Pget_nfilters(dcpl) != 0) return;
+  const uint64_t needed = uint64_t(info.num_tokens) * (info.u32 ? 4 : 2);
+  const uint64_t stored = H5Dget_storage_size(dataset);
+  if (stored < needed)
+    fail("data: '{}' is damaged: /tokens claims {} tokens ({} bytes) but the file stores {} bytes of them", info.path,
+         info.num_tokens, needed, stored);
+}
+
+}  // namespace
+
 TokenDataset::TokenDataset(const std::string& pattern, int64_t model_vocab, bool check_ids)
     : pattern_(pattern), model_vocab_(model_vocab), check_ids_(check_ids) {
   for (const auto& path : expand_glob(pattern)) {
@@ -117,17 +133,27 @@ TokenDataset::TokenDataset(const std::string& pattern, int64_t model_vocab, bool
         (H5Tget_size(type) != 2 && H5Tget_size(type) != 4))
       fail("data: '{}': /tokens must hold uint16 or uint32 ids", path);
     info.u32 = H5Tget_size(type) == 4;
+    check_storage(ds, info);
     for (const char* attr : {"vocab_size", "tokenizer", "eot_token"})
       if (!h5::has_attr(file, attr)) fail("data: '{}' lacks the root attribute '{}' (docs/FORMATS.md)", path, attr);
     info.vocab_size = h5::read_attr_i64(file, "vocab_size", path);
     info.eot_token = h5::read_attr_i64(file, "eot_token", path);
     info.tokenizer = h5::read_attr_str(file, "tokenizer", path);
+    if (info.vocab_size < 1 || info.vocab_size > (int64_t(1) << 32))
+      fail("data: '{}': its vocab_size attribute is {}; it must be in [1, 2^32]", path, info.vocab_size);
+    if (info.eot_token < -1 || info.eot_token >= info.vocab_size)
+      fail("data: '{}': its eot_token attribute is {}; it must be -1 (none) or an id below vocab_size {}", path,
+           info.eot_token, info.vocab_size);
     if (h5::exists(file, "doc_offsets")) {
       h5::Handle od = h5::open_dataset(file, "doc_offsets", path);
       auto odims = h5::dataset_dims(od);
-      info.doc_offsets.resize(odims.empty() ? 0 : odims[0]);
-      if (!info.doc_offsets.empty())
-        H5Dread(od, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, info.doc_offsets.data());
+      if (odims.size() != 1 || odims[0] > uint64_t(info.num_tokens) + 1)
+        fail("data: '{}' is damaged: /doc_offsets has {} entries for {} tokens (at most one per token, plus one)",
+             path, odims.empty() ? 0 : odims[0], info.num_tokens);
+      info.doc_offsets.resize(odims[0]);
+      if (!info.doc_offsets.empty() &&
+          H5Dread(od, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, info.doc_offsets.data()) < 0)
+        fail("data: '{}': cannot read /doc_offsets (file damaged?)", path);
     }
     if (model_vocab > 0 && info.vocab_size > model_vocab)
       fail("data: '{}' was tokenized with vocab_size {} ({}) but the model's vocabulary has {} ids "

@@ -161,7 +161,7 @@ TEST_CASE("only the last K checkpoints are kept; stale temporary files go", "[ch
   // A file that is not a checkpoint is left alone and not listed.
   std::ofstream(fs::path(checkpoint_dir(run)) / "notes.txt") << "x";
   REQUIRE(list_checkpoints(run).size() == 5);
-  prune_checkpoints(run, 2);
+  prune_checkpoints(run, 2, checkpoint_path(run, 500));
   auto left = list_checkpoints(run);
   REQUIRE(left.size() == 2);
   REQUIRE(fs::path(left[0]).filename() == "step_00000400.h5");
@@ -171,6 +171,90 @@ TEST_CASE("only the last K checkpoints are kept; stale temporary files go", "[ch
   // Steps sort numerically, past 8 digits too.
   write_checkpoint(checkpoint_path(run, 123456789), make_checkpoint(3));
   REQUIRE(fs::path(list_checkpoints(run).back()).filename() == "step_123456789.h5");
+}
+
+TEST_CASE("a damaged newest checkpoint is set aside, so that pruning keeps the good one written after it",
+          "[checkpoint]") {
+  std::string run = test_dir("aside").string();
+  for (int64_t step : {100, 200, 300}) write_checkpoint(checkpoint_path(run, step), make_checkpoint(step, uint64_t(step)));
+  fs::resize_file(checkpoint_path(run, 300), fs::file_size(checkpoint_path(run, 300)) / 2);
+  Checkpoint got;
+  std::vector<PassedOver> passed;
+  REQUIRE(load_latest(run, got, nullptr, nullptr, nullptr, &passed));
+  REQUIRE(got.state.step == 200);
+  REQUIRE(passed.size() == 1);
+  REQUIRE(passed[0].path == checkpoint_path(run, 300));
+  REQUIRE(passed[0].damaged);
+  auto moved = set_aside(passed);
+  REQUIRE(moved.size() == 1);
+  REQUIRE_THAT(moved[0], Contains("damaged checkpoint step_00000300.h5 aside to step_00000300.h5.corrupt"));
+  REQUIRE(fs::exists(checkpoint_path(run, 300) + ".corrupt"));  // the evidence stays
+  // The resumed run writes step 250; keep_last 1 keeps it, not the damaged step 300.
+  write_checkpoint(checkpoint_path(run, 250), make_checkpoint(250));
+  prune_checkpoints(run, 1, checkpoint_path(run, 250));
+  auto left = list_checkpoints(run);
+  REQUIRE(left.size() == 1);
+  REQUIRE(left[0] == checkpoint_path(run, 250));
+  REQUIRE(fs::exists(checkpoint_path(run, 300) + ".corrupt"));
+}
+
+TEST_CASE("pruning never deletes the checkpoint just written, whatever lies above it", "[checkpoint]") {
+  std::string run = test_dir("above").string();
+  for (int64_t step : {100, 200, 300}) write_checkpoint(checkpoint_path(run, step), make_checkpoint(step));
+  fs::resize_file(checkpoint_path(run, 300), 100);  // damaged, and not set aside
+  write_checkpoint(checkpoint_path(run, 250), make_checkpoint(250));
+  prune_checkpoints(run, 1, checkpoint_path(run, 250));
+  REQUIRE(fs::exists(checkpoint_path(run, 250)));
+  REQUIRE(!fs::exists(checkpoint_path(run, 200)));
+  REQUIRE(fs::exists(checkpoint_path(run, 300)));  // neither counted nor deleted
+}
+
+TEST_CASE("after skipped steps, the newest checkpoint from before the first one survives pruning", "[checkpoint]") {
+  std::string run = test_dir("skips").string();
+  const std::vector<int64_t> skips = {0, 0, 1, 2, 2, 3};  // at steps 1..6
+  for (int64_t step = 1; step <= 6; ++step) {
+    Checkpoint c = make_checkpoint(step);
+    c.state.nan_skips = skips[size_t(step - 1)];
+    write_checkpoint(checkpoint_path(run, step), c);
+    prune_checkpoints(run, 2, checkpoint_path(run, step));
+  }
+  auto left = list_checkpoints(run);
+  REQUIRE(left.size() == 3);
+  REQUIRE(left[0] == checkpoint_path(run, 2));  // nan_skips 0: kept
+  REQUIRE(left[1] == checkpoint_path(run, 5));
+  REQUIRE(left[2] == checkpoint_path(run, 6));
+  REQUIRE(newest_before_skips(run) == checkpoint_path(run, 2));
+  // A run without skips keeps only the last K.
+  std::string clean = test_dir("noskips").string();
+  for (int64_t step = 1; step <= 4; ++step) {
+    Checkpoint c = make_checkpoint(step);
+    c.state.nan_skips = 0;
+    write_checkpoint(checkpoint_path(clean, step), c);
+    prune_checkpoints(clean, 2, checkpoint_path(clean, step));
+  }
+  REQUIRE(list_checkpoints(clean).size() == 2);
+}
+
+TEST_CASE("a checkpoint that `usable` refuses is passed over and set aside as .other-model", "[checkpoint]") {
+  std::string run = test_dir("usable").string();
+  for (int64_t step : {1, 2}) write_checkpoint(checkpoint_path(run, step), make_checkpoint(step));
+  auto only_step_1 = [](const Checkpoint& c) {
+    if (c.state.step != 1) fail("it holds another model");
+  };
+  std::vector<std::string> warnings;
+  std::vector<PassedOver> passed;
+  Checkpoint got;
+  std::string used;
+  REQUIRE(load_latest(run, got, &used, [&](const std::string& w) { warnings.push_back(w); }, only_step_1, &passed));
+  REQUIRE(got.state.step == 1);
+  REQUIRE(warnings.size() == 1);
+  REQUIRE_THAT(warnings[0], Contains("checkpoint step_00000002.h5 cannot be used (it holds another model); falling "
+                                     "back to step_00000001.h5"));
+  REQUIRE(passed.size() == 1);
+  REQUIRE(!passed[0].damaged);
+  set_aside(passed);
+  REQUIRE(fs::exists(checkpoint_path(run, 2) + ".other-model"));
+  REQUIRE(list_checkpoints(run).size() == 1);
 }
 
 TEST_CASE("safetensors: header and data written by hand, read back", "[checkpoint]") {

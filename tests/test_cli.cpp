@@ -13,6 +13,7 @@
 #include "data/token_file.h"
 #include "tests/catch.h"
 #include "tests/files.h"
+#include "train/checkpoint.h"
 #include "train/report.h"
 #include "train/sweep.h"
 
@@ -273,4 +274,46 @@ TEST_CASE("Ctrl-C and the time limit stop a sweep: the running run saves a check
   CHECK(limited.output.find("1 not started; the time limit was reached") != std::string::npos);
   CHECK(read_run((dir / "runs" / "1").string()).checkpoint_step > first.checkpoint_step);
   CHECK_FALSE(fs::exists(dir / "runs" / "2"));
+}
+
+TEST_CASE("first-use mistakes get clear errors naming the value, and exit 1", "[cli]") {
+  const std::string coil = shell_quote(coil_program());
+  const fs::path dir = tiny_grid("mistakes");
+  const std::string base = shell_quote((dir / "base.yaml").string());
+  const fs::path run_dir = dir / "run";
+  const std::string run_arg = shell_quote(run_dir.string());
+  Ran trained = run(coil + " train " + base + " --set train.steps=2 --set run.dir=" + run_arg);
+  INFO(trained.output);
+  REQUIRE(trained.status == 0);
+
+  auto fails_with = [&](const std::string& args, const std::string& message) {
+    Ran r = run("cd " + shell_quote(dir.string()) + " && " + coil + " " + args);
+    INFO("coil " << args << "\n" << r.output);
+    CHECK(r.status == 1);
+    CHECK(r.output.find("error: " + message) != std::string::npos);
+  };
+  // A directory given to train: no default job in ./runs/default.
+  fails_with("train " + run_arg,
+             "config: '" + run_dir.string() + "' is a run directory, not a config file: to continue its run, coil "
+             "resume " + run_dir.string());
+  fails_with("train .", "config: '.' is a directory, not a config file");
+  CHECK_FALSE(fs::exists(dir / "runs"));
+  // Numbers: the option and the value, never stoi.
+  fails_with("info " + base + " --world 0 --set train.tokens_per_step=4096",
+             "--world expects a whole number in [1, 1048576], got '0'");
+  fails_with("info " + base + " --world -2", "--world expects a whole number in [1, 1048576], got '-2'");
+  fails_with("eval " + run_arg + " --batches -3", "--batches expects a whole number >= 1 or all, got '-3'");
+  fails_with("eval " + run_arg + " --batches lots", "--batches expects a whole number >= 1 or all, got 'lots'");
+  fails_with("resume " + run_arg + " --stop-after 2x", "--stop-after expects a whole number >= 0, got '2x'");
+  fails_with("launch --nproc two -- info " + base, "--nproc expects a whole number in [1, 1024], got 'two'");
+  fails_with("eval " + run_arg + " --batches all",
+             "--set eval.batches=all: eval.batches: all is the whole held-out split of token files");
+  // prepare: a folder as input, an output folder that does not exist.
+  test::write_text(dir / "text.txt", "some text\n");
+  fails_with("prepare --out out.h5 " + shell_quote(dir.string()), "prepare: '" + dir.string() + "' is a folder");
+  fails_with("prepare --out missing/out.h5 text.txt",
+             "hdf5: cannot create 'missing/out.h5.tmp': the folder 'missing' does not exist");
+  // eval of a run whose checkpoints are all damaged: an error, not the initial weights.
+  for (auto& p : list_checkpoints(run_dir.string())) fs::resize_file(p, 100);
+  fails_with("eval " + run_arg, "eval: no checkpoint of " + run_dir.string() + " can be used");
 }

@@ -147,3 +147,32 @@ TEST_CASE("every config under configs/ parses", "[config]") {
   }
   REQUIRE(n >= 0);
 }
+
+TEST_CASE("eval.batches is a count or all; all needs token files", "[config]") {
+  REQUIRE(parse("eval: {batches: all}\ndata: {kind: tokens, path: x.h5}\n").eval.batches == EvalSection::kAll);
+  Config c = parse("data: {kind: tokens, path: x.h5}\n", {"eval.batches=all"});
+  REQUIRE(parse_config(to_yaml(c), "r.yaml").eval.batches == EvalSection::kAll);
+  REQUIRE(parse("", {"eval.batches=0"}).eval.batches == 0);
+  REQUIRE_THAT(error_of("", {"eval.batches=-3"}), Contains("--set eval.batches=-3: eval.batches: must be >= 0, got -3"));
+  REQUIRE_THAT(error_of("eval: {batches: many}\n"), Contains("test.yaml:1: eval.batches: expected an integer, got 'many'"));
+  REQUIRE_THAT(error_of("eval: {batches: all}\n"), Contains("test.yaml:1: eval.batches: all is the whole held-out split"));
+}
+
+TEST_CASE("a continuing run may raise train.max_nan_skips; the number of ranks is at least 1", "[config]") {
+  Config a = parse("", {"train.max_nan_skips=2"}), b = parse("", {"train.max_nan_skips=50"});
+  REQUIRE(config_differences(a, b).size() == 1);
+  REQUIRE(config_differences(a, b, true).empty());
+  REQUIRE_THROWS_WITH(a.grad_accum(0), Contains("the number of ranks must be at least 1, got 0"));
+  REQUIRE_THROWS_WITH(a.grad_accum(-2), Contains("got -2"));
+}
+
+TEST_CASE("a directory is not a config file; a run directory points to coil resume", "[config]") {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::temp_directory_path() / "coil_test_config_dir";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  REQUIRE_THROWS_WITH(load_config(dir.string()), Contains("'" + dir.string() + "' is a directory, not a config file"));
+  std::ofstream(dir / "config.yaml") << "train: {steps: 5}\n";
+  REQUIRE_THROWS_WITH(load_config(dir.string()),
+                      Contains("is a run directory, not a config file: to continue its run, coil resume " + dir.string()));
+}

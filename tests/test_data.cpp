@@ -120,6 +120,53 @@ TEST_CASE("token files: clear errors for bad globs, files and out-of-vocabulary 
   REQUIRE_THROWS_WITH(TokenWriter(path, 100, "t", 0).append({100}), Contains("outside the vocabulary"));
 }
 
+namespace {
+// Overwrites the first occurrence of the 8-byte little-endian `from` that `next` follows in the
+// file (a dataspace's size and maximum size) with `to`: a damaged HDF5 header.
+void patch_dims(const std::string& path, uint64_t from, const std::string& next, uint64_t to) {
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  std::string a(reinterpret_cast<const char*>(&from), 8), b(reinterpret_cast<const char*>(&to), 8);
+  size_t pos = bytes.find(a + next);
+  REQUIRE(pos != std::string::npos);
+  bytes.replace(pos, 8, b);
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+}  // namespace
+
+TEST_CASE("token files: damaged headers and bad attributes are errors naming the file", "[data]") {
+  auto dir = test_dir("damaged");
+  const std::string path = (dir / "t.h5").string();
+  // /tokens claims far more tokens than the file stores (read as zeros, or bad_alloc, before).
+  for (uint64_t claimed : {uint64_t(1) << 40, uint64_t(1) << 61}) {
+    write_counting(path, 3000, 500);
+    patch_dims(path, 3000, std::string(8, '\xff'), claimed);
+    REQUIRE_THROWS_WITH(TokenDataset(path, 500),
+                        Contains("'" + path + "' is damaged: /tokens claims " + std::to_string(claimed) + " tokens"));
+  }
+  // /doc_offsets with an absurd length (a vector length error before).
+  write_counting(path, 3000, 500);  // 30 documents: 31 offsets
+  uint64_t offsets = 31;
+  patch_dims(path, 31, std::string(reinterpret_cast<const char*>(&offsets), 8), uint64_t(1) << 61);
+  REQUIRE_THROWS_WITH(TokenDataset(path, 500), Contains("'" + path + "' is damaged: /doc_offsets has"));
+  // Attributes out of range.
+  write_counting(path, 3000, 500);
+  {
+    h5::Handle f = h5::open_file(path, true);
+    h5::write_attr_i64(f, "vocab_size", -5);
+  }
+  REQUIRE_THROWS_WITH(TokenDataset(path, 0), Contains("'" + path + "': its vocab_size attribute is -5"));
+  {
+    h5::Handle f = h5::open_file(path, true);
+    h5::write_attr_i64(f, "vocab_size", 500);
+    h5::write_attr_i64(f, "eot_token", 500);
+  }
+  REQUIRE_THROWS_WITH(TokenDataset(path, 0), Contains("its eot_token attribute is 500"));
+}
+
 TEST_CASE("the window sampler is seeded, resumable, split by rank, and holds out validation data", "[data]") {
   auto dir = test_dir("sampler");
   write_counting((dir / "a.h5").string(), 4000, 60000);
@@ -276,4 +323,11 @@ TEST_CASE("byte-level prepare writes a token file the loader reads", "[data]") {
   lines.lines_are_documents = true;
   REQUIRE(prepare_bytes({(dir / "b.txt").string()}, out, lines).documents == 2);
   REQUIRE_THROWS_WITH(prepare_bytes({(dir / "*.md").string()}, out), Contains("no file matches"));
+  // A folder among the inputs, an output folder that does not exist: said so, nothing written.
+  fs::create_directories(dir / "sub");
+  REQUIRE_THROWS_WITH(prepare_bytes({(dir / "sub").string()}, (dir / "x.h5").string()),
+                      Contains("'" + (dir / "sub").string() + "' is a folder"));
+  REQUIRE(!fs::exists(dir / "x.h5.tmp"));
+  REQUIRE_THROWS_WITH(prepare_bytes({(dir / "a.txt").string()}, (dir / "none" / "x.h5").string()),
+                      Contains("the folder '" + (dir / "none").string() + "' does not exist"));
 }

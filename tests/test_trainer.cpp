@@ -2,10 +2,14 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/cuda.h"
 #include "data/hdf5_util.h"
+#include "data/loader.h"
+#include "data/prepare.h"
 #include "data/token_file.h"
 #include "layers/model.h"
 #include "tests/catch.h"
+#include "tests/files.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
 
@@ -177,6 +181,256 @@ TEST_CASE("non-finite losses skip steps and stop after train.max_nan_skips", "[t
   int skipped = 0;
   for (auto& m : messages) skipped += m.find("the step is skipped") != std::string::npos;
   REQUIRE(skipped == 3);
+}
+
+namespace {
+TrainOptions resuming(std::vector<std::string>* messages = nullptr, int64_t stop_after = -1) {
+  TrainOptions o = quiet();
+  o.resume = true;
+  o.stop_after_steps = stop_after;
+  if (messages) {
+    o.quiet = false;
+    o.print = [messages](const std::string& s) { messages->push_back(s); };
+  }
+  return o;
+}
+bool said(const std::vector<std::string>& messages, const std::string& what) {
+  for (auto& m : messages)
+    if (m.find(what) != std::string::npos) return true;
+  return false;
+}
+std::vector<std::string> names(const std::vector<std::string>& paths) {
+  std::vector<std::string> out;
+  for (auto& p : paths) out.push_back(fs::path(p).filename().string());
+  return out;
+}
+size_t count_lines(const fs::path& path, const std::string& prefix) {
+  std::ifstream in(path);
+  size_t n = 0;
+  for (std::string line; std::getline(in, line);) n += line.rfind(prefix, 0) == 0;
+  return n;
+}
+}  // namespace
+
+TEST_CASE("pruning after a fallback keeps the new good checkpoint; the damaged one is set aside", "[trainer]") {
+  Config c = tiny("prune_fallback", "mamba-tiny", {"train.steps=8", "checkpoint.keep_last=2"});
+  TrainResult r = run_training(c, quiet());
+  REQUIRE(names(list_checkpoints(r.run_dir)) == std::vector<std::string>{"step_00000004.h5", "step_00000008.h5"});
+  const std::string newest = list_checkpoints(r.run_dir).back();
+  fs::resize_file(newest, fs::file_size(newest) / 3);
+  std::vector<std::string> messages;
+  TrainResult again =
+      run_training(load_run_config(r.run_dir, {"checkpoint.keep_last=1"}), resuming(&messages, 1));
+  REQUIRE(again.start_step == 4);
+  REQUIRE(said(messages, "moved the damaged checkpoint step_00000008.h5 aside to step_00000008.h5.corrupt"));
+  REQUIRE(names(list_checkpoints(r.run_dir)) == std::vector<std::string>{"step_00000005.h5"});
+  REQUIRE(fs::exists(newest + ".corrupt"));
+  REQUIRE(run_training(load_run_config(r.run_dir), resuming()).start_step == 5);
+}
+
+TEST_CASE("every checkpoint damaged: the run starts again and keeps what it writes", "[trainer]") {
+  Config c = tiny("prune_all_damaged", "mamba-tiny", {"train.steps=8", "checkpoint.keep_last=2"});
+  TrainResult r = run_training(c, quiet());
+  for (auto& p : list_checkpoints(r.run_dir)) fs::resize_file(p, 200);  // steps 4 and 8
+  Config again = c;
+  apply_override(again, "checkpoint.keep_last=1");
+  TrainOptions o = quiet();
+  o.stop_after_steps = 2;
+  TrainResult restart = run_training(again, o);
+  REQUIRE(restart.start_step == 0);
+  REQUIRE(names(list_checkpoints(r.run_dir)) == std::vector<std::string>{"step_00000002.h5"});
+  REQUIRE(fs::exists(checkpoint_path(r.run_dir, 4) + ".corrupt"));
+  REQUIRE(fs::exists(checkpoint_path(r.run_dir, 8) + ".corrupt"));
+  REQUIRE(read_checkpoint(checkpoint_path(r.run_dir, 2)).state.step == 2);
+}
+
+TEST_CASE("a diverging run keeps its checkpoint from before the first skipped step; max_nan_skips can be raised",
+          "[trainer]") {
+  Config c = tiny("nan_keep", "mamba-tiny",
+                  {"optim.lr=10", "optim.grad_clip=0", "optim.min_lr=0", "optim.warmup=0", "train.max_nan_skips=2",
+                   "train.steps=200", "checkpoint.every=1", "checkpoint.keep_last=1", "eval.every=0"});
+  std::string error;
+  try {
+    run_training(c, quiet());
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  INFO(error);
+  const std::string before = newest_before_skips(c.run_dir());
+  REQUIRE(!before.empty());
+  REQUIRE_THAT(error, Contains("The newest checkpoint from before the first skipped step is kept: " + before));
+  Checkpoint kept = read_checkpoint(before);  // verifies
+  REQUIRE(kept.state.nan_skips == 0);
+  REQUIRE(list_checkpoints(c.run_dir()).size() == 2);  // it and the newest (keep_last 1)
+  REQUIRE(read_checkpoint_state(list_checkpoints(c.run_dir()).back()).nan_skips > 0);
+
+  // Allowing more skips is not another run.
+  try {
+    run_training(load_run_config(c.run_dir(), {"train.max_nan_skips=1000"}), resuming());
+  } catch (const Error& e) {
+    REQUIRE_THAT(e.what(), !Contains("different run"));
+  }
+}
+
+TEST_CASE("a failed start writes nothing, so the corrected retry runs", "[trainer]") {
+  const fs::path data = test::fresh_dir("coil_test_trainer", "retry_data");
+  Config bad = tiny("retry", "mamba-tiny",
+                    {"data.kind=tokens", "data.path=" + (data / "train.h5").string(), "train.steps=2"});
+  REQUIRE_THROWS_WITH(run_training(bad, quiet()), Contains("no file matches"));
+  REQUIRE(!fs::exists(bad.run_dir()));
+  test::write_text(data / "text.txt", std::string(4000, 'a') + "some text to learn from, and more of it\n");
+  data::prepare_bytes({(data / "text.txt").string()}, (data / "train.h5").string());
+  Config fixed = bad;
+  apply_override(fixed, "model.vocab_size=257");  // the byte tokenizer's 257 ids
+  REQUIRE_THROWS_WITH(run_training(bad, quiet()), Contains("vocab_size 257"));
+  REQUIRE(!fs::exists(bad.run_dir()));
+  REQUIRE(run_training(fixed, quiet()).final_step == 2);
+}
+
+TEST_CASE("a newest checkpoint of another model: named, set aside, and the previous one is used", "[trainer]") {
+  Config c = tiny("other_model", "mamba-tiny", {"train.steps=8"});
+  TrainResult r = run_training(c, quiet());
+  Config other = tiny("other_model_source", "mamba-tiny", {"train.steps=4", "model.d_model=32"});
+  run_training(other, quiet());
+  const std::string foreign = checkpoint_path(r.run_dir, 12);
+  fs::copy_file(checkpoint_path(other.run_dir(), 4), foreign);
+
+  std::vector<std::string> messages;
+  EvalResult e = evaluate(c, "", [&](const std::string& m) { messages.push_back(m); });
+  REQUIRE(e.step == 8);
+  REQUIRE(said(messages, "checkpoint step_00000012.h5 cannot be used (it holds another model: "
+                         "backbone.embedding.weight is [32, 32] there but [32, 64] in this run's config); falling "
+                         "back to step_00000008.h5"));
+  REQUIRE(fs::exists(foreign));  // eval changes nothing
+  REQUIRE_THROWS_WITH(evaluate(c, foreign), Contains("checkpoint '" + foreign + "' cannot be used: it holds another model"));
+
+  messages.clear();
+  TrainResult again = run_training(load_run_config(r.run_dir, {"train.steps=10"}), resuming(&messages));
+  REQUIRE(again.start_step == 8);
+  REQUIRE(said(messages, "step_00000012.h5 cannot be used (it holds another model"));
+  REQUIRE(said(messages, "moved the unusable checkpoint step_00000012.h5 aside to step_00000012.h5.other-model"));
+  REQUIRE(fs::exists(foreign + ".other-model"));
+}
+
+TEST_CASE("eval of a run whose checkpoints are all damaged is an error, not the initial weights", "[trainer]") {
+  Config c = tiny("eval_damaged", "mamba-tiny", {"train.steps=4"});
+  TrainResult r = run_training(c, quiet());
+  for (auto& p : list_checkpoints(r.run_dir)) fs::resize_file(p, 300);
+  REQUIRE_THROWS_WITH(evaluate(c), Contains("no checkpoint of " + r.run_dir + " can be used"));
+  // A run that has none at all evaluates the initial weights (a baseline), saying so.
+  Config fresh = tiny("eval_none", "mamba-tiny");
+  std::vector<std::string> messages;
+  REQUIRE(evaluate(fresh, "", [&](const std::string& m) { messages.push_back(m); }).step == 0);
+  REQUIRE(said(messages, "has no checkpoint; evaluating the initial weights"));
+}
+
+TEST_CASE("train.steps on resume: a new length recomputes the schedule, and says so", "[trainer]") {
+  Config c = tiny("steps_change", "mamba-tiny", {"train.steps=8", "log.every=1", "optim.min_lr=0"});
+  run_training(c, quiet());
+  std::vector<std::string> messages;
+  run_training(load_run_config(c.run_dir(), {"train.steps=12"}), resuming(&messages));
+  REQUIRE(said(messages, "train.steps changed from 8 to 12: the learning-rate schedule is recomputed for 12 steps"));
+  // Step 9 runs at the 12-step cosine's rate (the 8-step schedule had ended at min_lr 0).
+  Config twelve = c;
+  apply_override(twelve, "train.steps=12");
+  std::string metrics = test::read_text(fs::path(c.run_dir()) / "metrics.jsonl");
+  size_t at = metrics.find("{\"step\":9,");
+  REQUIRE(at != std::string::npos);
+  double lr = std::atof(metrics.c_str() + metrics.find("\"lr\":", at) + 5);
+  const double expected = 3e-3 * 0.5 * (1 + std::cos(M_PI * double(8 - 2) / double(12 - 2)));
+  REQUIRE(lr == Approx(expected).epsilon(1e-9));
+}
+
+TEST_CASE("running a finished run again changes nothing", "[trainer]") {
+  Config c = tiny("finished_again", "mamba-tiny", {"train.steps=4"});
+  TrainResult r = run_training(c, quiet());
+  const fs::path dir = r.run_dir;
+  const std::string metrics = test::read_text(dir / "metrics.jsonl");
+  const std::string last = list_checkpoints(r.run_dir).back();
+  const auto written = fs::last_write_time(last);
+  std::vector<std::string> messages;
+  TrainOptions o = quiet();
+  o.quiet = false;
+  o.print = [&](const std::string& m) { messages.push_back(m); };
+  TrainResult again = run_training(c, o);
+  REQUIRE(again.final_step == 4);
+  REQUIRE(again.losses.empty());
+  REQUIRE(said(messages, "is finished already"));
+  REQUIRE(test::read_text(dir / "metrics.jsonl") == metrics);
+  REQUIRE(count_lines(dir / "metrics.jsonl", "{\"step\":4,\"tokens\":256,\"val_loss\"") == 1);
+  REQUIRE(fs::last_write_time(last) == written);
+}
+
+TEST_CASE("metrics.jsonl logs mfu as null where it is unknown (the CPU)", "[trainer]") {
+  Config c = tiny("mfu_null", "mamba-tiny", {"train.steps=4"});
+  TrainResult r = run_training(c, quiet());
+  std::string metrics = test::read_text(fs::path(r.run_dir) / "metrics.jsonl");
+  REQUIRE(metrics.find("\"mfu\":null") != std::string::npos);
+  REQUIRE(metrics.find("\"mfu\":-1") == std::string::npos);
+}
+
+TEST_CASE("bf16 compute on the CPU is refused before anything runs; --set train.dtype takes model.dtype along",
+          "[trainer]") {
+  REQUIRE_THROWS_WITH(parse_config("", "x.yaml", {"train.device=cpu", "train.dtype=bf16"}),
+                      Contains("--set train.dtype=bf16: train.dtype is bf16, which needs a GPU"));
+  REQUIRE_THROWS_WITH(parse_config("model: {dtype: bf16}\ntrain: {device: cpu}\n", "x.yaml"),
+                      Contains("x.yaml:1: model.dtype is bf16, which needs a GPU"));
+  if (!cuda_available()) {
+    Config c = tiny("bf16_auto", "mamba-tiny", {"train.device=auto", "train.dtype=bf16"});
+    REQUIRE_THROWS_WITH(run_training(c, quiet()), Contains("train.dtype is bf16, which needs a GPU"));
+    REQUIRE(!fs::exists(c.run_dir()));
+  }
+  // A run's config.yaml names both dtypes; overriding one (coil eval RUN --set
+  // train.dtype=bf16) is not a disagreement.
+  Config run = parse_config("model: {dtype: f32}\ntrain: {dtype: f32}\n", "config.yaml", {"train.dtype=bf16"});
+  REQUIRE(run.train.dtype == "bf16");
+  REQUIRE(run.model.config.dtype == "auto");
+}
+
+TEST_CASE("on a GPU, an f32 run evaluates in bf16 when asked", "[cuda]") {
+  Config c = tiny("eval_bf16", "mamba-tiny", {"train.steps=4", "train.device=cuda", "train.dtype=f32"});
+  TrainResult r = run_training(c, quiet());
+  Config f32 = load_run_config(r.run_dir), bf16 = load_run_config(r.run_dir, {"train.dtype=bf16"});
+  EvalResult a = evaluate(f32), b = evaluate(bf16);
+  REQUIRE(a.step == 4);
+  REQUIRE(b.step == 4);
+  REQUIRE(b.loss == Approx(a.loss).epsilon(0.02));
+  REQUIRE(b.loss != a.loss);  // it did compute in bf16
+}
+
+TEST_CASE("eval.batches all reads the whole held-out split; byte-level data reports bits per byte", "[trainer]") {
+  const fs::path data = test::fresh_dir("coil_test_trainer", "eval_all_data");
+  std::string text;
+  for (int i = 0; i < 402; ++i) text += "line " + std::to_string(i) + " of a small byte-level corpus\n";
+  test::write_text(data / "text.txt", text);
+  data::prepare_bytes({(data / "text.txt").string()}, (data / "bytes.h5").string());
+  Config c = tiny("eval_all", "mamba-tiny",
+                  {"data.kind=tokens", "data.path=" + (data / "bytes.h5").string(), "data.val_fraction=0.1",
+                   "model.vocab_size=257", "train.steps=2", "eval.batches=all"});
+  TrainResult r = run_training(c, quiet());
+  data::DataOptions o;
+  o.kind = "tokens";
+  o.path = c.data.path;
+  o.val_fraction = 0.1;
+  o.vocab_size = 257;
+  o.seq_len = 16;
+  const int64_t windows = data::DataLoader(o).num_val_batches(1);
+  REQUIRE(windows % 4 != 0);  // a partial last micro-batch, read too
+  EvalResult e = evaluate(c);
+  REQUIRE(e.windows == windows);
+  REQUIRE(e.targets == windows * 16);
+  REQUIRE(e.loss == Approx(r.val_loss).epsilon(1e-9));
+  REQUIRE(e.bits_per_byte == Approx(e.loss / std::log(2.0)));
+  const std::string metrics = test::read_text(fs::path(r.run_dir) / "metrics.jsonl");
+  REQUIRE(metrics.find("\"val_bpb\":") != std::string::npos);
+  REQUIRE(to_yaml(c).find("batches: all") != std::string::npos);
+  // A fixed number of batches, and other tokenizers: no bits per byte (bytes per token unknown).
+  Config few = c;
+  apply_override(few, "eval.batches=3");
+  REQUIRE(evaluate(few).windows == 12);
+  Config synthetic = tiny("eval_all_synthetic", "mamba-tiny", {"train.steps=4"});
+  REQUIRE(evaluate(synthetic).bits_per_byte == -1);
+  REQUIRE_THROWS_WITH(apply_override(synthetic, "eval.batches=all"), Contains("synthetic data has no end"));
 }
 
 TEST_CASE("eval, info and export", "[trainer]") {

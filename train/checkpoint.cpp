@@ -1,8 +1,5 @@
 #include "train/checkpoint.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
@@ -10,6 +7,7 @@
 #include <map>
 
 #include "data/hdf5_util.h"
+#include "train/atomic_file.h"
 
 namespace coil::train {
 namespace fs = std::filesystem;
@@ -91,13 +89,6 @@ uint64_t checksum(const Checkpoint& c) {
   std::string s = state_text(c.state) + alias_text(c.aliases);
   h.update(s.data(), s.size());
   return h.h;
-}
-
-void fsync_path(const std::string& path, bool directory) {
-  int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
-  if (fd < 0) return;
-  ::fsync(fd);
-  ::close(fd);
 }
 
 void write_group(hid_t file, const std::string& group, const NamedTensors& tensors, const std::string& path) {
@@ -241,17 +232,35 @@ std::string checkpoint_path(const std::string& run_dir, int64_t step) {
   return (fs::path(checkpoint_dir(run_dir)) / fmt::format("step_{:08d}.h5", step)).string();
 }
 
+namespace {
+
+// The step of a checkpoint file name "step_<digits>.h5"; false for any other name.
+bool checkpoint_step(const std::string& name, int64_t& step) {
+  if (name.size() < 9 || name.rfind("step_", 0) != 0 || name.substr(name.size() - 3) != ".h5") return false;
+  std::string digits = name.substr(5, name.size() - 8);
+  if (digits.empty() || digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos) return false;
+  step = std::stoll(digits);
+  return true;
+}
+
+int64_t step_of(const std::string& path) {
+  int64_t step = -1;
+  checkpoint_step(fs::path(path).filename().string(), step);
+  return step;
+}
+
+std::string file_name(const std::string& path) { return fs::path(path).filename().string(); }
+
+}  // namespace
+
 std::vector<std::string> list_checkpoints(const std::string& run_dir) {
   std::vector<std::pair<int64_t, std::string>> found;
   fs::path dir = checkpoint_dir(run_dir);
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return {};
   for (auto& e : fs::directory_iterator(dir)) {
-    std::string name = e.path().filename().string();
-    if (name.size() < 9 || name.rfind("step_", 0) != 0 || name.substr(name.size() - 3) != ".h5") continue;
-    std::string digits = name.substr(5, name.size() - 8);
-    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) continue;
-    found.emplace_back(std::stoll(digits), e.path().string());
+    int64_t step = 0;
+    if (checkpoint_step(e.path().filename().string(), step)) found.emplace_back(step, e.path().string());
   }
   std::sort(found.begin(), found.end());
   std::vector<std::string> out;
@@ -260,28 +269,72 @@ std::vector<std::string> list_checkpoints(const std::string& run_dir) {
 }
 
 bool load_latest(const std::string& run_dir, Checkpoint& out, std::string* path,
-                 const std::function<void(const std::string&)>& warn) {
+                 const std::function<void(const std::string&)>& warn, const std::function<void(const Checkpoint&)>& usable,
+                 std::vector<PassedOver>* passed_over) {
   auto all = list_checkpoints(run_dir);
-  std::string damaged;
+  std::string previous;  // the message about the last one passed over, finished by the next
   for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    PassedOver skip{*it, "", true};
     try {
-      out = read_checkpoint(*it);
-      if (!damaged.empty() && warn)
-        warn(fmt::format("{}; falling back to {}", damaged, fs::path(*it).filename().string()));
+      Checkpoint c = read_checkpoint(*it);
+      skip.damaged = false;
+      if (usable) usable(c);
+      if (!previous.empty() && warn) warn(fmt::format("{}; falling back to {}", previous, file_name(*it)));
+      out = std::move(c);
       if (path) *path = *it;
       return true;
     } catch (const Error& e) {
-      if (!damaged.empty() && warn) warn(damaged);
-      damaged = fmt::format("checkpoint {} is damaged ({})", fs::path(*it).filename().string(), e.what());
+      skip.reason = e.what();
     }
+    if (!previous.empty() && warn) warn(previous);
+    previous = fmt::format("checkpoint {} {} ({})", file_name(*it), skip.damaged ? "is damaged" : "cannot be used",
+                           skip.reason);
+    if (passed_over) passed_over->push_back(skip);
   }
-  if (!damaged.empty() && warn) warn(damaged + "; no good checkpoint is left");
+  if (!previous.empty() && warn) warn(previous + "; no good checkpoint is left");
   return false;
 }
 
-void prune_checkpoints(const std::string& run_dir, int64_t keep_last) {
-  auto all = list_checkpoints(run_dir);
-  for (size_t i = 0; i + size_t(std::max<int64_t>(keep_last, 1)) < all.size(); ++i) fs::remove(all[i]);
+std::vector<std::string> set_aside(const std::vector<PassedOver>& checkpoints) {
+  std::vector<std::string> lines;
+  for (auto& c : checkpoints) {
+    std::string target = c.path + (c.damaged ? ".corrupt" : ".other-model");
+    std::error_code ec;
+    fs::rename(c.path, target, ec);
+    if (ec) fail("checkpoint: cannot move '{}' aside to '{}': {}", c.path, target, ec.message());
+    lines.push_back(fmt::format("moved the {} checkpoint {} aside to {}", c.damaged ? "damaged" : "unusable",
+                                file_name(c.path), file_name(target)));
+  }
+  return lines;
+}
+
+namespace {
+
+// The newest of `checkpoints` (oldest first) written before the run's first skipped step.
+std::string newest_without_skips(const std::vector<std::string>& checkpoints) {
+  for (auto it = checkpoints.rbegin(); it != checkpoints.rend(); ++it) {
+    try {
+      if (read_checkpoint_state(*it).nan_skips == 0) return *it;
+    } catch (const Error&) {  // unreadable: not one to keep
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+std::string newest_before_skips(const std::string& run_dir) { return newest_without_skips(list_checkpoints(run_dir)); }
+
+void prune_checkpoints(const std::string& run_dir, int64_t keep_last, const std::string& newest) {
+  const int64_t newest_step = step_of(newest);
+  std::vector<std::string> candidates;  // oldest first, up to and including `newest`
+  for (auto& p : list_checkpoints(run_dir))
+    if (step_of(p) <= newest_step) candidates.push_back(p);
+  const std::string before_skips =
+      read_checkpoint_state(newest).nan_skips > 0 ? newest_without_skips(candidates) : std::string();
+  const size_t keep = size_t(std::max<int64_t>(keep_last, 1));
+  for (size_t i = 0; i + keep < candidates.size(); ++i)
+    if (candidates[i] != before_skips) fs::remove(candidates[i]);
   std::error_code ec;
   fs::path dir = checkpoint_dir(run_dir);
   if (!fs::is_directory(dir, ec)) return;
@@ -426,19 +479,14 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors, con
   }
   header += "}";
   while ((8 + header.size()) % 8 != 0) header += ' ';  // the data starts 8-byte aligned
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    COIL_CHECK(out.good(), "safetensors: cannot write '{}'", tmp);
+  replace_file(path, [&](std::ostream& out) {
     uint64_t n = header.size();
     unsigned char len[8];
     for (int b = 0; b < 8; ++b) len[b] = static_cast<unsigned char>(n >> (8 * b));  // little-endian
     out.write(reinterpret_cast<const char*>(len), 8);
     out.write(header.data(), std::streamsize(header.size()));
     for (auto& t : data) out.write(static_cast<const char*>(t.raw()), std::streamsize(t.nbytes()));
-    COIL_CHECK(out.good(), "safetensors: writing '{}' failed (disk full?)", tmp);
-  }
-  fs::rename(tmp, path);
+  });
 }
 
 NamedTensors read_safetensors(const std::string& path) {

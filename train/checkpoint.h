@@ -11,7 +11,8 @@
 // directory fsync'ed), so the newest step_*.h5 is always complete. `checksum` is a 64-bit
 // FNV-1a over every dataset (name, dtype, shape, bytes, in name order) and the state
 // attributes; load verifies it. A damaged newest checkpoint (truncated, corrupt) makes
-// load_latest fall back to the previous good one, saying so.
+// load_latest fall back to the previous good one, saying so; the trainer then sets it aside
+// (set_aside), so that pruning never keeps it in place of a good one.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -56,14 +57,38 @@ std::string checkpoint_path(const std::string& run_dir, int64_t step);
 // The run's checkpoints, oldest first (by step).
 std::vector<std::string> list_checkpoints(const std::string& run_dir);
 
-// The newest checkpoint that reads and verifies. Each damaged one met on the way is reported
-// through `warn` ("checkpoint step_00000200.h5 is damaged (...); falling back to ..."). Returns
-// false when none is usable (a run that has none, or only damaged ones).
-bool load_latest(const std::string& run_dir, Checkpoint& out, std::string* path = nullptr,
-                 const std::function<void(const std::string&)>& warn = nullptr);
+// A checkpoint that load_latest passed over, and why.
+struct PassedOver {
+  std::string path;
+  std::string reason;   // the error
+  bool damaged = true;  // false: it verifies, but `usable` refused it (another model)
+};
 
-// Deletes all but the newest `keep_last` checkpoints (and stale temporary files).
-void prune_checkpoints(const std::string& run_dir, int64_t keep_last);
+// The newest checkpoint that reads, verifies and passes `usable` (when given: it throws a
+// coil::Error saying what does not fit, e.g. another model's shapes). Each one passed over on
+// the way is reported through `warn` ("checkpoint step_00000200.h5 is damaged (...); falling
+// back to step_00000100.h5") and, when `passed_over` is given, listed there (newest first).
+// Returns false when none is usable (a run that has none, or only damaged or unusable ones).
+bool load_latest(const std::string& run_dir, Checkpoint& out, std::string* path = nullptr,
+                 const std::function<void(const std::string&)>& warn = nullptr,
+                 const std::function<void(const Checkpoint&)>& usable = nullptr,
+                 std::vector<PassedOver>* passed_over = nullptr);
+
+// Moves checkpoints that load_latest passed over out of the run's list, renamed
+// <name>.corrupt (damaged) or <name>.other-model: kept as evidence, never loaded again nor
+// counted by keep_last. Returns one line per file saying where it went.
+std::vector<std::string> set_aside(const std::vector<PassedOver>& checkpoints);
+
+// After writing `newest` (a checkpoint of the run): deletes the run's checkpoints older than
+// the newest `keep_last` up to and including `newest`, which always stays. Checkpoints with a
+// higher step than `newest` are neither counted nor deleted. When `newest` follows skipped
+// steps (nan_skips > 0), the newest checkpoint from before the run's first skipped step stays
+// as well (newest_before_skips). Stale temporary files go.
+void prune_checkpoints(const std::string& run_dir, int64_t keep_last, const std::string& newest);
+
+// The newest checkpoint of the run written before its first skipped step (nan_skips 0), ""
+// when there is none (or its state cannot be read).
+std::string newest_before_skips(const std::string& run_dir);
 
 // safetensors: u64 little-endian header length, a JSON header {name: {dtype, shape,
 // data_offsets}, "__metadata__": {...}}, then the raw little-endian data. dtype "F32" or "BF16".

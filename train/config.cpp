@@ -145,6 +145,14 @@ class Fields {
         },
         [&v](YAML::Emitter& e) { e << number_text(v); });
   }
+  // A count >= 0, or "all" (stored as `all`, a negative sentinel).
+  void count_or_all(const std::string& path, int64_t& v, int64_t all) {
+    add(path, "integer >= 0 or all",
+        [&v, path, all](const YAML::Node& n, const std::string& w) {
+          v = n.IsScalar() && n.Scalar() == "all" ? all : parse_int(n, w, path, 0, kMaxInt);
+        },
+        [&v, all](YAML::Emitter& e) { e << (v == all ? std::string("all") : std::to_string(v)); });
+  }
   void boolean(const std::string& path, bool& v) {
     add(path, "true or false", [&v, path](const YAML::Node& n, const std::string& w) { v = parse_bool(n, w, path); },
         [&v](YAML::Emitter& e) { e << (v ? "true" : "false"); });
@@ -319,7 +327,7 @@ Fields all_fields(Config& c) {
   f.number("optim.warmup", c.optim.warmup, 0, INFINITY);
   f.number("optim.min_lr", c.optim.min_lr, 0, 10);
   f.integer("eval.every", c.eval.every, 0);
-  f.integer("eval.batches", c.eval.batches, 0);
+  f.count_or_all("eval.batches", c.eval.batches, EvalSection::kAll);
   f.integer("checkpoint.every", c.checkpoint.every, 0);
   f.integer("checkpoint.keep_last", c.checkpoint.keep_last, 1);
   f.boolean("checkpoint.at_end", c.checkpoint.at_end);
@@ -498,6 +506,14 @@ void validate(const Config& c, const Origins& o) {
   if (m.dtype != "auto" && c.train.dtype != "auto" && m.dtype != c.train.dtype)
     fail("{}: model.dtype ({}) and train.dtype ({}) disagree; set one of them", at("model.dtype"), m.dtype,
          c.train.dtype);
+  const std::string bf16 = bf16_dtype_key(c);
+  if (c.train.device == "cpu" && !bf16.empty())
+    fail("{}: {} is bf16, which needs a GPU, but train.device is cpu: use f32 (or auto: f32 on the CPU)", at(bf16),
+         bf16);
+  if (c.eval.batches == EvalSection::kAll && c.data.kind != "tokens")
+    fail("{}: eval.batches: all is the whole held-out split of token files, but synthetic data has no end: give a "
+         "number of batches",
+         at("eval.batches"));
 }
 
 std::string emit_value(const Field& f) {
@@ -511,6 +527,7 @@ std::string emit_value(const Field& f) {
 std::string Config::run_dir() const { return run.dir.empty() ? "runs/" + run.name : run.dir; }
 
 int64_t Config::grad_accum(int world_size) const {
+  COIL_CHECK(world_size >= 1, "config: the number of ranks must be at least 1, got {}", world_size);
   int64_t per_step = train.micro_batch * train.seq_len * world_size;
   if (train.tokens_per_step == 0) return 1;
   COIL_CHECK(train.tokens_per_step % per_step == 0,
@@ -570,11 +587,21 @@ Config parse_config(const std::string& yaml_text, const std::string& source, con
   }
   read_map(root, "", fields, origins, {"model.preset"});
   config.model.config.name = config.model.preset;
+  // The two dtypes must agree, and a run's config.yaml names both: --set train.dtype alone
+  // (coil eval RUN --set train.dtype=bf16) takes the model with it.
+  if (origins.overrides.count("train.dtype") && !origins.overrides.count("model.dtype"))
+    config.model.config.dtype = "auto";
   validate(config, origins);
   return config;
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    if (std::filesystem::exists(std::filesystem::path(path) / "config.yaml", ec))
+      fail("config: '{}' is a run directory, not a config file: to continue its run, coil resume {}", path, path);
+    fail("config: '{}' is a directory, not a config file", path);
+  }
   std::ifstream in(path);
   if (!in) fail("config: cannot read '{}'", path);
   std::stringstream ss;
@@ -626,7 +653,8 @@ std::string to_yaml(const Config& config) {
 std::vector<std::string> config_differences(const Config& a, const Config& b, bool only_computation) {
   Fields fa = all_fields(const_cast<Config&>(a)), fb = all_fields(const_cast<Config&>(b));
   static const std::vector<std::string> bookkeeping = {
-      "run.", "eval.", "checkpoint.", "log.", "train.steps", "train.device", "train.dist_timeout_s", "train.bucket_mb"};
+      "run.", "eval.", "checkpoint.", "log.", "train.steps", "train.device", "train.max_nan_skips",
+      "train.dist_timeout_s", "train.bucket_mb"};
   std::vector<std::string> out;
   for (size_t i = 0; i < fa.list.size(); ++i) {
     const std::string& path = fa.list[i].path;
@@ -639,6 +667,12 @@ std::vector<std::string> config_differences(const Config& a, const Config& b, bo
     if (va != vb) out.push_back(fmt::format("{}: {} -> {}", path, va, vb));
   }
   return out;
+}
+
+std::string bf16_dtype_key(const Config& c) {
+  if (c.train.dtype == "bf16") return "train.dtype";
+  if (c.model.config.dtype == "bf16") return "model.dtype";
+  return "";
 }
 
 std::vector<std::pair<std::string, std::string>> config_keys() {

@@ -66,8 +66,9 @@ struct OptimSection {
 };
 
 struct EvalSection {
+  static constexpr int64_t kAll = -1;  // eval.batches: all (the whole held-out split)
   int64_t every = 100;  // 0: only at the end
-  int64_t batches = 8;  // micro-batches of held-out data, the same ones at every evaluation
+  int64_t batches = 8;  // micro-batches of held-out data, the same ones at every evaluation; kAll
 };
 
 struct CheckpointSection {
@@ -110,10 +111,17 @@ void apply_override(Config& config, const std::string& assignment);
 // The whole config, every key written out, sections in their usual order.
 std::string to_yaml(const Config& config);
 
-// Differences between two configs as "key: a -> b" lines (empty if the same). Keys that do not
-// change what is computed (run.name, run.dir, train.steps, train.device, train.dist_timeout_s,
-// train.bucket_mb, eval, checkpoint, log) are skipped when `only_computation` is set.
+// Differences between two configs as "key: a -> b" lines (empty if the same). Keys that a run
+// may change when it continues (run.name, run.dir, train.steps, train.device,
+// train.max_nan_skips, train.dist_timeout_s, train.bucket_mb, eval, checkpoint, log) are
+// skipped when `only_computation` is set. train.steps among them is part of the schedule: a
+// new value recomputes the schedule for the new length (docs/CONFIG.md).
 std::vector<std::string> config_differences(const Config& a, const Config& b, bool only_computation = false);
+
+// bf16 compute needs a GPU (the CPU computes in f32 and f64): the key, train.dtype or
+// model.dtype, that asks for bf16, or "" when neither does. Configs check it for train.device
+// cpu; the trainer once train.device auto has chosen the CPU.
+std::string bf16_dtype_key(const Config& config);
 
 // Every key path with its default, for --help and docs.
 std::vector<std::pair<std::string, std::string>> config_keys();

@@ -1,5 +1,6 @@
 // The `coil` command line: train, resume, eval, prepare, info, export, launch, sweep, report.
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -53,23 +54,30 @@ config.yaml (the resolved config), metrics.jsonl, checkpoints/step_*.h5.
   --stop-after N         stop after N steps of this call, saving a checkpoint (to split a run
                          over time-limited jobs: the same command continues it)
 If the run directory already holds the same run, training continues from its latest
-checkpoint; if it holds a different run, this is an error listing the differences.
+checkpoint (a finished run does nothing); if it holds a different run, this is an error listing
+the differences. Nothing is written into the run directory before every check has passed.
 Ctrl-C (or SIGTERM) saves a checkpoint at the next step boundary and stops; a second one
 exits at once. Exit status: 0 done, 1 error, 128+signal when interrupted (after saving).
 )";
 
 const char* kResumeHelp = R"(usage: coil resume RUN_DIR [--set key.path=value ...]
 
-Continues the run in RUN_DIR from its newest checkpoint that verifies (a damaged newest one
-is reported and the previous one used). The run's config.yaml is used; --set may change
-bookkeeping keys (train.steps, eval.*, checkpoint.*, log.*) but not what is computed.
+Continues the run in RUN_DIR from its newest checkpoint that verifies (a damaged newest one,
+or one of another model, is reported, moved aside as step_N.h5.corrupt or .other-model, and
+the previous one used). The run's config.yaml is used; --set may change bookkeeping keys
+(eval.*, checkpoint.*, log.*, train.max_nan_skips) and train.steps (the learning-rate schedule
+is then recomputed for the new length), but not what is computed.
 )";
 
-const char* kEvalHelp = R"(usage: coil eval CONFIG|RUN_DIR [--checkpoint FILE] [--batches N] [--set k=v ...]
+const char* kEvalHelp = R"(usage: coil eval CONFIG|RUN_DIR [--checkpoint FILE] [--batches N|all] [--set k=v ...]
 
 Evaluates a checkpoint (default: the run's newest good one) on the fixed held-out batches:
-loss, perplexity and, for the synthetic copying and induction tasks, accuracy on the answer
-positions.
+loss, perplexity, bits per byte for byte-level token files and, for the synthetic copying
+and induction tasks, accuracy on the answer positions.
+  --batches N|all   micro-batches of held-out windows (default eval.batches); all: the whole
+                    held-out split of the token files (the same as --set eval.batches=all)
+  --set train.dtype=bf16   evaluate in bf16 on a GPU (any run; the weights are fp32)
+A run whose checkpoints are all damaged is an error (exit 1).
 )";
 
 const char* kPrepareHelp = R"(usage: coil prepare --out FILE.h5 [--lines | --paragraphs] TEXT [TEXT ...]
@@ -190,20 +198,34 @@ int help(const char* text) {
   return 0;
 }
 
-// A whole number (integer) or a positive number of seconds given to an option.
-double parse_number(const std::string& text, const char* option, bool integer) {
+// An option's whole-number value in [min, max]; anything else is an error naming the option.
+int64_t parse_count(const std::string& text, const char* option, int64_t min = 0, int64_t max = INT64_MAX) {
   size_t used = 0;
-  double v = -1;
+  long long v = 0;
   try {
-    v = integer ? double(std::stoll(text, &used)) : std::stod(text, &used);
+    v = std::stoll(text, &used);
   } catch (const std::exception&) {
+    used = 0;
   }
-  if (used != text.size() || !(integer ? v >= 0 : v > 0))
-    fail("{} expects {}, got '{}'", option, integer ? "a non-negative integer" : "a positive number of seconds", text);
+  if (used == 0 || used != text.size() || v < min || v > max)
+    fail("{} expects a whole number {}, got '{}'", option,
+         max == INT64_MAX ? fmt::format(">= {}", min) : fmt::format("in [{}, {}]", min, max), text);
   return v;
 }
 
-int64_t parse_count(const std::string& text, const char* option) { return int64_t(parse_number(text, option, true)); }
+// An option's positive number of seconds.
+double parse_seconds(const std::string& text, const char* option) {
+  size_t used = 0;
+  double v = -1;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size() || !(v > 0))
+    fail("{} expects a positive number of seconds, got '{}'", option, text);
+  return v;
+}
 
 void need(const Args& a, size_t n, const char* usage) {
   if (a.positional.size() != n) fail("{}", std::string(usage).substr(0, std::string(usage).find('\n')));
@@ -230,6 +252,17 @@ int cmd_eval(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2, {"checkpoint", "batches"}, {});
   if (a.help) return help(kEvalHelp);
   need(a, 1, kEvalHelp);
+  if (a.options.count("batches")) {  // checked here for the flag's own form, then like the key
+    const std::string& n = a.options["batches"];
+    bool count = true;
+    try {
+      parse_count(n, "--batches", 1);
+    } catch (const Error&) {
+      count = false;
+    }
+    if (!count && n != "all") fail("--batches expects a whole number >= 1 or all, got '{}'", n);
+    a.sets.push_back("eval.batches=" + n);
+  }
   std::string src = a.positional[0];
   Config config;
   if (fs::is_directory(src)) {
@@ -238,13 +271,14 @@ int cmd_eval(int argc, char** argv) {
   } else {
     config = load_config(src, a.sets);
   }
-  int64_t batches = a.options.count("batches") ? std::stoll(a.options["batches"]) : 0;
   auto print = [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
-  EvalResult r = evaluate(config, a.options.count("checkpoint") ? a.options["checkpoint"] : "", batches, print);
+  EvalResult r = evaluate(config, a.options.count("checkpoint") ? a.options["checkpoint"] : "", print);
   std::printf("checkpoint  %s (step %lld)\n", r.checkpoint.empty() ? "(initial weights)" : r.checkpoint.c_str(),
               (long long)r.step);
-  std::printf("batches     %lld (%lld targets)\n", (long long)r.batches, (long long)r.targets);
+  std::printf("batches     %lld (%lld windows of %lld tokens, %lld targets)\n", (long long)r.batches,
+              (long long)r.windows, (long long)config.train.seq_len, (long long)r.targets);
   std::printf("loss        %.6f\nperplexity  %.4f\n", r.loss, r.perplexity);
+  if (r.bits_per_byte >= 0) std::printf("bits/byte   %.4f\n", r.bits_per_byte);
   if (r.accuracy >= 0) std::printf("accuracy    %.2f%%\n", 100 * r.accuracy);
   return 0;
 }
@@ -279,7 +313,7 @@ int cmd_prepare(int argc, char** argv) {
   } else {
     if (!a.options.count("vocab-size"))
       fail("prepare: --tokenizer sentencepiece needs --vocab-size N (to train a model) or --sp-model FILE (to use one)");
-    o.vocab_size = parse_count(a.options["vocab-size"], "--vocab-size");
+    o.vocab_size = parse_count(a.options["vocab-size"], "--vocab-size", 1);
     if (a.options.count("sp-type")) o.model_type = a.options["sp-type"];
   }
   auto s = data::prepare_sentencepiece(a.positional, out, o);
@@ -301,7 +335,7 @@ int cmd_sweep(int argc, char** argv) {
     return 0;
   }
   SweepOptions o;
-  if (a.options.count("time-limit")) o.time_limit_s = parse_number(a.options["time-limit"], "--time-limit", false);
+  if (a.options.count("time-limit")) o.time_limit_s = parse_seconds(a.options["time-limit"], "--time-limit");
   SweepResult r = run_sweep(sweep, o);
   std::printf("%s\n", format_sweep_summary(r).c_str());
   return r.exit_code();
@@ -326,7 +360,7 @@ int cmd_info(int argc, char** argv) {
   Config config = fs::is_directory(a.positional[0]) ? load_run_config(a.positional[0], a.sets)
                                                     : load_config(a.positional[0], a.sets);
   if (config.train.dtype == "auto") config.train.dtype = "bf16";
-  int world = a.options.count("world") ? std::stoi(a.options["world"]) : 1;
+  int world = a.options.count("world") ? int(parse_count(a.options["world"], "--world", 1, 1 << 20)) : 1;
   std::fputs(format_info(config, model_info(config, world)).c_str(), stdout);
   return 0;
 }
@@ -356,8 +390,8 @@ int cmd_launch(int argc, char** argv) {
       ++i;
       break;
     }
-    if (s == "--nproc" && i + 1 < argc) o.nproc = std::stoi(argv[++i]);
-    else if (s == "--port" && i + 1 < argc) o.master_port = std::stoi(argv[++i]);
+    if (s == "--nproc" && i + 1 < argc) o.nproc = int(parse_count(argv[++i], "--nproc", 1, 1024));
+    else if (s == "--port" && i + 1 < argc) o.master_port = int(parse_count(argv[++i], "--port", 1, 65535));
     else fail("launch: unknown argument '{}' (usage: coil launch --nproc N -- COMMAND ...)", s);
   }
   std::vector<std::string> rest(argv + i, argv + argc);

@@ -22,10 +22,12 @@
 #include "kernels/loss.h"
 #include "layers/model.h"
 #include "optim/schedule.h"
+#include "train/atomic_file.h"
 #include "train/checkpoint.h"
 #include "train/communicator.h"
 #include "train/distributed.h"
 #include "train/grad_reducer.h"
+#include "train/metrics_log.h"
 #include "train/optimizer.h"
 #include "train/process.h"
 #include "train/tensorboard.h"
@@ -100,9 +102,14 @@ Device rank_device(const std::string& name, const DistEnv& env) {
 // The config as the run executes it: device and dtype resolved (several ranks: "cuda", each
 // rank on the GPU of its local rank).
 void resolve(Config& c, Device device, int world_size = 1) {
+  const std::string asked = c.train.device;
   c.train.device = world_size > 1 ? "cuda" : device.str();
   if (c.train.dtype == "auto") c.train.dtype = device.is_cuda() ? "bf16" : "f32";
   if (c.model.config.dtype == "auto") c.model.config.dtype = c.train.dtype;
+  const std::string bf16 = bf16_dtype_key(c);
+  if (device.is_cpu() && !bf16.empty())
+    fail("{} is bf16, which needs a GPU, but train.device {} runs on the CPU ({}): use f32 (or auto: f32 on the CPU)",
+         bf16, asked, cuda_available() ? "asked for" : cuda_unavailable_reason());
 }
 
 data::DataOptions data_options(const Config& c, int rank, int world) {
@@ -144,16 +151,35 @@ struct EvalTotals {
   double accuracy() const { return has_accuracy && targets ? double(correct) / double(targets) : -1; }
 };
 
+// The held-out batches an evaluation reads, as (index, size) of DataLoader::val_batch: the
+// first `batches` micro-batches, or (EvalSection::kAll) the whole held-out split: every whole
+// micro-batch, then the windows past the last one, one at a time.
+using EvalBatches = std::vector<std::pair<int64_t, int64_t>>;
+EvalBatches eval_batches(const data::DataLoader& loader, int64_t batches, int64_t micro_batch) {
+  EvalBatches out;
+  const bool all = batches == EvalSection::kAll;
+  const int64_t whole = loader.num_val_batches(micro_batch);
+  for (int64_t i = 0; i < (all ? whole : std::min(batches, whole)); ++i) out.emplace_back(i, micro_batch);
+  if (all)
+    for (int64_t w = whole * micro_batch; w < loader.num_val_batches(1); ++w) out.emplace_back(w, 1);
+  return out;
+}
+
+// Token files of the built-in byte-level tokenizer: one token is one byte (end-of-text ids
+// count as one), so bits per byte is the loss in bits.
+bool byte_level(const data::DataLoader& loader) {
+  return loader.dataset() && loader.dataset()->files()[0].tokenizer == "byte";
+}
+
 // Loss (and accuracy on answer positions for synthetic tasks) over fixed held-out batches;
 // rank r of `world` takes batches r, r + world, ... (the caller sums the totals over ranks).
-EvalTotals run_eval(const layers::LanguageModel& model, const data::DataLoader& loader, int64_t batches,
-                    int64_t micro_batch, Device device, int rank = 0, int world = 1) {
+EvalTotals run_eval(const layers::LanguageModel& model, const data::DataLoader& loader, const EvalBatches& batches,
+                    Device device, int rank = 0, int world = 1) {
   autograd::NoGradGuard no_grad;
   EvalTotals t;
   t.has_accuracy = loader.has_accuracy();
-  batches = std::min(batches, loader.num_val_batches(micro_batch));
-  for (int64_t i = rank; i < batches; i += world) {
-    data::Batch b = loader.val_batch(i, micro_batch);
+  for (size_t i = size_t(rank); i < batches.size(); i += size_t(world)) {
+    data::Batch b = loader.val_batch(batches[i].first, batches[i].second);
     int64_t count = b.target_count();
     if (count == 0) continue;
     Tensor inputs = b.inputs.to(device);
@@ -186,46 +212,6 @@ EvalTotals run_eval(const layers::LanguageModel& model, const data::DataLoader& 
   return t;
 }
 
-class MetricsLog {
- public:
-  MetricsLog(const std::string& path, int64_t keep_up_to_step, bool fresh) : path_(path) {
-    // A resumed run drops what was logged after its checkpoint, so the file reads as one run.
-    std::vector<std::string> kept;
-    if (!fresh) {
-      std::ifstream in(path);
-      std::string line;
-      while (std::getline(in, line)) {
-        auto pos = line.find("\"step\":");
-        if (pos == std::string::npos) continue;
-        int64_t step = std::atoll(line.c_str() + pos + 7);
-        if (step <= keep_up_to_step) kept.push_back(line);
-      }
-    }
-    out_.open(path, std::ios::trunc);
-    COIL_CHECK(out_.good(), "train: cannot write '{}'", path);
-    for (auto& l : kept) out_ << l << "\n";
-    out_.flush();
-  }
-  void write(const std::string& json) {
-    out_ << json << "\n";
-    out_.flush();
-  }
-
- private:
-  std::string path_;
-  std::ofstream out_;
-};
-
-void write_text_atomically(const std::string& path, const std::string& text) {
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    COIL_CHECK(out.good(), "train: cannot write '{}'", tmp);
-    out << text;
-  }
-  fs::rename(tmp, path);
-}
-
 Checkpoint make_checkpoint(const layers::LanguageModel& model, const Optimizer& opt, const TrainState& state) {
   Checkpoint c;
   c.state = state;
@@ -240,6 +226,24 @@ Checkpoint make_checkpoint(const layers::LanguageModel& model, const Optimizer& 
   }
   c.optimizer = opt.state();
   return c;
+}
+
+// Throws when the checkpoint's parameters are not those of the model `m` describes (names and
+// shapes), saying which one differs: a checkpoint of another model.
+void check_same_model(const Checkpoint& c, const layers::ModelConfig& m) {
+  std::map<std::string, Shape> stored;
+  for (auto& [name, t] : c.params) stored[name] = t.shape();
+  auto expected = parameter_shapes(m);
+  for (auto& [name, shape] : expected) {
+    auto it = stored.find(name);
+    if (it == stored.end())
+      fail("it holds another model: it has no {} ({} in this run's config)", name, shape_str(shape));
+    if (it->second != shape)
+      fail("it holds another model: {} is {} there but {} in this run's config", name, shape_str(it->second),
+           shape_str(shape));
+  }
+  if (stored.size() != expected.size())
+    fail("it holds another model: {} parameters there, {} in this run's config", stored.size(), expected.size());
 }
 
 void load_into(layers::LanguageModel& model, Optimizer& opt, const Checkpoint& c) {
@@ -275,10 +279,13 @@ TrainResult run_training(Config config, const TrainOptions& options) {
   const std::string run_dir = config.run_dir();
   const std::string config_path = (fs::path(run_dir) / "config.yaml").string();
 
-  // ---- the run directory: new, the same run (continue), or another run (error) ----
+  // ---- the run directory: new, the same run (continue), or another run (error). Nothing is
+  // written into it before every check has passed (below, after the data) ----
   bool resuming = false;
   Checkpoint ckpt;
   std::string ckpt_path;
+  std::vector<PassedOver> passed_over;  // damaged or unusable checkpoints, set aside below
+  std::string schedule_note;
   auto warn = [&](const std::string& s) { say("warning: " + s); };
   if (fs::exists(config_path)) {
     Config existing = load_config(config_path);
@@ -290,18 +297,24 @@ TrainResult run_training(Config config, const TrainOptions& options) {
            "run.name or run.dir, or delete the directory",
            run_dir, list);
     }
-    bool has_ckpt = load_latest(run_dir, ckpt, &ckpt_path, warn);
+    auto same_model = [&](const Checkpoint& c) { check_same_model(c, config.model.config); };
+    bool has_ckpt = load_latest(run_dir, ckpt, &ckpt_path, warn, same_model, &passed_over);
     if (options.resume && !has_ckpt) fail("resume: '{}' has no usable checkpoint to resume from", run_dir);
     if (has_ckpt && (options.resume || options.allow_resume)) {
       resuming = true;
       for (auto& d : config_differences(existing, config, false)) say("note: config changed since the checkpoint: " + d);
+      const int64_t next = ckpt.state.step;
+      const double old_lr = optim::learning_rate(make_schedule(existing), next);
+      const double new_lr = optim::learning_rate(make_schedule(config), next);
+      if (existing.train.steps != config.train.steps && next < config.train.steps && old_lr != new_lr)
+        schedule_note = fmt::format(
+            "note: train.steps changed from {} to {}: the learning-rate schedule is recomputed for {} steps, so "
+            "step {} runs at lr {:.4e} (the {}-step schedule had {:.4e})",
+            existing.train.steps, config.train.steps, config.train.steps, next + 1, new_lr, existing.train.steps,
+            old_lr);
     }
   } else if (options.resume) {
     fail("resume: '{}' is not a run directory (no config.yaml)", run_dir);
-  }
-  if (env.rank == 0) {
-    fs::create_directories(run_dir);
-    write_text_atomically(config_path, to_yaml(config));
   }
 
   // ---- model, optimizer, data ----
@@ -346,10 +359,22 @@ TrainResult run_training(Config config, const TrainOptions& options) {
   TrainResult result;
   result.run_dir = run_dir;
   result.start_step = state.step;
-  std::unique_ptr<MetricsLog> metrics;  // rank 0 writes the run directory's logs
+  result.final_step = state.step;
+  if (resuming && state.step >= config.train.steps) {  // nothing to do: the directory stays as it is
+    say(fmt::format("{} is finished already: its checkpoint is at step {} and train.steps is {} (to train further: "
+                    "coil resume {} --set train.steps=N)",
+                    run_dir, state.step, config.train.steps, run_dir));
+    return result;
+  }
+  if (!schedule_note.empty()) say(schedule_note);
+  // Every check has passed: the run directory is written from here on (rank 0).
+  std::unique_ptr<MetricsLog> metrics;
   std::unique_ptr<TensorBoardWriter> tb;
   if (env.rank == 0) {
-    metrics = std::make_unique<MetricsLog>((fs::path(run_dir) / "metrics.jsonl").string(), state.step, !resuming);
+    for (auto& line : set_aside(passed_over)) say("warning: " + line);
+    fs::create_directories(run_dir);
+    replace_file(config_path, [&](std::ostream& out) { out << to_yaml(config); });
+    metrics = std::make_unique<MetricsLog>((fs::path(run_dir) / "metrics.jsonl").string(), state.step);
     if (config.log.tensorboard) tb = std::make_unique<TensorBoardWriter>(run_dir);
   }
   auto write_metrics = [&](const std::string& json) {
@@ -379,17 +404,16 @@ TrainResult run_training(Config config, const TrainOptions& options) {
     if (env.rank == 0) {
       std::string path = checkpoint_path(run_dir, state.step);
       write_checkpoint(path, make_checkpoint(model, opt, state));
-      prune_checkpoints(run_dir, config.checkpoint.keep_last);
+      prune_checkpoints(run_dir, config.checkpoint.keep_last, path);
       say(fmt::format("checkpoint {} ({})", path, why));
     }
     if (comm) comm->barrier("the checkpoint written by rank 0");
   };
+  const EvalBatches val_batches = eval_batches(loader, config.eval.batches, mb);
   auto evaluate_now = [&]() {
-    if (config.eval.batches <= 0) return;
-    int64_t n = std::min(config.eval.batches, loader.num_val_batches(mb));
-    if (n <= 0) return;
+    if (val_batches.empty()) return;
     model.eval();
-    EvalTotals t = run_eval(model, loader, n, mb, device, env.rank, env.world_size);
+    EvalTotals t = run_eval(model, loader, val_batches, device, env.rank, env.world_size);
     model.train();
     if (comm) {  // each rank evaluated its share of the batches
       auto sum = comm->sum_over_ranks({t.loss_sum, double(t.targets), double(t.correct)}, "the evaluation");
@@ -401,10 +425,13 @@ TrainResult run_training(Config config, const TrainOptions& options) {
     result.val_accuracy = t.accuracy();
     if (state.best_val_loss == 0 || t.loss() < state.best_val_loss) state.best_val_loss = t.loss();
     std::string acc = t.has_accuracy ? fmt::format(" | accuracy {:.2f}%", 100 * t.accuracy()) : "";
-    say(fmt::format("eval step {} | val loss {:.4f} | ppl {:.3f}{}", state.step, t.loss(), std::exp(t.loss()), acc));
-    write_metrics(fmt::format("{{\"step\":{},\"tokens\":{},\"val_loss\":{},\"val_ppl\":{}{}}}", state.step,
+    std::string bpb = byte_level(loader) ? fmt::format(" | {:.4f} bits/byte", t.loss() / std::log(2.0)) : "";
+    say(fmt::format("eval step {} | val loss {:.4f} | ppl {:.3f}{}{}", state.step, t.loss(), std::exp(t.loss()), acc,
+                    bpb));
+    write_metrics(fmt::format("{{\"step\":{},\"tokens\":{},\"val_loss\":{},\"val_ppl\":{}{}{}}}", state.step,
                               state.tokens_seen, jnum(t.loss()), jnum(std::exp(t.loss())),
-                              t.has_accuracy ? ",\"val_accuracy\":" + jnum(t.accuracy()) : ""));
+                              t.has_accuracy ? ",\"val_accuracy\":" + jnum(t.accuracy()) : "",
+                              byte_level(loader) ? ",\"val_bpb\":" + jnum(t.loss() / std::log(2.0)) : ""));
     if (tb) {
       tb->scalar("val/loss", state.step, t.loss());
       if (t.has_accuracy) tb->scalar("val/accuracy", state.step, t.accuracy());
@@ -496,9 +523,16 @@ TrainResult run_training(Config config, const TrainOptions& options) {
                                 jnum(step_loss), jnum(gnorm)));
       if (state.nan_skips > config.train.max_nan_skips) {
         result.nan_skips = state.nan_skips;
-        fail("train: {} steps had a non-finite loss or gradient (train.max_nan_skips = {}); stopping at step {}. "
-             "The last good checkpoint is in {}. Lower optim.lr, check the data, or use train.dtype f32",
-             state.nan_skips, config.train.max_nan_skips, step + 1, checkpoint_dir(run_dir));
+        const std::string before = newest_before_skips(run_dir);
+        fail("train: {} steps had a non-finite loss or gradient (train.max_nan_skips = {}); stopping at step {}. {}. "
+             "Lower optim.lr, check the data or use train.dtype f32; or allow more skips: coil resume {} --set "
+             "train.max_nan_skips=N",
+             state.nan_skips, config.train.max_nan_skips, step + 1,
+             before.empty() ? "No checkpoint was written before the first skipped step"
+                            : fmt::format("The newest checkpoint from before the first skipped step is kept: {} "
+                                          "(step {})",
+                                          before, read_checkpoint_state(before).step),
+             run_dir);
       }
     } else {
       opt.step(lr);
@@ -527,13 +561,14 @@ TrainResult run_training(Config config, const TrainOptions& options) {
       double tok_s = double(state.tokens_seen - tokens_at_log) / std::max(dt, 1e-9);
       double step_s = dt / double(std::max<int64_t>(steps_at_log, 1));
       double eta = step_s * double(config.train.steps - state.step);
-      double mfu = peak_flops > 0 ? tok_s * flops_per_token / (peak_flops * env.world_size) : -1;
+      // Unknown without a peak to compare with (the CPU, unless COIL_PEAK_TFLOPS): NaN, logged as null.
+      double mfu = peak_flops > 0 ? tok_s * flops_per_token / (peak_flops * env.world_size) : NAN;
       double mem = device.is_cuda() ? double(memory_stats(device).peak_in_use) : double(host_rss_bytes());
       double loss_avg = loss_count > 0 ? loss_sum / loss_count : NAN;
       double gnorm_avg = gnorm_count_log ? gnorm_sum_log / double(gnorm_count_log) : NAN;
       say(fmt::format("step {}/{} | loss {:.4f} | lr {:.3e} | gnorm {:.3f} | {} tok/s | MFU {} | mem {} | ETA {}",
                       state.step, config.train.steps, loss_avg, lr, gnorm_avg, format_count(tok_s),
-                      mfu >= 0 ? fmt::format("{:.1f}%", 100 * mfu) : "-", format_bytes(size_t(mem)),
+                      std::isfinite(mfu) ? fmt::format("{:.1f}%", 100 * mfu) : "-", format_bytes(size_t(mem)),
                       format_duration(eta)));
       write_metrics(fmt::format(
           "{{\"step\":{},\"tokens\":{},\"loss\":{},\"lr\":{},\"grad_norm\":{},\"tokens_per_s\":{},\"mfu\":{},"
@@ -569,22 +604,35 @@ TrainResult run_training(Config config, const TrainOptions& options) {
   return result;
 }
 
-EvalResult evaluate(const Config& config_in, const std::string& checkpoint, int64_t batches,
+EvalResult evaluate(const Config& config_in, const std::string& checkpoint,
                     const std::function<void(const std::string&)>& print) {
   Config config = config_in;
+  COIL_CHECK(config.eval.batches != 0,
+             "eval: eval.batches is 0 in this config (it never evaluates): give a number of batches, or all for the "
+             "whole held-out split (coil eval --batches N|all)");
   Device device = resolve_device(config.train.device);
   resolve(config, device);
   layers::LanguageModel model(config.model.config, uint64_t(config.train.seed));
   EvalResult r;
   Checkpoint c;
   std::string path = checkpoint;
+  auto same_model = [&](const Checkpoint& k) { check_same_model(k, config.model.config); };
+  auto warn = [&](const std::string& w) {
+    if (print) print("warning: " + w);
+  };
   if (!checkpoint.empty()) {
     c = read_checkpoint(checkpoint);
-  } else if (!load_latest(config.run_dir(), c, &path, [&](const std::string& w) {
-               if (print) print("warning: " + w);
-             })) {
+    try {
+      same_model(c);
+    } catch (const Error& e) {
+      fail("eval: checkpoint '{}' cannot be used: {}", checkpoint, e.what());
+    }
+  } else if (!load_latest(config.run_dir(), c, &path, warn, same_model)) {
+    if (!list_checkpoints(config.run_dir()).empty())
+      fail("eval: no checkpoint of {} can be used: each is damaged or holds another model (the warnings say why)",
+           config.run_dir());
     path.clear();
-    if (print) print(fmt::format("warning: {} has no checkpoint; evaluating the initial weights", config.run_dir()));
+    warn(fmt::format("{} has no checkpoint; evaluating the initial weights", config.run_dir()));
   }
   if (!path.empty()) {
     layers::StateDict sd;
@@ -596,14 +644,15 @@ EvalResult evaluate(const Config& config_in, const std::string& checkpoint, int6
   model.to(device);
   model.eval();
   data::DataLoader loader(data_options(config, 0, 1));
-  int64_t n = std::min(batches > 0 ? batches : std::max<int64_t>(config.eval.batches, 1),
-                       loader.num_val_batches(config.train.micro_batch));
-  COIL_CHECK(n > 0, "eval: the data holds no validation windows (data.val_fraction or data.val_path)");
-  EvalTotals t = run_eval(model, loader, n, config.train.micro_batch, device);
+  const EvalBatches batches = eval_batches(loader, config.eval.batches, config.train.micro_batch);
+  COIL_CHECK(!batches.empty(), "eval: the data holds no validation windows (data.val_fraction or data.val_path)");
+  EvalTotals t = run_eval(model, loader, batches, device);
   r.loss = t.loss();
   r.perplexity = std::exp(t.loss());
   r.accuracy = t.accuracy();
-  r.batches = n;
+  if (byte_level(loader)) r.bits_per_byte = t.loss() / std::log(2.0);
+  r.batches = int64_t(batches.size());
+  for (auto& b : batches) r.windows += b.second;
   r.targets = t.targets;
   return r;
 }

@@ -62,13 +62,15 @@ Config load_run_config(const std::string& run_dir, const std::vector<std::string
 
 struct EvalResult {
   double loss = 0, perplexity = 0, accuracy = -1;  // accuracy -1: the data has none
-  int64_t batches = 0, targets = 0;
+  double bits_per_byte = -1;    // byte-level token files: loss / ln 2 (-1: bytes per token unknown)
+  int64_t batches = 0, windows = 0, targets = 0;
   int64_t step = 0;             // the checkpoint's step (0: initial weights)
   std::string checkpoint;       // the checkpoint evaluated ("" if none)
 };
 // Evaluates the run's latest good checkpoint (or `checkpoint` when given) on the held-out
-// batches (eval.batches, or `batches` when > 0).
-EvalResult evaluate(const Config& config, const std::string& checkpoint = "", int64_t batches = 0,
+// batches eval.batches (all: the whole held-out split). A run whose checkpoints are all
+// damaged (or of another model) is an error; a run without any evaluates the initial weights.
+EvalResult evaluate(const Config& config, const std::string& checkpoint = "",
                     const std::function<void(const std::string&)>& print = nullptr);
 
 // `coil info`: sizes and costs of the config's model and run.
