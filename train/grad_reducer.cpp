@@ -18,7 +18,7 @@ GradReducer::GradReducer(std::vector<autograd::Variable> params, size_t bucket_b
     const Bucket& bucket = buckets_[b];
     DType dtype = params_[bucket.params[0]].dtype();
     const int64_t numel = int64_t(bucket.bytes / dtype_size(dtype));
-    Tensor buffer = Tensor::zeros({shards > 1 ? padded_bucket_numel(numel, shards) : numel}, dtype,
+    Tensor buffer = Tensor::zeros({shards > 0 ? padded_bucket_numel(numel, shards) : numel}, dtype,
                                   params_[bucket.params[0]].device());
     size_t offset = 0;
     for (size_t k : bucket.params) {

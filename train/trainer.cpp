@@ -329,7 +329,7 @@ TrainResult run_training(Config config, const TrainOptions& options) {
         [c = comm.get(), zero](const Tensor& bucket) {
           zero ? c->reduce_scatter_mean_async(bucket) : c->all_reduce_mean_async(bucket);
         },
-        zero ? env.world_size : 1);
+        zero ? env.world_size : 0);
   }
   Optimizer opt(model, config.optim, zero ? ZeroSharding{reducer.get(), comm.get()} : ZeroSharding{});
   const optim::Schedule schedule = make_schedule(config);
