@@ -311,7 +311,7 @@ TEST_CASE("ranks draw distinct windows whose union is the single-process stream"
   REQUIRE(four.state().examples_drawn == 28);
 }
 
-TEST_CASE("distributed config keys: timeout and bucket size, not part of what is computed", "[distributed]") {
+TEST_CASE("distributed config keys: timeout, bucket size and ZeRO-1, not part of what is computed", "[distributed]") {
   using namespace coil::train;
   Config c = parse_config("train:\n  dist_timeout_s: 30\n  bucket_mb: 4\n", "dist.yaml");
   REQUIRE(c.train.dist_timeout_s == 30);
@@ -320,13 +320,32 @@ TEST_CASE("distributed config keys: timeout and bucket size, not part of what is
   REQUIRE_THROWS_WITH(parse_config("train:\n  dist_timeout_s: 0\n", "dist.yaml"),
                       Catch::Matchers::Contains("train.dist_timeout_s"));
   REQUIRE_THROWS_WITH(parse_config("", "dist.yaml", {"train.bucket_mb=-1"}), Catch::Matchers::Contains("train.bucket_mb"));
-  // A run moved to other GPUs or another world size with another timeout is the same run.
+  REQUIRE(Config().train.zero == 0);
+  REQUIRE(parse_config("train:\n  zero: 1\n", "dist.yaml").train.zero == 1);
+  REQUIRE_THROWS_WITH(parse_config("train:\n  zero: 2\n", "dist.yaml"),
+                      Catch::Matchers::Contains("dist.yaml:2: train.zero") && Catch::Matchers::Contains("[0, 1]"));
+  // A run moved to other GPUs or another world size, with another timeout or with ZeRO-1, is
+  // the same run.
   Config d = c;
   apply_override(d, "train.dist_timeout_s=60");
   apply_override(d, "train.bucket_mb=25");
   apply_override(d, "train.device=cuda");
+  apply_override(d, "train.zero=1");
   REQUIRE(config_differences(c, d, true).empty());
-  REQUIRE(config_differences(c, d, false).size() == 3);
+  REQUIRE(config_differences(c, d, false).size() == 4);
+}
+
+TEST_CASE("coil info: ZeRO-1 divides the moments a rank holds by the world size", "[distributed]") {
+  using namespace coil::train;
+  Config c = parse_config("model: {preset: mamba-130m}\ntrain: {dtype: bf16}\n", "info.yaml");
+  ModelInfo whole = model_info(c, 2);
+  REQUIRE(whole.optimizer_bytes == 8.0 * double(whole.parameters));
+  apply_override(c, "train.zero=1");
+  ModelInfo sharded = model_info(c, 4);
+  REQUIRE(sharded.optimizer_bytes == 2.0 * double(sharded.parameters));
+  REQUIRE(sharded.weights_bytes == whole.weights_bytes);  // the fp32 weights stay whole
+  REQUIRE_THAT(format_info(c, sharded), Catch::Matchers::Contains("(ZeRO-1: 1/4 of the moments)"));
+  REQUIRE(model_info(c, 1).optimizer_bytes == whole.optimizer_bytes);  // one rank keeps them whole
 }
 
 TEST_CASE("checkpoints record the world size; a missing attribute reads as 1", "[distributed]") {
