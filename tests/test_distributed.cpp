@@ -88,8 +88,12 @@ TEST_CASE("launcher environments give rank, world and local rank", "[distributed
   REQUIRE(mpi.master_addr == "127.0.0.1");  // one node: the default master is this machine
 
   // torchrun inside a Slurm allocation: the innermost launcher (torchrun) wins.
-  DistEnv nested = detect_dist_env(env_of({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "1"},
-                                           {"MASTER_ADDR", "h"}, {"SLURM_PROCID", "0"}, {"SLURM_STEP_NUM_TASKS", "1"}}));
+  DistEnv nested = detect_dist_env(env_of({{"RANK", "1"},
+                                           {"WORLD_SIZE", "2"},
+                                           {"LOCAL_RANK", "1"},
+                                           {"MASTER_ADDR", "h"},
+                                           {"SLURM_PROCID", "0"},
+                                           {"SLURM_STEP_NUM_TASKS", "1"}}));
   REQUIRE(nested.launcher == "RANK/WORLD_SIZE");
   REQUIRE(nested.rank == 1);
 }

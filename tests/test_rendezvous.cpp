@@ -106,7 +106,9 @@ class FakeTorchStore {
     s.assign(v.begin(), v.end());
     return true;
   }
-  void send(int fd, const net::Writer& w) { net::send_all(fd, w.data().data(), w.data().size(), net::deadline_after(1)); }
+  void send(int fd, const net::Writer& w) {
+    net::send_all(fd, w.data().data(), w.data().size(), net::deadline_after(1));
+  }
   bool all_exist(const std::vector<std::string>& keys) {
     std::lock_guard<std::mutex> lock(mutex_);
     for (auto& k : keys)

@@ -117,9 +117,10 @@ DistEnv detect_dist_env(const EnvLookup& getenv_fn) {
   COIL_CHECK(env.rank >= 0 && env.rank < env.world_size, "{}: rank {} is outside the world of {} ranks",
              env.launcher, env.rank, env.world_size);
   COIL_CHECK(env.local_rank >= 0, "{}: local rank {} is negative", env.launcher, env.local_rank);
-  COIL_CHECK(env.local_world_size == 0 || (env.local_world_size <= env.world_size && env.local_rank < env.local_world_size),
-             "{}: local rank {} of {} local ranks in a world of {} is inconsistent", env.launcher, env.local_rank,
-             env.local_world_size, env.world_size);
+  COIL_CHECK(
+      env.local_world_size == 0 || (env.local_world_size <= env.world_size && env.local_rank < env.local_world_size),
+      "{}: local rank {} of {} local ranks in a world of {} is inconsistent", env.launcher, env.local_rank,
+      env.local_world_size, env.world_size);
   COIL_CHECK(!multi_node_needs_master || getenv_fn("MASTER_ADDR") || env.local_world_size == 0 ||
                  env.local_world_size == env.world_size,
              "{}: the {} ranks span several nodes ({} on this one) but MASTER_ADDR is not set: set it to the host of "

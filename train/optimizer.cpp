@@ -68,7 +68,8 @@ Optimizer::Optimizer(const layers::LanguageModel& model, const OptimSection& o, 
 
 void Optimizer::attach_copies() {
   for (size_t i = 0; i < impl_->params.size(); ++i)
-    impl_->params[i]->set_compute_copy(impl_->sharded ? impl_->sharded->compute_copy(i) : impl_->adamw->compute_copy(i));
+    impl_->params[i]->set_compute_copy(impl_->sharded ? impl_->sharded->compute_copy(i)
+                                                      : impl_->adamw->compute_copy(i));
 }
 
 Optimizer::~Optimizer() = default;

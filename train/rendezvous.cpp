@@ -71,7 +71,8 @@ std::string timeout_error(const std::vector<Hello>& hellos, int world_size, doub
   return fmt::format(
       "rank 0 waited {:.3g} s (train.dist_timeout_s {:.3g} s) at {}, but only {} of {} ranks joined (missing: rank "
       "{}){}: a rank did not start, died, or cannot reach rank 0 (MASTER_ADDR/MASTER_PORT)",
-      hello_wait_s(timeout_s), timeout_s, where, hellos.size(), world_size, rank_list(missing_ranks(hellos, world_size)),
+      hello_wait_s(timeout_s), timeout_s, where, hellos.size(), world_size,
+      rank_list(missing_ranks(hellos, world_size)),
       strays ? fmt::format("; {} connection(s) that were no coil rank were ignored", strays) : "");
 }
 

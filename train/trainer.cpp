@@ -280,7 +280,8 @@ TrainResult run_training(Config config, const TrainOptions& options) {
     comm = std::make_unique<Communicator>(env, config.train.dist_timeout_s, config_hash(config));
   if (!env.note.empty()) say("note: " + env.note);
   const bool zero = comm && config.train.zero == 1;
-  if (config.train.zero == 1 && !comm) say("note: train.zero 1 shards the optimizer over several ranks; one rank keeps it whole");
+  if (config.train.zero == 1 && !comm)
+    say("note: train.zero 1 shards the optimizer over several ranks; one rank keeps it whole");
   const std::string run_dir = config.run_dir();
   const std::string config_path = (fs::path(run_dir) / "config.yaml").string();
 

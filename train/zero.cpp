@@ -78,7 +78,8 @@ ShardedAdamW::ShardedAdamW(std::vector<std::string> names, std::vector<autograd:
       view.copy_(p.value());
       p.impl()->value = view;
     }
-    Tensor m = Tensor::zeros({s.shard_numel}, DType::f32, device_), v = Tensor::zeros({s.shard_numel}, DType::f32, device_);
+    Tensor m = Tensor::zeros({s.shard_numel}, DType::f32, device_),
+           v = Tensor::zeros({s.shard_numel}, DType::f32, device_);
     for (const ShardPiece& piece : s.pieces) {
       kernels::AdamWSlot slot;
       slot.param = f32_view(weights, piece.bucket_offset, {piece.numel});
