@@ -72,22 +72,38 @@ void adamw_step(const MultiTensorPlan& plan, const Tensor& lr, const Tensor& cli
 #endif
 }
 
-GradNorm grad_norm(const MultiTensorPlan& plan, double max_norm) {
-  GradNorm out{Tensor::empty({}, DType::f32, plan.device), Tensor::empty({}, DType::f32, plan.device)};
-  if (plan.device.is_cpu() || plan.num_chunks == 0) {
-    if (plan.device.is_cpu()) {
-      cpu::grad_norm(plan, max_norm, out);
-    } else {
-      out.norm.fill_(0.0);
-      out.clip.fill_(1.0);
-    }
+GradNorm grad_norm(const MultiTensorPlan& plan, double max_norm) { return norm_and_clip(grad_sumsq(plan), max_norm); }
+
+Tensor grad_sumsq(const MultiTensorPlan& plan) {
+  Tensor out = Tensor::zeros({}, DType::f64, plan.device);
+  if (plan.num_chunks == 0) return out;
+  if (plan.device.is_cpu()) {
+    *out.data<double>() = cpu::grad_sumsq(plan);
     return out;
   }
 #ifdef COIL_CUDA
-  cuda::grad_norm(plan, max_norm, out);
+  cuda::grad_sumsq(plan, out);
   return out;
 #else
-  no_cuda("grad_norm", plan.device);
+  no_cuda("grad_sumsq", plan.device);
+#endif
+}
+
+GradNorm norm_and_clip(const Tensor& sumsq, double max_norm) {
+  check_defined("norm_and_clip", sumsq, "sum of squares");
+  COIL_CHECK(sumsq.numel() == 1 && sumsq.dtype() == DType::f64, "norm_and_clip: the sum of squares must be an f64 "
+             "scalar, got {}", describe(sumsq));
+  const Device device = sumsq.device();
+  GradNorm out{Tensor::empty({}, DType::f32, device), Tensor::empty({}, DType::f32, device)};
+  if (device.is_cpu()) {
+    cpu::norm_and_clip(*sumsq.data<double>(), max_norm, out);
+    return out;
+  }
+#ifdef COIL_CUDA
+  cuda::norm_and_clip(sumsq, max_norm, out);
+  return out;
+#else
+  no_cuda("norm_and_clip", device);
 #endif
 }
 

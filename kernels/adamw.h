@@ -11,7 +11,8 @@
 //   copy = bf16(p)                            (when the slot has a compute copy)
 // Gradient norm: norm = sqrt(sum over all slots of grad^2), per-chunk partial sums then one
 // fixed-order sum (deterministic); clip = min(1, max_norm / (norm + 1e-6)) (1 when max_norm <= 0;
-// NaN when the norm is not finite, so a bad step is visible, as in PyTorch).
+// NaN when the norm is not finite, so a bad step is visible, as in PyTorch). In two parts for
+// sharded optimizers: the sum of squares of a rank's shard, and the norm from the sum over ranks.
 #pragma once
 #include <vector>
 
@@ -57,19 +58,25 @@ struct GradNorm {
   Tensor clip;  // f32 scalar: the clipping coefficient for max_norm
 };
 GradNorm grad_norm(const MultiTensorPlan& plan, double max_norm);
+// The sum of the squared gradients of every slot: an f64 scalar on the plan's device.
+Tensor grad_sumsq(const MultiTensorPlan& plan);
+// The norm sqrt(sumsq) and the clipping coefficient for max_norm, from an f64 scalar.
+GradNorm norm_and_clip(const Tensor& sumsq, double max_norm);
 // grad *= s for every slot (s an f32 scalar on the device): clipping outside the optimizer.
 void scale_grads(const MultiTensorPlan& plan, const Tensor& s);
 
 namespace cpu {
 void adamw_step(const MultiTensorPlan& plan, float lr, float clip, const AdamWHyper& hyper, int64_t step);
-void grad_norm(const MultiTensorPlan& plan, double max_norm, const GradNorm& out);
+double grad_sumsq(const MultiTensorPlan& plan);
+void norm_and_clip(double sumsq, double max_norm, const GradNorm& out);
 void scale_grads(const MultiTensorPlan& plan, float s);
 }  // namespace cpu
 namespace cuda {
 void upload_plan(MultiTensorPlan& plan);
 void adamw_step(const MultiTensorPlan& plan, const Tensor& lr, const Tensor& clip, const AdamWHyper& hyper,
                 int64_t step);
-void grad_norm(const MultiTensorPlan& plan, double max_norm, const GradNorm& out);
+void grad_sumsq(const MultiTensorPlan& plan, const Tensor& out);
+void norm_and_clip(const Tensor& sumsq, double max_norm, const GradNorm& out);
 void scale_grads(const MultiTensorPlan& plan, const Tensor& s);
 }  // namespace cuda
 

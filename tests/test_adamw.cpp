@@ -63,6 +63,12 @@ TEST_CASE("global gradient norm and clip coefficient", "[adamw]") {
   REQUIRE(n.clip.item() == Approx(0.5).epsilon(1e-6));
   REQUIRE(kernels::grad_norm(plan, 100.0).clip.item() == 1.0);
   REQUIRE(kernels::grad_norm(plan, 0.0).clip.item() == 1.0);
+  // In two parts, as the sharded optimizer uses them: the sum of squares (f64), then the norm.
+  Tensor sumsq = kernels::grad_sumsq(plan);
+  REQUIRE(sumsq.dtype() == DType::f64);
+  REQUIRE(sumsq.item() == 169.0);
+  REQUIRE(kernels::norm_and_clip(sumsq, 6.5).clip.item() == n.clip.item());
+  REQUIRE_THROWS_WITH(kernels::norm_and_clip(n.norm, 1.0), Catch::Matchers::Contains("f64 scalar"));
   kernels::scale_grads(plan, n.clip);
   REQUIRE(kernels::grad_norm(plan, 0.0).norm.item() == Approx(6.5).epsilon(1e-6));
   auto bad = kernels::make_multi_tensor_plan({make_slot({0}, {NAN}, 0, false)});
@@ -107,6 +113,7 @@ TEST_CASE("AdamW and the gradient norm on the GPU match the CPU reference over s
     Tensor lr_c = Tensor::scalar(1e-2), lr_g = Tensor::scalar(1e-2, DType::f32, gpu);
     for (int step = 1; step <= 5; ++step) {
       kernels::GradNorm nc = kernels::grad_norm(cplan, 300.0), ng = kernels::grad_norm(gplan, 300.0);
+      REQUIRE(kernels::grad_sumsq(gplan).item() == Approx(kernels::grad_sumsq(cplan).item()).epsilon(1e-5));
       REQUIRE(ng.norm.item() == Approx(nc.norm.item()).epsilon(1e-5));
       REQUIRE(ng.clip.item() == Approx(nc.clip.item()).epsilon(1e-5));
       REQUIRE(nc.clip.item() < 1.0);

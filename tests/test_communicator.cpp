@@ -26,7 +26,9 @@ int run_ranks(const char* role, int port) {
 
 }  // namespace
 
-// Each rank contributes rank+1 everywhere; the average is 1.5 on both.
+// Each rank contributes rank+1 everywhere; the average is 1.5 on both. Then ZeRO-1's pair:
+// reduce-scatter (rank r's shard r becomes the mean of the shards r) and all-gather (shard r
+// of every rank becomes rank r's).
 COIL_TEST_ROLE_DEFINE(allreduce) {
   DistEnv env = detect_dist_env();
   cuda::set_device(env.local_rank);
@@ -37,6 +39,22 @@ COIL_TEST_ROLE_DEFINE(allreduce) {
   comm.wait("the all-reduce");
   for (float v : t.to_vector<float>())
     if (v != 1.5f) return 3;
+  const int64_t shard = 1000;  // element i of rank r: r * 10 + i / shard (its shard's index)
+  std::vector<float> mine(2 * shard);
+  for (int64_t i = 0; i < 2 * shard; ++i) mine[size_t(i)] = float(env.rank * 10 + i / shard);
+  Tensor s = Tensor::from_vector(mine, {2 * shard}).to(Device::cuda(env.local_rank));
+  comm.reduce_scatter_mean_async(s);
+  comm.join_compute_stream();
+  comm.wait("the reduce-scatter");
+  std::vector<float> got = s.to_vector<float>();
+  for (int64_t i = env.rank * shard; i < (env.rank + 1) * shard; ++i)
+    if (got[size_t(i)] != float(5 + env.rank)) return 4;  // (0 + 10) / 2 + shard index
+  comm.all_gather_async(s);
+  comm.join_compute_stream();
+  comm.wait("the all-gather");
+  got = s.to_vector<float>();
+  for (int64_t i = 0; i < 2 * shard; ++i)
+    if (got[size_t(i)] != float(5 + i / shard)) return 5;
   comm.barrier("the final barrier");
   return 0;
 }

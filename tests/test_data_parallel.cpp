@@ -6,6 +6,8 @@
 //   COIL_TEST_RESUME       1: resume the run directory's latest checkpoint
 //   COIL_TEST_EXPECT       a message rank 0 must print
 //   COIL_TEST_FAULT        kill | hang: what rank 1 does after step 3 (train_fault)
+//   COIL_TEST_RANK1_SET    one more override for rank 1 only (train_expect_error)
+//   COIL_TEST_EXPECT_ERROR the error every rank must end with (train_expect_error)
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
@@ -117,6 +119,27 @@ COIL_TEST_ROLE_DEFINE(train_run) {
     if (m.find(expect) != std::string::npos) return 0;
   std::fprintf(stderr, "rank 0 never printed '%s'\n", expect.c_str());
   return 6;
+}
+
+// Every rank must fail with COIL_TEST_EXPECT_ERROR (an inconsistent launch), within
+// train.dist_timeout_s plus a margin for the start.
+COIL_TEST_ROLE_DEFINE(train_expect_error) {
+  Config c = config_from_env();
+  if (detect_dist_env().rank == 1 && !env_or("COIL_TEST_RANK1_SET").empty())
+    apply_override(c, env_or("COIL_TEST_RANK1_SET"));
+  TrainOptions o;
+  o.quiet = true;
+  o.install_signal_handlers = false;
+  auto start = std::chrono::steady_clock::now();
+  try {
+    run_training(c, o);
+  } catch (const Error& e) {
+    double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::fprintf(stderr, "rank %d ended after %.1f s with: %s\n", detect_dist_env().rank, waited, e.what());
+    bool expected = std::string(e.what()).find(env_or("COIL_TEST_EXPECT_ERROR")) != std::string::npos;
+    return expected && waited < c.train.dist_timeout_s + 10 ? 0 : 7;
+  }
+  return 8;  // trained although the launch was inconsistent
 }
 
 // Rank 1 is killed (SIGKILL) or hangs after step 3; rank 0 must fail with an error within
@@ -235,4 +258,83 @@ TEST_CASE("a rank that is killed or hangs makes the other exit with an error in 
     REQUIRE(outcome == "ok");
     REQUIRE(std::chrono::steady_clock::now() - start < std::chrono::seconds(120));
   }
+}
+
+namespace {
+// The whole optimizer state of a run's last checkpoint, by name.
+std::map<std::string, std::vector<float>> tensors_of(const NamedTensors& named) {
+  std::map<std::string, std::vector<float>> out;
+  for (auto& [name, t] : named)
+    if (t.dtype() == DType::f32) out[name] = t.to_vector<float>();
+  return out;
+}
+
+double max_relative_difference(const std::map<std::string, std::vector<float>>& a,
+                               const std::map<std::string, std::vector<float>>& b) {
+  REQUIRE(a.size() == b.size());
+  double worst = 0;
+  for (auto& [name, x] : a) {
+    const std::vector<float>& y = b.at(name);
+    REQUIRE(x.size() == y.size());
+    for (size_t i = 0; i < x.size(); ++i)
+      worst = std::max(worst, std::abs(double(x[i]) - double(y[i])) / std::max(1e-3, std::abs(double(y[i]))));
+  }
+  return worst;
+}
+}  // namespace
+
+TEST_CASE("ZeRO-1 equals the unsharded run: losses, weights and moments; its checkpoint resumes on one rank",
+          "[cuda][multigpu]") {
+  // Mamba, fp32 and bf16 compute, deterministic, small buckets (several buckets, shards that
+  // cut parameters). The sharded update is the unsharded one element for element; only the
+  // clipping norm is summed in another order (asserted within 1e-6 relative; expected equal).
+  int port = 29651;
+  for (std::string dtype : {"f32", "bf16"}) {
+    INFO(dtype);
+    fs::path plain = fresh_dir("zero0_" + dtype), sharded = fresh_dir("zero1_" + dtype);
+    auto run = [&](const fs::path& dir, int zero) {
+      auto sets = tiny_run(dir, "mamba-tiny");
+      sets.insert(sets.end(), {"train.dtype=" + dtype, "train.bucket_mb=0.01", "train.zero=" + std::to_string(zero),
+                               "optim.grad_clip=0.5"});
+      return run_ranks("train_run", 2, port++, {{"COIL_TEST_SETS", joined(sets)}});
+    };
+    REQUIRE(run(plain, 0) == 0);
+    REQUIRE(run(sharded, 1) == 0);
+    auto a = logged_losses(plain), b = logged_losses(sharded);
+    REQUIRE(a.size() == 8);
+    double loss_diff = max_relative_difference(a, b);
+    INFO("largest relative difference of the logged losses: " << loss_diff);
+    CHECK(loss_diff <= 1e-6);
+    Checkpoint ca = read_checkpoint(list_checkpoints(plain.string()).back());
+    Checkpoint cb = read_checkpoint(list_checkpoints(sharded.string()).back());
+    double weights = max_relative_difference(tensors_of(ca.params), tensors_of(cb.params));
+    double moments = max_relative_difference(tensors_of(ca.optimizer), tensors_of(cb.optimizer));
+    INFO("weights " << weights << ", moments " << moments);
+    CHECK(weights <= 1e-6);
+    CHECK(moments <= 1e-6);
+  }
+  // A ZeRO-1 run stopped after 3 steps continues on one rank without ZeRO.
+  fs::path dir = fresh_dir("zero_resume");
+  auto sets = tiny_run(dir, "mamba-tiny");
+  sets.push_back("train.zero=1");
+  REQUIRE(run_ranks("train_run", 2, port++, {{"COIL_TEST_SETS", joined(sets)}, {"COIL_TEST_STOP_AFTER", "3"}}) == 0);
+  sets.back() = "train.zero=0";
+  REQUIRE(run_ranks("train_run", 1, port++,
+                    {{"COIL_TEST_SETS", joined(sets)}, {"COIL_TEST_RESUME", "1"},
+                     {"COIL_TEST_EXPECT", "the data order changes"}}) == 0);
+  REQUIRE(logged_losses(dir).size() == 8);
+}
+
+TEST_CASE("an inconsistent launch fails on every rank with one clear error", "[cuda][multigpu]") {
+  fs::path dir = fresh_dir("inconsistent");
+  auto sets = tiny_run(dir, "transformer++-tiny");
+  sets.push_back("train.dist_timeout_s=20");
+  REQUIRE(run_ranks("train_expect_error", 2, 29661,
+                    {{"COIL_TEST_SETS", joined(sets)},
+                     {"COIL_TEST_RANK1_SET", "optim.lr=1e-3"},
+                     {"COIL_TEST_EXPECT_ERROR", "rank 1 resolved another config than rank 0"}}) == 0);
+  REQUIRE(run_ranks("train_expect_error", 2, 29662,
+                    {{"COIL_TEST_SETS", joined(sets)},
+                     {"CUDA_VISIBLE_DEVICES", "0"},
+                     {"COIL_TEST_EXPECT_ERROR", "both use GPU"}}) == 0);
 }

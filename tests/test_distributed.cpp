@@ -2,8 +2,6 @@
 #include <memory>
 #include <thread>
 
-#include <unistd.h>
-
 #include "tests/catch.h"
 #include "train/distributed.h"
 
@@ -17,7 +15,6 @@ EnvLookup env_of(std::map<std::string, std::string> vars) {
     return it == shared->end() ? nullptr : it->second.c_str();
   };
 }
-int free_port_guess(int salt) { return 20000 + (int(::getpid()) * 7 + salt) % 20000; }
 }  // namespace
 
 TEST_CASE("launcher environments give rank, world and local rank", "[distributed]") {
@@ -25,86 +22,128 @@ TEST_CASE("launcher environments give rank, world and local rank", "[distributed
   REQUIRE(single.world_size == 1);
   REQUIRE(single.rank == 0);
   REQUIRE(single.launcher == "none");
+  REQUIRE_FALSE(single.agent_store);
 
-  DistEnv torchrun = detect_dist_env(env_of({{"RANK", "3"}, {"WORLD_SIZE", "8"}, {"LOCAL_RANK", "1"},
-                                             {"MASTER_ADDR", "node7"}, {"MASTER_PORT", "29400"}}));
+  // coil launch (and RANK/WORLD_SIZE set by hand)
+  DistEnv plain = detect_dist_env(env_of({{"RANK", "3"}, {"WORLD_SIZE", "8"}, {"LOCAL_RANK", "1"},
+                                          {"MASTER_ADDR", "node7"}, {"MASTER_PORT", "29400"}}));
+  REQUIRE(plain.launcher == "RANK/WORLD_SIZE");
+  REQUIRE(plain.rank == 3);
+  REQUIRE(plain.world_size == 8);
+  REQUIRE(plain.local_rank == 1);
+  REQUIRE(plain.master_addr == "node7");
+  REQUIRE(plain.master_port == 29400);
+  REQUIRE_FALSE(plain.agent_store);
+
+  // torchrun --standalone / --nnodes 2: the agent's store holds MASTER_PORT
+  DistEnv torchrun = detect_dist_env(env_of({{"RANK", "2"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "0"},
+                                             {"LOCAL_WORLD_SIZE", "2"}, {"GROUP_RANK", "1"},
+                                             {"MASTER_ADDR", "node1"}, {"MASTER_PORT", "41234"},
+                                             {"TORCHELASTIC_RUN_ID", "job7"}, {"TORCHELASTIC_RESTART_COUNT", "2"},
+                                             {"TORCHELASTIC_USE_AGENT_STORE", "True"}}));
   REQUIRE(torchrun.launcher == "torchrun");
-  REQUIRE(torchrun.rank == 3);
-  REQUIRE(torchrun.world_size == 8);
-  REQUIRE(torchrun.local_rank == 1);
-  REQUIRE(torchrun.master_addr == "node7");
-  REQUIRE(torchrun.master_port == 29400);
+  REQUIRE(torchrun.rank == 2);
+  REQUIRE(torchrun.local_rank == 0);
+  REQUIRE(torchrun.local_world_size == 2);
+  REQUIRE(torchrun.agent_store);
+  REQUIRE(torchrun.store_prefix == "coil/job7/attempt_2/");
+  REQUIRE(torchrun.master_addr == "node1");
+  REQUIRE(torchrun.master_port == 41234);
+  // An agent without a shared store: rank 0 listens on the port torchrun chose.
+  DistEnv own = detect_dist_env(env_of({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "0"},
+                                        {"LOCAL_WORLD_SIZE", "1"}, {"MASTER_ADDR", "node1"}, {"MASTER_PORT", "41234"},
+                                        {"TORCHELASTIC_RUN_ID", "job7"}, {"TORCHELASTIC_USE_AGENT_STORE", "False"}}));
+  REQUIRE(own.launcher == "torchrun");
+  REQUIRE_FALSE(own.agent_store);
 
-  DistEnv slurm = detect_dist_env(env_of({{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "16"}, {"SLURM_LOCALID", "5"},
-                                          {"SLURM_JOB_NODELIST", "gpu[03-04],login1"}}));
+  // srun: the step's tasks; the master is the first host of the step's node list
+  DistEnv slurm = detect_dist_env(env_of({{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "16"}, {"SLURM_STEP_NUM_TASKS", "16"},
+                                          {"SLURM_LOCALID", "5"}, {"SLURM_JOB_ID", "123456"},
+                                          {"SLURM_STEP_NODELIST", "gpu[03-04],login1"},
+                                          {"SLURM_JOB_NODELIST", "gpu[01-04],login1"}}));
   REQUIRE(slurm.launcher == "slurm");
   REQUIRE(slurm.rank == 5);
   REQUIRE(slurm.world_size == 16);
   REQUIRE(slurm.local_rank == 5);
   REQUIRE(slurm.master_addr == "gpu03");
+  REQUIRE(slurm.master_port == 29500 + 456);  // two jobs sharing a node do not collide
+  DistEnv slurm_set = detect_dist_env(env_of({{"SLURM_PROCID", "0"}, {"SLURM_STEP_NUM_TASKS", "2"},
+                                              {"SLURM_JOB_NODELIST", "a1"}, {"MASTER_ADDR", "10.0.0.9"},
+                                              {"MASTER_PORT", "31000"}}));
+  REQUIRE(slurm_set.master_addr == "10.0.0.9");
+  REQUIRE(slurm_set.master_port == 31000);
+  // A batch script without srun has SLURM_PROCID but no step: one process, with a note.
+  DistEnv batch = detect_dist_env(env_of({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "0"}}));
+  REQUIRE(batch.world_size == 1);
+  REQUIRE(batch.launcher == "none");
+  REQUIRE_THAT(batch.note, Catch::Matchers::Contains("no srun step"));
 
+  // mpirun
   DistEnv mpi = detect_dist_env(env_of({{"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "2"},
-                                        {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}, {"MASTER_ADDR", "10.0.0.1"}}));
+                                        {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}}));
   REQUIRE(mpi.launcher == "openmpi");
   REQUIRE(mpi.rank == 1);
   REQUIRE(mpi.world_size == 2);
-  REQUIRE(mpi.master_addr == "10.0.0.1");
+  REQUIRE(mpi.local_rank == 1);
+  REQUIRE(mpi.master_addr == "127.0.0.1");  // one node: the default master is this machine
+
+  // torchrun inside a Slurm allocation: the innermost launcher (torchrun) wins.
+  DistEnv nested = detect_dist_env(env_of({{"RANK", "1"},
+                                           {"WORLD_SIZE", "2"},
+                                           {"LOCAL_RANK", "1"},
+                                           {"MASTER_ADDR", "h"},
+                                           {"SLURM_PROCID", "0"},
+                                           {"SLURM_STEP_NUM_TASKS", "1"}}));
+  REQUIRE(nested.launcher == "RANK/WORLD_SIZE");
+  REQUIRE(nested.rank == 1);
 }
 
-TEST_CASE("Slurm node lists name their first host", "[distributed]") {
+TEST_CASE("Slurm host lists name their first host", "[distributed]") {
   REQUIRE(first_slurm_host("node1") == "node1");
   REQUIRE(first_slurm_host("node1,node2") == "node1");
   REQUIRE(first_slurm_host("gpu[07-12]") == "gpu07");
   REQUIRE(first_slurm_host("gpu[3,5-6]") == "gpu3");
   REQUIRE(first_slurm_host("a[1-2],b[3-4]") == "a1");
+  REQUIRE(first_slurm_host("gpu[003-005,9],cpu1") == "gpu003");
+  REQUIRE(first_slurm_host("rack[2-3]-node[07-08]") == "rack2-node07");
+  REQUIRE(first_slurm_host("nid[00042]") == "nid00042");
+  REQUIRE(first_slurm_host("login-1.cluster") == "login-1.cluster");
+  for (const char* bad : {"gpu[1-2", "gpu]1[", "gpu[]", "gpu[a-b]", "", ",node2"})
+    REQUIRE_THROWS_WITH(first_slurm_host(bad), Catch::Matchers::Contains("Slurm host list") &&
+                                                   Catch::Matchers::Contains("malformed"));
 }
 
 TEST_CASE("bad launcher variables are errors naming them", "[distributed]") {
-  REQUIRE_THROWS_WITH(detect_dist_env(env_of({{"RANK", "4"}, {"WORLD_SIZE", "4"}})),
-                      Catch::Matchers::Contains("rank 4 is outside the world of 4 ranks"));
-  REQUIRE_THROWS_WITH(detect_dist_env(env_of({{"RANK", "x"}, {"WORLD_SIZE", "4"}})),
-                      Catch::Matchers::Contains("RANK='x' is not an integer"));
-  REQUIRE_THROWS_WITH(detect_dist_env(env_of({{"MASTER_PORT", "70000"}})),
-                      Catch::Matchers::Contains("MASTER_PORT=70000"));
+  auto fails = [](std::map<std::string, std::string> vars, const std::string& message) {
+    INFO(message);
+    REQUIRE_THROWS_WITH(detect_dist_env(env_of(std::move(vars))), Catch::Matchers::Contains(message));
+  };
+  fails({{"RANK", "4"}, {"WORLD_SIZE", "4"}}, "rank 4 is outside the world of 4 ranks");
+  fails({{"RANK", "x"}, {"WORLD_SIZE", "4"}}, "RANK='x' is not an integer");
+  fails({{"RANK", "1"}, {"WORLD_SIZE", "99999999999"}}, "WORLD_SIZE='99999999999' is not an integer");
+  fails({{"MASTER_PORT", "70000"}}, "MASTER_PORT=70000");
+  fails({{"WORLD_SIZE", "2"}}, "WORLD_SIZE is set but RANK is not");
+  fails({{"RANK", "0"}}, "RANK is set but WORLD_SIZE is not");
+  fails({{"OMPI_COMM_WORLD_SIZE", "2"}}, "OMPI_COMM_WORLD_SIZE is set but OMPI_COMM_WORLD_RANK is not");
+  fails({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "2"}, {"LOCAL_WORLD_SIZE", "2"}},
+        "local rank 2 of 2 local ranks");
+  fails({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"TORCHELASTIC_USE_AGENT_STORE", "True"}, {"MASTER_PORT", "1234"}},
+        "TORCHELASTIC_USE_AGENT_STORE=True but MASTER_ADDR or MASTER_PORT is not set");
+  // Ranks on several nodes need to be told where rank 0 is.
+  fails({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "4"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "0"},
+         {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}},
+        "span several nodes (2 on this one) but MASTER_ADDR is not set");
+  fails({{"SLURM_PROCID", "0"}, {"SLURM_STEP_NUM_TASKS", "4"}, {"SLURM_NTASKS", "8"}},
+        "SLURM_STEP_NUM_TASKS=4 and SLURM_NTASKS=8 disagree");
+  fails({{"SLURM_PROCID", "0"}, {"SLURM_STEP_NUM_TASKS", "2"}, {"SLURM_STEP_NODELIST", "gpu[1-"}}, "malformed");
 }
 
-TEST_CASE("rank 0 hands its blob to every rank over TCP", "[distributed]") {
-  const int world = 4;
-  int port = free_port_guess(1);
-  std::vector<uint8_t> id(128);
-  for (size_t i = 0; i < id.size(); ++i) id[i] = uint8_t(i * 37 + 1);
-  std::vector<std::vector<uint8_t>> received(world);
-  std::vector<std::string> errors(world);
-  std::vector<std::thread> ranks;
-  for (int r = 0; r < world; ++r)
-    ranks.emplace_back([&, r] {
-      DistEnv env;
-      env.rank = r;
-      env.world_size = world;
-      env.master_port = port;
-      try {
-        received[size_t(r)] = broadcast_blob_over_tcp(env, r == 0 ? id : std::vector<uint8_t>{}, 20.0);
-      } catch (const std::exception& e) {
-        errors[size_t(r)] = e.what();
-      }
-    });
-  for (auto& t : ranks) t.join();
-  for (int r = 0; r < world; ++r) {
-    INFO("rank " << r << ": " << errors[size_t(r)]);
-    REQUIRE(received[size_t(r)] == id);
-  }
-}
-
-TEST_CASE("a missing rank makes the rendezvous fail in time, never hang", "[distributed]") {
-  DistEnv env;
-  env.rank = 0;
-  env.world_size = 3;
-  env.master_port = free_port_guess(2);
-  REQUIRE_THROWS_WITH(broadcast_blob_over_tcp(env, {1, 2, 3}, 0.5),
-                      Catch::Matchers::Contains("only 1 of 3 ranks connected"));
-  env.rank = 1;
-  env.master_port = free_port_guess(3);
-  REQUIRE_THROWS_WITH(broadcast_blob_over_tcp(env, {}, 0.5), Catch::Matchers::Contains("could not reach rank 0"));
+TEST_CASE("each rank picks its GPU: its local rank, or the one GPU it was given", "[distributed]") {
+  REQUIRE(choose_gpu(0, 8, "torchrun") == 0);
+  REQUIRE(choose_gpu(5, 8, "torchrun") == 5);
+  REQUIRE(choose_gpu(3, 1, "slurm") == 0);  // srun --gpus-per-task=1: each task sees its own
+  REQUIRE_THROWS_WITH(choose_gpu(2, 2, "openmpi"), Catch::Matchers::Contains("local rank 2 but sees 2 GPUs"));
+  REQUIRE_THROWS_WITH(choose_gpu(0, 0, "slurm"), Catch::Matchers::Contains("sees no GPU"));
 }
 
 TEST_CASE("gradient buckets fill from the last parameter backwards", "[distributed]") {
@@ -276,7 +315,7 @@ TEST_CASE("ranks draw distinct windows whose union is the single-process stream"
   REQUIRE(four.state().examples_drawn == 28);
 }
 
-TEST_CASE("distributed config keys: timeout and bucket size, not part of what is computed", "[distributed]") {
+TEST_CASE("distributed config keys: timeout, bucket size and ZeRO-1, not part of what is computed", "[distributed]") {
   using namespace coil::train;
   Config c = parse_config("train:\n  dist_timeout_s: 30\n  bucket_mb: 4\n", "dist.yaml");
   REQUIRE(c.train.dist_timeout_s == 30);
@@ -285,13 +324,32 @@ TEST_CASE("distributed config keys: timeout and bucket size, not part of what is
   REQUIRE_THROWS_WITH(parse_config("train:\n  dist_timeout_s: 0\n", "dist.yaml"),
                       Catch::Matchers::Contains("train.dist_timeout_s"));
   REQUIRE_THROWS_WITH(parse_config("", "dist.yaml", {"train.bucket_mb=-1"}), Catch::Matchers::Contains("train.bucket_mb"));
-  // A run moved to other GPUs or another world size with another timeout is the same run.
+  REQUIRE(Config().train.zero == 0);
+  REQUIRE(parse_config("train:\n  zero: 1\n", "dist.yaml").train.zero == 1);
+  REQUIRE_THROWS_WITH(parse_config("train:\n  zero: 2\n", "dist.yaml"),
+                      Catch::Matchers::Contains("dist.yaml:2: train.zero") && Catch::Matchers::Contains("[0, 1]"));
+  // A run moved to other GPUs or another world size, with another timeout or with ZeRO-1, is
+  // the same run.
   Config d = c;
   apply_override(d, "train.dist_timeout_s=60");
   apply_override(d, "train.bucket_mb=25");
   apply_override(d, "train.device=cuda");
+  apply_override(d, "train.zero=1");
   REQUIRE(config_differences(c, d, true).empty());
-  REQUIRE(config_differences(c, d, false).size() == 3);
+  REQUIRE(config_differences(c, d, false).size() == 4);
+}
+
+TEST_CASE("coil info: ZeRO-1 divides the moments a rank holds by the world size", "[distributed]") {
+  using namespace coil::train;
+  Config c = parse_config("model: {preset: mamba-130m}\ntrain: {dtype: bf16}\n", "info.yaml");
+  ModelInfo whole = model_info(c, 2);
+  REQUIRE(whole.optimizer_bytes == 8.0 * double(whole.parameters));
+  apply_override(c, "train.zero=1");
+  ModelInfo sharded = model_info(c, 4);
+  REQUIRE(sharded.optimizer_bytes == 2.0 * double(sharded.parameters));
+  REQUIRE(sharded.weights_bytes == whole.weights_bytes);  // the fp32 weights stay whole
+  REQUIRE_THAT(format_info(c, sharded), Catch::Matchers::Contains("(ZeRO-1: 1/4 of the moments)"));
+  REQUIRE(model_info(c, 1).optimizer_bytes == whole.optimizer_bytes);  // one rank keeps them whole
 }
 
 TEST_CASE("checkpoints record the world size; a missing attribute reads as 1", "[distributed]") {

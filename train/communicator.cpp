@@ -5,7 +5,10 @@
 #include <exception>
 #include <thread>
 
+#include <unistd.h>
+
 #include "core/cuda.h"
+#include "train/rendezvous.h"
 
 #if defined(COIL_CUDA) && defined(COIL_NCCL)
 #include <nccl.h>
@@ -66,6 +69,24 @@ void settle(ncclComm_t& comm, int rank, double timeout_s, const char* what) {
   });
 }
 
+// The identity of the current GPU, unique across machines: its UUID.
+std::string gpu_identity() {
+  cudaDeviceProp prop{};
+  COIL_CUDA_CHECK(cudaGetDeviceProperties(&prop, cuda::current_device()));
+  std::string id = "GPU-";
+  for (int i = 0; i < 16; ++i) {
+    id += fmt::format("{:02x}", uint8_t(prop.uuid.bytes[i]));
+    if (i == 3 || i == 5 || i == 7 || i == 9) id += '-';
+  }
+  return id;
+}
+
+std::string host_name() {
+  char name[256] = {0};
+  ::gethostname(name, sizeof name - 1);
+  return name;
+}
+
 // True once every operation queued on `stream` is done; raises on a CUDA error.
 bool stream_idle(cudaStream_t stream) {
   cudaError_t e = cudaStreamQuery(stream);
@@ -74,7 +95,7 @@ bool stream_idle(cudaStream_t stream) {
 }
 }  // namespace
 
-Communicator::Communicator(const DistEnv& env, double timeout_s)
+Communicator::Communicator(const DistEnv& env, double timeout_s, uint64_t config_hash)
     : state_(std::make_unique<State>()), env_(env), timeout_s_(timeout_s) {
   ncclUniqueId id;
   std::vector<uint8_t> blob(sizeof id);
@@ -82,7 +103,14 @@ Communicator::Communicator(const DistEnv& env, double timeout_s)
     check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId", env.rank);
     std::memcpy(blob.data(), &id, sizeof id);
   }
-  blob = broadcast_blob_over_tcp(env, blob, timeout_s);
+  Hello hello;
+  hello.rank = env.rank;
+  hello.world_size = env.world_size;
+  hello.local_rank = env.local_rank;
+  hello.config_hash = config_hash;
+  hello.host = host_name();
+  hello.device = gpu_identity();
+  blob = rendezvous(env, hello, blob, timeout_s);
   COIL_CHECK(blob.size() == sizeof id, "rendezvous: got {} bytes for the NCCL id, expected {}", blob.size(),
              sizeof id);
   std::memcpy(&id, blob.data(), sizeof id);
@@ -106,23 +134,48 @@ Communicator::~Communicator() {
   if (state_->comm_done) cudaEventDestroy(state_->comm_done);
 }
 
-void Communicator::all_reduce(const Tensor& t, bool mean) {
+// In place, on the communication stream after the compute stream's queued work. Reduce-scatter
+// and all-gather work on shard `rank` of the buffer (NCCL's in-place forms).
+void Communicator::collective(const Tensor& t, Op op) {
   State& s = *state_;
-  int rank = env_.rank;
-  ncclRedOp_t op = mean ? ncclAvg : ncclSum;
-  COIL_CHECK(t.device().is_cuda(), "all_reduce: {} is not on a GPU", describe(t));
+  const int rank = env_.rank, world = env_.world_size;
+  COIL_CHECK(t.device().is_cuda(), "collective: {} is not on a GPU", describe(t));
   COIL_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::bf16 || t.dtype() == DType::f64,
-             "all_reduce: {} is not f32, bf16 or f64", describe(t));
+             "collective: {} is not f32, bf16 or f64", describe(t));
+  const bool sharded = op == Op::reduce_scatter_mean || op == Op::all_gather;
+  COIL_CHECK(!sharded || t.numel() % world == 0, "collective: {} does not split into {} equal shards", describe(t),
+             world);
   ncclDataType_t type = t.dtype() == DType::f32 ? ncclFloat32 : t.dtype() == DType::bf16 ? ncclBfloat16 : ncclFloat64;
   COIL_CUDA_CHECK(cudaEventRecord(s.compute_ready, cuda::compute_stream()));
   COIL_CUDA_CHECK(cudaStreamWaitEvent(s.stream, s.compute_ready, 0));
-  ncclResult_t r = ncclAllReduce(t.raw(), t.raw(), size_t(t.numel()), type, op, s.comm, s.stream);
-  check_nccl(r, "ncclAllReduce", rank);
-  if (r == ncclInProgress) settle(s.comm, rank, timeout_s_, "queueing an all-reduce");
+  const size_t shard = size_t(t.numel() / world);
+  char* own = static_cast<char*>(t.raw()) + size_t(rank) * shard * dtype_size(t.dtype());
+  ncclResult_t r = ncclSuccess;
+  const char* name = "";
+  switch (op) {
+    case Op::all_reduce_mean:
+    case Op::all_reduce_sum:
+      name = "ncclAllReduce";
+      r = ncclAllReduce(t.raw(), t.raw(), size_t(t.numel()), type, op == Op::all_reduce_mean ? ncclAvg : ncclSum,
+                        s.comm, s.stream);
+      break;
+    case Op::reduce_scatter_mean:
+      name = "ncclReduceScatter";
+      r = ncclReduceScatter(t.raw(), own, shard, type, ncclAvg, s.comm, s.stream);
+      break;
+    case Op::all_gather:
+      name = "ncclAllGather";
+      r = ncclAllGather(own, t.raw(), shard, type, s.comm, s.stream);
+      break;
+  }
+  check_nccl(r, name, rank);
+  if (r == ncclInProgress) settle(s.comm, rank, timeout_s_, "queueing a collective");
 }
 
-void Communicator::all_reduce_mean_async(const Tensor& t) { all_reduce(t, true); }
-void Communicator::all_reduce_sum_async(const Tensor& t) { all_reduce(t, false); }
+void Communicator::all_reduce_mean_async(const Tensor& t) { collective(t, Op::all_reduce_mean); }
+void Communicator::all_reduce_sum_async(const Tensor& t) { collective(t, Op::all_reduce_sum); }
+void Communicator::reduce_scatter_mean_async(const Tensor& t) { collective(t, Op::reduce_scatter_mean); }
+void Communicator::all_gather_async(const Tensor& t) { collective(t, Op::all_gather); }
 
 void Communicator::join_compute_stream() {
   COIL_CUDA_CHECK(cudaEventRecord(state_->comm_done, state_->stream));
@@ -151,14 +204,16 @@ std::vector<double> Communicator::sum_over_ranks(const std::vector<double>& valu
 
 struct Communicator::State {};
 
-Communicator::Communicator(const DistEnv& env, double timeout_s) : env_(env), timeout_s_(timeout_s) {
+Communicator::Communicator(const DistEnv& env, double timeout_s, uint64_t) : env_(env), timeout_s_(timeout_s) {
   COIL_CHECK(env.world_size == 1, "data parallel training over {} ranks needs coil built with CUDA and NCCL",
              env.world_size);
 }
 Communicator::~Communicator() = default;
-void Communicator::all_reduce(const Tensor&, bool) {}
+void Communicator::collective(const Tensor&, Op) {}
 void Communicator::all_reduce_mean_async(const Tensor&) {}
 void Communicator::all_reduce_sum_async(const Tensor&) {}
+void Communicator::reduce_scatter_mean_async(const Tensor&) {}
+void Communicator::all_gather_async(const Tensor&) {}
 void Communicator::join_compute_stream() {}
 void Communicator::wait(const char*) {}
 void Communicator::barrier(const char*) {}

@@ -7,41 +7,45 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "train/collectives.h"
 #include "train/distributed.h"
 
 namespace coil::train {
 
-class Communicator {
+class Communicator : public Collectives {
  public:
-  // Rank 0 creates the NCCL unique id and hands it out over TCP (MASTER_ADDR/MASTER_PORT).
-  Communicator(const DistEnv& env, double timeout_s);
-  ~Communicator();
+  // The ranks meet (train/rendezvous.h): each says hello with its config hash and its GPU's
+  // identity, rank 0 checks them and hands out the NCCL unique id; an inconsistent launch is
+  // an error on every rank.
+  Communicator(const DistEnv& env, double timeout_s, uint64_t config_hash = 0);
+  ~Communicator() override;
   Communicator(const Communicator&) = delete;
   Communicator& operator=(const Communicator&) = delete;
 
-  int rank() const { return env_.rank; }
-  int world_size() const { return env_.world_size; }
+  int rank() const override { return env_.rank; }
+  int world_size() const override { return env_.world_size; }
 
-  // Averages `t` (f32 or bf16, on this rank's GPU) across ranks in place. Ordered after all
-  // work already queued on the compute stream; returns at once.
-  void all_reduce_mean_async(const Tensor& t);
-  // Sums in place, same ordering.
-  void all_reduce_sum_async(const Tensor& t);
-  // Makes the compute stream wait for the collectives queued so far (no host sync).
-  void join_compute_stream();
+  // On f32, bf16 or f64 tensors of this rank's GPU (train/collectives.h).
+  void all_reduce_mean_async(const Tensor& t) override;
+  void all_reduce_sum_async(const Tensor& t) override;
+  void reduce_scatter_mean_async(const Tensor& t) override;
+  void all_gather_async(const Tensor& t) override;
+  // No host sync.
+  void join_compute_stream() override;
   // Host waits, with the watchdog, until the collectives and the compute stream's work queued
   // so far are done (`what` names the wait in the error). The trainer calls it where it syncs
   // anyway: once a step before reading the loss and the gradient norm, at checkpoints, at
   // evaluation and logging; a plain cudaStreamSynchronize there could wait forever on a
   // collective whose peer died.
-  void wait(const char* what);
+  void wait(const char* what) override;
   // Every rank reaches this point, or the watchdog fires.
   void barrier(const char* what);
   // Sums a few host values over the ranks (a blocking collective through the watchdog).
   std::vector<double> sum_over_ranks(const std::vector<double>& values, const char* what);
 
  private:
-  void all_reduce(const Tensor& t, bool mean);
+  enum class Op { all_reduce_mean, all_reduce_sum, reduce_scatter_mean, all_gather };
+  void collective(const Tensor& t, Op op);
   struct State;
   std::unique_ptr<State> state_;
   DistEnv env_;

@@ -318,6 +318,7 @@ Fields all_fields(Config& c) {
   f.integer("train.max_nan_skips", c.train.max_nan_skips, 0);
   f.number("train.dist_timeout_s", c.train.dist_timeout_s, 0, INFINITY, true);
   f.number("train.bucket_mb", c.train.bucket_mb, 0, INFINITY, true);
+  f.integer("train.zero", c.train.zero, 0, 1);
   f.number("optim.lr", c.optim.lr, 0, 10, true);
   f.number_list("optim.betas", c.optim.betas, 2, 0, 1, true);
   f.number("optim.weight_decay", c.optim.weight_decay, 0, INFINITY);
@@ -654,7 +655,7 @@ std::vector<std::string> config_differences(const Config& a, const Config& b, bo
   Fields fa = all_fields(const_cast<Config&>(a)), fb = all_fields(const_cast<Config&>(b));
   static const std::vector<std::string> bookkeeping = {
       "run.", "eval.", "checkpoint.", "log.", "train.steps", "train.device", "train.max_nan_skips",
-      "train.dist_timeout_s", "train.bucket_mb"};
+      "train.dist_timeout_s", "train.bucket_mb", "train.zero"};
   std::vector<std::string> out;
   for (size_t i = 0; i < fa.list.size(); ++i) {
     const std::string& path = fa.list[i].path;

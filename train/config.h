@@ -52,6 +52,7 @@ struct TrainSection {
   int64_t max_nan_skips = 10;   // non-finite losses tolerated (each skips its step)
   double dist_timeout_s = 300;  // several ranks: rendezvous and collective waits give up after this
   double bucket_mb = 25;        // several ranks: gradient bucket size (docs/DISTRIBUTED.md)
+  int64_t zero = 0;             // several ranks: 1 = ZeRO-1, AdamW's moments sharded over them
 };
 
 struct OptimSection {
@@ -113,7 +114,8 @@ std::string to_yaml(const Config& config);
 
 // Differences between two configs as "key: a -> b" lines (empty if the same). Keys that a run
 // may change when it continues (run.name, run.dir, train.steps, train.device,
-// train.max_nan_skips, train.dist_timeout_s, train.bucket_mb, eval, checkpoint, log) are
+// train.max_nan_skips, train.dist_timeout_s, train.bucket_mb, train.zero, eval, checkpoint,
+// log) are
 // skipped when `only_computation` is set. train.steps among them is part of the schedule: a
 // new value recomputes the schedule for the new length (docs/CONFIG.md).
 std::vector<std::string> config_differences(const Config& a, const Config& b, bool only_computation = false);

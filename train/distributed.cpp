@@ -1,16 +1,10 @@
 #include "train/distributed.h"
 
-#include <arpa/inet.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-#include <chrono>
+#include <cctype>
+#include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <thread>
 
 #include "core/error.h"
 
@@ -19,8 +13,10 @@ namespace {
 
 int parse_int(const char* name, const char* value) {
   char* end = nullptr;
+  errno = 0;
   long v = std::strtol(value, &end, 10);
-  COIL_CHECK(end != value && *end == '\0', "environment variable {}='{}' is not an integer", name, value);
+  COIL_CHECK(end != value && *end == '\0' && errno == 0 && v >= INT32_MIN && v <= INT32_MAX,
+             "environment variable {}='{}' is not an integer", name, value);
   return int(v);
 }
 
@@ -30,45 +26,90 @@ int env_int(const EnvLookup& getenv_fn, const char* name, int fallback) {
   return v ? parse_int(name, v) : fallback;
 }
 
+// Both variables of a pair or neither: one alone is an incomplete launcher environment.
+bool both_or_neither(const EnvLookup& getenv_fn, const char* a, const char* b, const char* who) {
+  bool has_a = getenv_fn(a) != nullptr, has_b = getenv_fn(b) != nullptr;
+  if (has_a != has_b)
+    fail("{} is set but {} is not: {} sets both; set both or neither", has_a ? a : b, has_a ? b : a, who);
+  return has_a;
+}
+
 }  // namespace
 
-std::string first_slurm_host(const std::string& nodelist) {
-  std::string first;
-  int depth = 0;
-  for (char c : nodelist) {
-    if (c == ',' && depth == 0) break;
-    if (c == '[') depth++;
-    if (c == ']') depth--;
-    first += c;
+std::string first_slurm_host(const std::string& hostlist) {
+  auto bad = [&](const char* why) -> std::string {
+    fail("Slurm host list '{}' is malformed: {}", hostlist, why);
+  };
+  std::string host;
+  size_t i = 0;
+  while (i < hostlist.size() && hostlist[i] != ',') {
+    if (hostlist[i] == ']') bad("']' without '['");
+    if (hostlist[i] != '[') {
+      host += hostlist[i++];
+      continue;
+    }
+    size_t close = hostlist.find(']', i);
+    if (close == std::string::npos) bad("'[' without ']'");
+    std::string ranges = hostlist.substr(i + 1, close - i - 1);
+    std::string first = ranges.substr(0, ranges.find_first_of(",-"));
+    if (first.empty() || ranges.find('[') != std::string::npos) bad("a bracket holds no number");
+    for (char c : first)
+      if (!std::isdigit(static_cast<unsigned char>(c))) bad("a range is not made of numbers");
+    host += first;
+    i = close + 1;
   }
-  size_t open = first.find('[');
-  if (open == std::string::npos) return first;
-  std::string range = first.substr(open + 1, first.find(']') - open - 1);
-  range = range.substr(0, range.find(','));
-  range = range.substr(0, range.find('-'));
-  return first.substr(0, open) + range;
+  if (host.empty()) bad("no host");
+  return host;
 }
 
 DistEnv detect_dist_env(const EnvLookup& getenv_fn) {
   DistEnv env;
-  if (getenv_fn("RANK") && getenv_fn("WORLD_SIZE")) {
-    env.launcher = "torchrun";
+  auto get = [&](const char* name) -> std::string {
+    const char* v = getenv_fn(name);
+    return v ? v : "";
+  };
+  bool multi_node_needs_master = false;
+  if (both_or_neither(getenv_fn, "RANK", "WORLD_SIZE", "torchrun (or coil launch)")) {
+    env.launcher = getenv_fn("TORCHELASTIC_RUN_ID") ? "torchrun" : "RANK/WORLD_SIZE";
     env.rank = env_int(getenv_fn, "RANK", 0);
     env.world_size = env_int(getenv_fn, "WORLD_SIZE", 1);
     env.local_rank = env_int(getenv_fn, "LOCAL_RANK", env.rank);
-  } else if (getenv_fn("OMPI_COMM_WORLD_RANK")) {
+    env.local_world_size = env_int(getenv_fn, "LOCAL_WORLD_SIZE", 0);
+    if (get("TORCHELASTIC_USE_AGENT_STORE") == "True") {
+      COIL_CHECK(getenv_fn("MASTER_ADDR") && getenv_fn("MASTER_PORT"),
+                 "torchrun: TORCHELASTIC_USE_AGENT_STORE=True but MASTER_ADDR or MASTER_PORT is not set: the "
+                 "agent's store cannot be found");
+      env.agent_store = true;
+      env.store_prefix = fmt::format("coil/{}/attempt_{}/", get("TORCHELASTIC_RUN_ID"),
+                                     env_int(getenv_fn, "TORCHELASTIC_RESTART_COUNT", 0));
+    }
+    multi_node_needs_master = true;
+  } else if (both_or_neither(getenv_fn, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "mpirun")) {
     env.launcher = "openmpi";
     env.rank = env_int(getenv_fn, "OMPI_COMM_WORLD_RANK", 0);
     env.world_size = env_int(getenv_fn, "OMPI_COMM_WORLD_SIZE", 1);
     env.local_rank = env_int(getenv_fn, "OMPI_COMM_WORLD_LOCAL_RANK", env.rank);
-  } else if (getenv_fn("SLURM_PROCID") && getenv_fn("SLURM_NTASKS")) {
+    env.local_world_size = env_int(getenv_fn, "OMPI_COMM_WORLD_LOCAL_SIZE", 0);
+    multi_node_needs_master = true;
+  } else if (getenv_fn("SLURM_PROCID") && getenv_fn("SLURM_STEP_NUM_TASKS")) {
     env.launcher = "slurm";
     env.rank = env_int(getenv_fn, "SLURM_PROCID", 0);
-    env.world_size = env_int(getenv_fn, "SLURM_NTASKS", 1);
+    env.world_size = env_int(getenv_fn, "SLURM_STEP_NUM_TASKS", 1);
+    const char* ntasks = getenv_fn("SLURM_NTASKS");
+    COIL_CHECK(!ntasks || parse_int("SLURM_NTASKS", ntasks) == env.world_size,
+               "slurm: SLURM_STEP_NUM_TASKS={} and SLURM_NTASKS={} disagree", env.world_size, ntasks);
     env.local_rank = env_int(getenv_fn, "SLURM_LOCALID", 0);
-    const char* nodes = getenv_fn("SLURM_JOB_NODELIST");
-    if (!nodes) nodes = getenv_fn("SLURM_NODELIST");
-    if (nodes) env.master_addr = first_slurm_host(nodes);
+    for (const char* list : {"SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"})
+      if (getenv_fn(list)) {
+        env.master_addr = first_slurm_host(get(list));
+        break;
+      }
+    if (getenv_fn("SLURM_JOB_ID")) env.master_port = 29500 + env_int(getenv_fn, "SLURM_JOB_ID", 0) % 1000;
+  } else if (getenv_fn("SLURM_PROCID") && env_int(getenv_fn, "SLURM_NTASKS", 1) > 1) {
+    env.note = fmt::format(
+        "a Slurm job of {} tasks, but this is no srun step (SLURM_STEP_NUM_TASKS is not set): training as one "
+        "process; run `srun coil train ...` in the batch script to start one rank per task",
+        get("SLURM_NTASKS"));
   }
   if (const char* addr = getenv_fn("MASTER_ADDR")) env.master_addr = addr;
   env.master_port = env_int(getenv_fn, "MASTER_PORT", env.master_port);
@@ -76,8 +117,17 @@ DistEnv detect_dist_env(const EnvLookup& getenv_fn) {
   COIL_CHECK(env.rank >= 0 && env.rank < env.world_size, "{}: rank {} is outside the world of {} ranks",
              env.launcher, env.rank, env.world_size);
   COIL_CHECK(env.local_rank >= 0, "{}: local rank {} is negative", env.launcher, env.local_rank);
-  COIL_CHECK(env.master_port > 0 && env.master_port < 65536, "MASTER_PORT={} is not a TCP port",
-             env.master_port);
+  COIL_CHECK(
+      env.local_world_size == 0 || (env.local_world_size <= env.world_size && env.local_rank < env.local_world_size),
+      "{}: local rank {} of {} local ranks in a world of {} is inconsistent", env.launcher, env.local_rank,
+      env.local_world_size, env.world_size);
+  COIL_CHECK(!multi_node_needs_master || getenv_fn("MASTER_ADDR") || env.local_world_size == 0 ||
+                 env.local_world_size == env.world_size,
+             "{}: the {} ranks span several nodes ({} on this one) but MASTER_ADDR is not set: set it to the host of "
+             "rank 0 (and MASTER_PORT to a free port there){}",
+             env.launcher, env.world_size, env.local_world_size,
+             env.launcher == "openmpi" ? ", e.g. mpirun -x MASTER_ADDR=node1 -x MASTER_PORT=29500" : "");
+  COIL_CHECK(env.master_port > 0 && env.master_port < 65536, "MASTER_PORT={} is not a TCP port", env.master_port);
   return env;
 }
 
@@ -85,114 +135,12 @@ DistEnv detect_dist_env() {
   return detect_dist_env([](const char* name) { return std::getenv(name); });
 }
 
-namespace {
-
-using Clock = std::chrono::steady_clock;
-
-// Sends or receives exactly n bytes; false if the peer went away.
-bool send_all(int fd, const void* data, size_t n) {
-  const char* p = static_cast<const char*>(data);
-  while (n) {
-    ssize_t k = ::send(fd, p, n, MSG_NOSIGNAL);
-    if (k <= 0) return false;
-    p += k, n -= size_t(k);
-  }
-  return true;
-}
-
-bool recv_all(int fd, void* data, size_t n) {
-  char* p = static_cast<char*>(data);
-  while (n) {
-    ssize_t k = ::recv(fd, p, n, 0);
-    if (k <= 0) return false;
-    p += k, n -= size_t(k);
-  }
-  return true;
-}
-
-void set_timeout(int fd, double seconds) {
-  timeval tv{long(seconds), long((seconds - long(seconds)) * 1e6)};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-}
-
-std::vector<uint8_t> serve_blob(const DistEnv& env, const std::vector<uint8_t>& blob, double timeout_s) {
-  int server = ::socket(AF_INET, SOCK_STREAM, 0);
-  COIL_CHECK(server >= 0, "rendezvous: socket(): {}", std::strerror(errno));
-  int one = 1;
-  setsockopt(server, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_ANY);
-  addr.sin_port = htons(uint16_t(env.master_port));
-  if (::bind(server, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(server, 128) != 0) {
-    std::string why = std::strerror(errno);
-    ::close(server);
-    fail("rendezvous: rank 0 cannot listen on port {} (MASTER_PORT): {}", env.master_port, why);
-  }
-  auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
-  uint64_t size = blob.size();
-  for (int served = 1; served < env.world_size; ++served) {
-    double left = std::chrono::duration<double>(deadline - Clock::now()).count();
-    timeval tv{long(std::max(left, 0.0)), 0};
-    fd_set fds;
-    FD_ZERO(&fds);
-    FD_SET(server, &fds);
-    if (left <= 0 || ::select(server + 1, &fds, nullptr, nullptr, &tv) <= 0) {
-      ::close(server);
-      fail("rendezvous: rank 0 waited {:.0f} s on port {} but only {} of {} ranks connected",
-           timeout_s, env.master_port, served, env.world_size);
-    }
-    int peer = ::accept(server, nullptr, nullptr);
-    if (peer < 0) continue;
-    set_timeout(peer, timeout_s);
-    bool ok = send_all(peer, &size, sizeof size) && send_all(peer, blob.data(), blob.size());
-    ::close(peer);
-    if (!ok) --served;
-  }
-  ::close(server);
-  return blob;
-}
-
-std::vector<uint8_t> fetch_blob(const DistEnv& env, double timeout_s) {
-  auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
-  addrinfo hints{}, *found = nullptr;
-  hints.ai_family = AF_INET;
-  hints.ai_socktype = SOCK_STREAM;
-  std::string port = std::to_string(env.master_port);
-  while (true) {
-    if (getaddrinfo(env.master_addr.c_str(), port.c_str(), &hints, &found) == 0) {
-      int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-      bool connected = fd >= 0 && ::connect(fd, found->ai_addr, found->ai_addrlen) == 0;
-      freeaddrinfo(found);
-      if (connected) {
-        set_timeout(fd, timeout_s);
-        uint64_t size = 0;
-        std::vector<uint8_t> blob;
-        bool ok = recv_all(fd, &size, sizeof size) && size < (1u << 20);
-        if (ok) {
-          blob.resize(size);
-          ok = recv_all(fd, blob.data(), size);
-        }
-        ::close(fd);
-        if (ok) return blob;
-      } else if (fd >= 0) {
-        ::close(fd);
-      }
-    }
-    if (Clock::now() > deadline)
-      fail("rendezvous: rank {} could not reach rank 0 at {}:{} within {:.0f} s (MASTER_ADDR/MASTER_PORT)",
-           env.rank, env.master_addr, env.master_port, timeout_s);
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-}
-
-}  // namespace
-
-std::vector<uint8_t> broadcast_blob_over_tcp(const DistEnv& env, const std::vector<uint8_t>& blob,
-                                             double timeout_s) {
-  if (env.world_size == 1) return blob;
-  return env.rank == 0 ? serve_blob(env, blob, timeout_s) : fetch_blob(env, timeout_s);
+int choose_gpu(int local_rank, int visible_gpus, const std::string& launcher) {
+  COIL_CHECK(visible_gpus > 0, "{}: this rank sees no GPU", launcher);
+  if (local_rank < visible_gpus) return local_rank;
+  if (visible_gpus == 1) return 0;
+  fail("{}: this rank has local rank {} but sees {} GPUs (CUDA_VISIBLE_DEVICES): start at most one rank per GPU",
+       launcher, local_rank, visible_gpus);
 }
 
 std::vector<Bucket> assign_buckets(const std::vector<size_t>& param_bytes, size_t bucket_bytes) {

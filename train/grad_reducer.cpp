@@ -1,8 +1,10 @@
 #include "train/grad_reducer.h"
 
+#include "train/zero.h"
+
 namespace coil::train {
 
-GradReducer::GradReducer(std::vector<autograd::Variable> params, size_t bucket_bytes, ReduceFn reduce)
+GradReducer::GradReducer(std::vector<autograd::Variable> params, size_t bucket_bytes, ReduceFn reduce, int shards)
     : params_(std::move(params)), reduce_fn_(std::move(reduce)) {
   std::vector<size_t> bytes;
   for (const auto& p : params_) {
@@ -15,7 +17,8 @@ GradReducer::GradReducer(std::vector<autograd::Variable> params, size_t bucket_b
   for (size_t b = 0; b < buckets_.size(); ++b) {
     const Bucket& bucket = buckets_[b];
     DType dtype = params_[bucket.params[0]].dtype();
-    Tensor buffer = Tensor::zeros({int64_t(bucket.bytes / dtype_size(dtype))}, dtype,
+    const int64_t numel = int64_t(bucket.bytes / dtype_size(dtype));
+    Tensor buffer = Tensor::zeros({shards > 0 ? padded_bucket_numel(numel, shards) : numel}, dtype,
                                   params_[bucket.params[0]].device());
     size_t offset = 0;
     for (size_t k : bucket.params) {

@@ -1,8 +1,10 @@
 // Overlaps the reduction of gradients with backward. Parameter gradients are bound to views of
 // one flat buffer per bucket (train/distributed.h: assign_buckets); a hook on each parameter
 // counts the gradients that backward has finished, and a bucket whose parameters are all done
-// is handed to `reduce` at once (the data-parallel trainer passes an NCCL all-reduce on the
-// communication stream), while backward goes on with earlier layers.
+// is handed to `reduce` at once (the data-parallel trainer passes an NCCL all-reduce, or with
+// ZeRO-1 a reduce-scatter, on the communication stream), while backward goes on with earlier
+// layers. For a reduce-scatter over `shards` ranks (shards >= 1; 0: none) each buffer is padded
+// (with zeros) to padded_bucket_numel (train/zero.h).
 #pragma once
 #include <functional>
 
@@ -15,7 +17,7 @@ class GradReducer {
  public:
   using ReduceFn = std::function<void(const Tensor& bucket_grads)>;
 
-  GradReducer(std::vector<autograd::Variable> params, size_t bucket_bytes, ReduceFn reduce);
+  GradReducer(std::vector<autograd::Variable> params, size_t bucket_bytes, ReduceFn reduce, int shards = 0);
 
   // Gradient accumulation reduces only on the last micro-step: call with false before the
   // others' backward, with true before the last one's.

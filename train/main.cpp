@@ -105,6 +105,8 @@ const char* kInfoHelp = R"(usage: coil info CONFIG [--set key.path=value ...] [-
 Prints the model's parameter count (with and without embeddings), training FLOPs per token and
 per step, and an estimate of the GPU memory of one rank (weights, gradients, AdamW moments,
 activations of one micro-batch). The model is not built, so any size answers at once.
+  --world N   N data-parallel ranks: the accumulation for train.tokens_per_step, and with
+              --set train.zero=1 the AdamW moments one rank holds (1/N of them)
 )";
 
 const char* kExportHelp = R"(usage: coil export CHECKPOINT|RUN_DIR --format safetensors [--out FILE] [--dtype f32|bf16]
@@ -145,7 +147,8 @@ also loss_vs_flops.png and loss_curves.png (scripts/plot_scaling.py).
 const char* kLaunchHelp = R"(usage: coil launch --nproc N [--port P] -- COMMAND [ARGS ...]
 
 Starts N local copies of coil with torchrun's variables set (RANK, WORLD_SIZE, LOCAL_RANK,
-MASTER_ADDR, MASTER_PORT) and waits; if one fails, the others are stopped. See docs/DISTRIBUTED.md.
+LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1, MASTER_PORT=P, default 29500) and waits; if one fails,
+the others are stopped. coil also runs under torchrun, srun and mpirun: docs/DISTRIBUTED.md.
 )";
 
 struct Args {

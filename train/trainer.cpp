@@ -84,7 +84,7 @@ Device resolve_device(const std::string& name) {
   return d;
 }
 
-// With several ranks, each uses the GPU of its local rank.
+// With several ranks, each uses the GPU of its local rank (train/distributed.h: choose_gpu).
 Device rank_device(const std::string& name, const DistEnv& env) {
   if (env.world_size == 1) return resolve_device(name);
   COIL_CHECK(name == "auto" || name == "cuda",
@@ -93,10 +93,15 @@ Device rank_device(const std::string& name, const DistEnv& env) {
              env.world_size, env.launcher, name);
   COIL_CHECK(cuda_available(), "train: {} ranks were launched ({}), but no GPU is usable: {}", env.world_size,
              env.launcher, cuda_unavailable_reason());
-  COIL_CHECK(env.local_rank < cuda_device_count(),
-             "train: rank {} has local rank {}, but this machine has {} GPU(s); start at most one rank per GPU",
-             env.rank, env.local_rank, cuda_device_count());
-  return Device::cuda(env.local_rank);
+  return Device::cuda(choose_gpu(env.local_rank, cuda_device_count(), env.launcher));
+}
+
+// The ranks must run the same resolved config: its hash goes into the rendezvous' hello.
+uint64_t config_hash(const Config& c) {
+  Fnv1a h;
+  std::string text = to_yaml(c);
+  h.update(text.data(), text.size());
+  return h.h;
 }
 
 // The config as the run executes it: device and dtype resolved (several ranks: "cuda", each
@@ -275,7 +280,12 @@ TrainResult run_training(Config config, const TrainOptions& options) {
   // Several ranks: rank 0 hands out the NCCL id over TCP; every later wait on collectives goes
   // through the communicator's watchdog (train.dist_timeout_s).
   std::unique_ptr<Communicator> comm;
-  if (env.world_size > 1) comm = std::make_unique<Communicator>(env, config.train.dist_timeout_s);
+  if (env.world_size > 1)
+    comm = std::make_unique<Communicator>(env, config.train.dist_timeout_s, config_hash(config));
+  if (!env.note.empty()) say("note: " + env.note);
+  const bool zero = comm && config.train.zero == 1;
+  if (config.train.zero == 1 && !comm)
+    say("note: train.zero 1 shards the optimizer over several ranks; one rank keeps it whole");
   const std::string run_dir = config.run_dir();
   const std::string config_path = (fs::path(run_dir) / "config.yaml").string();
 
@@ -323,14 +333,19 @@ TrainResult run_training(Config config, const TrainOptions& options) {
   model.train();
   // Several ranks: the gradients live in the reducer's buckets (the optimizer adopts them) and
   // each complete bucket is averaged over the ranks while backward goes on.
+  // With ZeRO-1 each bucket is reduce-scattered instead, and the optimizer shards its moments.
   std::unique_ptr<GradReducer> reducer;
   if (comm) {
     std::vector<autograd::Variable> params;
     for (auto& [name, p] : model.named_parameters()) params.push_back(p->var);
-    reducer = std::make_unique<GradReducer>(params, size_t(config.train.bucket_mb * double(1 << 20)),
-                                            [c = comm.get()](const Tensor& bucket) { c->all_reduce_mean_async(bucket); });
+    reducer = std::make_unique<GradReducer>(
+        params, size_t(config.train.bucket_mb * double(1 << 20)),
+        [c = comm.get(), zero](const Tensor& bucket) {
+          zero ? c->reduce_scatter_mean_async(bucket) : c->all_reduce_mean_async(bucket);
+        },
+        zero ? env.world_size : 0);
   }
-  Optimizer opt(model, config.optim);
+  Optimizer opt(model, config.optim, zero ? ZeroSharding{reducer.get(), comm.get()} : ZeroSharding{});
   const optim::Schedule schedule = make_schedule(config);
   data::DataLoader loader(data_options(config, env.rank, env.world_size));
   const int64_t accum = config.grad_accum(env.world_size);
@@ -390,6 +405,9 @@ TrainResult run_training(Config config, const TrainOptions& options) {
                   format_count(double(model.num_parameters())), format_count(flops_per_token), device.str(),
                   config.train.dtype));
   say(fmt::format("data: {}", loader.describe()));
+  if (zero)
+    say(fmt::format("ZeRO-1: AdamW's moments sharded over {} ranks: {} per rank", env.world_size,
+                    format_bytes(opt.state_bytes())));
   say(fmt::format("{} steps of {} tokens ({} x {} x {} accumulation{})", config.train.steps, tokens_per_step, mb, L,
                   accum, env.world_size > 1 ? fmt::format(" x {} ranks", env.world_size) : ""));
 
@@ -406,12 +424,15 @@ TrainResult run_training(Config config, const TrainOptions& options) {
       write_checkpoint(path, make_checkpoint(model, opt, state));
       prune_checkpoints(run_dir, config.checkpoint.keep_last, path);
       say(fmt::format("checkpoint {} ({})", path, why));
+    } else if (zero) {
+      opt.state();  // with ZeRO-1 every rank takes part in gathering the optimizer state
     }
     if (comm) comm->barrier("the checkpoint written by rank 0");
   };
   const EvalBatches val_batches = eval_batches(loader, config.eval.batches, mb);
   auto evaluate_now = [&]() {
     if (val_batches.empty()) return;
+    if (comm) comm->wait("the weights' all-gather");  // ZeRO-1: the step's last collective
     model.eval();
     EvalTotals t = run_eval(model, loader, val_batches, device, env.rank, env.world_size);
     model.train();
@@ -738,7 +759,8 @@ ModelInfo model_info(const Config& config, int world_size) {
   double P = double(info.parameters);
   info.weights_bytes = 4 * P + (act_bytes == 2 ? 2 * P : 0);  // + the bf16 compute copy
   info.gradient_bytes = 4 * P;
-  info.optimizer_bytes = 8 * P;
+  info.optimizer_shards = config.train.zero == 1 && world_size > 1 ? world_size : 1;
+  info.optimizer_bytes = 8 * P / info.optimizer_shards;  // ZeRO-1: this rank's shard
   double per_token = 0;
   const int64_t R = m.dt_rank(), h = m.mlp_hidden_size();
   for (auto& k : m.layer_mixers()) {
@@ -778,10 +800,12 @@ std::string format_info(const Config& config, const ModelInfo& info) {
   out += fmt::format("run          {} steps, {:.4g} tokens, {:.4g} FLOPs\n", config.train.steps,
                      double(info.tokens_per_step) * double(config.train.steps),
                      info.flops_per_step * double(config.train.steps));
-  out += fmt::format("memory       {} total (estimate, per GPU, {}): weights {}, gradients {}, AdamW {}, "
+  out += fmt::format("memory       {} total (estimate, per GPU, {}): weights {}, gradients {}, AdamW {}{}, "
                      "activations {} (micro-batch {} x {})\n",
                      gib(info.total_bytes()), config.train.dtype == "f32" ? "f32" : "bf16 compute",
                      gib(info.weights_bytes), gib(info.gradient_bytes), gib(info.optimizer_bytes),
+                     info.optimizer_shards > 1 ? fmt::format(" (ZeRO-1: 1/{} of the moments)", info.optimizer_shards)
+                                               : "",
                      gib(info.activation_bytes), config.train.micro_batch, config.train.seq_len);
   return out;
 }

@@ -80,6 +80,7 @@ struct ModelInfo {
   double flops_per_step = 0;
   int64_t tokens_per_step = 0, grad_accum = 1;
   double weights_bytes = 0, optimizer_bytes = 0, gradient_bytes = 0, activation_bytes = 0;
+  int optimizer_shards = 1;  // train.zero 1 with several ranks: the moments are split over them
   double total_bytes() const { return weights_bytes + optimizer_bytes + gradient_bytes + activation_bytes; }
 };
 // Computed from the config alone (the model is not built, so any size is instant).

@@ -31,14 +31,18 @@ void adamw_step(const MultiTensorPlan& plan, float lr, float clip, const AdamWHy
   }
 }
 
-void grad_norm(const MultiTensorPlan& plan, double max_norm, const GradNorm& out) {
+double grad_sumsq(const MultiTensorPlan& plan) {
   double sum = 0;
   for (const AdamWSlot& s : plan.slots)
     for (int64_t i = 0; i < s.grad.numel(); ++i) {
       double g = grad_at(s.grad, i);
       sum += g * g;
     }
-  const float norm = float(std::sqrt(sum));
+  return sum;
+}
+
+void norm_and_clip(double sumsq, double max_norm, const GradNorm& out) {
+  const float norm = float(std::sqrt(sumsq));
   *out.norm.data<float>() = norm;
   float clip = 1.f;
   if (max_norm > 0) clip = std::isfinite(norm) ? std::min(1.f, float(max_norm) / (norm + 1e-6f)) : NAN;

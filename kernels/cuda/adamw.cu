@@ -89,9 +89,8 @@ __global__ void sumsq_kernel(const DeviceSlot* slots, const int2* chunks, float*
   if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 
-// Pass 2: one block sums the partials in a fixed order (in double), writes the norm and
-// the clipping coefficient.
-__global__ void norm_finish_kernel(const float* partial, int n, float max_norm, float* norm_out, float* clip_out) {
+// Pass 2: one block sums the partials in a fixed order (in double) and writes the total.
+__global__ void sumsq_finish_kernel(const float* partial, int n, double* total_out) {
   __shared__ double smem[32];
   double acc = 0;
   for (int i = threadIdx.x; i < n; i += blockDim.x) acc += partial[i];
@@ -102,12 +101,17 @@ __global__ void norm_finish_kernel(const float* partial, int n, float max_norm, 
   if (threadIdx.x == 0) {
     double total = 0;
     for (int w = 0; w < int(blockDim.x >> 5); ++w) total += smem[w];
-    float norm = float(sqrt(total));
-    *norm_out = norm;
-    float clip = 1.f;
-    if (max_norm > 0.f) clip = isfinite(norm) ? fminf(1.f, max_norm / (norm + 1e-6f)) : NAN;
-    *clip_out = clip;
+    *total_out = total;
   }
+}
+
+// norm = sqrt(sum of squares) and the clipping coefficient: one thread, two scalars.
+__global__ void norm_clip_kernel(const double* sumsq, float max_norm, float* norm_out, float* clip_out) {
+  float norm = float(sqrt(*sumsq));
+  *norm_out = norm;
+  float clip = 1.f;
+  if (max_norm > 0.f) clip = isfinite(norm) ? fminf(1.f, max_norm / (norm + 1e-6f)) : NAN;
+  *clip_out = clip;
 }
 
 // grad *= s: read and write the gradients once.
@@ -172,15 +176,20 @@ void adamw_step(const MultiTensorPlan& plan, const Tensor& lr, const Tensor& cli
   COIL_CUDA_CHECK_LAUNCH("adamw", "{} parameters, {} elements, step {}", plan.slots.size(), plan.numel, step);
 }
 
-void grad_norm(const MultiTensorPlan& plan, double max_norm, const GradNorm& out) {
+void grad_sumsq(const MultiTensorPlan& plan, const Tensor& out) {
   Tensor partial = Tensor::empty({plan.num_chunks}, DType::f32, plan.device);
   cudaStream_t stream = coil::cuda::compute_stream();
   sumsq_kernel<<<unsigned(plan.num_chunks), kThreads, 0, stream>>>(table_of(plan), chunks_of(plan),
                                                                     partial.data<float>());
-  COIL_CUDA_CHECK_LAUNCH("grad_norm_partial", "{} parameters, {} elements", plan.slots.size(), plan.numel);
-  norm_finish_kernel<<<1, 1024, 0, stream>>>(partial.data<float>(), int(plan.num_chunks), float(max_norm),
-                                              out.norm.data<float>(), out.clip.data<float>());
-  COIL_CUDA_CHECK_LAUNCH("grad_norm_finish", "{} chunks", plan.num_chunks);
+  COIL_CUDA_CHECK_LAUNCH("grad_sumsq_partial", "{} parameters, {} elements", plan.slots.size(), plan.numel);
+  sumsq_finish_kernel<<<1, 1024, 0, stream>>>(partial.data<float>(), int(plan.num_chunks), out.data<double>());
+  COIL_CUDA_CHECK_LAUNCH("grad_sumsq_finish", "{} chunks", plan.num_chunks);
+}
+
+void norm_and_clip(const Tensor& sumsq, double max_norm, const GradNorm& out) {
+  norm_clip_kernel<<<1, 1, 0, coil::cuda::compute_stream()>>>(sumsq.data<double>(), float(max_norm),
+                                                               out.norm.data<float>(), out.clip.data<float>());
+  COIL_CUDA_CHECK_LAUNCH("norm_and_clip", "max_norm {}", max_norm);
 }
 
 void scale_grads(const MultiTensorPlan& plan, const Tensor& s) {
