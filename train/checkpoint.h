@@ -65,13 +65,6 @@ bool load_latest(const std::string& run_dir, Checkpoint& out, std::string* path 
 // Deletes all but the newest `keep_last` checkpoints (and stale temporary files).
 void prune_checkpoints(const std::string& run_dir, int64_t keep_last);
 
-// safetensors: u64 little-endian header length, a JSON header {name: {dtype, shape,
-// data_offsets}, "__metadata__": {...}}, then the raw little-endian data. dtype "F32" or "BF16".
-void write_safetensors(const std::string& path, const NamedTensors& tensors, const std::string& dtype = "F32",
-                       const std::vector<std::pair<std::string, std::string>>& metadata = {});
-// Reads one back (F32, BF16, F64, I64), as CPU tensors in file order; for tests and tools.
-NamedTensors read_safetensors(const std::string& path);
-
 // 64-bit FNV-1a, fed in pieces.
 struct Fnv1a {
   uint64_t h = 0xcbf29ce484222325ull;
