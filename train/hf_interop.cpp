@@ -67,12 +67,15 @@ WeightFiles open_shards(const fs::path& dir, const fs::path& index_path) {
     if (shard.find('/') != std::string::npos || !fs::is_regular_file(p))
       fail("{}: names shard '{}' (for '{}'), which is not a file in {}", where, shard, *names.begin(), quoted(dir));
     w.files.push_back(std::make_unique<SafetensorsReader>(p.string()));
-    const SafetensorsReader& r = *w.files.back();
     for (auto& n : names)
-      if (!r.find(n)) fail("{}: puts '{}' in '{}', which does not hold it", where, n, shard);
-    for (auto& e : r.entries())
-      if (!names.count(e.name)) fail("{}: '{}' holds '{}', which the index does not list there", where, shard, e.name);
-    w.add_all(r);
+      if (!w.files.back()->find(n)) fail("{}: puts '{}' in '{}', which does not hold it", where, n, shard);
+  }
+  for (auto& r : w.files) {
+    const auto& names = by_shard.at(fs::path(r->path()).filename().string());
+    for (auto& e : r->entries())
+      if (!names.count(e.name))
+        fail("{}: '{}' holds '{}', which the index does not list there", where, r->path(), e.name);
+    w.add_all(*r);
   }
   return w;
 }
@@ -275,6 +278,8 @@ std::string import_model(const std::string& dir, const std::string& out) {
   config.model.preset = m.preset;
   config.model.config = m.config;
   config.run.name = to_file ? out_path.stem().string() : out_path.filename().string();
+  config.data.kind = "tokens";  // no task fits a pretrained model: the user names the token files
+  config.data.path = "data/train.h5";
   const auto& model = config.model.config;
   if (model.has_attention() && model.attention.positions == "learned")
     config.train.seq_len = std::min(config.train.seq_len, model.attention.max_seq_len);
@@ -299,7 +304,8 @@ std::string import_model(const std::string& dir, const std::string& out) {
   parse_config(run_yaml, "the imported run config");
   write_directory(out_path, [](const fs::path&) { return false; }, [&](const fs::path& tmp) {
     write_checkpoint((tmp / "model.h5").string(), ckpt);
-    write_file(tmp / "config.yaml", "# coil import " + dir + "\n" + run_yaml);
+    write_file(tmp / "config.yaml", "# coil import " + dir + "\n# Set data.path (and train, optim) to fine-tune: coil train " +
+                                        (out_path / "config.yaml").string() + " --set data.path=...\n" + run_yaml);
   });
   return fmt::format("imported {} -> {} (the weights) and {} (a run config that starts from them)", what, weights,
                      (out_path / "config.yaml").string());
