@@ -395,6 +395,23 @@ TEST_CASE("interop: bad model directories give errors naming the tensor or field
   }
 }
 
+TEST_CASE("interop: Hugging Face files as published: names without the base prefix, mask buffers", "[interop]") {
+  // openai-community/gpt2's model.safetensors: "h.0.attn.c_attn.weight", the causal-mask buffers
+  // "h.{i}.attn.bias", no lm_head (tied).
+  fs::path dir = test::fresh_dir("coil_test_interop", "published");
+  Config config = small("gpt2-tiny");
+  layers::LanguageModel model(config.model.config, 15);
+  export_model(write_model(dir, config, model), "hf", (dir / "hf").string(), "f32");
+  rewrite_weights(dir / "hf", [](NamedTensors& ts) {
+    for (auto& [n, t] : ts) n = n.substr(std::string("transformer.").size());
+    ts.emplace_back("h.0.attn.bias", Tensor::ones({1, 1, 16, 16}));
+    ts.emplace_back("h.1.attn.masked_bias", Tensor::full({}, -1e4));
+  });
+  import_model((dir / "hf").string(), (dir / "back.h5").string());
+  for (auto& [name, t] : read_checkpoint((dir / "back.h5").string()).params)
+    REQUIRE(test::bitwise_equal(t, model.parameter(name)->value()));
+}
+
 TEST_CASE("interop: export refuses what a format cannot hold and keeps other directories", "[interop]") {
   fs::path dir = test::fresh_dir("coil_test_interop", "export_bad");
   Config config = small("gpt2-tiny");
@@ -431,6 +448,15 @@ TEST_CASE("safetensors: JSON strings keep non-ASCII text; bad headers are named"
   SafetensorsReader h((dir / "h.safetensors").string());
   REQUIRE(h.metadata().at(0).second == "\xc3\xa9\xf0\x9f\x98\x80");
   REQUIRE(h.read(h.entries()[0]).to_vector<float>() == std::vector<float>{1.0f, -2.0f});
+  // Other dtypes are listed (a BOOL mask buffer, say) but not read.
+  std::string mask = R"({"m":{"dtype":"BOOL","shape":[2,2],"data_offsets":[0,4]}})";
+  while ((8 + mask.size()) % 8) mask += ' ';
+  std::string maskfile(8, '\0');
+  maskfile[0] = char(mask.size());
+  test::write_text(dir / "mask.safetensors", maskfile + mask + std::string(4, '\1'));
+  SafetensorsReader m((dir / "mask.safetensors").string());
+  REQUIRE(m.entries().at(0).dtype == "BOOL");
+  REQUIRE_THROWS_WITH(m.read(m.entries()[0]), Contains("tensor 'm' is BOOL, which coil does not read"));
   // Entries whose bytes do not match their shape are refused.
   std::string bad = R"({"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})";
   std::string badfile(8, '\0');

@@ -13,12 +13,24 @@ namespace {
 
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // the safetensors library's own limit
 
-// Bytes per element of the dtypes coil reads (0: not one of them).
+// Bytes per element of the format's dtypes (0: not a safetensors dtype).
 uint64_t element_bytes(const std::string& dtype) {
-  if (dtype == "F64" || dtype == "I64") return 8;
-  if (dtype == "F32" || dtype == "I32") return 4;
-  if (dtype == "BF16" || dtype == "F16") return 2;
+  for (const char* d : {"F64", "I64", "U64"})
+    if (dtype == d) return 8;
+  for (const char* d : {"F32", "I32", "U32"})
+    if (dtype == d) return 4;
+  for (const char* d : {"BF16", "F16", "I16", "U16"})
+    if (dtype == d) return 2;
+  for (const char* d : {"BOOL", "U8", "I8", "F8_E4M3", "F8_E5M2"})
+    if (dtype == d) return 1;
   return 0;
+}
+
+// The dtypes read() converts to coil tensors.
+bool readable(const std::string& dtype) {
+  for (const char* d : {"F32", "BF16", "F16", "F64", "I64", "I32"})
+    if (dtype == d) return true;
+  return false;
 }
 
 DType coil_dtype(const std::string& dtype) {
@@ -71,7 +83,7 @@ SafetensorsEntry parse_entry(const std::string& name, const nlohmann::json& e, c
   if (!e["dtype"].is_string()) fail("{}: dtype must be a string, got {}", where, e["dtype"].dump());
   out.dtype = e["dtype"].get<std::string>();
   uint64_t size = element_bytes(out.dtype);
-  if (size == 0) fail("{}: dtype {} is not one coil reads (F32, BF16, F16, F64, I64, I32)", where, out.dtype);
+  if (size == 0) fail("{}: dtype {} is not a safetensors dtype", where, out.dtype);
   if (!e["shape"].is_array()) fail("{}: shape must be a list, got {}", where, e["shape"].dump());
   uint64_t elements = 1;
   for (auto& d : e["shape"]) {
@@ -148,6 +160,9 @@ const SafetensorsEntry* SafetensorsReader::find(const std::string& name) const {
 }
 
 Tensor SafetensorsReader::read(const SafetensorsEntry& entry) const {
+  if (!readable(entry.dtype))
+    fail("safetensors: '{}': tensor '{}' is {}, which coil does not read (F32, BF16, F16, F64, I64, I32)", path_,
+         entry.name, entry.dtype);
   std::ifstream in(path_, std::ios::binary);
   in.seekg(std::streamoff(data_start_ + entry.begin));
   Tensor t = Tensor::empty(entry.shape, coil_dtype(entry.dtype));

@@ -21,14 +21,15 @@ namespace coil::train {
 
 struct SafetensorsEntry {
   std::string name;
-  std::string dtype;  // F32, BF16, F16, F64, I64 or I32
+  std::string dtype;  // as stored: F32, BF16, F16, F64, I64, I32, BOOL, U8, ...
   Shape shape;
   uint64_t begin = 0, end = 0;  // byte range in the data section
 };
 
 // An open file: the header is parsed and checked at construction (valid JSON, every entry with
-// a known dtype, a shape and offsets whose byte count matches them and that end inside the
-// file); errors name the file and the entry. Tensors are read on demand.
+// a safetensors dtype, a shape and offsets whose byte count matches them, that end inside the
+// file and overlap no other entry); errors name the file and the entry. Tensors are read on
+// demand; entries of dtypes coil does not read (BOOL buffers, say) are listed all the same.
 class SafetensorsReader {
  public:
   explicit SafetensorsReader(const std::string& path);
@@ -38,6 +39,7 @@ class SafetensorsReader {
   const std::vector<std::pair<std::string, std::string>>& metadata() const { return metadata_; }
   const SafetensorsEntry* find(const std::string& name) const;  // nullptr when absent
   // A CPU tensor of the entry's dtype; F16, which coil has no dtype for, is widened to f32.
+  // Other dtypes than F32, BF16, F16, F64, I64 and I32 are an error naming the tensor.
   Tensor read(const SafetensorsEntry& entry) const;
 
  private:
