@@ -7,6 +7,8 @@
 #include <nlohmann/json.hpp>
 
 #include "autograd/engine.h"
+#include "data/hdf5_util.h"
+#include "data/token_file.h"
 #include "layers/model.h"
 #include "tests/catch.h"
 #include "tests/files.h"
@@ -410,6 +412,51 @@ TEST_CASE("interop: Hugging Face files as published: names without the base pref
   import_model((dir / "hf").string(), (dir / "back.h5").string());
   for (auto& [name, t] : read_checkpoint((dir / "back.h5").string()).params)
     REQUIRE(test::bitwise_equal(t, model.parameter(name)->value()));
+}
+
+TEST_CASE("interop: the tokenizer of the run's token files goes with hf and mamba_ssm exports", "[interop]") {
+  fs::path dir = test::fresh_dir("coil_test_interop", "tokenizer");
+  auto tokens = [&](const std::string& name, const std::string& tokenizer, int64_t vocab, int64_t eot) {
+    std::string path = (dir / (name + ".h5")).string();
+    data::TokenWriter w(path, vocab, tokenizer, eot);
+    w.append(std::vector<uint32_t>{3, 4, 5, 6});
+    w.close();
+    return path;
+  };
+  std::string sp = tokens("sp", "sentencepiece-bpe-37-0123456789abcdef", 37, 1);
+  {
+    h5::Handle f = h5::open_file(sp, true);
+    std::string model = "serialized \x01 model";
+    h5::write_dataset(f, "tokenizer_model", H5T_NATIVE_UINT8, {model.size()}, model.data(), sp);
+  }
+  Config config = small("mamba-tiny", {"data.kind=tokens", "data.path=" + sp});
+  layers::LanguageModel model(config.model.config, 16);
+  std::string ckpt = write_model(dir, config, model);
+  export_model(ckpt, "hf", (dir / "hf").string(), "f32");
+  REQUIRE(test::read_text(dir / "hf" / "tokenizer.model") == "serialized \x01 model");
+  nlohmann::json j = read_json(dir / "hf" / "config.json");
+  REQUIRE(j["eos_token_id"] == 1);
+  REQUIRE_THAT(j["coil_tokenizer"].get<std::string>(), Contains("SentencePiece model tokenizer.model"));
+  REQUIRE(read_json(dir / "hf" / "generation_config.json")["eos_token_id"] == 1);
+  export_model(ckpt, "mamba_ssm", (dir / "ssm").string(), "f32");
+  REQUIRE(fs::exists(dir / "ssm" / "tokenizer.model"));
+  REQUIRE(!read_json(dir / "ssm" / "config.json").contains("coil_tokenizer"));  // MambaConfig(**config) takes no other keys
+
+  Config bytes = small("mamba-tiny", {"data.kind=tokens", "model.vocab_size=257",
+                                      "data.path=" + tokens("bytes", "byte", 257, 256)});
+  layers::LanguageModel byte_model(bytes.model.config, 17);
+  export_model(write_model(dir, bytes, byte_model), "hf", (dir / "hf_bytes").string(), "f32");
+  REQUIRE_THAT(read_json(dir / "hf_bytes" / "config.json")["coil_tokenizer"].get<std::string>(),
+               Contains("ids 0-255 are the bytes of UTF-8 text, 256 is end-of-text"));
+  REQUIRE(!fs::exists(dir / "hf_bytes" / "tokenizer.model"));
+
+  // Token files that moved: the export goes on without a tokenizer and says so.
+  Config moved = small("mamba-tiny", {"data.kind=tokens", "data.path=" + (dir / "gone.h5").string()});
+  std::vector<std::string> said;
+  export_model(write_model(dir, moved, model), "hf", (dir / "hf_moved").string(), "f32",
+               [&](const std::string& s) { said.push_back(s); });
+  REQUIRE_THAT(said.at(0), Contains("no tokenizer goes with the export"));
+  REQUIRE(!read_json(dir / "hf_moved" / "config.json").contains("coil_tokenizer"));
 }
 
 TEST_CASE("interop: export refuses what a format cannot hold and keeps other directories", "[interop]") {

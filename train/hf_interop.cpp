@@ -108,8 +108,8 @@ Checkpoint read_coil_checkpoint(const std::string& source, const std::function<v
   return c;
 }
 
-layers::ModelConfig checkpoint_model(const Checkpoint& c, const std::string& path) {
-  return parse_config(c.state.config_yaml, path + " (its config)").model.config;
+Config checkpoint_config(const Checkpoint& c, const std::string& path) {
+  return parse_config(c.state.config_yaml, path + " (its config)");
 }
 
 // The tokenizer of the run's token files, for an export.
@@ -249,7 +249,6 @@ ExternalModel read_external_model(const std::string& dir) {
   if (!fs::exists(config_path)) fail("'{}' has no config.json: it is not a Hugging Face or mamba_ssm model directory", dir);
   nlohmann::json json = read_json(config_path);
   ExternalModel m;
-  m.dir = dir;
   m.family = detect_family(json, quoted(config_path));
   m.config = model_config_from_json(m.family, json, quoted(config_path));
   m.preset = matching_preset(m.config);
@@ -340,7 +339,7 @@ void export_model(const std::string& source, const std::string& format, const st
     if (print) print(fmt::format("exported {} tensors of {} (step {}) to {}", tensors.size(), path, c.state.step, out));
     return;
   }
-  Config config = parse_config(c.state.config_yaml, path + " (its config)");
+  Config config = checkpoint_config(c, path);
   const layers::ModelConfig& model = config.model.config;
   Family family = format == "hf" ? hf_family_for(model) : Family::mamba_ssm;
   TokenizerInfo tok = tokenizer_of(config, print);
@@ -378,7 +377,7 @@ NamedTensors initial_weights(const std::string& path, const layers::ModelConfig&
   } else if (fs::is_regular_file(path) || (fs::is_directory(path) && fs::exists(fs::path(path) / "config.yaml"))) {
     std::string used;
     Checkpoint c = read_coil_checkpoint(path, warn, &used);
-    source = checkpoint_model(c, used);
+    source = checkpoint_config(c, used).model.config;
     params = std::move(c.params);
   } else {
     fail("model.init_from: '{}' is neither a checkpoint file, a run directory nor a model directory with "

@@ -17,7 +17,6 @@ namespace coil::train {
 
 // A model directory of another framework, read into coil's terms.
 struct ExternalModel {
-  std::string dir;
   Family family = Family::hf_mamba;
   layers::ModelConfig config;  // from config.json
   std::string preset;          // coil's preset of the same architecture, "" when none

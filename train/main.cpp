@@ -35,7 +35,7 @@ commands:
   eval CONFIG|RUN_DIR [--checkpoint F]  held-out loss, perplexity (and accuracy) of a checkpoint
   prepare --out FILE.h5 TEXT ...        text files to a token file (byte-level or SentencePiece)
   info CONFIG [--set key=value ...]     parameters, FLOPs per token, memory estimate
-  import MODEL_DIR --out DIR|FILE.h5     a Hugging Face or mamba_ssm model to a coil checkpoint
+  import MODEL_DIR --out DIR|FILE.h5    a Hugging Face or mamba_ssm model to a coil checkpoint
   export CHECKPOINT|RUN_DIR [--format safetensors|hf|mamba_ssm] [--out PATH] [--dtype f32|bf16]
   launch --nproc N -- COMMAND ...       run N local ranks (data parallel)
   sweep SWEEP.yaml [--print]            run a grid of runs (skips finished, resumes interrupted)
@@ -132,7 +132,7 @@ model.safetensors), and writes it for coil:
   --out DIR       a new directory with that checkpoint (DIR/model.h5) and DIR/config.yaml, a run
                   config whose model section is the source's and that starts from the weights
                   (model.init_from); fine-tune with
-                  coil train DIR/config.yaml --set data.kind=tokens --set data.path=...
+                  coil train DIR/config.yaml --set data.path=TOKENS.h5
 The model config comes from config.json (and is named after coil's preset of the same
 architecture, if one is); settings coil cannot reproduce and tensors that are missing, extra or
 of another shape than config.json implies are errors naming them, and nothing is written.
