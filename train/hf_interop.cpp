@@ -260,7 +260,8 @@ ExternalModel read_external_model(const std::string& dir) {
   stored.shape = [&](const std::string& name) { return w.tensors.at(name).second->shape; };
   stored.read = [&](const std::string& name) {
     auto [reader, entry] = w.tensors.at(name);
-    return reader->read(*entry).to(DType::f32);
+    Tensor t = reader->read(*entry);
+    return t.dtype() == DType::f32 ? t : t.to(DType::f32);
   };
   m.params = import_tensors(m.family, m.config, stored);
   return m;
