@@ -268,11 +268,11 @@ ExternalModel read_external_model(const std::string& dir) {
 }
 
 std::string import_model(const std::string& dir, const std::string& out) {
-  ExternalModel m = read_external_model(dir);
   const fs::path out_path = without_trailing_slash(out);
   const bool to_file = out_path.extension() == ".h5";
   if (!to_file && fs::exists(out_path) && !(fs::is_directory(out_path) && fs::is_empty(out_path)))
     fail("import: '{}' exists; give a new directory (or a .h5 file) to --out", out);
+  ExternalModel m = read_external_model(dir);
 
   Config config;
   config.model.preset = m.preset;
