@@ -29,7 +29,8 @@ ExternalModel read_external_model(const std::string& dir);
 // `coil import DIR --out OUT`. OUT ending in .h5 becomes a coil checkpoint: step 0, the
 // parameters, a config whose model section is the source's (no optimizer state). Any other OUT
 // becomes a new directory with that checkpoint as model.h5 and config.yaml, a run config that
-// starts from it (model.init_from: OUT/model.h5; data and training keys at their defaults).
+// starts from it (model.init_from: OUT/model.h5; token data at data/train.h5, a placeholder to
+// set; training keys at their defaults).
 // Everything is read and checked before anything is written; files appear complete or not at
 // all. Returns a one-line summary.
 std::string import_model(const std::string& dir, const std::string& out);
