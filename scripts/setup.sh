@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(g++ cmake ninja-build pkg-config libhdf5-dev libyaml-cpp-dev libfmt-dev catch2 libsentencepiece-dev
+packages=(g++ cmake ninja-build pkg-config libhdf5-dev libyaml-cpp-dev libfmt-dev nlohmann-json3-dev catch2 libsentencepiece-dev
           python3 python3-numpy python3-matplotlib)
 missing=()
 for p in "${packages[@]}"; do

@@ -5,6 +5,7 @@
 #include "tests/catch.h"
 #include "tests/util.h"
 #include "train/checkpoint.h"
+#include "train/safetensors.h"
 
 using namespace coil;
 using namespace coil::train;

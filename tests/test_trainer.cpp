@@ -11,6 +11,8 @@
 #include "tests/catch.h"
 #include "tests/files.h"
 #include "train/checkpoint.h"
+#include "train/hf_interop.h"
+#include "train/safetensors.h"
 #include "train/trainer.h"
 
 using namespace coil;
@@ -445,7 +447,7 @@ TEST_CASE("eval, info and export", "[trainer]") {
 
   // Export: the tied head appears under its reference name as well.
   std::string out = (fs::path(r.run_dir) / "model.safetensors").string();
-  export_safetensors(r.run_dir, out, "f32");
+  export_model(r.run_dir, "safetensors", out, "f32");
   NamedTensors st = read_safetensors(out);
   bool head = false, emb = false;
   for (auto& [n, t] : st) head |= n == "lm_head.weight", emb |= n == "backbone.embedding.weight";

@@ -90,13 +90,6 @@ void prune_checkpoints(const std::string& run_dir, int64_t keep_last, const std:
 // when there is none (or its state cannot be read).
 std::string newest_before_skips(const std::string& run_dir);
 
-// safetensors: u64 little-endian header length, a JSON header {name: {dtype, shape,
-// data_offsets}, "__metadata__": {...}}, then the raw little-endian data. dtype "F32" or "BF16".
-void write_safetensors(const std::string& path, const NamedTensors& tensors, const std::string& dtype = "F32",
-                       const std::vector<std::pair<std::string, std::string>>& metadata = {});
-// Reads one back (F32, BF16, F64, I64), as CPU tensors in file order; for tests and tools.
-NamedTensors read_safetensors(const std::string& path);
-
 // 64-bit FNV-1a, fed in pieces.
 struct Fnv1a {
   uint64_t h = 0xcbf29ce484222325ull;

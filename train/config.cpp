@@ -298,6 +298,7 @@ Fields all_fields(Config& c) {
   // model.preset is handled apart (it replaces the whole model before the other keys apply),
   // but it is listed so that it is written out and known.
   f.string("model.preset", c.model.preset);
+  f.string("model.init_from", c.model.init_from);
   model_fields(f, c.model.config);
   f.choice("data.kind", c.data.kind, {"synthetic", "tokens"});
   f.choice("data.task", c.data.task, {"selective_copying", "induction_heads", "random"});

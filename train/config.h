@@ -27,6 +27,9 @@ struct RunSection {
 struct ModelSection {
   std::string preset = "mamba-tiny";  // empty: start from ModelConfig's defaults
   layers::ModelConfig config = layers::ModelConfig::preset("mamba-tiny");  // preset + overrides
+  // Weights a new run starts from (train/hf_interop.h): a coil checkpoint, a run directory or a
+  // Hugging Face / mamba_ssm model directory, whose model must be this one. Empty: initialize.
+  std::string init_from;
 };
 
 struct DataSection {

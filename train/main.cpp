@@ -1,4 +1,4 @@
-// The `coil` command line: train, resume, eval, prepare, info, export, launch, sweep, report.
+// The `coil` command line: train, resume, eval, prepare, info, import, export, launch, sweep, report.
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
@@ -13,6 +13,7 @@
 #include "data/prepare.h"
 #include "data/sentencepiece_tokenizer.h"
 #include "train/config.h"
+#include "train/hf_interop.h"
 #include "train/launch.h"
 #include "train/report.h"
 #include "train/sweep.h"
@@ -35,7 +36,8 @@ commands:
   eval CONFIG|RUN_DIR [--checkpoint F]  held-out loss, perplexity (and accuracy) of a checkpoint
   prepare --out FILE.h5 TEXT ...        text files to a token file (byte-level or SentencePiece)
   info CONFIG [--set key=value ...]     parameters, FLOPs per token, memory estimate
-  export CHECKPOINT|RUN_DIR --format safetensors [--out F] [--dtype f32|bf16]
+  import MODEL_DIR --out DIR|FILE.h5    a Hugging Face or mamba_ssm model to a coil checkpoint
+  export CHECKPOINT|RUN_DIR [--format safetensors|hf|mamba_ssm] [--out PATH] [--dtype f32|bf16]
   launch --nproc N -- COMMAND ...       run N local ranks (data parallel)
   sweep SWEEP.yaml [--print]            run a grid of runs (skips finished, resumes interrupted)
   report RUNS ... --out DIR             scaling table, power-law fits and plots of runs
@@ -109,12 +111,41 @@ activations of one micro-batch). The model is not built, so any size answers at 
               --set train.zero=1 the AdamW moments one rank holds (1/N of them)
 )";
 
-const char* kExportHelp = R"(usage: coil export CHECKPOINT|RUN_DIR --format safetensors [--out FILE] [--dtype f32|bf16]
+const char* kExportHelp = R"(usage: coil export CHECKPOINT|RUN_DIR [--format F] [--out PATH] [--dtype f32|bf16]
 
-Writes a checkpoint's parameters under the reference names (backbone.embedding.weight,
-backbone.layers.{i}.mixer.in_proj.weight, ..., lm_head.weight for the tied head too) as a
-safetensors file (default: next to the checkpoint, .safetensors), loadable with
-safetensors.torch.load_file and into mamba_ssm's MambaLMHeadModel.
+Writes a checkpoint's model (RUN_DIR: its newest good checkpoint) for other frameworks, in
+f32 (default) or bf16. docs/FORMATS.md has the layouts.
+  --format safetensors   the default: one file of the parameters under coil's names (mamba_ssm's
+                         state-dict names; lm_head.weight too when tied) and the config in its
+                         metadata; safetensors.torch.load_file reads it. Default --out: the
+                         checkpoint with .safetensors (RUN_DIR: RUN_DIR/model.safetensors).
+  --format hf            a directory AutoModelForCausalLM.from_pretrained loads: config.json,
+                         model.safetensors, generation_config.json; MambaForCausalLM (Mamba),
+                         LlamaForCausalLM (Transformer++) or GPT2LMHeadModel (GPT-2). Default
+                         --out: the checkpoint's name + -hf (RUN_DIR: RUN_DIR/hf).
+  --format mamba_ssm     a directory for mamba_ssm's MambaLMHeadModel (Mamba and hybrids):
+                         config.json (its MambaConfig) and model.safetensors (its state dict).
+                         Default --out: the checkpoint's name + -mamba_ssm (RUN_DIR: RUN_DIR/mamba_ssm).
+hf and mamba_ssm carry the tokenizer of the run's token files: tokenizer.model for SentencePiece,
+a description in config.json (coil_tokenizer) otherwise. A directory is written complete or
+not at all; an existing one is replaced only when it is an earlier export.
+)";
+
+const char* kImportHelp = R"(usage: coil import MODEL_DIR --out DIR|FILE.h5
+
+Reads a Hugging Face model directory (config.json and model.safetensors, or the shards that
+model.safetensors.index.json names) of MambaForCausalLM, LlamaForCausalLM or GPT2LMHeadModel,
+or a mamba_ssm MambaLMHeadModel directory (its config.json and the state dict as
+model.safetensors), and writes it for coil:
+  --out FILE.h5   a coil checkpoint (step 0): coil eval CONFIG --checkpoint FILE.h5, coil export
+                  FILE.h5, or model.init_from: FILE.h5 in a run config
+  --out DIR       a new directory with that checkpoint (DIR/model.h5) and DIR/config.yaml, a run
+                  config whose model section is the source's and that starts from the weights
+                  (model.init_from); fine-tune with
+                  coil train DIR/config.yaml --set data.path=TOKENS.h5
+The model config comes from config.json (and is named after coil's preset of the same
+architecture, if one is); settings coil cannot reproduce and tensors that are missing, extra or
+of another shape than config.json implies are errors naming them, and nothing is written.
 )";
 
 const char* kSweepHelp = R"(usage: coil sweep SWEEP.yaml [--print] [--time-limit SECONDS]
@@ -373,13 +404,19 @@ int cmd_export(int argc, char** argv) {
   if (a.help) return help(kExportHelp);
   need(a, 1, kExportHelp);
   std::string format = a.options.count("format") ? a.options["format"] : "safetensors";
-  if (format != "safetensors") fail("export: --format must be safetensors, got '{}'", format);
   std::string src = a.positional[0];
-  std::string out = a.options.count("out") ? a.options["out"]
-                    : fs::is_directory(src) ? (fs::path(src) / "model.safetensors").string()
-                                            : fs::path(src).replace_extension(".safetensors").string();
+  std::string out = a.options.count("out") ? a.options["out"] : default_export_path(src, format);
   auto print = [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
-  export_safetensors(src, out, a.options.count("dtype") ? a.options["dtype"] : "f32", print);
+  export_model(src, format, out, a.options.count("dtype") ? a.options["dtype"] : "f32", print);
+  return 0;
+}
+
+int cmd_import(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {"out"}, {});
+  if (a.help) return help(kImportHelp);
+  need(a, 1, kImportHelp);
+  if (!a.options.count("out")) fail("import: --out DIR|FILE.h5 is required (see coil import --help)");
+  std::printf("%s\n", import_model(a.positional[0], a.options["out"]).c_str());
   return 0;
 }
 
@@ -423,6 +460,7 @@ int main(int argc, char** argv) {
     if (cmd == "prepare") return cmd_prepare(argc, argv);
     if (cmd == "info") return cmd_info(argc, argv);
     if (cmd == "export") return cmd_export(argc, argv);
+    if (cmd == "import") return cmd_import(argc, argv);
     if (cmd == "launch") return cmd_launch(argc, argv);
     if (cmd == "sweep") return cmd_sweep(argc, argv);
     if (cmd == "report") return cmd_report(argc, argv);

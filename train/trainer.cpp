@@ -27,6 +27,7 @@
 #include "train/communicator.h"
 #include "train/distributed.h"
 #include "train/grad_reducer.h"
+#include "train/hf_interop.h"
 #include "train/metrics_log.h"
 #include "train/optimizer.h"
 #include "train/process.h"
@@ -251,10 +252,14 @@ void check_same_model(const Checkpoint& c, const layers::ModelConfig& m) {
     fail("it holds another model: {} parameters there, {} in this run's config", stored.size(), expected.size());
 }
 
-void load_into(layers::LanguageModel& model, Optimizer& opt, const Checkpoint& c) {
+void load_parameters(layers::LanguageModel& model, const NamedTensors& params) {
   layers::StateDict sd;
-  for (auto& [name, t] : c.params) sd[name] = t;
+  for (auto& [name, t] : params) sd[name] = t;
   model.load_state_dict(sd, true);
+}
+
+void load_into(layers::LanguageModel& model, Optimizer& opt, const Checkpoint& c) {
+  load_parameters(model, c.params);
   opt.load_state(c.optimizer);
 }
 
@@ -326,9 +331,16 @@ TrainResult run_training(Config config, const TrainOptions& options) {
   } else if (options.resume) {
     fail("resume: '{}' is not a run directory (no config.yaml)", run_dir);
   }
+  NamedTensors initial;  // model.init_from, read and checked before the run directory is written
+  if (!resuming && !config.model.init_from.empty())
+    initial = initial_weights(config.model.init_from, config.model.config, warn);
 
   // ---- model, optimizer, data ----
   layers::LanguageModel model(config.model.config, uint64_t(config.train.seed));
+  if (!initial.empty()) {
+    load_parameters(model, initial);
+    say(fmt::format("starting from the weights of {} (model.init_from)", config.model.init_from));
+  }
   model.to(device);
   model.train();
   // Several ranks: the gradients live in the reducer's buckets (the optimizer adopts them) and
@@ -653,12 +665,15 @@ EvalResult evaluate(const Config& config_in, const std::string& checkpoint,
       fail("eval: no checkpoint of {} can be used: each is damaged or holds another model (the warnings say why)",
            config.run_dir());
     path.clear();
-    warn(fmt::format("{} has no checkpoint; evaluating the initial weights", config.run_dir()));
+    if (!config.model.init_from.empty()) {
+      c.params = initial_weights(config.model.init_from, config.model.config, warn);
+      path = config.model.init_from;
+    } else {
+      warn(fmt::format("{} has no checkpoint; evaluating the initial weights", config.run_dir()));
+    }
   }
   if (!path.empty()) {
-    layers::StateDict sd;
-    for (auto& [name, t] : c.params) sd[name] = t;
-    model.load_state_dict(sd, true);
+    load_parameters(model, c.params);
     r.step = c.state.step;
     r.checkpoint = path;
   }
@@ -808,29 +823,6 @@ std::string format_info(const Config& config, const ModelInfo& info) {
                                                : "",
                      gib(info.activation_bytes), config.train.micro_batch, config.train.seq_len);
   return out;
-}
-
-void export_safetensors(const std::string& source, const std::string& out, const std::string& dtype,
-                        const std::function<void(const std::string&)>& print) {
-  Checkpoint c;
-  std::string path = source;
-  if (fs::is_directory(source)) {
-    if (!load_latest(source, c, &path, [&](const std::string& w) {
-          if (print) print("warning: " + w);
-        }))
-      fail("export: '{}' holds no usable checkpoint", source);
-  } else {
-    c = read_checkpoint(source);
-  }
-  NamedTensors tensors = c.params;
-  for (auto& [alias, target] : c.aliases)
-    for (auto& [name, t] : c.params)
-      if (name == target) tensors.emplace_back(alias, t);
-  std::string dt = dtype == "bf16" || dtype == "BF16" ? "BF16" : dtype == "f32" || dtype == "F32" ? "F32" : "";
-  COIL_CHECK(!dt.empty(), "export: --dtype must be f32 or bf16, got '{}'", dtype);
-  write_safetensors(out, tensors, dt,
-                    {{"format", "pt"}, {"coil_step", std::to_string(c.state.step)}, {"coil_config", c.state.config_yaml}});
-  if (print) print(fmt::format("exported {} tensors of {} (step {}) to {}", tensors.size(), path, c.state.step, out));
 }
 
 }  // namespace coil::train

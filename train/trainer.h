@@ -91,9 +91,4 @@ std::string format_info(const Config& config, const ModelInfo& info);
 // them, computed without building it (used by model_info, checked against the model in tests).
 std::vector<std::pair<std::string, coil::Shape>> parameter_shapes(const layers::ModelConfig& config);
 
-// `coil export`: a checkpoint's parameters (aliases of tied weights included, under the
-// reference names) as a safetensors file.
-void export_safetensors(const std::string& checkpoint_or_run_dir, const std::string& out, const std::string& dtype,
-                        const std::function<void(const std::string&)>& print = nullptr);
-
 }  // namespace coil::train
