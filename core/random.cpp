@@ -2,18 +2,13 @@
 
 #include <cmath>
 
+#include "core/philox.h"
+
 namespace coil {
 
 std::array<uint32_t, 4> philox4x32(std::array<uint32_t, 4> c, uint64_t key) {
-  const uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
-  uint32_t k0 = uint32_t(key), k1 = uint32_t(key >> 32);
-  for (int round = 0; round < 10; ++round) {
-    uint64_t p0 = uint64_t(M0) * c[0], p1 = uint64_t(M1) * c[2];
-    c = {uint32_t(p1 >> 32) ^ c[1] ^ k0, uint32_t(p1), uint32_t(p0 >> 32) ^ c[3] ^ k1, uint32_t(p0)};
-    k0 += W0;
-    k1 += W1;
-  }
-  return c;
+  PhiloxWords r = philox4x32_10({{c[0], c[1], c[2], c[3]}}, key);
+  return {r.w[0], r.w[1], r.w[2], r.w[3]};
 }
 
 namespace {
@@ -23,7 +18,7 @@ uint32_t stream_word(uint64_t seed, uint64_t position) {
   auto r = philox4x32({uint32_t(block), uint32_t(block >> 32), 0, 0}, seed);
   return r[position % 4];
 }
-double to_unit(uint32_t w) { return (w >> 8) * (1.0 / 16777216.0); }  // 24 bits: exact in f32
+double to_unit(uint32_t w) { return philox_unit(w); }  // 24 bits: exact in f32
 }  // namespace
 
 uint32_t Generator::next_u32() { return stream_word(seed, offset++); }
