@@ -150,6 +150,9 @@ GenerationResult generate(const LanguageModel& model, const std::vector<std::vec
     }
   }
   result.decode_seconds = seconds_since(decode_start);
+  // A step queued ahead may still run (every row ended early): let it finish before the graph
+  // and the states go.
+  if (device.is_cuda()) cuda::synchronize();
   for (int64_t b = 0; b < batch; ++b)
     if (!done[size_t(b)] && sink.end) sink.end(b);
   return result;

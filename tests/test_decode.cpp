@@ -257,3 +257,13 @@ TEST_CASE("append_kv and attention_decode CUDA match the CPU reference (one spli
       CHECK(gpos.to_vector<int32_t>() == pos);
     }
 }
+
+TEST_CASE("rope at per-row positions: CUDA matches the CPU reference", "[decode][cuda]") {
+  Generator g(9);
+  Tensor qkv = randn({3, 1, 3, 4, 64}, g);
+  RopeOptions o;
+  o.positions = positions_of({0, 17, 2047});
+  Tensor cpu = rope(qkv, o);
+  o.positions = o.positions.to(Device::cuda());
+  CHECK(test::relative_error(rope(qkv.to(Device::cuda()), o), cpu) < 1e-6);
+}
