@@ -34,7 +34,7 @@ commands:
   train CONFIG [--set key=value ...]    train the run a YAML config describes
   resume RUN_DIR [--set key=value ...]  continue a run from its latest good checkpoint
   eval CONFIG|RUN_DIR [--checkpoint F]  held-out loss, perplexity (and accuracy) of a checkpoint
-  generate RUN_DIR|CHECKPOINT [--prompt TEXT | --prompt-file F]  continue prompts with a model
+  generate RUN_DIR|CHECKPOINT           continue prompts with a trained model (--prompt, ...)
   prepare --out FILE.h5 TEXT ...        text files to a token file (byte-level or SentencePiece)
   info CONFIG [--set key=value ...]     parameters, FLOPs per token, memory estimate
   export CHECKPOINT|RUN_DIR --format safetensors [--out F] [--dtype f32|bf16]

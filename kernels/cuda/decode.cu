@@ -117,8 +117,8 @@ __global__ void advance_positions_kernel(int32_t* positions, int n, int32_t coun
 // Block (b, h, split): 4 warps over the keys [split * split_len, ...) of row b that the query
 // at p = positions[b] sees. A key row of hd elements is read by a group of G = hd / 8 lanes
 // (16 bytes each for bf16; G rounded up to a power of two, spare lanes idle), so a warp takes
-// 32 / G keys at once, U groups of them before it updates its online softmax (several 16-byte
-// loads in flight per lane). Scores in the log2 domain (q pre-scaled by scale * log2 e).
+// 32 / G keys at once, U groups of them before it updates its online softmax (the keys and
+// values of all U loaded first: 2 U 16-byte loads in flight per lane). Scores in the log2 domain (q pre-scaled by scale * log2 e).
 // Lane groups, then warps, merge their (max, sum, accumulator) triples. One split writes out
 // directly; several write unnormalized partials that combine_kernel merges. Traffic: each
 // key and value row is read once: 2 (p + 1) hd elements per (b, h); the partials add
@@ -139,16 +139,25 @@ struct Softmax8 {
   }
 };
 
-__device__ __forceinline__ void load8(const __nv_bfloat16* p, float* out) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const __nv_bfloat16* h = reinterpret_cast<const __nv_bfloat16*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) out[i] = __bfloat162float(h[i]);
-}
-__device__ __forceinline__ void load8(const float* p, float* out) {
-  const float4 a = reinterpret_cast<const float4*>(p)[0], c = reinterpret_cast<const float4*>(p)[1];
-  out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = c.x, out[5] = c.y, out[6] = c.z, out[7] = c.w;
-}
+// Eight consecutive elements of a row, as loaded (16 bytes of bf16, 32 of f32) and as floats:
+// the loads of a group of keys are all issued before any of them is used.
+template <class T>
+struct Row8;
+template <>
+struct Row8<__nv_bfloat16> {
+  uint4 raw;
+  __device__ void load(const __nv_bfloat16* p) { raw = *reinterpret_cast<const uint4*>(p); }
+  __device__ float operator[](int i) const { return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(&raw)[i]); }
+};
+template <>
+struct Row8<float> {
+  float4 raw[2];
+  __device__ void load(const float* p) {
+    raw[0] = reinterpret_cast<const float4*>(p)[0];
+    raw[1] = reinterpret_cast<const float4*>(p)[1];
+  }
+  __device__ float operator[](int i) const { return reinterpret_cast<const float*>(raw)[i]; }
+};
 
 template <int HD>
 struct DecodeShape {
@@ -178,9 +187,10 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
 
   float qv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   if (active_lane) {
-    load8(q + b * q_batch_stride + h * HD + chunk * 8, qv);
+    Row8<T> qr;
+    qr.load(q + b * q_batch_stride + h * HD + chunk * 8);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) qv[i] *= scale_log2;
+    for (int i = 0; i < 8; ++i) qv[i] = qr[i] * scale_log2;
   }
   const T* K = k_cache + bh * capacity * HD + chunk * 8;
   const T* V = v_cache + bh * capacity * HD + chunk * 8;
@@ -188,17 +198,23 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
   Softmax8 st;
   // The loop bound is the same for the whole warp (the shuffles need every lane).
   for (int64_t warp_base = begin + warp * S::kKeysPerWarp; warp_base < end; warp_base += kUnroll * S::kKeysPerStep) {
+    Row8<T> kr[kUnroll], vr[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {  // keys and values of kUnroll keys in flight at once
+      const int64_t key = warp_base + group + int64_t(u) * S::kKeysPerStep;
+      if (active_lane && key < end) {
+        kr[u].load(K + key * HD);
+        vr[u].load(V + key * HD);
+      }
+    }
     float s[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t key = warp_base + group + int64_t(u) * S::kKeysPerStep;
       float partial = 0.f;
-      if (active_lane && key < end) {
-        float kv[8];
-        load8(K + key * HD, kv);
+      if (active_lane && key < end)
 #pragma unroll
-        for (int i = 0; i < 8; ++i) partial = fmaf(qv[i], kv[i], partial);
-      }
+        for (int i = 0; i < 8; ++i) partial = fmaf(qv[i], kr[u][i], partial);
 #pragma unroll
       for (int o = S::kGroup / 2; o > 0; o >>= 1) partial += __shfl_xor_sync(0xffffffffu, partial, o);
       s[u] = key < end ? partial : -INFINITY;
@@ -218,12 +234,9 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
       if (key >= end) continue;
       const float p = exp2f(s[u] - nm);
       st.l += p;
-      if (active_lane) {
-        float vv[8];
-        load8(V + key * HD, vv);
+      if (active_lane)
 #pragma unroll
-        for (int i = 0; i < 8; ++i) st.acc[i] = fmaf(p, vv[i], st.acc[i]);
-      }
+        for (int i = 0; i < 8; ++i) st.acc[i] = fmaf(p, vr[u][i], st.acc[i]);
     }
   }
   // Lane groups of a warp hold the same chunk at lanes chunk, chunk + G, ...: merge them.
