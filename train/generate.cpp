@@ -14,7 +14,6 @@
 #include "layers/inference.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
-#include "train/trainer.h"
 
 namespace coil::train {
 namespace {
