@@ -39,6 +39,11 @@ struct DevicePool {
   std::multimap<size_t, void*> free_blocks;   // block size -> block
   std::unordered_map<void*, size_t> block_size;  // every block obtained from cudaMalloc
   MemoryStats stats;
+  // Private pools (see allocator.h): their free blocks, the owner of each block that belongs
+  // to one, the pool serving this device now (0: none) and the next id.
+  std::map<int, std::multimap<size_t, void*>> private_free;
+  std::unordered_map<void*, int> owner;
+  int active = 0, next_pool = 1;
 };
 
 struct CudaAllocator {
@@ -67,17 +72,23 @@ struct CudaAllocator {
     p.free_blocks.clear();
   }
 
+  // Best fit from `blocks` if it wastes at most a quarter of the block; null if none.
+  static void* take(std::multimap<size_t, void*>& blocks, size_t& size) {
+    auto it = blocks.lower_bound(size);
+    if (it == blocks.end() || it->first - size > it->first / 4) return nullptr;
+    void* ptr = it->second;
+    size = it->first;
+    blocks.erase(it);
+    return ptr;
+  }
+
   void* alloc(int device, size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex);
     DevicePool& p = pool(device);
     size_t size = round_up(bytes);
-    void* ptr = nullptr;
-    auto it = p.free_blocks.lower_bound(size);
-    if (it != p.free_blocks.end() && it->first - size <= it->first / 4) {
-      ptr = it->second;
-      size = it->first;
-      p.free_blocks.erase(it);
-    } else {
+    void* ptr = p.active ? take(p.private_free[p.active], size) : nullptr;
+    if (!ptr) ptr = take(p.free_blocks, size);
+    if (!ptr) {
       int previous = cuda::current_device();
       COIL_CUDA_CHECK(cudaSetDevice(device));
       cudaError_t err = cudaMalloc(&ptr, size);
@@ -102,6 +113,7 @@ struct CudaAllocator {
       p.stats.num_cuda_mallocs++;
       p.block_size[ptr] = size;
     }
+    if (p.active) p.owner[ptr] = p.active;
     p.stats.in_use += size;
     p.stats.peak_in_use = std::max(p.stats.peak_in_use, p.stats.in_use);
     p.stats.num_allocs++;
@@ -113,7 +125,35 @@ struct CudaAllocator {
     DevicePool& p = pool(device);
     size_t size = p.block_size.at(ptr);
     p.stats.in_use -= size;
-    p.free_blocks.emplace(size, ptr);
+    if (p.active) p.owner[ptr] = p.active;
+    auto owner = p.owner.find(ptr);
+    if (owner != p.owner.end()) p.private_free[owner->second].emplace(size, ptr);
+    else p.free_blocks.emplace(size, ptr);
+  }
+
+  int create_pool(int device) {
+    std::lock_guard<std::mutex> lock(mutex);
+    DevicePool& p = pool(device);
+    p.private_free[p.next_pool];
+    return p.next_pool++;
+  }
+
+  void set_active(int device, int id) {
+    std::lock_guard<std::mutex> lock(mutex);
+    DevicePool& p = pool(device);
+    COIL_CHECK(id == 0 || p.private_free.count(id), "allocator: no private pool {} on cuda:{}", id, device);
+    p.active = id;
+  }
+
+  void release_pool(int device, int id) {
+    std::lock_guard<std::mutex> lock(mutex);
+    DevicePool& p = pool(device);
+    auto it = p.private_free.find(id);
+    if (it == p.private_free.end()) return;
+    for (auto& [size, ptr] : it->second) p.free_blocks.emplace(size, ptr);
+    p.private_free.erase(it);
+    for (auto o = p.owner.begin(); o != p.owner.end();) o = o->second == id ? p.owner.erase(o) : std::next(o);
+    if (p.active == id) p.active = 0;
   }
 };
 
@@ -142,6 +182,27 @@ void device_free(Device device, void* ptr, size_t bytes) {
 #ifdef COIL_CUDA
   cuda_allocator().free(device.index, ptr);
 #endif
+}
+
+int create_private_pool(Device device) {
+#ifdef COIL_CUDA
+  if (device.is_cuda()) return cuda_allocator().create_pool(device.index);
+#endif
+  fail("private memory pools are for CUDA devices, got {}", device.str());
+}
+
+void set_active_private_pool(Device device, int pool) {
+#ifdef COIL_CUDA
+  if (device.is_cuda()) return cuda_allocator().set_active(device.index, pool);
+#endif
+  fail("private memory pools are for CUDA devices, got {} (pool {})", device.str(), pool);
+}
+
+void release_private_pool(Device device, int pool) {
+#ifdef COIL_CUDA
+  if (device.is_cuda()) return cuda_allocator().release_pool(device.index, pool);
+#endif
+  fail("private memory pools are for CUDA devices, got {} (pool {})", device.str(), pool);
 }
 
 MemoryStats memory_stats(Device device) {

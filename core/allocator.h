@@ -23,6 +23,16 @@ struct MemoryStats {
 void* device_alloc(Device device, size_t bytes);
 void device_free(Device device, void* ptr, size_t bytes);
 
+// Private pools, for CUDA graphs (core/cuda_graph.h). While a pool is active on a device, an
+// allocation there is served from the pool's own free blocks (else from the shared cache or
+// cudaMalloc, and the block joins the pool), and every block freed there joins the pool's free
+// blocks, wherever it came from. So the memory a captured graph touches is never handed to
+// another tensor while the pool lives. Releasing the pool returns its free blocks to the shared
+// cache; its blocks still in use return when they are freed.
+int create_private_pool(Device device);                 // an id > 0
+void set_active_private_pool(Device device, int pool);  // 0: none (the shared cache)
+void release_private_pool(Device device, int pool);
+
 MemoryStats memory_stats(Device device);
 void reset_peak_memory(Device device);
 void empty_cache(Device device);  // returns cached, unused blocks to CUDA

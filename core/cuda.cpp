@@ -1,5 +1,6 @@
 #include "core/cuda.h"
 
+#include <algorithm>
 #include <mutex>
 #include <vector>
 
@@ -39,16 +40,6 @@ int current_device() {
   return d;
 }
 
-int sm_count() {
-  static std::mutex mutex;
-  static std::vector<int> counts;
-  int d = current_device();
-  std::lock_guard<std::mutex> lock(mutex);
-  if (counts.size() <= size_t(d)) counts.resize(size_t(d) + 1, 0);
-  if (!counts[size_t(d)]) COIL_CUDA_CHECK(cudaDeviceGetAttribute(&counts[size_t(d)], cudaDevAttrMultiProcessorCount, d));
-  return counts[size_t(d)];
-}
-
 void set_device(int index) {
   COIL_CHECK(index >= 0 && index < cuda_device_count(), "set_device: cuda:{} does not exist ({} devices)",
              index, cuda_device_count());
@@ -67,6 +58,17 @@ cudaStream_t compute_stream() {
 
 void synchronize() { COIL_CUDA_CHECK(cudaStreamSynchronize(compute_stream())); }
 
+int multiprocessor_count() {
+  static std::mutex mutex;
+  static std::vector<int> counts;
+  int d = current_device();
+  std::lock_guard<std::mutex> lock(mutex);
+  if (counts.size() <= size_t(d)) counts.resize(size_t(d) + 1, 0);
+  if (!counts[size_t(d)])
+    COIL_CUDA_CHECK(cudaDeviceGetAttribute(&counts[size_t(d)], cudaDevAttrMultiProcessorCount, d));
+  return counts[size_t(d)];
+}
+
 void memcpy_host_to_device(void* dst, const void* src, size_t bytes) {
   // Pageable host memory: cudaMemcpyAsync returns once the source has been staged, so the
   // host buffer may be freed right after.
@@ -82,6 +84,28 @@ void memcpy_device_to_device(void* dst, const void* src, size_t bytes) {
   COIL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, compute_stream()));
 }
 
+AsyncHostCopy::AsyncHostCopy(size_t bytes) : bytes_(bytes) {
+  COIL_CUDA_CHECK(cudaMallocHost(&host_, std::max<size_t>(bytes, 1)));
+  cudaEvent_t event = nullptr;
+  COIL_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  event_ = event;
+}
+
+AsyncHostCopy::~AsyncHostCopy() {
+  cudaEventDestroy(static_cast<cudaEvent_t>(event_));
+  cudaFreeHost(host_);
+}
+
+void AsyncHostCopy::start(const void* device_src) {
+  COIL_CUDA_CHECK(cudaMemcpyAsync(host_, device_src, bytes_, cudaMemcpyDeviceToHost, compute_stream()));
+  COIL_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(event_), compute_stream()));
+}
+
+const void* AsyncHostCopy::finish() {
+  COIL_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(event_)));
+  return host_;
+}
+
 }  // namespace cuda
 
 #else  // built without CUDA: every entry point says so
@@ -93,14 +117,18 @@ std::string cuda_unavailable_reason() { return "built without CUDA (COIL_CUDA=OF
 namespace cuda {
 [[noreturn]] static void no_cuda(const char* what) { fail("{}: coil was built without CUDA", what); }
 int current_device() { no_cuda("current_device"); }
-int sm_count() { no_cuda("sm_count"); }
 void set_device(int) { no_cuda("set_device"); }
 cudaStream_t compute_stream() { no_cuda("compute_stream"); }
 void synchronize() { no_cuda("synchronize"); }
+int multiprocessor_count() { no_cuda("multiprocessor_count"); }
 void memcpy_host_to_device(void*, const void*, size_t) { no_cuda("copy to a GPU"); }
 void memcpy_device_to_host(void*, const void*, size_t) { no_cuda("copy from a GPU"); }
 void memcpy_device_to_device(void*, const void*, size_t) { no_cuda("copy between GPUs"); }
 void convert(const Tensor&, const Tensor&) { no_cuda("convert"); }
+AsyncHostCopy::AsyncHostCopy(size_t bytes) : bytes_(bytes) { no_cuda("AsyncHostCopy"); }
+AsyncHostCopy::~AsyncHostCopy() = default;
+void AsyncHostCopy::start(const void*) { no_cuda("AsyncHostCopy"); }
+const void* AsyncHostCopy::finish() { no_cuda("AsyncHostCopy"); }
 void fill(const Tensor&, double) { no_cuda("fill"); }
 }  // namespace cuda
 

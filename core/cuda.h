@@ -22,13 +22,31 @@ namespace cuda {
 // non-blocking with respect to the legacy default stream).
 cudaStream_t compute_stream();
 int current_device();
-int sm_count();  // multiprocessors of the current device (read once per device)
 void set_device(int index);
 void synchronize();  // waits for the compute stream: a documented host sync point
+int multiprocessor_count();  // of the current device (cached)
 
 void memcpy_host_to_device(void* dst, const void* src, size_t bytes);
 void memcpy_device_to_host(void* dst, const void* src, size_t bytes);  // syncs
 void memcpy_device_to_device(void* dst, const void* src, size_t bytes);
+
+// A device-to-host copy into page-locked memory, queued on the compute stream: start()
+// returns at once; finish() waits for that copy alone (an event), not for work queued after
+// it. Generation reads each step's sampled ids this way while the next step runs.
+class AsyncHostCopy {
+ public:
+  explicit AsyncHostCopy(size_t bytes);
+  ~AsyncHostCopy();
+  AsyncHostCopy(const AsyncHostCopy&) = delete;
+  AsyncHostCopy& operator=(const AsyncHostCopy&) = delete;
+  void start(const void* device_src);  // copies `bytes`
+  const void* finish();                // the host copy, once complete
+
+ private:
+  size_t bytes_;
+  void* host_ = nullptr;
+  void* event_ = nullptr;  // cudaEvent_t
+};
 
 }  // namespace cuda
 }  // namespace coil

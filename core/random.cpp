@@ -2,18 +2,13 @@
 
 #include <cmath>
 
+#include "core/philox.h"
+
 namespace coil {
 
 std::array<uint32_t, 4> philox4x32(std::array<uint32_t, 4> c, uint64_t key) {
-  const uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
-  uint32_t k0 = uint32_t(key), k1 = uint32_t(key >> 32);
-  for (int round = 0; round < 10; ++round) {
-    uint64_t p0 = uint64_t(M0) * c[0], p1 = uint64_t(M1) * c[2];
-    c = {uint32_t(p1 >> 32) ^ c[1] ^ k0, uint32_t(p1), uint32_t(p0 >> 32) ^ c[3] ^ k1, uint32_t(p0)};
-    k0 += W0;
-    k1 += W1;
-  }
-  return c;
+  PhiloxWords r = philox4x32_10({{c[0], c[1], c[2], c[3]}}, key);
+  return {r.w[0], r.w[1], r.w[2], r.w[3]};
 }
 
 namespace {
@@ -23,7 +18,18 @@ uint32_t stream_word(uint64_t seed, uint64_t position) {
   auto r = philox4x32({uint32_t(block), uint32_t(block >> 32), 0, 0}, seed);
   return r[position % 4];
 }
-double to_unit(uint32_t w) { return (w >> 8) * (1.0 / 16777216.0); }  // 24 bits: exact in f32
+double to_unit(uint32_t w) { return philox_unit(w); }  // 24 bits: exact in f32
+
+// f(i, word offset + i) for i < n, each Philox block of 4 words computed once.
+template <class F>
+void for_each_word(uint64_t seed, uint64_t offset, int64_t n, F&& f) {
+  PhiloxWords r{};
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t position = offset + uint64_t(i), block = position / 4;
+    if (i == 0 || position % 4 == 0) r = philox4x32_10({{uint32_t(block), uint32_t(block >> 32), 0, 0}}, seed);
+    f(i, r.w[position % 4]);
+  }
+}
 }  // namespace
 
 uint32_t Generator::next_u32() { return stream_word(seed, offset++); }
@@ -34,19 +40,22 @@ uint64_t Generator::next_below(uint64_t bound) {
 }
 
 void Generator::uniform(double* out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = to_unit(stream_word(seed, offset + uint64_t(i)));
+  for_each_word(seed, offset, n, [&](int64_t i, uint32_t w) { out[i] = to_unit(w); });
   offset += (uint64_t(n) + 3) / 4 * 4;
 }
 
 void Generator::normal(double* out, int64_t n) {
   const double two_pi = 6.283185307179586;
-  for (int64_t i = 0; i < n; i += 2) {
-    double u1 = to_unit(stream_word(seed, offset + uint64_t(i)));
-    double u2 = to_unit(stream_word(seed, offset + uint64_t(i) + 1));
-    double r = std::sqrt(-2.0 * std::log(1.0 - u1));
-    out[i] = r * std::cos(two_pi * u2);
-    if (i + 1 < n) out[i + 1] = r * std::sin(two_pi * u2);
-  }
+  double u1 = 0;
+  for_each_word(seed, offset, (n + 1) / 2 * 2, [&](int64_t i, uint32_t w) {
+    if (i % 2 == 0) {
+      u1 = to_unit(w);
+      return;
+    }
+    const double u2 = to_unit(w), r = std::sqrt(-2.0 * std::log(1.0 - u1));
+    out[i - 1] = r * std::cos(two_pi * u2);
+    if (i < n) out[i] = r * std::sin(two_pi * u2);
+  });
   offset += (uint64_t(n) + 1) / 2 * 2;
   offset = (offset + 3) / 4 * 4;
 }

@@ -39,8 +39,13 @@ SentencePieceStats prepare_sentencepiece(const std::vector<std::string>&, const 
                                          const SentencePieceOptions&) {
   unavailable("prepare --tokenizer sentencepiece");
 }
-std::vector<int64_t> sentencepiece_encode(const std::string&, const std::string&) { unavailable("sentencepiece_encode"); }
-std::string sentencepiece_decode(const std::string&, const std::vector<int64_t>&) { unavailable("sentencepiece_decode"); }
+struct SentencePieceModel::Impl {};
+SentencePieceModel::SentencePieceModel(const std::string&) { unavailable("SentencePieceModel"); }
+SentencePieceModel::~SentencePieceModel() = default;
+int64_t SentencePieceModel::vocab_size() const { unavailable("SentencePieceModel"); }
+int64_t SentencePieceModel::eot_token() const { unavailable("SentencePieceModel"); }
+std::vector<int64_t> SentencePieceModel::encode(const std::string&) const { unavailable("SentencePieceModel"); }
+std::string SentencePieceModel::decode(const std::vector<int64_t>&) const { unavailable("SentencePieceModel"); }
 
 #else
 
@@ -303,42 +308,57 @@ SentencePieceStats prepare_sentencepiece(const std::vector<std::string>& inputs,
   return stats;
 }
 
-std::vector<int64_t> sentencepiece_encode(const std::string& serialized_model, const std::string& text) {
+struct SentencePieceModel::Impl {
   sentencepiece::SentencePieceProcessor sp;
-  load_processor(sp, serialized_model, "given");
+};
+
+SentencePieceModel::SentencePieceModel(const std::string& serialized_model) : impl_(std::make_unique<Impl>()) {
+  load_processor(impl_->sp, serialized_model, "given");
+}
+
+SentencePieceModel::~SentencePieceModel() = default;
+
+int64_t SentencePieceModel::vocab_size() const { return impl_->sp.GetPieceSize(); }
+int64_t SentencePieceModel::eot_token() const { return impl_->sp.eos_id(); }
+
+std::vector<int64_t> SentencePieceModel::encode(const std::string& text) const {
   std::vector<uint32_t> ids;
-  encode_document(sp, text, ids);
+  encode_document(impl_->sp, text, ids);
   return std::vector<int64_t>(ids.begin(), ids.end());
 }
 
-std::string sentencepiece_decode(const std::string& serialized_model, const std::vector<int64_t>& ids) {
-  sentencepiece::SentencePieceProcessor sp;
-  load_processor(sp, serialized_model, "given");
+std::string SentencePieceModel::decode(const std::vector<int64_t>& ids) const {
   std::vector<int> v;
-  std::string out;
-  auto flush = [&]() {
-    if (v.empty()) return;
-    std::string s;
-    auto st = sp.Decode(v, &s);
-    if (!st.ok()) fail("sentencepiece: cannot decode: {}", st.ToString());
-    out += s;
-    v.clear();
-  };
   for (int64_t id : ids) {
-    COIL_CHECK(id >= 0 && id < sp.GetPieceSize(), "sentencepiece_decode: id {} is outside the vocabulary of {}", id,
-               sp.GetPieceSize());
-    if (id == sp.eos_id()) {
-      flush();
-      out += "\n<|endoftext|>\n";
-    } else {
-      v.push_back(int(id));
-    }
+    COIL_CHECK(id >= 0 && id < vocab_size(), "sentencepiece: id {} is outside the vocabulary of {}", id, vocab_size());
+    v.push_back(int(id));
   }
-  flush();
+  std::string out;
+  auto st = impl_->sp.Decode(v, &out);
+  if (!st.ok()) fail("sentencepiece: cannot decode: {}", st.ToString());
   return out;
 }
 
 #endif
+
+std::vector<int64_t> sentencepiece_encode(const std::string& serialized_model, const std::string& text) {
+  return SentencePieceModel(serialized_model).encode(text);
+}
+
+std::string sentencepiece_decode(const std::string& serialized_model, const std::vector<int64_t>& ids) {
+  SentencePieceModel model(serialized_model);
+  std::string out;
+  std::vector<int64_t> piece;
+  for (int64_t id : ids) {
+    if (id != model.eot_token()) {
+      piece.push_back(id);
+      continue;
+    }
+    out += model.decode(piece) + "\n<|endoftext|>\n";
+    piece.clear();
+  }
+  return out + model.decode(piece);
+}
 
 std::string read_tokenizer_model(const std::string& token_file) {
   h5::Handle file = h5::open_file(token_file);

@@ -25,6 +25,7 @@
 // vocab_size is the model's number of pieces.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -71,7 +72,25 @@ SentencePieceStats prepare_sentencepiece(const std::vector<std::string>& inputs,
 // The serialized model a token file carries (its /tokenizer_model); an error if it has none.
 std::string read_tokenizer_model(const std::string& token_file);
 
-// Encoding and decoding with a serialized model (for inspection and tests).
+// A serialized model loaded once, for encoding and decoding many times (generation).
+class SentencePieceModel {
+ public:
+  explicit SentencePieceModel(const std::string& serialized_model);  // raises when unusable
+  ~SentencePieceModel();
+  int64_t vocab_size() const;
+  int64_t eot_token() const;  // the end-of-sentence piece, coil's end of text
+  // As prepare encodes a document (line by line, newlines kept).
+  std::vector<int64_t> encode(const std::string& text) const;
+  // The text of ids (each in the vocabulary; none the end-of-text id).
+  std::string decode(const std::vector<int64_t>& ids) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Encoding and decoding with a serialized model (for inspection and tests); decode shows the
+// end-of-text id as "\n<|endoftext|>\n".
 std::vector<int64_t> sentencepiece_encode(const std::string& serialized_model, const std::string& text);
 std::string sentencepiece_decode(const std::string& serialized_model, const std::vector<int64_t>& ids);
 

@@ -116,4 +116,19 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
   return out;
 }
 
+Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
+  const char* op = "narrow";
+  check_defined(op, x, "x");
+  int64_t d = resolve_dim(op, x, dim);
+  const Shape& s = x.shape();
+  COIL_CHECK(start >= 0 && length >= 0 && start + length <= s[size_t(d)],
+             "narrow: [{}, {}) is outside dim {} of {} (size {})", start, start + length, d, describe(x), s[size_t(d)]);
+  Shape piece = s;
+  piece[size_t(d)] = length;
+  Tensor out = Tensor::empty(piece, x.dtype(), x.device());
+  int64_t rows = prod(s, 0, d), inner = prod(s, d + 1, x.dim());
+  copy_block(op, x, s[size_t(d)] * inner, start * inner, out, length * inner, 0, rows, length * inner);
+  return out;
+}
+
 }  // namespace coil::kernels

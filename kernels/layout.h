@@ -1,4 +1,4 @@
-// Layout changes that copy: transpose of two dims, concat and split along a dim. They move
+// Layout changes that copy: transpose of two dims, concat, split and narrow along a dim. They move
 // raw elements, so they take every dtype (f32, f64, bf16, i32, i64) on both devices.
 // (reshape is a free view: Tensor::reshape.)
 #pragma once
@@ -13,6 +13,8 @@ Tensor transpose(const Tensor& x, int64_t dim0, int64_t dim1);
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
 // Pieces of the given sizes along `dim` (they must add up to x.size(dim)); each a new tensor.
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim);
+// Entries [start, start + length) along `dim`, as a new tensor.
+Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length);
 
 namespace cpu {
 // x viewed as [A, D0, B, D1, C] -> out [A, D1, B, D0, C]

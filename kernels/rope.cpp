@@ -13,6 +13,12 @@ Tensor rope(const Tensor& x, const RopeOptions& options, bool inverse) {
   COIL_CHECK(options.base > 0, "{}: base (theta) must be > 0, got {}", op, options.base);
   COIL_CHECK(options.position_offset >= 0, "{}: position_offset must be >= 0, got {}", op,
              options.position_offset);
+  if (options.positions.defined()) {
+    const Tensor& pos = options.positions;
+    COIL_CHECK(pos.dtype() == DType::i32 && pos.dim() == 1 && pos.size(0) == x.size(0),
+               "{}: positions must be i32 [{}] (one per batch row), got {}", op, x.size(0), describe(pos));
+    check_same_device(op, x, pos);
+  }
   if (x.device().is_cpu()) check_dtype(op, x, {DType::f32, DType::f64});
   else check_dtype(op, x, {DType::f32, DType::bf16});
   RopeProblem p;
@@ -23,6 +29,7 @@ Tensor rope(const Tensor& x, const RopeOptions& options, bool inverse) {
   p.heads = x.size(-2);
   p.head_dim = x.size(-1);
   p.position_offset = options.position_offset;
+  if (options.positions.defined()) p.positions = options.positions.data<int32_t>();
   p.base = options.base;
   p.inverse = inverse;
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());

@@ -1,6 +1,6 @@
 // Rotary position embedding (RoPE), GPT-NeoX / Llama half-split convention: within each head
 // of dimension hd the pairs (i, i + hd/2), i < hd/2, are rotated by the angle
-//   a(t, i) = (t + position_offset) * base^(-2i/hd)
+//   a(t, i) = (positions[b] + t + position_offset) * base^(-2i/hd)   (positions: optional, per row)
 //   y[i] = x[i] cos a - x[i + hd/2] sin a;   y[i + hd/2] = x[i + hd/2] cos a + x[i] sin a.
 // The backward is the rotation by -a (rope with inverse = true).
 //
@@ -17,6 +17,10 @@ namespace coil::kernels {
 struct RopeOptions {
   double base = 10000.0;        // theta
   int64_t position_offset = 0;  // position of token 0 (generation with a cache)
+  // Optional (B) i32 on x's device: row b's token 0 is at positions[b] + position_offset
+  // (decoding rows of different lengths: the positions live on the device, so a captured
+  // CUDA graph reads them at each replay).
+  Tensor positions;
 };
 
 // Returns the rotated tensor (a new buffer). inverse: rotate by -angle (the backward).
@@ -29,6 +33,7 @@ Tensor rope_backward(const Tensor& grad, const RopeOptions& options = {});
 struct RopeProblem {
   int64_t batch = 0, seq = 0, groups = 1, rotate_groups = 1, heads = 0, head_dim = 0;
   int64_t position_offset = 0;
+  const int32_t* positions = nullptr;  // per batch row (x's device), or null
   double base = 10000.0;
   bool inverse = false;
 };

@@ -66,16 +66,10 @@ int64_t MambaMixer::matmul_parameters() const {
          dt_proj->weight->numel() + out_proj->weight->numel();
 }
 
-namespace {
-
-// fp32 parameters go to the GPU kernels as they are (A, D, delta_bias, conv weights: the
-// kernels take fp32); on the CPU every tensor of an op shares the compute dtype.
 Variable kernel_param(const Parameter& p, const Variable& like) {
   if (like.device().is_cuda() && p.var.dtype() == DType::f32) return p.var;
   return p.compute(like.dtype());
 }
-
-}  // namespace
 
 // The reference Mamba.forward, channel-last throughout: the conv and the scan read (B, L, di)
 // as the linear layers produce it, so no transpose copies; in_proj writes x and z as two
@@ -83,7 +77,9 @@ Variable kernel_param(const Parameter& p, const Variable& like) {
 //   x, z = in_proj(x) (B, L, di) each; x = silu(conv1d(x));
 //   dt, B, C = split(x_proj(x)); delta = dt @ dt_proj.weight^T (bias: the scan's delta_bias);
 //   y = scan(x, delta, -exp(A_log), B, C, D, z, dt_proj.bias, softplus); out_proj(y).
-Variable MambaMixer::forward(const Variable& x) const {
+Variable MambaMixer::forward(const Variable& x) const { return forward(x, nullptr); }
+
+Variable MambaMixer::forward(const Variable& x, Prefill* prefill) const {
   COIL_CHECK(x.dim() == 3 && x.size(2) == d_model, "MambaMixer: x must be [B, L, {}], got {}", d_model,
              describe(x.value()));
   const int64_t Bn = x.size(0), L = x.size(1);
@@ -105,7 +101,9 @@ Variable MambaMixer::forward(const Variable& x) const {
   in.z = z;
   in.delta_bias = kernel_param(*dt_proj->bias, xs);
   in.delta_softplus = true;
-  return out_proj->forward(autograd::selective_scan(in).out);  // (B, L, di) -> (B, L, d)
+  autograd::ScanOutputs scan = autograd::selective_scan(in);
+  if (prefill) *prefill = {xz[0].value(), scan.final_state.value()};
+  return out_proj->forward(scan.out);  // (B, L, di) -> (B, L, d)
 }
 
 }  // namespace coil::layers

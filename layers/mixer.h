@@ -37,6 +37,12 @@ class MambaMixer : public Mixer {
   MambaMixer(const ModelConfig& cfg, Generator& gen, LinearInit in_init, LinearInit out_init,
              DType param_dtype = DType::f32);
   Variable forward(const Variable& x) const override;
+  // forward(x), also keeping what recurrent inference continues from (layers/inference.h):
+  // the conv's input x (B, L, d_inner) and the scan's final state (B, d_inner, d_state).
+  struct Prefill {
+    Tensor conv_input, final_state;
+  };
+  Variable forward(const Variable& x, Prefill* prefill) const;
   int64_t matmul_parameters() const override;
 
   int64_t d_model, d_inner, d_state, d_conv, dt_rank;
@@ -44,6 +50,11 @@ class MambaMixer : public Mixer {
   std::shared_ptr<Linear> in_proj, x_proj, dt_proj, out_proj;
   std::shared_ptr<CausalConv1d> conv1d;
 };
+
+// A Mamba parameter as its kernels take it: fp32 masters go to the GPU kernels as they are (A,
+// D, delta_bias, conv weights: the kernels take fp32); on the CPU every tensor of an op shares
+// the compute dtype (`like`'s).
+Variable kernel_param(const Parameter& p, const Variable& like);
 
 // Multi-head causal self-attention, names as mamba_ssm's MHA: in_proj [3*d, d] (rows q, k,
 // v; + bias when config.bias), out_proj [d, d] (+ bias). Positions: "rope" rotates q and k
@@ -54,6 +65,9 @@ class Attention : public Mixer {
   Attention(const ModelConfig& cfg, Generator& gen, LinearInit in_init, LinearInit out_init,
             DType param_dtype = DType::f32);
   Variable forward(const Variable& x) const override;
+  // forward(x), also giving the packed qkv after RoPE (B, T, 3, H, hd): the keys and values a
+  // KV cache keeps (layers/inference.h).
+  Variable forward(const Variable& x, Tensor* rotated_qkv) const;
   int64_t matmul_parameters() const override;
 
   int64_t d_model, n_head, head_dim, window;

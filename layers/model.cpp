@@ -46,9 +46,14 @@ Block::Block(const ModelConfig& cfg, const std::string& kind, Generator& gen, DT
 }
 
 std::pair<Variable, Variable> Block::forward(const Variable& hidden, const Variable& residual) const {
+  return forward(hidden, residual, [&](const Variable& x) { return mixer->forward(x); });
+}
+
+std::pair<Variable, Variable> Block::forward(const Variable& hidden, const Variable& residual,
+                                             const std::function<Variable(const Variable&)>& mix) const {
   auto keep = [&](const Variable& r) { return residual_in_fp32 ? r : to_compute(r); };
   auto a = norm->forward_residual(hidden, residual);
-  Variable h = mixer->forward(to_compute(a.normed));
+  Variable h = mix(to_compute(a.normed));
   Variable r = keep(a.residual);
   if (mlp) {
     auto b = norm2->forward_residual(h, r);

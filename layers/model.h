@@ -15,6 +15,7 @@
 // and the model ends with residual = hidden + residual; out = norm_f(residual). The residual
 // stream is fp32 (residual_in_fp32) while mixers compute in the compute dtype.
 #pragma once
+#include <functional>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -53,6 +54,10 @@ class Block : public Module {
   Block(const ModelConfig& cfg, const std::string& mixer_kind, Generator& gen, DType param_dtype);
   // (hidden, residual) -> (hidden', residual'); residual undefined for the first block.
   std::pair<Variable, Variable> forward(const Variable& hidden, const Variable& residual) const;
+  // The same with the mixer's part done by `mix` (recurrent inference runs the block's norms
+  // and MLP around its own step of the mixer: layers/inference.h).
+  std::pair<Variable, Variable> forward(const Variable& hidden, const Variable& residual,
+                                        const std::function<Variable(const Variable&)>& mix) const;
   int64_t matmul_parameters() const;
 
   std::string mixer_kind;

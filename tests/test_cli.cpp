@@ -212,6 +212,79 @@ TEST_CASE("coil prepare trains a SentencePiece model, saves it beside the output
   CHECK(trained.output.find("trained on the inputs") != std::string::npos);
 }
 
+TEST_CASE("coil generate continues prompts with the run's tokenizer, or as ids; bad input is named", "[cli]") {
+  const std::string coil = shell_quote(coil_program());
+  const fs::path dir = test::fresh_dir("coil_test_cli", "generate");
+  std::string text;
+  for (int i = 0; i < 60; ++i) text += "the quick brown fox jumps over the lazy dog. ";
+  test::write_text(dir / "text.txt", text);
+  const std::string data = (dir / "text.h5").string();
+  REQUIRE(run(coil + " prepare --out " + shell_quote(data) + " " + shell_quote((dir / "text.txt").string())).status == 0);
+  // A byte-level run and a synthetic one, a few steps each (what they generate is not checked).
+  auto train = [&](const std::string& name, const std::string& model, const std::string& data_section) {
+    const fs::path config = dir / (name + ".yaml"), run_dir = dir / name;
+    test::write_text(config, "run: {name: " + name + ", dir: " + run_dir.string() + "}\nmodel: " + model +
+                                 "\ndata: " + data_section + R"(
+train: {seq_len: 32, micro_batch: 2, steps: 2, device: cpu, seed: 0}
+optim: {lr: 1.0e-3, warmup: 1}
+eval: {every: 0, batches: 1}
+checkpoint: {every: 0, keep_last: 1}
+log: {every: 1}
+)");
+    Ran r = run(coil + " train " + shell_quote(config.string()));
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+    return shell_quote(run_dir.string());
+  };
+  const std::string text_run = train("bytes", "{preset: transformer++-tiny, n_layer: 1, d_model: 64, vocab_size: 257}",
+                                     "{kind: tokens, path: " + data + ", val_fraction: 0.1}");
+  const std::string synthetic_run =
+      train("synthetic", "{preset: mamba-tiny, n_layer: 1, d_model: 32, vocab_size: 10}",
+            "{kind: synthetic, task: selective_copying, task_vocab: 8, copy_tokens: 4}");
+  const std::string generate = coil + " generate " + text_run + " --max-new-tokens 5";
+
+  Ran one = run(generate + " --prompt 'the quick'");
+  INFO(one.output);
+  CHECK(one.status == 0);
+  CHECK(one.output.rfind("the quick", 0) == 0);  // the prompt, then its continuation
+  CHECK(one.output.find("generate: 1 prompt(s), ") != std::string::npos);
+  test::write_text(dir / "prompts.txt", "the lazy\nbrown fox\n");
+  Ran file = run(generate + " --prompt-file " + shell_quote((dir / "prompts.txt").string()) + " --temperature 0.7");
+  INFO(file.output);
+  CHECK(file.status == 0);
+  CHECK(file.output.rfind("the lazy", 0) == 0);
+  CHECK(file.output.find("\n\nbrown fox") != std::string::npos);
+  CHECK(file.output.find("generate: 2 prompt(s), ") != std::string::npos);
+  Ran piped = run("printf 'over the\\n' | " + generate + " --no-echo --top-k 5 --seed 3");
+  INFO(piped.output);
+  CHECK(piped.status == 0);
+  CHECK(piped.output.find("over the") == std::string::npos);
+  Ran ids = run(generate + " --ids --prompt '116 104 101' --max-new-tokens 2");
+  INFO(ids.output);
+  CHECK(ids.status == 0);
+  CHECK(ids.output.rfind("116 104 101", 0) == 0);
+
+  auto fails_with = [&](const std::string& command, const std::string& message) {
+    Ran r = run(command);
+    INFO(command << "\n" << r.output);
+    CHECK(r.status == 1);
+    CHECK(r.output.find(message) != std::string::npos);
+  };
+  fails_with(generate + " --prompt x --top-p 1.5", "top_p must be in (0, 1]");
+  fails_with(generate + " --prompt ''", "the prompt (--prompt) is empty");
+  test::write_text(dir / "gap.txt", "one\n\nthree\n");
+  fails_with(generate + " --prompt-file " + shell_quote((dir / "gap.txt").string()), "(line 2 of ");
+  fails_with(generate + " --ids --prompt '1 x'", "'x' in the prompt (--prompt) is not a token id");
+  fails_with(generate + " --ids --prompt '300'", "token id 300 at position 0, outside the model's vocabulary");
+  fails_with(coil + " generate " + synthetic_run + " --prompt hello", "has no text tokenizer: give the prompts as token ids with --ids");
+  Ran synthetic_ids = run(coil + " generate " + synthetic_run + " --ids --prompt '0 3 0 9' --max-new-tokens 2");
+  INFO(synthetic_ids.output);
+  CHECK(synthetic_ids.status == 0);
+  fs::rename(data, dir / "moved.h5");
+  fails_with(generate + " --prompt x", "(data.path) are not there: pass --tokenizer FILE");
+  CHECK(run(generate + " --prompt x --tokenizer " + shell_quote((dir / "moved.h5").string())).status == 0);
+}
+
 namespace {
 
 // A sweep of two runs too long to finish during the test (a million tiny steps each).

@@ -1,4 +1,5 @@
-// The `coil` command line: train, resume, eval, prepare, info, import, export, launch, sweep, report.
+// The `coil` command line: train, resume, eval, generate, prepare, info, import, export, launch,
+// sweep, report.
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
@@ -13,6 +14,7 @@
 #include "data/prepare.h"
 #include "data/sentencepiece_tokenizer.h"
 #include "train/config.h"
+#include "train/generate.h"
 #include "train/hf_interop.h"
 #include "train/launch.h"
 #include "train/report.h"
@@ -34,6 +36,7 @@ commands:
   train CONFIG [--set key=value ...]    train the run a YAML config describes
   resume RUN_DIR [--set key=value ...]  continue a run from its latest good checkpoint
   eval CONFIG|RUN_DIR [--checkpoint F]  held-out loss, perplexity (and accuracy) of a checkpoint
+  generate RUN_DIR|CHECKPOINT           continue prompts with a trained model (--prompt, ...)
   prepare --out FILE.h5 TEXT ...        text files to a token file (byte-level or SentencePiece)
   info CONFIG [--set key=value ...]     parameters, FLOPs per token, memory estimate
   import MODEL_DIR --out DIR|FILE.h5    a Hugging Face or mamba_ssm model to a coil checkpoint
@@ -80,6 +83,31 @@ and induction tasks, accuracy on the answer positions.
                     held-out split of the token files (the same as --set eval.batches=all)
   --set train.dtype=bf16   evaluate in bf16 on a GPU (any run; the weights are fp32)
 A run whose checkpoints are all damaged is an error (exit 1).
+)";
+
+const char* kGenerateHelp = R"(usage: coil generate RUN_DIR|CHECKPOINT [--prompt TEXT | --prompt-file FILE] [options]
+
+Continues prompts with the model of a checkpoint (a run directory's newest good one, or a
+checkpoint file), decoding with the tokenizer the run was trained with; the tokens are printed
+as they come. Prompts: --prompt, or --prompt-file (one prompt a line), or else standard input
+(one a line); several prompts run as one batch and print in their order, each prompt followed
+by its continuation. A continuation ends at the end-of-text token or after --max-new-tokens.
+  --max-new-tokens N   tokens to generate per prompt (default 128)
+  --temperature T      sample at temperature T (0: greedy); greedy is the default unless
+                       --top-k or --top-p is given (then T defaults to 1)
+  --top-k K            sample among the K most likely tokens
+  --top-p P            sample from the smallest set of most likely tokens holding P of the
+                       probability, P in (0, 1]
+  --seed S             the sampling seed (default 0): the same seed gives the same sample
+  --ids                prompts and output are token ids separated by spaces, no tokenizer (for
+                       runs on synthetic tasks, or whose tokenizer is not built into coil)
+  --tokenizer FILE     decode with this token file or SentencePiece .model (when the run's
+                       token files have moved)
+  --no-echo            print only the continuations
+  --device D           auto (default: a GPU when there is one), cpu, cuda, cuda:N
+  --no-cuda-graph      run the decode step eagerly on a GPU (for comparison)
+A summary (tokens, seconds, tokens/s, state memory per sequence) goes to standard error.
+docs/GENERATION.md describes how generation works.
 )";
 
 const char* kPrepareHelp = R"(usage: coil prepare --out FILE.h5 [--lines | --paragraphs] TEXT [TEXT ...]
@@ -261,6 +289,18 @@ double parse_seconds(const std::string& text, const char* option) {
   return v;
 }
 
+// Any number (its range is checked where it is used).
+double parse_real(const std::string& text, const char* option) {
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+  }
+  if (used == 0 || used != text.size()) fail("{} expects a number, got '{}'", option, text);
+  return v;
+}
+
 void need(const Args& a, size_t n, const char* usage) {
   if (a.positional.size() != n) fail("{}", std::string(usage).substr(0, std::string(usage).find('\n')));
 }
@@ -314,6 +354,36 @@ int cmd_eval(int argc, char** argv) {
   std::printf("loss        %.6f\nperplexity  %.4f\n", r.loss, r.perplexity);
   if (r.bits_per_byte >= 0) std::printf("bits/byte   %.4f\n", r.bits_per_byte);
   if (r.accuracy >= 0) std::printf("accuracy    %.2f%%\n", 100 * r.accuracy);
+  return 0;
+}
+
+int cmd_generate(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2,
+                      {"prompt", "prompt-file", "max-new-tokens", "temperature", "top-k", "top-p", "seed", "tokenizer",
+                       "device"},
+                      {"ids", "no-echo", "no-cuda-graph"});
+  if (a.help) return help(kGenerateHelp);
+  need(a, 1, kGenerateHelp);
+  if (!a.sets.empty()) fail("generate: --set does not apply (the model is the checkpoint's)");
+  GenerateCommand c;
+  c.source = a.positional[0];
+  if (a.options.count("prompt") && a.options.count("prompt-file"))
+    fail("generate: give --prompt or --prompt-file, not both");
+  c.has_prompt = a.options.count("prompt") > 0;
+  if (c.has_prompt) c.prompt = a.options["prompt"];
+  if (a.options.count("prompt-file")) c.prompt_file = a.options["prompt-file"];
+  c.ids = has_flag(a, "ids");
+  c.echo = !has_flag(a, "no-echo");
+  c.cuda_graph = !has_flag(a, "no-cuda-graph");
+  if (a.options.count("max-new-tokens"))
+    c.max_new_tokens = parse_count(a.options["max-new-tokens"], "--max-new-tokens");
+  if (a.options.count("temperature")) c.temperature = parse_real(a.options["temperature"], "--temperature");
+  if (a.options.count("top-k")) c.top_k = parse_count(a.options["top-k"], "--top-k");
+  if (a.options.count("top-p")) c.top_p = parse_real(a.options["top-p"], "--top-p");
+  if (a.options.count("seed")) c.seed = uint64_t(parse_count(a.options["seed"], "--seed"));
+  if (a.options.count("tokenizer")) c.tokenizer = a.options["tokenizer"];
+  if (a.options.count("device")) c.device = a.options["device"];
+  run_generate(c);
   return 0;
 }
 
@@ -457,6 +527,7 @@ int main(int argc, char** argv) {
     if (cmd == "train") return cmd_train(argc, argv, false);
     if (cmd == "resume") return cmd_train(argc, argv, true);
     if (cmd == "eval") return cmd_eval(argc, argv);
+    if (cmd == "generate") return cmd_generate(argc, argv);
     if (cmd == "prepare") return cmd_prepare(argc, argv);
     if (cmd == "info") return cmd_info(argc, argv);
     if (cmd == "export") return cmd_export(argc, argv);

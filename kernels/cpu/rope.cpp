@@ -14,7 +14,8 @@ void rope_impl(const RopeProblem& p, const T* x, T* y) {
   for (int64_t i = 0; i < half; ++i)
     inv_freq[size_t(i)] = float(std::pow(p.base, -2.0 * double(i) / double(p.head_dim)));
   const double sign = p.inverse ? -1.0 : 1.0;
-  for (int64_t b = 0; b < p.batch; ++b)
+  for (int64_t b = 0; b < p.batch; ++b) {
+    const int64_t row_offset = p.position_offset + (p.positions ? p.positions[b] : 0);
     for (int64_t t = 0; t < p.seq; ++t)
       for (int64_t g = 0; g < p.groups; ++g)
         for (int64_t h = 0; h < p.heads; ++h) {
@@ -26,13 +27,14 @@ void rope_impl(const RopeProblem& p, const T* x, T* y) {
             continue;
           }
           for (int64_t i = 0; i < half; ++i) {
-            float angle = float(t + p.position_offset) * inv_freq[size_t(i)];
+            float angle = float(t + row_offset) * inv_freq[size_t(i)];
             double c = std::cos(double(angle)), s = sign * std::sin(double(angle));
             double x1 = double(xr[i]), x2 = double(xr[i + half]);
             yr[i] = T(x1 * c - x2 * s);
             yr[i + half] = T(x2 * c + x1 * s);
           }
         }
+  }
 }
 
 }  // namespace

@@ -474,7 +474,8 @@ void backward_typed(const Tensor& grad_y, const Tensor& input, const Tensor& mea
       const size_t smem = size_t(2 * D) * sizeof(float);
       int per_sm = 0;
       COIL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kRowWarps * 32, smem));
-      blocks = int(std::min<int64_t>((rows + kRowWarps - 1) / kRowWarps, int64_t(std::max(per_sm, 1)) * coil::cuda::sm_count()));
+      blocks = int(std::min<int64_t>((rows + kRowWarps - 1) / kRowWarps,
+                                     int64_t(std::max(per_sm, 1)) * coil::cuda::multiprocessor_count()));
       blocks = std::max(blocks, 1);
       partial = Tensor::empty({blocks, 2 * D}, DType::f32, input.device());
       kernel<<<blocks, kRowWarps * 32, smem, stream>>>(gp, ip, dro, mp, sp, wp, pf32, dxp, drp,
@@ -484,7 +485,7 @@ void backward_typed(const Tensor& grad_y, const Tensor& input, const Tensor& mea
     constexpr int P = Pack<T>::n;
     const bool vec = D % P == 0 && aligned16({gp, ip, dxp, dro, drp});
     V = vec ? P : 1;
-    blocks = int(std::min<int64_t>(std::max<int64_t>(rows, 1), int64_t(coil::cuda::sm_count()) * 16));
+    blocks = int(std::min<int64_t>(std::max<int64_t>(rows, 1), int64_t(coil::cuda::multiprocessor_count()) * 16));
     const size_t smem = size_t(2 * D) * sizeof(float);
     const bool in_smem = smem <= 48 * 1024;
     partial = Tensor::empty({blocks, 2 * D}, DType::f32, input.device());

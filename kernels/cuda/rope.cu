@@ -20,7 +20,7 @@ struct RopeFreqs {
 template <class T>
 __global__ void rope_kernel(const T* __restrict__ x, T* __restrict__ y, RopeFreqs f, int64_t rows,
                             int64_t seq, int groups, int rotate_groups, int heads, int half,
-                            int64_t offset, float sign) {
+                            int64_t offset, const int32_t* positions, float sign) {
   int64_t n = rows * half;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < n;
        idx += int64_t(gridDim.x) * blockDim.x) {
@@ -29,6 +29,7 @@ __global__ void rope_kernel(const T* __restrict__ x, T* __restrict__ y, RopeFreq
     int64_t bt = row / (int64_t(groups) * heads);
     int g = int((row / heads) % groups);
     int64_t t = bt % seq;
+    if (positions) t += positions[bt / seq];
     const T* xr = x + row * 2 * half;
     T* yr = y + row * 2 * half;
     float x1 = float(xr[i]), x2 = float(xr[i + half]);
@@ -64,13 +65,13 @@ void rope(const RopeProblem& p, const Tensor& x, const Tensor& y) {
     case DType::f32:
       rope_kernel<<<grid, 256, 0, stream>>>(x.data<float>(), y.data<float>(), f, rows, p.seq,
                                             int(p.groups), int(p.rotate_groups), int(p.heads),
-                                            int(half), p.position_offset, sign);
+                                            int(half), p.position_offset, p.positions, sign);
       break;
     case DType::bf16:
       rope_kernel<<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x.raw()),
                                             static_cast<__nv_bfloat16*>(y.raw()), f, rows, p.seq,
                                             int(p.groups), int(p.rotate_groups), int(p.heads),
-                                            int(half), p.position_offset, sign);
+                                            int(half), p.position_offset, p.positions, sign);
       break;
     default: fail("rope: unsupported dtype on the GPU: {}", describe(x));
   }

@@ -920,7 +920,7 @@ template <class Kernel>
 void choose_segments(ScanParams& p, Kernel kernel, int threads, size_t smem) {
   int per_sm = 0;
   COIL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
-  const int64_t capacity = int64_t(std::max(per_sm, 1)) * coil::cuda::sm_count();
+  const int64_t capacity = int64_t(std::max(per_sm, 1)) * coil::cuda::multiprocessor_count();
   const int64_t base = int64_t(p.ntiles) * p.batch;
   const int intervals = (p.nchunks + kCkptChunks - 1) / kCkptChunks;
   const int want = int(std::clamp<int64_t>(capacity / base, 1, std::min(intervals, 65535)));
