@@ -1,5 +1,7 @@
 #include "kernels/selective_scan.h"
 
+#include "kernels/documents.h"
+
 namespace coil::kernels {
 namespace {
 
@@ -12,6 +14,15 @@ void check_device(const char* op, const Tensor& t, const char* what, const Tenso
   COIL_CHECK(t.device() == u.device(), "{}: {} is on {} but u is on {}: {}", op, what, t.device().str(),
              u.device().str(), describe(t));
 }
+
+#ifdef COIL_CUDA
+// Document resets are not in the CUDA kernels yet.
+void check_resets_on_cuda(const char* op, const ScanArgs& a) {
+  COIL_CHECK(!a.seq_idx.defined(),
+             "{}: document resets (seq_idx {}) are not yet on CUDA; run on the CPU or without data.reset_at_eot",
+             op, describe(a.seq_idx));
+}
+#endif
 
 }  // namespace
 
@@ -33,6 +44,7 @@ void check_scan_args(const char* op, const ScanArgs& a) {
   if (a.delta_bias.defined()) check_shape(op, a.delta_bias, "delta_bias", {dim});
   if (a.initial_state.defined()) check_shape(op, a.initial_state, "initial_state", {batch, dim, state});
   COIL_CHECK(state >= 1, "{}: d_state must be at least 1, got A {}", op, describe(a.A));
+  if (a.seq_idx.defined()) check_seq_idx(op, a.seq_idx, batch, len, a.u);
 
   const Tensor* all[] = {&a.delta, &a.A, &a.B, &a.C, &a.D, &a.z, &a.delta_bias, &a.initial_state};
   const char* names[] = {"delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"};
@@ -79,6 +91,7 @@ ScanResult selective_scan_forward(const ScanArgs& args, bool save_checkpoints) {
     return r;
   }
 #ifdef COIL_CUDA
+  check_resets_on_cuda(op, args);
   if (save_checkpoints) {
     const int64_t chunks = (len + kScanCheckpointSteps - 1) / kScanCheckpointSteps;
     r.checkpoints = Tensor::empty({batch, dim, chunks, state}, DType::f32, dev);
@@ -129,6 +142,7 @@ ScanGrads selective_scan_backward(const ScanArgs& args, const ScanResult& saved,
     return g;
   }
 #ifdef COIL_CUDA
+  check_resets_on_cuda(op, args);
   const int64_t len = args.u.size(1);
   const int64_t chunks = (len + kScanCheckpointSteps - 1) / kScanCheckpointSteps;
   COIL_CHECK(saved.checkpoints.defined(), "{}: the forward saved no checkpoints (save_checkpoints = false)", op);

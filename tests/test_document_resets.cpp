@@ -1,0 +1,446 @@
+// Packed documents and carried state (docs/MODELS.md): the document bounds, the selective scan,
+// the conv1d and attention with seq_idx (CPU reference against central differences and
+// against each document run alone; CUDA against the CPU reference), whole models with packed
+// documents against each document alone, and carried state across windows against one pass
+// over the concatenation.
+#include <cmath>
+#include <functional>
+#include <vector>
+
+#include "autograd/functions/attention.h"
+#include "autograd/functions/conv1d.h"
+#include "autograd/functions/selective_scan.h"
+#include "kernels/attention.h"
+#include "kernels/conv1d.h"
+#include "kernels/documents.h"
+#include "kernels/layout.h"
+#include "kernels/selective_scan.h"
+#include "tests/catch.h"
+#include "tests/util.h"
+
+using namespace coil;
+using namespace coil::kernels;
+using Catch::Matchers::Contains;
+using test::random_normal;
+using test::relative_error;
+
+namespace {
+
+// seq_idx (batch, sum of lengths) i32: row b holds documents of lengths[b] back to back,
+// indexed from first_index (any values work: only changes of the index mark a start).
+Tensor seq_idx_of(const std::vector<std::vector<int64_t>>& lengths, int32_t first_index = 0) {
+  int64_t L = 0;
+  for (int64_t n : lengths[0]) L += n;
+  std::vector<int32_t> v;
+  for (const auto& row : lengths) {
+    int32_t doc = first_index;
+    for (int64_t n : row) {
+      for (int64_t i = 0; i < n; ++i) v.push_back(doc);
+      ++doc;
+    }
+  }
+  REQUIRE(int64_t(v.size()) == int64_t(lengths.size()) * L);
+  return Tensor::from_vector(v, {int64_t(lengths.size()), L}, DType::i32);
+}
+
+// Positions [begin, end) along dim 1 of a (batch, length, ...) tensor, as a new tensor.
+Tensor time_slice(const Tensor& x, int64_t begin, int64_t end) {
+  return split(x, {begin, end - begin, x.size(1) - end}, 1)[1];
+}
+
+}  // namespace
+
+TEST_CASE("document starts and positions follow the changes of seq_idx", "[documents]") {
+  // Row 0: documents of 2, 3, 1; row 1: one document; row 2: indices that go back down
+  // (0, 1, 0): each change starts a document, values do not matter.
+  std::vector<int32_t> v = {0, 0, 1, 1, 1, 2, 7, 7, 7, 7, 7, 7, 0, 1, 0, 0, 5, 5};
+  Tensor s = Tensor::from_vector(v, {3, 6}, DType::i32);
+  CHECK(document_starts(s).to_vector<int32_t>() ==
+        std::vector<int32_t>{0, 0, 2, 2, 2, 5, 0, 0, 0, 0, 0, 0, 0, 1, 2, 2, 4, 4});
+  CHECK(document_positions(s).to_vector<int64_t>() ==
+        std::vector<int64_t>{0, 1, 0, 1, 2, 0, 0, 1, 2, 3, 4, 5, 0, 0, 0, 1, 0, 1});
+  CHECK_THROWS_WITH(document_starts(s.to(DType::i64)), Contains("seq_idx") && Contains("must be i32"));
+}
+
+// ---- selective scan ----
+
+namespace {
+
+ScanArgs scan_args(int64_t batch, int64_t len, int64_t dim, int64_t state, uint64_t seed, DType dtype = DType::f64,
+                   bool h0 = true) {
+  Generator gen(seed);
+  ScanArgs a;
+  a.u = randn({batch, len, dim}, gen, dtype);
+  a.delta = uniform({batch, len, dim}, -3.0, 0.5, gen, dtype);
+  a.A = uniform({dim, state}, -4.0, -0.2, gen, dtype);
+  a.B = randn({batch, len, state}, gen, dtype);
+  a.C = randn({batch, len, state}, gen, dtype);
+  a.D = randn({dim}, gen, dtype);
+  a.z = randn({batch, len, dim}, gen, dtype);
+  a.delta_bias = uniform({dim}, -1.0, 0.5, gen, dtype);
+  if (h0) a.initial_state = randn({batch, dim, state}, gen, dtype, Device::cpu(), 0.5);
+  a.delta_softplus = true;
+  return a;
+}
+
+ScanArgs scan_slice(const ScanArgs& a, int64_t begin, int64_t end) {
+  ScanArgs s = a;
+  for (Tensor* t : {&s.u, &s.delta, &s.B, &s.C, &s.z}) *t = time_slice(*t, begin, end);
+  s.seq_idx = Tensor();
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("selective scan with seq_idx passes gradcheck (f64, CPU), initial and final state included",
+          "[documents]") {
+  ScanArgs a = scan_args(2, 9, 3, 3, 41);
+  // Row 0: documents of 1, 4, 4 (a start at t = 1); row 1: 6 then 3.
+  const Tensor seq_idx = seq_idx_of({{1, 4, 4}, {6, 3}});
+  for (int which = 0; which < 2; ++which) {
+    INFO((which == 0 ? "out" : "final_state"));
+    auto f = [&](const std::vector<autograd::Variable>& v) {
+      autograd::ScanInputs in;
+      in.u = v[0];
+      in.delta = v[1];
+      in.A = v[2];
+      in.B = v[3];
+      in.C = v[4];
+      in.D = v[5];
+      in.z = v[6];
+      in.delta_bias = v[7];
+      in.initial_state = v[8];
+      in.seq_idx = seq_idx;
+      in.delta_softplus = true;
+      autograd::ScanOutputs o = autograd::selective_scan(in);
+      return which == 0 ? o.out : o.final_state;
+    };
+    test::require_gradcheck(f, {a.u, a.delta, a.A, a.B, a.C, a.D, a.z, a.delta_bias, a.initial_state});
+  }
+}
+
+TEST_CASE("selective scan: documents packed with resets give exactly each document's scan alone",
+          "[documents]") {
+  // One row: documents [0, 5) (from the initial state), [5, 6), [6, 13) (each from zero).
+  ScanArgs a = scan_args(1, 13, 4, 5, 42);
+  a.seq_idx = seq_idx_of({{5, 1, 7}});
+  ScanResult packed = selective_scan_forward(a);
+  Generator gen(7);
+  Tensor gout = randn(a.u.shape(), gen, DType::f64), gfin = randn(packed.final_state.shape(), gen, DType::f64);
+  ScanGrads gp = selective_scan_backward(a, packed, gout, gfin);
+  const int64_t bounds[] = {0, 5, 6, 13};
+  Tensor dA = Tensor::zeros(a.A.shape(), DType::f64);
+  std::vector<double> dAsum(size_t(a.A.numel()), 0.0);
+  for (int doc = 0; doc < 3; ++doc) {
+    INFO("document " << doc);
+    const int64_t b0 = bounds[doc], b1 = bounds[doc + 1];
+    ScanArgs alone = scan_slice(a, b0, b1);
+    if (doc > 0) alone.initial_state = Tensor();
+    ScanResult r = selective_scan_forward(alone);
+    Tensor g_alone = time_slice(gout, b0, b1);
+    ScanGrads g = selective_scan_backward(alone, r, g_alone, doc == 2 ? gfin : Tensor());
+    CHECK(test::max_abs_difference(time_slice(packed.out, b0, b1), r.out) == 0.0);
+    CHECK(test::max_abs_difference(time_slice(gp.du, b0, b1), g.du) < 1e-13);
+    CHECK(test::max_abs_difference(time_slice(gp.ddelta, b0, b1), g.ddelta) < 1e-13);
+    CHECK(test::max_abs_difference(time_slice(gp.dB, b0, b1), g.dB) < 1e-13);
+    CHECK(test::max_abs_difference(time_slice(gp.dC, b0, b1), g.dC) < 1e-13);
+    if (doc == 0) CHECK(test::max_abs_difference(gp.dinitial_state, g.dinitial_state) < 1e-13);
+    if (doc == 2) CHECK(test::max_abs_difference(packed.final_state, r.final_state) == 0.0);
+    std::vector<double> d = g.dA.to_vector<double>();
+    for (size_t i = 0; i < d.size(); ++i) dAsum[i] += d[i];
+  }
+  CHECK(test::max_abs_difference(gp.dA, Tensor::from_vector(dAsum, a.A.shape(), DType::f64)) < 1e-12);
+}
+
+TEST_CASE("selective scan rejects a bad seq_idx", "[documents]") {
+  ScanArgs a = scan_args(2, 5, 3, 2, 43);
+  a.seq_idx = Tensor::zeros({2, 5}, DType::i64);
+  CHECK_THROWS_WITH(selective_scan_forward(a), Contains("selective_scan_forward") && Contains("must be i32"));
+  a.seq_idx = Tensor::zeros({2, 4}, DType::i32);
+  CHECK_THROWS_WITH(selective_scan_forward(a), Contains("seq_idx must be (batch, length) = (2, 5)"));
+}
+
+// ---- conv1d ----
+
+TEST_CASE("conv1d with seq_idx and an initial state passes gradcheck (f64, CPU)", "[documents]") {
+  for (int K : {1, 2, 4}) {
+    INFO("width " << K);
+    Generator gen(uint64_t(50 + K));
+    Tensor x = randn({2, 8, 3}, gen, DType::f64), w = randn({3, K}, gen, DType::f64), b = randn({3}, gen, DType::f64);
+    Tensor h0 = randn({2, K - 1, 3}, gen, DType::f64);
+    // Row 0: documents of 2, 1, 5 (the initial state reaches t = 0, 1 only); row 1: one.
+    const Tensor seq_idx = seq_idx_of({{2, 1, 5}, {8}});
+    auto f = [&](const std::vector<autograd::Variable>& v) {
+      return autograd::conv1d(v[0], v[1], v[2], true, seq_idx, v[3]);
+    };
+    test::require_gradcheck(f, {x, w, b, h0});
+  }
+}
+
+TEST_CASE("conv1d: documents packed with resets give each document alone; the final state continues it",
+          "[documents]") {
+  const int64_t K = 4;
+  Generator gen(60);
+  Tensor x = randn({1, 12, 5}, gen, DType::f64), w = randn({5, K}, gen, DType::f64), b = randn({5}, gen, DType::f64);
+  Tensor h0 = randn({1, K - 1, 5}, gen, DType::f64);
+  Conv1dOptions packed;
+  packed.seq_idx = seq_idx_of({{4, 2, 6}});
+  packed.initial_state = h0;
+  Tensor fin;
+  Tensor out = conv1d_forward(x, w, b, true, packed, &fin);
+  const int64_t bounds[] = {0, 4, 6, 12};
+  for (int doc = 0; doc < 3; ++doc) {
+    INFO("document " << doc);
+    Conv1dOptions alone;
+    if (doc == 0) alone.initial_state = h0;
+    Tensor fin_alone;
+    Tensor r = conv1d_forward(time_slice(x, bounds[doc], bounds[doc + 1]), w, b, true, alone, &fin_alone);
+    CHECK(test::max_abs_difference(time_slice(out, bounds[doc], bounds[doc + 1]), r) == 0.0);
+    // The last document is 6 long: its final state is its last K-1 inputs.
+    if (doc == 2) CHECK(test::max_abs_difference(fin, fin_alone) == 0.0);
+  }
+  CHECK(test::max_abs_difference(fin, time_slice(x, 12 - (K - 1), 12)) == 0.0);
+  // A last document shorter than K-1: the final state holds zeros before its start.
+  packed.seq_idx = seq_idx_of({{10, 2}});
+  conv1d_forward(x, w, b, true, packed, &fin);
+  std::vector<double> f = fin.to_vector<double>(), xs = x.to_vector<double>();
+  for (int64_t d = 0; d < 5; ++d) {
+    CHECK(f[size_t(d)] == 0.0);
+    CHECK(f[size_t(5 + d)] == xs[size_t(10 * 5 + d)]);
+    CHECK(f[size_t(10 + d)] == xs[size_t(11 * 5 + d)]);
+  }
+  // Two windows with the state carried give the conv of their concatenation.
+  Conv1dOptions second;
+  conv1d_forward(time_slice(x, 0, 7), w, b, true, {}, &second.initial_state);
+  Tensor whole = conv1d_forward(x, w, b, true);
+  CHECK(test::max_abs_difference(conv1d_forward(time_slice(x, 7, 12), w, b, true, second), time_slice(whole, 7, 12)) ==
+        0.0);
+}
+
+TEST_CASE("conv1d rejects a bad initial state", "[documents]") {
+  Conv1dOptions o;
+  o.initial_state = Tensor::zeros({1, 2, 3});
+  CHECK_THROWS_WITH(conv1d_forward(Tensor::zeros({1, 5, 3}), Tensor::zeros({3, 4}), Tensor(), false, o),
+                    Contains("initial_state must be (batch, width - 1, dim) = [1, 3, 3]"));
+}
+
+// ---- attention ----
+
+TEST_CASE("attention with seq_idx passes gradcheck (f64, CPU), with and without a window", "[documents]") {
+  const Tensor seq_idx = seq_idx_of({{3, 1, 3}, {7}});
+  for (int64_t window : {0, 2}) {
+    INFO("window " << window);
+    kernels::AttentionOptions o;
+    o.window = window;
+    o.seq_idx = seq_idx;
+    Tensor qkv = random_normal({2, 7, 3, 2, 4}, 70 + uint64_t(window), DType::f64);
+    test::require_gradcheck([&](const std::vector<autograd::Variable>& v) { return autograd::attention(v[0], o); },
+                            {qkv});
+  }
+}
+
+TEST_CASE("attention: documents packed with resets give each document alone", "[documents]") {
+  Tensor q = random_normal({1, 11, 2, 4}, 80, DType::f64), k = random_normal({1, 11, 2, 4}, 81, DType::f64),
+         v = random_normal({1, 11, 2, 4}, 82, DType::f64), g = random_normal({1, 11, 2, 4}, 83, DType::f64);
+  kernels::AttentionOptions o;
+  o.seq_idx = seq_idx_of({{4, 1, 6}});
+  AttentionOutput packed = attention_forward(q, k, v, o);
+  AttentionGrads gp = attention_backward(g, q, k, v, packed.out, packed.lse, o);
+  const int64_t bounds[] = {0, 4, 5, 11};
+  for (int doc = 0; doc < 3; ++doc) {
+    INFO("document " << doc);
+    auto cut = [&](const Tensor& t) { return time_slice(t, bounds[doc], bounds[doc + 1]); };
+    AttentionOutput r = attention_forward(cut(q), cut(k), cut(v));
+    AttentionGrads gr = attention_backward(cut(g), cut(q), cut(k), cut(v), r.out, r.lse);
+    CHECK(test::max_abs_difference(cut(packed.out), r.out) < 1e-14);
+    CHECK(test::max_abs_difference(cut(gp.dq), gr.dq) < 1e-14);
+    CHECK(test::max_abs_difference(cut(gp.dk), gr.dk) < 1e-14);
+    CHECK(test::max_abs_difference(cut(gp.dv), gr.dv) < 1e-14);
+  }
+}
+
+// ---- CUDA against the CPU reference ----
+
+namespace {
+
+// Documents of random lengths in [1, max_len] per row, plus starts at the given positions
+// (segment and tile edges): seq_idx (batch, len) i32.
+Tensor random_seq_idx(int64_t batch, int64_t len, int64_t max_len, uint64_t seed,
+                      const std::vector<int64_t>& forced_starts = {}) {
+  Generator gen(seed);
+  std::vector<int32_t> v(size_t(batch * len));
+  for (int64_t b = 0; b < batch; ++b) {
+    int32_t doc = 0;
+    int64_t left = 1 + int64_t(gen.next_below(uint64_t(max_len)));
+    for (int64_t t = 0; t < len; ++t) {
+      bool forced = false;
+      for (int64_t s : forced_starts) forced |= s == t;
+      if (t > 0 && (left == 0 || forced)) {
+        ++doc;
+        left = 1 + int64_t(gen.next_below(uint64_t(max_len)));
+      }
+      v[size_t(b * len + t)] = doc;
+      --left;
+    }
+  }
+  return Tensor::from_vector(v, {batch, len}, DType::i32);
+}
+
+}  // namespace
+
+TEST_CASE("document bounds on CUDA match the CPU reference", "[documents][cuda]") {
+  for (int64_t len : {1, 5, 1024, 1025, 3000}) {
+    INFO("length " << len);
+    Tensor s = random_seq_idx(3, len, 300, uint64_t(len), {1023, 1024, 2047});
+    Tensor sd = s.to(Device::cuda());
+    CHECK(document_starts(sd).to_vector<int32_t>() == document_starts(s).to_vector<int32_t>());
+    CHECK(document_positions(sd).to_vector<int64_t>() == document_positions(s).to_vector<int64_t>());
+  }
+}
+
+TEST_CASE("conv1d CUDA with documents and carried state matches the CPU reference", "[documents][cuda]") {
+  struct Case {
+    int64_t batch, dim, len, K, max_doc;
+    bool init;
+  };
+  // Starts at segment edges (the kernel walks 128-step segments) and in their halos.
+  const std::vector<int64_t> edges = {1, 2, 126, 127, 128, 129, 130, 255, 256, 257};
+  const Case cases[] = {{2, 5, 1, 4, 3, true},      {1, 3, 7, 4, 2, true},      {2, 37, 1000, 4, 40, true},
+                        {1, 8, 513, 4, 1, false},   {3, 6, 300, 3, 200, true},  {2, 4, 260, 2, 5, true},
+                        {1, 4, 260, 1, 7, false},   {2, 3, 200, 8, 9, true},    {2, 300, 260, 4, 130, true},
+                        {1, 16, 2, 8, 1, true}};
+  for (const Case& c : cases)
+    for (DType dt : {DType::f32, DType::bf16}) {
+      INFO("batch " << c.batch << " dim " << c.dim << " len " << c.len << " K " << c.K << " init " << c.init
+                    << " dtype " << dtype_name(dt));
+      Generator gen(uint64_t(c.len * 7 + c.K));
+      auto rounded = [&](const Shape& s) { return randn(s, gen, DType::f32).to(dt).to(DType::f32); };
+      Tensor x = rounded({c.batch, c.len, c.dim}), go = rounded({c.batch, c.len, c.dim});
+      Tensor w = randn({c.dim, c.K}, gen, DType::f32, Device::cpu(), 0.5), b = randn({c.dim}, gen, DType::f32);
+      Conv1dOptions o;
+      o.seq_idx = random_seq_idx(c.batch, c.len, c.max_doc, uint64_t(c.dim), edges);
+      if (c.init) o.initial_state = rounded({c.batch, c.K - 1, c.dim});
+      Tensor fin_ref, fin;
+      Tensor ref = conv1d_forward(x, w, b, true, o, &fin_ref);
+      Conv1dGrads gref = conv1d_backward(go, x, w, b, true, o);
+      Conv1dOptions od;
+      od.seq_idx = o.seq_idx.to(Device::cuda());
+      if (c.init) od.initial_state = o.initial_state.to(Device::cuda(), dt);
+      Tensor xd = x.to(Device::cuda(), dt), wd = w.to(Device::cuda()), bd = b.to(Device::cuda());
+      Tensor got = conv1d_forward(xd, wd, bd, true, od, &fin);
+      Conv1dGrads g = conv1d_backward(go.to(Device::cuda(), dt), xd, wd, bd, true, od);
+      const double tol = dt == DType::bf16 ? 1e-2 : 1e-5;
+      CHECK(relative_error(got, ref) < tol);
+      CHECK(test::max_abs_difference(fin, fin_ref) == 0.0);  // copies of inputs
+      CHECK(relative_error(g.dx, gref.dx) < tol);
+      CHECK(relative_error(g.dweight, gref.dweight) < tol);
+      CHECK(relative_error(g.dbias, gref.dbias) < tol);
+      if (c.init && c.K > 1) CHECK(relative_error(g.dinitial_state, gref.dinitial_state) < tol);
+      Conv1dGrads g2 = conv1d_backward(go.to(Device::cuda(), dt), xd, wd, bd, true, od);
+      CHECK(test::bitwise_equal(g.dweight, g2.dweight));
+      CHECK(test::bitwise_equal(g.dx, g2.dx));
+    }
+}
+
+TEST_CASE("attention CUDA with documents matches the CPU reference and stays deterministic",
+          "[documents][cuda]") {
+  struct Case {
+    int64_t B, T, H, hd, window, max_doc;
+  };
+  // Starts at the kernels' tile edges (16, 32, 64, 128 rows) and beside them.
+  const std::vector<int64_t> edges = {1, 15, 16, 31, 32, 63, 64, 65, 127, 128, 129, 511};
+  const Case cases[] = {{2, 1, 2, 64, 0, 1},      {2, 17, 3, 64, 0, 4},      {2, 256, 2, 96, 0, 60},
+                        {1, 700, 2, 128, 0, 500}, {2, 333, 2, 64, 50, 90},   {1, 2048, 2, 64, 0, 500},
+                        {1, 1000, 1, 128, 300, 1}, {2, 130, 2, 96, 7, 33}};
+  uint64_t seed = 900;
+  for (const Case& c : cases)
+    for (bool packed : {false, true}) {
+      INFO("B " << c.B << " T " << c.T << " H " << c.H << " hd " << c.hd << " window " << c.window << " documents <= "
+                << c.max_doc << (packed ? " packed" : " separate"));
+      Shape s{c.B, c.T, c.H, c.hd};
+      Device gpu = Device::cuda();
+      seed += 10;
+      Tensor q = random_normal(s, seed, DType::bf16, gpu, 1.3), k = random_normal(s, seed + 1, DType::bf16, gpu, 1.3),
+             v = random_normal(s, seed + 2, DType::bf16, gpu), g = random_normal(s, seed + 3, DType::bf16, gpu);
+      AttentionOptions o;
+      o.window = c.window;
+      o.seq_idx = random_seq_idx(c.B, c.T, c.max_doc, seed, edges);
+      Tensor qc = q.to(Device::cpu(), DType::f32), kc = k.to(Device::cpu(), DType::f32),
+             vc = v.to(Device::cpu(), DType::f32), gc = g.to(Device::cpu(), DType::f32);
+      AttentionOutput ref = attention_forward(qc, kc, vc, o);
+      AttentionGrads rg = attention_backward(gc, qc, kc, vc, ref.out, ref.lse, o);
+      AttentionOptions od = o;
+      od.seq_idx = o.seq_idx.to(gpu);
+      AttentionOutput r;
+      AttentionGrads d, d2;
+      if (packed) {
+        Shape s1{c.B, c.T, 1, c.H, c.hd};
+        Tensor qkv = concat({q.reshape(s1), k.reshape(s1), v.reshape(s1)}, 2);
+        r = attention_forward_packed(qkv, od);
+        std::vector<Tensor> parts = split(attention_backward_packed(g, qkv, r.out, r.lse, od), {1, 1, 1}, 2);
+        d.dq = parts[0].reshape(s);
+        d.dk = parts[1].reshape(s);
+        d.dv = parts[2].reshape(s);
+      } else {
+        r = attention_forward(q, k, v, od);
+        d = attention_backward(g, q, k, v, r.out, r.lse, od);
+        d2 = attention_backward(g, q, k, v, r.out, r.lse, od);
+        CHECK(test::bitwise_equal(d.dq, d2.dq));
+        CHECK(test::bitwise_equal(d.dk, d2.dk));
+        CHECK(test::bitwise_equal(d.dv, d2.dv));
+      }
+      const double tol = 1.5e-2;  // bf16 products
+      CHECK(relative_error(r.out, ref.out) < tol);
+      CHECK(relative_error(r.lse, ref.lse) < 1e-3);
+      CHECK(relative_error(d.dq, rg.dq) < 2 * tol);
+      CHECK(relative_error(d.dk, rg.dk) < 2 * tol);
+      CHECK(relative_error(d.dv, rg.dv) < 2 * tol);
+    }
+}
+
+TEST_CASE("selective scan CUDA with documents matches the CPU reference", "[documents][cuda]") {
+  struct Case {
+    int64_t batch, dim, len, state, max_doc;
+    bool h0;
+  };
+  // Starts at the CUDA scan's chunk (32) and checkpoint (64) edges and beside them.
+  const std::vector<int64_t> edges = {1, 31, 32, 33, 63, 64, 65, 127, 128, 2047, 2048};
+  const Case cases[] = {{2, 37, 1, 16, 1, true},      {1, 5, 7, 4, 2, false},      {2, 37, 128, 16, 30, true},
+                        {1, 70, 1000, 16, 500, true}, {1, 9, 2048, 64, 500, false}, {1, 33, 4097, 16, 700, true},
+                        {2, 17, 300, 8, 1, true},     {2, 104, 300, 16, 64, true},  {1, 128, 129, 64, 40, true}};
+  for (const Case& c : cases)
+    for (DType dtype : {DType::f32, DType::bf16}) {
+      INFO("batch " << c.batch << " dim " << c.dim << " len " << c.len << " state " << c.state << " documents <= "
+                    << c.max_doc << " h0 " << c.h0 << " dtype " << dtype_name(dtype));
+      ScanArgs host = scan_args(c.batch, c.len, c.dim, c.state, uint64_t(c.len + c.state), DType::f32, c.h0);
+      host.seq_idx = random_seq_idx(c.batch, c.len, c.max_doc, uint64_t(c.dim), edges);
+      for (Tensor* t : {&host.u, &host.delta, &host.B, &host.C, &host.z}) *t = t->to(dtype).to(DType::f32);
+      ScanArgs dev = host;
+      for (Tensor* t : {&dev.u, &dev.delta, &dev.B, &dev.C, &dev.z}) *t = t->to(Device::cuda(), dtype);
+      for (Tensor* t : {&dev.A, &dev.D, &dev.delta_bias, &dev.initial_state, &dev.seq_idx})
+        if (t->defined()) *t = t->to(Device::cuda());
+      Generator gen(uint64_t(c.len));
+      Tensor gout = randn(host.u.shape(), gen, DType::f32).to(dtype).to(DType::f32);
+      Tensor gfin = randn({c.batch, c.dim, c.state}, gen, DType::f32);
+      ScanResult ref = selective_scan_forward(host);
+      ScanGrads gref = selective_scan_backward(host, ref, gout, gfin);
+      ScanResult got = selective_scan_forward(dev);
+      ScanGrads g = selective_scan_backward(dev, got, gout.to(Device::cuda(), dtype), gfin.to(Device::cuda()), true);
+      ScanGrads g2 = selective_scan_backward(dev, got, gout.to(Device::cuda(), dtype), gfin.to(Device::cuda()), true);
+      const double tol = dtype == DType::bf16 ? 2e-2 : 5e-4;
+      CHECK(relative_error(got.out, ref.out) < tol);
+      CHECK(relative_error(got.final_state, ref.final_state) < tol);
+      const char* names[] = {"du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias", "dinitial_state"};
+      std::vector<Tensor> a = {g.du, g.ddelta, g.dA, g.dB, g.dC, g.dD, g.dz, g.ddelta_bias, g.dinitial_state};
+      std::vector<Tensor> b = {gref.du,  gref.ddelta, gref.dA,          gref.dB,         gref.dC,
+                               gref.dD,  gref.dz,     gref.ddelta_bias, gref.dinitial_state};
+      std::vector<Tensor> a2 = {g2.du, g2.ddelta, g2.dA, g2.dB, g2.dC, g2.dD, g2.dz, g2.ddelta_bias, g2.dinitial_state};
+      for (size_t i = 0; i < a.size(); ++i) {
+        INFO(names[i]);
+        REQUIRE(a[i].defined() == b[i].defined());
+        if (!a[i].defined()) continue;
+        CHECK(relative_error(a[i], b[i]) < tol);
+        CHECK(test::bitwise_equal(a[i], a2[i]));  // deterministic mode
+      }
+    }
+}
