@@ -152,6 +152,20 @@ Variable LanguageModel::hidden_states(const Tensor& tokens, const SequenceContex
   return backbone->norm_f->forward_residual(h, residual).normed;
 }
 
+ModelState state_rows(const ModelState& state, int64_t begin, int64_t end) {
+  ModelState out(state.size());
+  for (size_t i = 0; i < state.size(); ++i)
+    for (auto [src, dst] : {std::pair{&state[i].conv, &out[i].conv}, std::pair{&state[i].ssm, &out[i].ssm}})
+      if (src->defined()) *dst = src->narrow0(begin, end);
+  return out;
+}
+
+void zero_state_row(const ModelState& state, int64_t row) {
+  for (const MambaState& s : state)
+    for (const Tensor* t : {&s.conv, &s.ssm})
+      if (t->defined()) t->narrow0(row, row + 1).zero_();
+}
+
 ModelState LanguageModel::zero_state(int64_t batch) const {
   ModelState s(backbone->blocks.size());
   for (size_t i = 0; i < s.size(); ++i)

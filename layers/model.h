@@ -44,6 +44,11 @@ class ModuleList : public Module {
 // layers, and for zeros).
 using ModelState = std::vector<MambaState>;
 
+// Views of rows [begin, end) of every tensor of a state (one micro-batch of the slots).
+ModelState state_rows(const ModelState& state, int64_t begin, int64_t end);
+// Zeros row `row` of every tensor of a state (a sequence that starts afresh).
+void zero_state_row(const ModelState& state, int64_t row);
+
 // Optional inputs of a forward pass (docs/MODELS.md, "Packed documents and carried state").
 struct SequenceContext {
   Tensor seq_idx;                       // (B, T) i32 on the model's device: documents
