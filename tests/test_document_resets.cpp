@@ -567,3 +567,189 @@ TEST_CASE("carried state over k windows gives the loss of one pass over the conc
   }
   CHECK(std::abs(fresh / double(k) - full) > 1e-6);
 }
+
+// ---- data: documents and the sequential sampler ----
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "data/hdf5_util.h"
+#include "data/loader.h"
+#include "data/token_file.h"
+#include "tests/files.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/trainer.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// A token file with /tokens and the root attributes only (no /doc_offsets), as other tools
+// may write it.
+void write_raw_tokens(const fs::path& path, const std::vector<uint16_t>& ids, int64_t vocab, int64_t eot) {
+  h5::Handle f = h5::create_file(path.string());
+  h5::write_dataset(f, "tokens", H5T_NATIVE_UINT16, {hsize_t(ids.size())}, ids.data(), path.string());
+  h5::write_attr_i64(f, "vocab_size", vocab);
+  h5::write_attr_str(f, "tokenizer", "test");
+  h5::write_attr_i64(f, "eot_token", eot);
+}
+
+data::DataOptions sequential(const fs::path& path, int64_t seq_len, int64_t slots, int64_t vocab) {
+  data::DataOptions o;
+  o.kind = "tokens";
+  o.path = path.string();
+  o.vocab_size = vocab;
+  o.seq_len = seq_len;
+  o.val_fraction = 0;
+  o.sampler = "sequential";
+  o.slots = slots;
+  o.reset_at_eot = true;
+  return o;
+}
+
+std::vector<int32_t> row_of(const Tensor& t, int64_t row) {
+  std::vector<int32_t> v = t.to_vector<int32_t>();
+  const int64_t L = t.size(1);
+  return std::vector<int32_t>(v.begin() + row * L, v.begin() + (row + 1) * L);
+}
+
+}  // namespace
+
+TEST_CASE("reset_at_eot: documents from end-of-text tokens, windows in order, continuation flags",
+          "[documents][data]") {
+  fs::path dir = test::fresh_dir("coil_test_documents", "eot");
+  // 25 tokens, eot 19: documents end at positions 2, 4, 5, 11 and 16.
+  const std::vector<uint16_t> ids = {1, 2, 19, 3, 19, 19, 4, 5, 6, 7, 8, 19, 9, 10, 11, 12,
+                                     19, 13, 14, 15, 16, 17, 18, 1, 2};
+  write_raw_tokens(dir / "eot.h5", ids, 20, 19);
+  data::DataLoader l(sequential(dir / "eot.h5", 8, 1, 20));
+  data::Batch w0 = l.next_train(1), w1 = l.next_train(1), w2 = l.next_train(1), again = l.next_train(1);
+  CHECK(row_of(w0.seq_idx, 0) == std::vector<int32_t>{0, 0, 0, 1, 1, 2, 3, 3});
+  CHECK(row_of(w1.seq_idx, 0) == std::vector<int32_t>{0, 0, 0, 0, 1, 1, 1, 1});
+  CHECK(row_of(w2.seq_idx, 0) == std::vector<int32_t>{0, 1, 1, 1, 1, 1, 1, 1});
+  CHECK(w1.inputs.to_vector<int64_t>()[0] == 6);  // the window after window 0
+  CHECK_FALSE(w0.continues[0]);                    // the start of the stream
+  CHECK(w1.continues[0]);
+  CHECK(w2.continues[0]);
+  CHECK_FALSE(again.continues[0]);  // three windows in the slot's run: it starts again
+  CHECK(again.inputs.to_vector<int64_t>() == w0.inputs.to_vector<int64_t>());
+
+  // Without an eot token and without /doc_offsets the documents are unknown.
+  write_raw_tokens(dir / "none.h5", ids, 20, -1);
+  CHECK_THROWS_WITH(data::DataLoader(sequential(dir / "none.h5", 8, 1, 20)),
+                    Contains("none.h5' has no end-of-text token") && Contains("no /doc_offsets"));
+  // The random sampler: documents too, no row continues.
+  data::DataOptions random = sequential(dir / "eot.h5", 8, 1, 20);
+  random.sampler = "random";
+  data::Batch r = data::DataLoader(random).next_train(4);
+  CHECK(r.seq_idx.shape() == Shape({4, 8}));
+  for (bool c : r.continues) CHECK_FALSE(c);
+}
+
+TEST_CASE("reset_at_eot: documents from /doc_offsets; a document at a window's start ends the continuation",
+          "[documents][data]") {
+  fs::path dir = test::fresh_dir("coil_test_documents", "offsets");
+  {
+    data::TokenWriter w((dir / "docs.h5").string(), 50, "test", -1);  // no eot tokens: offsets only
+    std::vector<uint32_t> doc;
+    for (int64_t len : {3, 9, 4, 6, 9}) {  // starts at 0, 3, 12, 16, 22; 31 tokens
+      doc.assign(size_t(len), uint32_t(len));
+      w.append(doc);
+      w.end_document();
+    }
+    w.close();
+  }
+  // Two slots of 30 / 4 = 7 windows, 3 each (one left over): slot 0 reads windows 0-2, slot 1 3-5.
+  data::DataLoader l(sequential(dir / "docs.h5", 4, 2, 50));
+  data::Batch a = l.next_train(2), b = l.next_train(2), c = l.next_train(2);
+  CHECK(row_of(a.seq_idx, 0) == std::vector<int32_t>{0, 0, 0, 1});  // window [0, 4): a start at 3
+  CHECK(row_of(a.seq_idx, 1) == std::vector<int32_t>{0, 0, 0, 0});  // window [12, 16): starts at 12
+  CHECK(row_of(b.seq_idx, 0) == std::vector<int32_t>{0, 0, 0, 0});  // [4, 8)
+  CHECK(row_of(b.seq_idx, 1) == std::vector<int32_t>{0, 0, 0, 0});  // [16, 20): starts at 16
+  CHECK(row_of(c.seq_idx, 1) == std::vector<int32_t>{0, 0, 1, 1});  // [20, 24): a start at 22
+  CHECK(a.inputs.to_vector<int64_t>()[4] == 4);                      // slot 1 begins at window 3
+  CHECK(b.continues[0]);
+  CHECK_FALSE(b.continues[1]);  // window [16, 20) begins a document
+  CHECK(c.continues[0]);
+  CHECK(c.continues[1]);
+  // More slots than windows.
+  CHECK_THROWS_WITH(data::DataLoader(sequential(dir / "docs.h5", 4, 8, 50)),
+                    Contains("8 sequence slots") && Contains("only 7 non-overlapping training windows"));
+}
+
+TEST_CASE("documents and carried state: bad configurations are errors that say why", "[documents][config]") {
+  using train::parse_config;
+  CHECK_THROWS_WITH(parse_config("data:\n  reset_at_eot: true\n", "x.yaml"),
+                    Contains("x.yaml:2: data.reset_at_eot needs token files"));
+  CHECK_THROWS_WITH(parse_config("data:\n  sampler: sequential\n", "x.yaml"),
+                    Contains("x.yaml:2: data.sampler: sequential reads a token stream in order"));
+  const std::string tokens = "data:\n  kind: tokens\n  path: x.h5\n";
+  CHECK_THROWS_WITH(parse_config(tokens + "train:\n  carry_state: true\n", "x.yaml"),
+                    Contains("x.yaml:5: train.carry_state") && Contains("set data.sampler: sequential"));
+  CHECK_THROWS_WITH(parse_config(tokens + "  sampler: sequential\ntrain:\n  carry_state: true\n", "x.yaml",
+                                 {"model.preset=transformer++-tiny"}),
+                    Contains("the model has no Mamba layers"));
+  CHECK_NOTHROW(parse_config(tokens + "  sampler: sequential\n  reset_at_eot: true\ntrain:\n  carry_state: true\n",
+                             "x.yaml"));
+}
+
+namespace {
+
+// A tiny carried-state run on a token file of byte-like ids with an eot every 13 tokens.
+train::Config carried_run(const std::string& name, std::vector<std::string> extra = {}) {
+  fs::path dir = test::fresh_dir("coil_test_documents", name);
+  {
+    data::TokenWriter w((dir / "tokens.h5").string(), 32, "test", 31);
+    std::vector<uint32_t> doc;
+    for (int d = 0; d < 150; ++d) {
+      doc.clear();
+      for (int i = 0; i < 12; ++i) doc.push_back(uint32_t((d * 7 + i * 3) % 31));
+      w.append(doc);
+      w.end_document();
+    }
+    w.close();
+  }
+  std::vector<std::string> sets = {"run.dir=" + (dir / "run").string(), "model.preset=mamba-tiny", "model.d_model=32",
+                                   "model.vocab_size=32", "data.kind=tokens", "data.path=" + (dir / "tokens.h5").string(),
+                                   "data.sampler=sequential", "data.reset_at_eot=true", "train.carry_state=true",
+                                   "train.seq_len=16", "train.micro_batch=2", "train.steps=4", "train.device=cpu",
+                                   "eval.every=0", "eval.batches=0", "checkpoint.every=2", "log.every=2"};
+  for (auto& e : extra) sets.push_back(e);
+  return train::parse_config("", name + ".yaml", sets);
+}
+
+train::TrainOptions quiet_run() {
+  train::TrainOptions o;
+  o.quiet = true;
+  o.install_signal_handlers = false;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("carried state: data parallel and a changed micro-batch are refused with the reason", "[documents][trainer]") {
+  // Several ranks: refused before anything starts.
+  ::setenv("RANK", "0", 1);
+  ::setenv("WORLD_SIZE", "2", 1);
+  CHECK_THROWS_WITH(train::run_training(carried_run("ranks"), quiet_run()),
+                    Contains("train.carry_state with 2 ranks (torchrun)") && Contains("one process"));
+  ::unsetenv("RANK");
+  ::unsetenv("WORLD_SIZE");
+
+  // A run whose config was edited to another micro-batch cannot take the carried states over.
+  train::Config c = carried_run("micro_batch");
+  train::TrainOptions stop = quiet_run();
+  stop.stop_after_steps = 2;
+  train::run_training(c, stop);
+  train::Checkpoint saved = train::read_checkpoint(train::list_checkpoints(c.run_dir()).back());
+  REQUIRE(saved.carried.size() == 4);  // conv and ssm state of both Mamba layers
+  CHECK(saved.carried[0].second.size(0) == 2);
+  train::Config edited = train::load_run_config(c.run_dir(), {"train.micro_batch=1"});
+  test::write_text(fs::path(c.run_dir()) / "config.yaml", train::to_yaml(edited));
+  train::TrainOptions resume = quiet_run();
+  resume.resume = true;
+  CHECK_THROWS_WITH(train::run_training(edited, resume),
+                    Contains("carries the states of 2 sequence slots, but this run has 1") &&
+                        Contains("cannot be split or merged"));
+}

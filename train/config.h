@@ -38,6 +38,8 @@ struct DataSection {
   int64_t task_vocab = 16;               // synthetic: distinct data tokens
   int64_t copy_tokens = 16;              // selective_copying: tokens to remember
   bool check_ids = true;                 // tokens: check every id against the model's vocabulary
+  bool reset_at_eot = false;             // tokens: documents do not see each other (docs/MODELS.md)
+  std::string sampler = "random";        // tokens: random | sequential (windows in order per slot)
 };
 
 struct TrainSection {
@@ -52,6 +54,7 @@ struct TrainSection {
   int64_t max_nan_skips = 10;   // non-finite losses tolerated (each skips its step)
   double dist_timeout_s = 300;  // several ranks: rendezvous and collective waits give up after this
   double bucket_mb = 25;        // several ranks: gradient bucket size (docs/DISTRIBUTED.md)
+  bool carry_state = false;     // Mamba states carried from window to window (docs/MODELS.md)
 };
 
 struct OptimSection {
