@@ -80,10 +80,10 @@ Conv1dGrads conv1d_backward(const Tensor& grad_out, const Tensor& x, const Tenso
   g.dx = Tensor::empty(x.shape(), x.dtype(), x.device());
   g.dweight = Tensor::empty(weight.shape(), weight.dtype(), x.device());
   if (bias.defined()) g.dbias = Tensor::empty(bias.shape(), bias.dtype(), x.device());
-  if (options.initial_state.defined()) g.dinitial_state = Tensor::zeros(options.initial_state.shape(), x.dtype(), x.device());
+  if (options.initial_state.defined()) g.dinitial_state = Tensor::empty(options.initial_state.shape(), x.dtype(), x.device());
   if (x.numel() == 0) {
-    g.dweight.zero_();
-    if (g.dbias.defined()) g.dbias.zero_();
+    for (Tensor* t : {&g.dweight, &g.dbias, &g.dinitial_state})
+      if (t->defined()) t->zero_();
     return g;
   }
   if (x.device().is_cpu()) {

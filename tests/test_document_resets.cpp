@@ -100,16 +100,11 @@ TEST_CASE("selective scan with seq_idx passes gradcheck (f64, CPU), initial and 
   for (int which = 0; which < 2; ++which) {
     INFO((which == 0 ? "out" : "final_state"));
     auto f = [&](const std::vector<autograd::Variable>& v) {
-      autograd::ScanInputs in;
-      in.u = v[0];
-      in.delta = v[1];
-      in.A = v[2];
-      in.B = v[3];
-      in.C = v[4];
-      in.D = v[5];
-      in.z = v[6];
-      in.delta_bias = v[7];
-      in.initial_state = v[8];
+      using In = autograd::ScanInputs;
+      autograd::Variable In::*fields[] = {&In::u, &In::delta,      &In::A, &In::B, &In::C, &In::D, &In::z,
+                                          &In::delta_bias, &In::initial_state};
+      In in;
+      for (size_t i = 0; i < 9; ++i) in.*fields[i] = v[i];
       in.seq_idx = seq_idx;
       in.delta_softplus = true;
       autograd::ScanOutputs o = autograd::selective_scan(in);
@@ -459,12 +454,8 @@ using layers::SequenceContext;
 // A small f64 model of a family (CPU), for exact comparisons.
 ModelConfig small_model(const std::string& family) {
   ModelConfig c = ModelConfig::preset(family);
-  c.d_model = 16;
+  c.d_model = 16;  // 2 heads of 8
   c.vocab_size = 29;
-  c.mamba.d_state = 4;
-  c.attention.n_head = 2;
-  c.attention.max_seq_len = 32;
-  c.mlp_hidden = c.mlp == "none" ? 0 : 24;
   c.dtype = "f64";
   return c;
 }

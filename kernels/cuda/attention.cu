@@ -230,13 +230,17 @@ __device__ __forceinline__ bool tile_needs_mask(int q0, int k0, int T, int windo
 // One online-softmax step of a 16-row m-tile: s (the raw scores of this key tile, C-fragment
 // layout) becomes P = exp2(s scale log2e - m_new) with masked entries 0 (one FMA and one ex2
 // per score; m is kept in log2 units); o and l are rescaled by exp2(m_old - m_new), l gains
-// the row sums of P. This thread's rows are row0 and row0 + 8 (their documents start at
-// first[0], first[1]), its keys k0 + j*8 + (lane & 3)*2 + (c & 1).
+// the row sums of P. This thread's rows are row0 and row0 + 8 of the batch row at row_base,
+// its keys k0 + j*8 + (lane & 3)*2 + (c & 1).
 template <int D, int BC>
 __device__ __forceinline__ void softmax_step(float (&s)[BC / 8][4], float (&o)[D / 8][4],
                                              float (&m)[2], float (&l)[2], bool masked, int row0,
-                                             const int (&first)[2], int k0, const Params& p, int lane) {
+                                             int64_t row_base, int k0, const Params& p, int lane) {
   float mx[2] = {-INFINITY, -INFINITY};  // row maxima of the raw scores
+  int first[2] = {0, 0};                 // the starts of the rows' documents (masked tiles only)
+  if (masked)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) first[r] = row0 + r * 8 < p.T ? doc_first(p, row_base, row0 + r * 8) : 0;
 #pragma unroll
   for (int j = 0; j < BC / 8; ++j)
 #pragma unroll
@@ -315,14 +319,6 @@ __global__ void __launch_bounds__(NW * 32) attention_fwd_kernel(Params p) {
   }
   uint32_t qf[MT][D / 16][4];
   const int r_lo = q0 + warp * WR + (lane >> 2);  // rows r_lo + 16*mt and r_lo + 16*mt + 8
-  int first[MT][2];                               // their documents' starts
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int qi = r_lo + mt * 16 + r * 8;
-      first[mt][r] = qi < T ? doc_first(p, row_base, qi) : 0;
-    }
 
   for (int i = 0; i < n_tiles; ++i) {
     const int kt = kt_hi - 1 - i, k0 = kt * BC, buf = i & 1;
@@ -367,7 +363,7 @@ __global__ void __launch_bounds__(NW * 32) attention_fwd_kernel(Params p) {
     const bool masked = tile_needs_mask<BR, BC>(q0, k0, T, p.window, doc_hi);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
-      softmax_step<D, BC>(s[mt], o[mt], m[mt], l[mt], masked, r_lo + mt * 16, first[mt], k0, p, lane);
+      softmax_step<D, BC>(s[mt], o[mt], m[mt], l[mt], masked, r_lo + mt * 16, row_base, k0, p, lane);
     // O += P V.
 #pragma unroll
     for (int kk = 0; kk < BC / 16; ++kk) {
@@ -606,13 +602,11 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dq_kernel(Params p) {
 
   const int r_lo = q0 + warp * 16 + (lane >> 2);
   float lse2[2], dl[2];
-  int first[2];  // the starts of the rows' documents
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     int qi = r_lo + r * 8;
     lse2[r] = qi < T ? p.lse[stat_base + qi] * kLog2e : INFINITY;
     dl[r] = qi < T ? p.delta[stat_base + qi] : 0.f;
-    first[r] = qi < T ? doc_first(p, row_base, qi) : 0;
   }
   float dq[D / 8][4];
 #pragma unroll
@@ -641,6 +635,10 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dq_kernel(Params p) {
     mma_abt<D, BC / 8, LDS>(s, sQ, warp * 16, k_s, lane);
     mma_abt<D, BC / 8, LDS>(dp, sdO, warp * 16, v_s, lane);
     const bool masked = tile_needs_mask<BR, BC>(q0, k0, T, p.window, doc_hi);
+    int first[2] = {0, 0};  // the starts of the rows' documents (masked tiles only)
+    if (masked)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) first[r] = r_lo + r * 8 < T ? doc_first(p, row_base, r_lo + r * 8) : 0;
 #pragma unroll
     for (int j = 0; j < BC / 8; ++j)
 #pragma unroll
