@@ -6,9 +6,12 @@
 // Memory traffic: forward reads x and writes out once (plus width-1 halo steps per
 // segment); backward reads x and dout once (plus halos), writes dx, and per-segment partial
 // sums for dweight and dbias that a second kernel adds in a fixed order (deterministic).
-// Documents (seq_idx): each thread follows the last document start of its row as it walks
-// (one i32 per step, the same address for the whole warp: a broadcast) and masks the window
-// slots before it; inputs are never cleared, only masked where they are used. The initial
+// Documents (seq_idx): each thread keeps one bit per recent position of its row (does it
+// start a document? one i32 load per step, the same address for the whole warp: a broadcast)
+// and masks the window slots before the latest start; inputs are never cleared, only masked
+// where they are used. These (and the carried state) are compiled into a second instance of
+// each kernel (kStream), with less unrolling to keep its registers near the plain one's; the
+// plain instance is the kernel as it is without them. The initial
 // state fills the window of the first segment; the last segment writes the final state.
 #include <cuda_bf16.h>
 
@@ -53,32 +56,48 @@ struct Stream {
   T* dinit;            // (B, K-1, D) or null: written by the backward
 };
 
-// Documents along one row. first_visible(): the first input position that position t (the
-// last one passed to advance) sees: the start of its document, or -kMaxK (everything, the
-// initial state included) while its document began before the window.
-struct DocCursor {
-  const int32_t* row;  // seq_idx[b, :] or null
-  int64_t last_start;  // the last document start at or before t (0: none in (0, t])
-  int32_t prev;        // seq_idx[b, t]
+// The document starts among the latest positions of one row, one bit each: bit i says
+// whether position t - i starts a document (t: the last position pushed). Positions <= 0
+// never start one, so the bits also tell whether the initial state is still visible.
+// kStream = false (neither documents nor a carried state): no bits, every slot is seen.
+template <bool kStream>
+struct StartBits {
+  const int32_t* row = nullptr;  // seq_idx[b, :]
+  uint32_t bits = 0;
+  int32_t prev = 0;  // seq_idx[b, t]
 
-  // Sets up for a walk starting at t0 (the caller advances to t0 first): finds the last start in
-  // (t0 - K + 1, t0 - 1], the only ones that can hide an input of the window.
+  // Before a walk from t0: the starts in (t0 - K + 1, t0), the only earlier ones that can hide
+  // an input of the window at t0.
   __device__ __forceinline__ void init(const int32_t* seq, int64_t L, int K, int64_t t0) {
-    row = seq ? seq + int64_t(blockIdx.z) * L : nullptr;
-    last_start = 0;
-    if (!row || t0 == 0) return;
-    for (int64_t p = max(int64_t(1), t0 - K + 2); p < t0; ++p)
-      if (starts_document(row, p)) last_start = p;
+    if (!kStream || !seq) return;
+    row = seq + int64_t(blockIdx.z) * L;
+    if (t0 == 0) return;
+    for (int64_t p = max(int64_t(1), t0 - K + 2); p < t0; ++p) bits = (bits << 1) | uint32_t(starts_document(row, p));
     prev = row[t0 - 1];
   }
-  __device__ __forceinline__ void advance(int64_t t) {
-    if (!row) return;
-    const int32_t s = row[t];
-    if (t > 0 && s != prev) last_start = t;
+  // Position t, the next one of the walk (t >= L: past the row, no start).
+  __device__ __forceinline__ void push(int64_t t, int64_t L) {
+    if (!kStream || !row) return;
+    const int32_t s = t < L ? row[t] : prev;
+    bits = (bits << 1) | uint32_t(t > 0 && s != prev);
     prev = s;
   }
-  __device__ __forceinline__ int64_t first_visible() const { return last_start > 0 ? last_start : -kMaxK; }
+  // Whether position t sees window slot j (position t - (kMaxK-1) + j): no start in
+  // (that position, t].
+  __device__ __forceinline__ bool sees_slot(int j) const {
+    return !kStream || (bits & ((1u << (kMaxK - 1 - j)) - 1u)) == 0;
+  }
+  // Whether position t - k sees position t - (K-1) (k < K): no start in between.
+  __device__ __forceinline__ bool sees_back(int k, int K) const {
+    return !kStream || k >= K - 1 || ((bits >> k) & ((1u << (K - 1 - k)) - 1u)) == 0;
+  }
 };
+
+__device__ __forceinline__ void push(float* win, float v) {
+#pragma unroll
+  for (int j = 0; j < kMaxK - 1; ++j) win[j] = win[j + 1];
+  win[kMaxK - 1] = v;
+}
 
 // wr: weights right-aligned (wr[kMaxK - K + k] = w[d, k]), wl: left-aligned (wl[k] = w[d, k]);
 // zeros elsewhere. xw: slot j holds x[t0 - kMaxK + j] (the initial state before t = 0, zeros
@@ -93,105 +112,96 @@ __device__ __forceinline__ void init_window(const T* x, const float* w, const T*
     wr[j] = kr >= 0 ? w[l.d * K + kr] : 0.f;
     wl[j] = j < K ? w[l.d * K + j] : 0.f;
     const int64_t t = l.t0 - kMaxK + j;
-    xw[j] = 0.f;
-    if (kr >= 1 && t >= 0) xw[j] = to_f(x[l.base + t * D]);
-    if (kr >= 1 && t < 0 && init) xw[j] = to_f(init[(int64_t(blockIdx.z) * (K - 1) + kr - 1) * D + l.d]);
+    xw[j] = kr >= 1 && t >= 0 ? to_f(x[l.base + t * D]) : 0.f;
   }
+  // The initial state, pushed like inputs at t = -(K-1) .. -1 (pushes keep every register
+  // index static; loading it into its slots directly doubled the backward's registers).
+  if (init && l.t0 == 0)
+    for (int i = 0; i < K - 1; ++i) push(xw, to_f(init[(int64_t(blockIdx.z) * (K - 1) + i) * D + l.d]));
 }
 
-template <class V>
-__device__ __forceinline__ void push(V* win, V v) {
+// sum_j wr[j] xw[j] over the slots the last pushed position sees.
+template <bool kStream>
+__device__ __forceinline__ float dot_window(const float* wr, const float* xw, float s, const StartBits<kStream>& doc) {
 #pragma unroll
-  for (int j = 0; j < kMaxK - 1; ++j) win[j] = win[j + 1];
-  win[kMaxK - 1] = v;
-}
-
-// sum_j wr[j] xw[j] over the slots position t sees (slot j holds position t - (kMaxK-1) + j).
-__device__ __forceinline__ float dot_window(const float* wr, const float* xw, float s, int64_t t, int64_t first) {
-#pragma unroll
-  for (int j = 0; j < kMaxK; ++j) s = fmaf(wr[j], t - (kMaxK - 1) + j >= first ? xw[j] : 0.f, s);
+  for (int j = 0; j < kMaxK; ++j) s = fmaf(wr[j], doc.sees_slot(j) ? xw[j] : 0.f, s);
   return s;
 }
 
 // out[b, t, d] = act(bias[d] + sum_k w[d, k] x[b, t - (K-1) + k, d]) over the inputs t sees;
 // the segment that ends the row also writes the final state (the last K-1 inputs as t = L-1
 // sees them).
-template <class T>
+template <class T, bool kStream>
 __global__ void __launch_bounds__(kThreads) conv1d_forward_kernel(const T* x, const float* w, const float* bias, T* out,
                                                                   Stream<T> st, int D, int64_t L, int K, bool silu) {
   const Lane l = lane_of(D, L);
   if (l.d >= D) return;
   float wr[kMaxK], wl[kMaxK], xw[kMaxK];
-  init_window(x, w, st.init, l, D, K, wr, wl, xw);
-  DocCursor doc;
+  init_window(x, w, kStream ? st.init : nullptr, l, D, K, wr, wl, xw);
+  StartBits<kStream> doc;
   doc.init(st.seq, L, K, l.t0);
   const float b = bias ? bias[l.d] : 0.f;
-#pragma unroll 8
+#pragma unroll(kStream ? 4 : 8)
   for (int64_t t = l.t0; t < l.t1; ++t) {
-    doc.advance(t);
+    doc.push(t, L);
     push(xw, to_f(x[l.base + t * D]));
-    float s = dot_window(wr, xw, b, t, doc.first_visible());
+    float s = dot_window(wr, xw, b, doc);
     if (silu) s = __fdividef(s, 1.f + __expf(-s));
     out[l.base + t * D] = from_f<T>(s);
   }
-  if (st.fin && l.t1 == L) {
-    const int64_t first = doc.first_visible();
+  if (kStream && st.fin && l.t1 == L) {
 #pragma unroll
     for (int j = 0; j < kMaxK; ++j) {
       const int i = j - (kMaxK - K + 1);  // slot j holds position L - K + 1 + i
-      if (i >= 0) st.fin[(int64_t(blockIdx.z) * (K - 1) + i) * D + l.d] = from_f<T>(L - K + 1 + i >= first ? xw[j] : 0.f);
+      if (i >= 0) st.fin[(int64_t(blockIdx.z) * (K - 1) + i) * D + l.d] = from_f<T>(doc.sees_slot(j) ? xw[j] : 0.f);
     }
   }
 }
 
 // g[t] = dout[t] act'(pre[t]) for t in [t0, t1 + K - 1) (pre recomputed from the x window;
 // g = 0 past L); dx[s] = sum_k w[k] g[s + K-1 - k] over the g[q] whose position q sees s
-// (s >= first_visible(q), kept beside g in fw), written once g[s + K-1] is known; the
+// (no document start in (s, q]), written once g[s + K-1] is known; the
 // segment at t0 = 0 writes the initial state's gradient (s < 0) the same way. dweight and
 // dbias partials over [t0, t1): part[((b nseg + seg) (K + 1) + k) D + d], entry K for dbias.
-template <class T>
+template <class T, bool kStream>
 __global__ void __launch_bounds__(kThreads) conv1d_backward_kernel(const T* go, const T* x, const float* w,
                                                                    const float* bias, T* dx, float* part, Stream<T> st,
                                                                    int D, int64_t L, int K, bool silu) {
   const Lane l = lane_of(D, L);
   if (l.d >= D) return;
   float wr[kMaxK], wl[kMaxK], xw[kMaxK], gw[kMaxK], acc[kMaxK], accb = 0.f;
-  int64_t fw[kMaxK];
-  init_window(x, w, st.init, l, D, K, wr, wl, xw);
+  init_window(x, w, kStream ? st.init : nullptr, l, D, K, wr, wl, xw);
 #pragma unroll
-  for (int j = 0; j < kMaxK; ++j) gw[j] = acc[j] = 0.f, fw[j] = 0;
-  DocCursor doc;
+  for (int j = 0; j < kMaxK; ++j) gw[j] = acc[j] = 0.f;
+  StartBits<kStream> doc;
   doc.init(st.seq, L, K, l.t0);
   const float b = bias ? bias[l.d] : 0.f;
   const int64_t tend = l.t1 + K - 1;
-#pragma unroll 4
+#pragma unroll(kStream ? 2 : 4)
   for (int64_t t = l.t0; t < tend; ++t) {
     float gt = 0.f;
-    int64_t first = 0;
+    doc.push(t, L);
     if (t < L) {
-      doc.advance(t);
-      first = doc.first_visible();
       push(xw, to_f(x[l.base + t * D]));
       gt = to_f(go[l.base + t * D]);
       if (silu) {
-        const float s = dot_window(wr, xw, b, t, first), sg = __fdividef(1.f, 1.f + __expf(-s));
+        const float s = dot_window(wr, xw, b, doc), sg = __fdividef(1.f, 1.f + __expf(-s));
         gt *= sg * (1.f + s * (1.f - sg));
       }
     } else {
       push(xw, 0.f);
     }
     push(gw, gt);
-    push(fw, first);
     if (t < l.t1) {
 #pragma unroll
-      for (int j = 0; j < kMaxK; ++j) acc[j] = fmaf(gt, t - (kMaxK - 1) + j >= first ? xw[j] : 0.f, acc[j]);
+      for (int j = 0; j < kMaxK; ++j) acc[j] = fmaf(gt, doc.sees_slot(j) ? xw[j] : 0.f, acc[j]);
       accb += gt;
     }
     const int64_t s = t - (K - 1);
-    if (s >= l.t0 || (st.dinit && l.t0 == 0)) {
+    if (s >= l.t0 || (kStream && st.dinit && l.t0 == 0)) {
       float sum = 0.f;
 #pragma unroll
-      for (int k = 0; k < kMaxK; ++k) sum = fmaf(wl[k], s >= fw[kMaxK - 1 - k] ? gw[kMaxK - 1 - k] : 0.f, sum);
+      for (int k = 0; k < kMaxK; ++k) sum = fmaf(wl[k], doc.sees_back(k, K) ? gw[kMaxK - 1 - k] : 0.f, sum);
       if (s >= l.t0) dx[l.base + s * D] = from_f<T>(sum);
       else st.dinit[(int64_t(blockIdx.z) * (K - 1) + s + K - 1) * D + l.d] = from_f<T>(sum);
     }
@@ -242,7 +252,9 @@ void launch_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, b
                     const Tensor& out, const Tensor& final_state) {
   const int64_t L = x.size(1);
   const int D = int(x.size(2)), K = int(weight.size(1));
-  conv1d_forward_kernel<T><<<grid_of(x), kThreads, 0, coil::cuda::compute_stream()>>>(
+  const bool stream = o.seq_idx.defined() || o.initial_state.defined() || final_state.defined();
+  auto kernel = stream ? conv1d_forward_kernel<T, true> : conv1d_forward_kernel<T, false>;
+  kernel<<<grid_of(x), kThreads, 0, coil::cuda::compute_stream()>>>(
       static_cast<const T*>(x.raw()), weight.data<float>(), bias.defined() ? bias.data<float>() : nullptr,
       static_cast<T*>(out.raw()), stream_of<T>(o, final_state, Tensor()), D, L, K, silu);
   COIL_CUDA_CHECK_LAUNCH("conv1d_forward", "x {}, weight {}", describe(x), describe(weight));
@@ -253,7 +265,9 @@ void launch_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weig
                      const Conv1dOptions& o, const Conv1dGrads& g, const Tensor& part) {
   const int64_t L = x.size(1);
   const int D = int(x.size(2)), K = int(weight.size(1));
-  conv1d_backward_kernel<T><<<grid_of(x), kThreads, 0, coil::cuda::compute_stream()>>>(
+  const bool stream = o.seq_idx.defined() || o.initial_state.defined();
+  auto kernel = stream ? conv1d_backward_kernel<T, true> : conv1d_backward_kernel<T, false>;
+  kernel<<<grid_of(x), kThreads, 0, coil::cuda::compute_stream()>>>(
       static_cast<const T*>(grad_out.raw()), static_cast<const T*>(x.raw()), weight.data<float>(),
       bias.defined() ? bias.data<float>() : nullptr, static_cast<T*>(g.dx.raw()), part.data<float>(),
       stream_of<T>(o, Tensor(), g.dinitial_state), D, L, K, silu);
