@@ -78,7 +78,17 @@ DataLoader::DataLoader(const DataOptions& options) : options_(options) {
   COIL_CHECK(o.world_size >= 1 && o.rank >= 0 && o.rank < o.world_size, "data: rank {} outside a world of {}", o.rank,
              o.world_size);
   buffer_.resize(size_t(o.seq_len + 1));
+  COIL_CHECK(o.sampler == "random" || o.sampler == "sequential", "data: unknown sampler '{}' (random or sequential)",
+             o.sampler);
   if (o.kind == "synthetic") {
+    COIL_CHECK(!o.reset_at_eot,
+               "data: reset_at_eot needs token files whose documents are marked (an eot_token or /doc_offsets); "
+               "a synthetic {} example is one window with no documents inside",
+               o.task);
+    COIL_CHECK(o.sampler == "random",
+               "data: the sequential sampler reads a token stream in order, but synthetic {} examples are "
+               "independent draws with no stream to follow",
+               o.task);
     if (o.task == "selective_copying" && o.task_vocab + 2 > o.vocab_size)
       fail("data: selective_copying uses {} token ids but the model's vocabulary has {}", o.task_vocab + 2, o.vocab_size);
     if (o.task == "induction_heads" && o.task_vocab + 1 > o.vocab_size)
@@ -107,8 +117,22 @@ DataLoader::DataLoader(const DataOptions& options) : options_(options) {
     fail("data: '{}' holds {} tokens, too few for one training window of seq_len + 1 = {} tokens per file (after "
          "holding out val_fraction {})",
          o.path, dataset_->total_tokens(), W, o.val_fraction);
+  if (o.sampler == "sequential") {
+    COIL_CHECK(o.slots >= 1, "data: the sequential sampler needs at least one sequence slot, got {}", o.slots);
+    windows_cum_.assign(files.size() + 1, 0);
+    for (size_t f = 0; f < files.size(); ++f)
+      windows_cum_[f + 1] = windows_cum_[f] + (train_end_[f] >= W ? (train_end_[f] - 1) / o.seq_len : 0);
+    run_ = windows_cum_.back() / o.slots;
+    if (run_ == 0)
+      fail("data: the sequential sampler gives each of {} sequence slots (micro_batch x accumulation x ranks) its own "
+           "run of consecutive windows, but '{}' holds only {} non-overlapping training windows of seq_len + 1 = {} "
+           "tokens; use more data, a shorter train.seq_len or fewer slots",
+           o.slots, o.path, windows_cum_.back(), W);
+  }
+  if (o.reset_at_eot) check_documents_marked(*dataset_);
   if (!o.val_path.empty()) {
     val_dataset_ = std::make_unique<TokenDataset>(o.val_path, o.vocab_size, o.check_ids);
+    if (o.reset_at_eot) check_documents_marked(*val_dataset_);
     const auto& vf = val_dataset_->files();
     if (vf[0].tokenizer != files[0].tokenizer)
       fail("data: validation files use tokenizer '{}' but training files use '{}'", vf[0].tokenizer,
@@ -118,33 +142,79 @@ DataLoader::DataLoader(const DataOptions& options) : options_(options) {
   }
 }
 
-void DataLoader::read_window(const TokenDataset& ds, size_t file, int64_t start, int64_t* inputs,
-                             int64_t* targets) const {
-  std::vector<int64_t> w(size_t(options_.seq_len + 1));
-  ds.read(file, start, options_.seq_len + 1, w.data());
-  std::copy(w.begin(), w.end() - 1, inputs);
-  std::copy(w.begin() + 1, w.end(), targets);
+Batch DataLoader::empty_batch(int64_t batch_size) const {
+  const int64_t L = options_.seq_len;
+  Batch b;
+  b.inputs = Tensor::empty({batch_size, L}, DType::i64);
+  b.targets = Tensor::empty({batch_size, L}, DType::i64);
+  if (options_.reset_at_eot) b.seq_idx = Tensor::empty({batch_size, L}, DType::i32);
+  b.continues.assign(size_t(batch_size), false);
+  return b;
 }
 
-void DataLoader::window(uint64_t example, int64_t* inputs, int64_t* targets) {
+bool DataLoader::read_window(const TokenDataset& ds, size_t file, int64_t start, Batch& b, int64_t row) const {
+  const int64_t L = options_.seq_len;
+  // With documents the token before the window tells whether the window starts one.
+  const int64_t before = options_.reset_at_eot && start > 0 ? 1 : 0;
+  std::vector<int64_t> w(size_t(L + 1 + before));
+  ds.read(file, start - before, L + 1 + before, w.data());
+  const int64_t* win = w.data() + before;  // win[-1]: the token before, when read
+  std::copy(win, win + L, b.inputs.data<int64_t>() + row * L);
+  std::copy(win + 1, win + L + 1, b.targets.data<int64_t>() + row * L);
+  if (!options_.reset_at_eot) return false;
+  const TokenFileInfo& info = ds.files()[file];
+  auto starts_document = [&](int64_t t) {  // input position t
+    const int64_t pos = start + t;
+    if (!info.doc_offsets.empty())
+      return std::binary_search(info.doc_offsets.begin(), info.doc_offsets.end(), uint64_t(pos));
+    return pos == 0 || win[t - 1] == info.eot_token;
+  };
+  int32_t* seq = b.seq_idx.data<int32_t>() + row * L;
+  int32_t doc = 0;
+  for (int64_t t = 0; t < L; ++t) {
+    if (t > 0 && starts_document(t)) ++doc;
+    seq[t] = doc;
+  }
+  return starts_document(0);
+}
+
+void DataLoader::check_documents_marked(const TokenDataset& ds) {
+  for (const TokenFileInfo& f : ds.files())
+    if (f.eot_token < 0 && f.doc_offsets.empty())
+      fail("data: data.reset_at_eot needs to know where documents start, but '{}' has no end-of-text token (its "
+           "eot_token attribute is -1) and no /doc_offsets; write it with an eot token (coil prepare, "
+           "scripts/prepare_hf.py) or turn data.reset_at_eot off",
+           f.path);
+}
+
+void DataLoader::window(uint64_t example, Batch& b, int64_t row) {
   const auto& o = options_;
+  const int64_t L = o.seq_len;
   if (o.kind == "synthetic") {
-    synthetic_example(o, o.seed, example, inputs, targets);
+    synthetic_example(o, o.seed, example, b.inputs.data<int64_t>() + row * L, b.targets.data<int64_t>() + row * L);
     return;
   }
-  int64_t u = int64_t(draw64(o.seed, example) % uint64_t(total_starts_));
-  size_t f = size_t(std::upper_bound(starts_cum_.begin(), starts_cum_.end(), u) - starts_cum_.begin() - 1);
-  read_window(*dataset_, f, u - starts_cum_[f], inputs, targets);
+  if (o.sampler == "random") {
+    int64_t u = int64_t(draw64(o.seed, example) % uint64_t(total_starts_));
+    size_t f = size_t(std::upper_bound(starts_cum_.begin(), starts_cum_.end(), u) - starts_cum_.begin() - 1);
+    read_window(*dataset_, f, u - starts_cum_[f], b, row);
+    return;
+  }
+  // Sequential: window k of the slot's run.
+  const uint64_t slots = uint64_t(o.slots);
+  const int64_t k = int64_t((example / slots) % uint64_t(run_));
+  const int64_t i = int64_t(example % slots) * run_ + k;
+  size_t f = size_t(std::upper_bound(windows_cum_.begin(), windows_cum_.end(), i) - windows_cum_.begin() - 1);
+  const int64_t j = i - windows_cum_[f];
+  const bool starts_document = read_window(*dataset_, f, j * L, b, row);
+  b.continues[size_t(row)] = k > 0 && j > 0 && !starts_document;
 }
 
 Batch DataLoader::next_train(int64_t batch_size) {
-  const int64_t L = options_.seq_len;
-  Batch b{Tensor::empty({batch_size, L}, DType::i64), Tensor::empty({batch_size, L}, DType::i64)};
-  int64_t* in = b.inputs.data<int64_t>();
-  int64_t* tg = b.targets.data<int64_t>();
+  Batch b = empty_batch(batch_size);
   for (int64_t i = 0; i < batch_size; ++i) {
     uint64_t example = drawn_ * uint64_t(options_.world_size) + uint64_t(options_.rank);
-    window(example, in + i * L, tg + i * L);
+    window(example, b, i);
     ++drawn_;
   }
   return b;
@@ -157,7 +227,7 @@ int64_t DataLoader::num_val_batches(int64_t batch_size) const {
 
 Batch DataLoader::val_batch(int64_t index, int64_t batch_size) const {
   const int64_t L = options_.seq_len;
-  Batch b{Tensor::empty({batch_size, L}, DType::i64), Tensor::empty({batch_size, L}, DType::i64)};
+  Batch b = empty_batch(batch_size);
   int64_t* in = b.inputs.data<int64_t>();
   int64_t* tg = b.targets.data<int64_t>();
   if (options_.kind == "synthetic") {
@@ -172,7 +242,7 @@ Batch DataLoader::val_batch(int64_t index, int64_t batch_size) const {
   const TokenDataset& ds = val_dataset_ ? *val_dataset_ : *dataset_;
   for (int64_t i = 0; i < batch_size; ++i) {
     auto [f, s] = val_windows_[size_t(index * batch_size + i)];
-    read_window(ds, f, s, in + i * L, tg + i * L);
+    read_window(ds, f, s, b, i);
   }
   return b;
 }
@@ -199,9 +269,14 @@ std::string DataLoader::describe() const {
       return fmt::format("synthetic induction heads: {} data tokens, {} positions", o.task_vocab, o.seq_len);
     return fmt::format("synthetic random tokens: vocabulary {}, {} positions", o.vocab_size, o.seq_len);
   }
-  return fmt::format("{} token file(s) '{}': {} tokens ({} tokenizer), {} training windows, {} validation windows",
+  std::string order = o.sampler == "sequential"
+                          ? fmt::format("read in order: {} slots of {} consecutive windows", o.slots, run_)
+                          : "random windows";
+  return fmt::format("{} token file(s) '{}': {} tokens ({} tokenizer), {} training windows ({}{}), {} validation "
+                     "windows",
                      dataset_->files().size(), o.path, dataset_->total_tokens(), dataset_->files()[0].tokenizer,
-                     total_starts_, val_windows_.size());
+                     total_starts_, order, o.reset_at_eot ? ", documents reset at their starts" : "",
+                     val_windows_.size());
 }
 
 }  // namespace coil::data

@@ -15,6 +15,20 @@
 // or data.val_path names separate files); inputs are the first seq_len tokens, targets the last
 // seq_len. Validation batches are fixed, non-overlapping windows of the held-out part.
 //
+// The sequential sampler (data.sampler: sequential) reads the stream in order instead, for
+// carried state (truncated backpropagation through time): the training part of the files,
+// cut into non-overlapping windows (starts 0, seq_len, 2 seq_len, ... of each file), is split
+// into `slots` equal runs of consecutive windows, one per sequence slot (the examples of a
+// step over all ranks: micro_batch x accumulation x ranks). Example e belongs to slot
+// e mod slots and is that slot's window number (e / slots) mod run length: each step reads
+// the next window of every slot, and a slot starts its run again when it is through. A row
+// `continues` when its window follows the slot's previous window in the same file.
+//
+// Documents (data.reset_at_eot): each batch carries seq_idx, a document index per input
+// position (kernels/documents.h), from the file's /doc_offsets when it has them, else from its
+// eot_token (a document starts after each end-of-text token). A row whose first position
+// starts a document does not continue its slot's state either.
+//
 // Synthetic tasks (the Mamba paper, section 4.1), token ids:
 //   selective_copying: noise 0, data tokens 1..task_vocab, separator task_vocab+1. The first
 //     seq_len - copy_tokens positions hold copy_tokens data tokens at random positions among
@@ -40,6 +54,10 @@ constexpr int64_t kIgnoreIndex = -100;
 struct Batch {
   Tensor inputs;   // i64 [B, L] on the CPU
   Tensor targets;  // i64 [B, L]; kIgnoreIndex where no loss is taken
+  Tensor seq_idx;  // i32 [B, L] with reset_at_eot (documents), else undefined
+  // Per row: the sequential sampler's window follows the slot's previous one and starts no
+  // document, so a state carried from that window applies (all false otherwise).
+  std::vector<bool> continues;
   int64_t target_count() const;  // targets that are not ignored
 };
 
@@ -55,6 +73,9 @@ struct DataOptions {
   int64_t seq_len = 256;
   uint64_t seed = 0;
   int rank = 0, world_size = 1;
+  std::string sampler = "random";  // random | sequential (token files)
+  int64_t slots = 1;               // sequential: sequence slots (examples a step over all ranks)
+  bool reset_at_eot = false;       // token files: seq_idx from the documents
 };
 
 // What a checkpoint stores about the data.
@@ -89,8 +110,14 @@ class DataLoader {
   std::string describe() const;
 
  private:
-  void window(uint64_t example, int64_t* inputs, int64_t* targets);
-  void read_window(const TokenDataset& ds, size_t file, int64_t start, int64_t* inputs, int64_t* targets) const;
+  // Fills row `row` of b with training example `example`.
+  void window(uint64_t example, Batch& b, int64_t row);
+  // Reads the window at `start` of file `file` into row `row` of b (seq_idx too, with
+  // reset_at_eot); returns whether its first input starts a document.
+  bool read_window(const TokenDataset& ds, size_t file, int64_t start, Batch& b, int64_t row) const;
+  Batch empty_batch(int64_t batch_size) const;
+  // reset_at_eot: every file must mark its documents (an eot_token or /doc_offsets).
+  static void check_documents_marked(const TokenDataset& ds);
 
   DataOptions options_;
   uint64_t drawn_ = 0;  // by this rank
@@ -98,6 +125,10 @@ class DataLoader {
   // Training: per file, the first token past the training part and the count of window starts.
   std::vector<int64_t> train_end_, starts_cum_;  // starts_cum_[f] = window starts in files < f
   int64_t total_starts_ = 0;
+  // Sequential sampler: windows_cum_[f] = non-overlapping windows in files < f; each slot
+  // reads run_ of them.
+  std::vector<int64_t> windows_cum_;
+  int64_t run_ = 0;
   // Validation windows: (file, start) in val_dataset_ (or dataset_'s held-out tails).
   std::vector<std::pair<size_t, int64_t>> val_windows_;
   std::vector<int64_t> buffer_;

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "kernels/documents.h"
+
 namespace coil::kernels {
 namespace {
 
@@ -36,6 +38,16 @@ AttentionProblem make_problem(const char* op, int64_t B, int64_t T, int64_t H, i
   p.dtype = like.dtype();
   p.device = like.device();
   return p;
+}
+
+// The document starts of options.seq_idx (undefined without documents); p.doc_start points
+// into them, so the caller keeps them alive while the kernels run.
+Tensor document_starts_of(const char* op, AttentionProblem& p, const AttentionOptions& o, const Tensor& like) {
+  if (!o.seq_idx.defined()) return Tensor();
+  check_seq_idx(op, o.seq_idx, p.batch, p.seq, like);
+  Tensor starts = document_starts(o.seq_idx);
+  p.doc_start = starts.data<int32_t>();
+  return starts;
 }
 
 // The dtype the kernels compute in: bf16 on CUDA (f32 is converted), the input's on CPU.
@@ -110,6 +122,7 @@ AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor
   check_device_dtype(op, q);
   int64_t B = q.size(0), T = q.size(1), H = q.size(2), hd = q.size(3);
   AttentionProblem p = make_problem(op, B, T, H, hd, H * hd, q, options);
+  Tensor doc_starts = document_starts_of(op, p, options, q);
   Tensor qc = as_compute(q), kc = as_compute(k), vc = as_compute(v);
   p.dtype = qc.dtype();
   AttentionOutput r;
@@ -140,6 +153,7 @@ AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Ten
   int64_t B = q.size(0), T = q.size(1), H = q.size(2), hd = q.size(3);
   check_out_lse(op, out, lse, q, B, T, H, hd);
   AttentionProblem p = make_problem(op, B, T, H, hd, H * hd, q, options);
+  Tensor doc_starts = document_starts_of(op, p, options, q);
   Tensor qc = as_compute(q), kc = as_compute(k), vc = as_compute(v), oc = as_compute(out),
          dc = as_compute(dout);
   p.dtype = qc.dtype();
@@ -165,6 +179,7 @@ AttentionOutput attention_forward_packed(const Tensor& qkv, const AttentionOptio
   check_device_dtype(op, qkv);
   int64_t B = qkv.size(0), T = qkv.size(1), H = qkv.size(3), hd = qkv.size(4);
   AttentionProblem p = make_problem(op, B, T, H, hd, 3 * H * hd, qkv, options);
+  Tensor doc_starts = document_starts_of(op, p, options, qkv);
   Tensor c = as_compute(qkv);
   p.dtype = c.dtype();
   AttentionOutput r;
@@ -192,6 +207,7 @@ Tensor attention_backward_packed(const Tensor& dout, const Tensor& qkv, const Te
   check_same_device(op, qkv, dout);
   check_out_lse(op, out, lse, qkv, B, T, H, hd);
   AttentionProblem p = make_problem(op, B, T, H, hd, 3 * H * hd, qkv, options);
+  Tensor doc_starts = document_starts_of(op, p, options, qkv);
   Tensor c = as_compute(qkv), oc = as_compute(out), dc = as_compute(dout);
   p.dtype = c.dtype();
   Tensor g = Tensor::empty(qkv.shape(), c.dtype(), qkv.device());

@@ -10,6 +10,9 @@
 //
 // Masking: query t sees keys s with s <= t and, when window > 0, t - s < window (the last
 // `window` keys including itself). window == 0 means unlimited. scale <= 0 means 1/sqrt(hd).
+// Documents (seq_idx, kernels/documents.h): query t also sees only keys s >= the start of its
+// document (block-diagonal causal attention); the GPU kernels skip key tiles that lie wholly
+// in earlier documents, so packed short documents cost less than one long one.
 //
 // Devices and dtypes: CPU reference in f32 and f64 (plain softmax attention, O(T^2) memory).
 // CUDA: bf16 is the fast path (mma.sync m16n8k16, fp32 accumulation and softmax); f32 inputs
@@ -25,6 +28,7 @@ namespace coil::kernels {
 struct AttentionOptions {
   int64_t window = 0;  // 0: unlimited causal attention
   double scale = 0;    // <= 0: 1/sqrt(head_dim)
+  Tensor seq_idx;      // optional (B, T) i32: documents, on the inputs' device
 };
 
 struct AttentionOutput {
@@ -61,6 +65,8 @@ struct AttentionProblem {
   int64_t window = 0;
   double scale = 0;         // resolved (> 0)
   int64_t qkv_stride = 0;   // elements between consecutive tokens in q, k, v, dq, dk, dv
+  const int32_t* doc_start = nullptr;  // optional (B, T): the first key each query may see
+                                       // (kernels::document_starts), on the device
   DType dtype = DType::f32;
   Device device;
 };

@@ -1,9 +1,11 @@
 #include "kernels/conv1d.h"
 
+#include "kernels/documents.h"
+
 namespace coil::kernels {
 namespace {
 
-void check_args(const char* op, const Tensor& x, const Tensor& weight, const Tensor& bias) {
+void check_args(const char* op, const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv1dOptions& o) {
   check_defined(op, x, "x");
   check_defined(op, weight, "weight");
   COIL_CHECK(x.dim() == 3, "{}: x must be (batch, length, dim), got {}", op, describe(x));
@@ -27,21 +29,39 @@ void check_args(const char* op, const Tensor& x, const Tensor& weight, const Ten
     check_dtype(op, x, {DType::f32, DType::bf16});
     check_dtype(op, weight, {DType::f32});
   }
+  if (o.seq_idx.defined()) check_seq_idx(op, o.seq_idx, x.size(0), x.size(1), x);
+  if (o.initial_state.defined()) {
+    const Shape expected{x.size(0), weight.size(1) - 1, x.size(2)};
+    COIL_CHECK(o.initial_state.shape() == expected, "{}: initial_state must be (batch, width - 1, dim) = {}, got {}",
+               op, shape_str(expected), describe(o.initial_state));
+    check_same_device(op, x, o.initial_state);
+    check_same_dtype(op, x, o.initial_state);
+  }
 }
 
 }  // namespace
 
-Tensor conv1d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, bool silu) {
+Tensor conv1d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, bool silu,
+                      const Conv1dOptions& options, Tensor* final_state) {
   const char* op = "conv1d_forward";
-  check_args(op, x, weight, bias);
+  check_args(op, x, weight, bias, options);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-  if (x.numel() == 0) return out;
+  Tensor fin;
+  if (final_state) {
+    fin = Tensor::empty({x.size(0), weight.size(1) - 1, x.size(2)}, x.dtype(), x.device());
+    *final_state = fin;
+  }
+  if (x.numel() == 0) {  // no time step: the state passes through
+    if (fin.defined() && options.initial_state.defined()) fin.copy_(options.initial_state);
+    else if (fin.defined()) fin.zero_();
+    return out;
+  }
   if (x.device().is_cpu()) {
-    cpu::conv1d_forward(x, weight, bias, silu, out);
+    cpu::conv1d_forward(x, weight, bias, silu, options, out, fin);
     return out;
   }
 #ifdef COIL_CUDA
-  cuda::conv1d_forward(x, weight, bias, silu, out);
+  cuda::conv1d_forward(x, weight, bias, silu, options, out, fin);
   return out;
 #else
   fail("{}: {} needs CUDA, but coil was built without it", op, describe(x));
@@ -49,9 +69,9 @@ Tensor conv1d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
 }
 
 Conv1dGrads conv1d_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight, const Tensor& bias,
-                            bool silu) {
+                            bool silu, const Conv1dOptions& options) {
   const char* op = "conv1d_backward";
-  check_args(op, x, weight, bias);
+  check_args(op, x, weight, bias, options);
   check_defined(op, grad_out, "grad_out");
   check_same_shape(op, grad_out, x);
   check_same_dtype(op, grad_out, x);
@@ -60,17 +80,18 @@ Conv1dGrads conv1d_backward(const Tensor& grad_out, const Tensor& x, const Tenso
   g.dx = Tensor::empty(x.shape(), x.dtype(), x.device());
   g.dweight = Tensor::empty(weight.shape(), weight.dtype(), x.device());
   if (bias.defined()) g.dbias = Tensor::empty(bias.shape(), bias.dtype(), x.device());
+  if (options.initial_state.defined()) g.dinitial_state = Tensor::empty(options.initial_state.shape(), x.dtype(), x.device());
   if (x.numel() == 0) {
-    g.dweight.zero_();
-    if (g.dbias.defined()) g.dbias.zero_();
+    for (Tensor* t : {&g.dweight, &g.dbias, &g.dinitial_state})
+      if (t->defined()) t->zero_();
     return g;
   }
   if (x.device().is_cpu()) {
-    cpu::conv1d_backward(grad_out, x, weight, bias, silu, g);
+    cpu::conv1d_backward(grad_out, x, weight, bias, silu, options, g);
     return g;
   }
 #ifdef COIL_CUDA
-  cuda::conv1d_backward(grad_out, x, weight, bias, silu, g);
+  cuda::conv1d_backward(grad_out, x, weight, bias, silu, options, g);
   return g;
 #else
   fail("{}: {} needs CUDA, but coil was built without it", op, describe(x));

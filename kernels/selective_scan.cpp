@@ -1,5 +1,7 @@
 #include "kernels/selective_scan.h"
 
+#include "kernels/documents.h"
+
 namespace coil::kernels {
 namespace {
 
@@ -33,11 +35,7 @@ void check_scan_args(const char* op, const ScanArgs& a) {
   if (a.delta_bias.defined()) check_shape(op, a.delta_bias, "delta_bias", {dim});
   if (a.initial_state.defined()) check_shape(op, a.initial_state, "initial_state", {batch, dim, state});
   COIL_CHECK(state >= 1, "{}: d_state must be at least 1, got A {}", op, describe(a.A));
-  if (a.seq_idx.defined()) {
-    check_shape(op, a.seq_idx, "seq_idx", {batch, len});
-    check_device(op, a.seq_idx, "seq_idx", a.u);
-    check_dtype(op, a.seq_idx, {DType::i32});
-  }
+  if (a.seq_idx.defined()) check_seq_idx(op, a.seq_idx, batch, len, a.u);
 
   const Tensor* all[] = {&a.delta, &a.A, &a.B, &a.C, &a.D, &a.z, &a.delta_bias, &a.initial_state};
   const char* names[] = {"delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"};

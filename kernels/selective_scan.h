@@ -11,9 +11,15 @@
 // Math, per batch b, channel d, state n, time t (h starts at initial_state, else 0):
 //   dt   = softplus(delta[t] + delta_bias[d])   (bias and softplus each optional)
 //   h[n] = exp(dt * A[d,n]) * h[n] + dt * B[n,t] * u[t]
+//          (at a document start t of seq_idx the first term is 0: h[n] = dt * B[n,t] * u[t])
 //   y[t] = sum_n C[n,t] * h[n] + D[d] * u[t]
 //   out[t] = y[t] * silu(z[t])                   (when z is given, else out = y)
-// An undefined Tensor means "absent" for D, z, delta_bias, initial_state.
+// An undefined Tensor means "absent" for D, z, delta_bias, initial_state, seq_idx.
+//
+// Document resets (seq_idx, kernels/documents.h): the state before a document start is zero,
+// so nothing flows across it, forward or backward (d h_{t-1} gets nothing from a start t, and
+// the dA and ddelta terms of exp(dt A) h_{t-1} vanish there). The initial state applies at
+// t = 0 only: a row that begins a fresh document at t = 0 passes zeros (or no initial state).
 //
 // Dtypes: on the CPU all tensors share one dtype, f32 or f64 (the reference). On CUDA u, delta,
 // z, B, C (and out and their gradients) are f32 or bf16, A, D, delta_bias and the states f32;

@@ -29,9 +29,7 @@ int64_t Attention::matmul_parameters() const {
 
 // x [B, T, d] -> qkv [B, T, 3, H, hd] (one fused projection, a free reshape) -> RoPE on q and k
 // -> causal flash attention -> [B, T, H, hd] = [B, T, d] -> out_proj.
-Variable Attention::forward(const Variable& x) const { return forward(x, nullptr); }
-
-Variable Attention::forward(const Variable& x, Tensor* rotated_qkv) const {
+Variable Attention::forward(const Variable& x, const MixerContext& context) const {
   COIL_CHECK(x.dim() == 3 && x.size(2) == d_model, "Attention: x must be [B, T, {}], got {}", d_model,
              describe(x.value()));
   int64_t B = x.size(0), T = x.size(1);
@@ -41,9 +39,10 @@ Variable Attention::forward(const Variable& x, Tensor* rotated_qkv) const {
     ro.base = rope_theta;
     qkv = autograd::rope(qkv, ro);
   }
-  if (rotated_qkv) *rotated_qkv = qkv.value();
+  if (context.rotated_qkv) *context.rotated_qkv = qkv.value();
   kernels::AttentionOptions ao;
   ao.window = window;
+  ao.seq_idx = context.seq_idx;
   Variable y = autograd::attention(qkv, ao);
   return out_proj->forward(autograd::reshape(y, {B, T, d_model}));
 }

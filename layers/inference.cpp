@@ -50,24 +50,24 @@ Variable attention_step(const Attention& att, const Variable& x, LayerState& st,
   return att.out_proj->forward(Variable(y.reshape({batch, att.d_model})));
 }
 
-// The prompt's part: the training forward, keeping what the steps continue from. `rows`:
-// this layer's state of the prefilled rows (views), `positions` theirs (zeros).
+// The prompt's part: the training forward, keeping what the steps continue from (the conv's
+// last inputs and the scan's state, as carried-state training keeps them). `rows`: this layer's
+// state of the prefilled rows (views), `positions` theirs (zeros).
 Variable mamba_prefill(const MambaMixer& m, const Variable& x, LayerState& rows) {
-  MambaMixer::Prefill kept;
-  Variable out = m.forward(x, &kept);
-  const Tensor& input = kept.conv_input;  // (n, L, d_inner)
-  const int64_t n = input.size(0), L = input.size(1), width = m.d_conv - 1, k = std::min(L, width);
-  Tensor tail = kernels::narrow(input, 1, L - k, k);
-  if (k < width)  // a prompt shorter than the conv: zeros before it, as the training conv pads
-    tail = kernels::concat({Tensor::zeros({n, width - k, m.d_inner}, input.dtype(), input.device()), tail}, 1);
-  rows.conv.copy_(tail);
-  rows.ssm.copy_(kept.final_state);
+  MambaState kept;
+  MixerContext context;
+  context.final = &kept;
+  Variable out = m.forward(x, context);
+  rows.conv.copy_(kept.conv);
+  rows.ssm.copy_(kept.ssm);
   return out;
 }
 
 Variable attention_prefill(const Attention& att, const Variable& x, LayerState& rows, const Tensor& positions) {
   Tensor qkv;
-  Variable out = att.forward(x, &qkv);
+  MixerContext context;
+  context.rotated_qkv = &qkv;
+  Variable out = att.forward(x, context);
   kernels::append_kv(qkv, rows.k, rows.v, positions);
   return out;
 }

@@ -66,6 +66,14 @@ int64_t MambaMixer::matmul_parameters() const {
          dt_proj->weight->numel() + out_proj->weight->numel();
 }
 
+MambaState MambaMixer::zero_state(int64_t batch) const {
+  const Device dev = device();
+  MambaState s;
+  s.conv = Tensor::zeros({batch, d_conv - 1, d_inner}, compute_dtype(), dev);
+  s.ssm = Tensor::zeros({batch, d_inner, d_state}, dev.is_cuda() ? DType::f32 : compute_dtype(), dev);
+  return s;
+}
+
 Variable kernel_param(const Parameter& p, const Variable& like) {
   if (like.device().is_cuda() && p.var.dtype() == DType::f32) return p.var;
   return p.compute(like.dtype());
@@ -77,9 +85,8 @@ Variable kernel_param(const Parameter& p, const Variable& like) {
 //   x, z = in_proj(x) (B, L, di) each; x = silu(conv1d(x));
 //   dt, B, C = split(x_proj(x)); delta = dt @ dt_proj.weight^T (bias: the scan's delta_bias);
 //   y = scan(x, delta, -exp(A_log), B, C, D, z, dt_proj.bias, softplus); out_proj(y).
-Variable MambaMixer::forward(const Variable& x) const { return forward(x, nullptr); }
-
-Variable MambaMixer::forward(const Variable& x, Prefill* prefill) const {
+// The context's documents reset the conv and the scan; its states enter and leave both.
+Variable MambaMixer::forward(const Variable& x, const MixerContext& context) const {
   COIL_CHECK(x.dim() == 3 && x.size(2) == d_model, "MambaMixer: x must be [B, L, {}], got {}", d_model,
              describe(x.value()));
   const int64_t Bn = x.size(0), L = x.size(1);
@@ -87,7 +94,10 @@ Variable MambaMixer::forward(const Variable& x, Prefill* prefill) const {
   const Variable& z = xz[1];
   Variable w = autograd::reshape(kernel_param(*conv1d->weight, xz[0]), {d_inner, d_conv});
   Variable cb = conv1d->bias ? kernel_param(*conv1d->bias, xz[0]) : Variable();
-  Variable xs = autograd::conv1d(xz[0], w, cb, /*silu=*/true);  // (B, L, di)
+  const MambaState* initial = context.initial;
+  Variable xs = autograd::conv1d(xz[0], w, cb, /*silu=*/true, context.seq_idx,
+                                 initial && initial->conv.defined() ? Variable(initial->conv) : Variable(),
+                                 context.final ? &context.final->conv : nullptr);  // (B, L, di)
 
   Variable x_dbl = x_proj->forward(autograd::reshape(xs, {Bn * L, d_inner}));
   auto dbc = autograd::split(x_dbl, {dt_rank, d_state, d_state}, 1);
@@ -101,9 +111,11 @@ Variable MambaMixer::forward(const Variable& x, Prefill* prefill) const {
   in.z = z;
   in.delta_bias = kernel_param(*dt_proj->bias, xs);
   in.delta_softplus = true;
-  autograd::ScanOutputs scan = autograd::selective_scan(in);
-  if (prefill) *prefill = {xz[0].value(), scan.final_state.value()};
-  return out_proj->forward(scan.out);  // (B, L, di) -> (B, L, d)
+  in.seq_idx = context.seq_idx;
+  if (initial && initial->ssm.defined()) in.initial_state = Variable(initial->ssm);
+  autograd::ScanOutputs y = autograd::selective_scan(in);
+  if (context.final) context.final->ssm = y.final_state.value();
+  return out_proj->forward(y.out);  // (B, L, di) -> (B, L, d)
 }
 
 }  // namespace coil::layers

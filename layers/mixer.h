@@ -8,9 +8,26 @@
 
 namespace coil::layers {
 
+// The state of a Mamba mixer at the edge of a window (docs/MODELS.md, "Packed documents and
+// carried state"): conv (B, d_conv - 1, d_inner) in the compute dtype, the last inputs of the
+// causal conv; ssm (B, d_inner, d_state), the scan's state (fp32 on the GPU, the compute dtype
+// on the CPU). Undefined tensors stand for zeros.
+struct MambaState {
+  Tensor conv, ssm;
+};
+
+// What a mixer sees besides x, each optional.
+struct MixerContext {
+  Tensor seq_idx;                       // (B, T) i32 on x's device: documents (kernels/documents.h)
+  const MambaState* initial = nullptr;  // Mamba: the state before position 0
+  MambaState* final = nullptr;          // Mamba: receives the state after the last position (detached)
+  Tensor* rotated_qkv = nullptr;        // Attention: receives qkv after RoPE (B, T, 3, H, hd), what a
+                                        // KV cache keeps (layers/inference.h)
+};
+
 class Mixer : public Module {
  public:
-  virtual Variable forward(const Variable& x) const = 0;
+  virtual Variable forward(const Variable& x, const MixerContext& context = {}) const = 0;
   // Weights that take part in matrix products (and the depthwise conv), for FLOP counting.
   virtual int64_t matmul_parameters() const = 0;
 };
@@ -30,20 +47,16 @@ class CausalConv1d : public Module {
 // forward: xz = in_proj(x); x, z = split; x = silu(conv1d(x)); (dt, B, C) = x_proj(x);
 //   delta_raw = dt_proj.weight @ dt (the bias goes to the scan as delta_bias);
 //   y = selective_scan(x, delta_raw, A = -exp(A_log), B, C, D, z, delta_bias, softplus);
-//   out = out_proj(y).
+//   out = out_proj(y). The conv and the scan take the context's documents and states.
 class MambaMixer : public Mixer {
  public:
   // out_proj_scale: the reference's rescale_prenorm_residual factor 1/sqrt(n_res * n_layer).
   MambaMixer(const ModelConfig& cfg, Generator& gen, LinearInit in_init, LinearInit out_init,
              DType param_dtype = DType::f32);
-  Variable forward(const Variable& x) const override;
-  // forward(x), also keeping what recurrent inference continues from (layers/inference.h):
-  // the conv's input x (B, L, d_inner) and the scan's final state (B, d_inner, d_state).
-  struct Prefill {
-    Tensor conv_input, final_state;
-  };
-  Variable forward(const Variable& x, Prefill* prefill) const;
+  Variable forward(const Variable& x, const MixerContext& context = {}) const override;
   int64_t matmul_parameters() const override;
+  // A zero state for `batch` rows, in the dtypes and on the device forward uses.
+  MambaState zero_state(int64_t batch) const;
 
   int64_t d_model, d_inner, d_state, d_conv, dt_rank;
   std::shared_ptr<Parameter> A_log, D;
@@ -59,15 +72,14 @@ Variable kernel_param(const Parameter& p, const Variable& like);
 // Multi-head causal self-attention, names as mamba_ssm's MHA: in_proj [3*d, d] (rows q, k,
 // v; + bias when config.bias), out_proj [d, d] (+ bias). Positions: "rope" rotates q and k
 // (theta from the config), "learned" and "none" leave them (learned positions are added to
-// the embedding by the model). window > 0: sliding-window causal attention.
+// the embedding by the model). window > 0: sliding-window causal attention. The context's
+// documents mask attention across them; carried states do not apply (a window is attended
+// alone).
 class Attention : public Mixer {
  public:
   Attention(const ModelConfig& cfg, Generator& gen, LinearInit in_init, LinearInit out_init,
             DType param_dtype = DType::f32);
-  Variable forward(const Variable& x) const override;
-  // forward(x), also giving the packed qkv after RoPE (B, T, 3, H, hd): the keys and values a
-  // KV cache keeps (layers/inference.h).
-  Variable forward(const Variable& x, Tensor* rotated_qkv) const;
+  Variable forward(const Variable& x, const MixerContext& context = {}) const override;
   int64_t matmul_parameters() const override;
 
   int64_t d_model, n_head, head_dim, window;

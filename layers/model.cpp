@@ -6,6 +6,7 @@
 #include "autograd/functions/layout.h"
 #include "autograd/functions/loss.h"
 #include "autograd/functions/matmul.h"
+#include "kernels/documents.h"
 
 namespace coil::layers {
 
@@ -45,8 +46,9 @@ Block::Block(const ModelConfig& cfg, const std::string& kind, Generator& gen, DT
   }
 }
 
-std::pair<Variable, Variable> Block::forward(const Variable& hidden, const Variable& residual) const {
-  return forward(hidden, residual, [&](const Variable& x) { return mixer->forward(x); });
+std::pair<Variable, Variable> Block::forward(const Variable& hidden, const Variable& residual,
+                                             const MixerContext& context) const {
+  return forward(hidden, residual, [&](const Variable& x) { return mixer->forward(x, context); });
 }
 
 std::pair<Variable, Variable> Block::forward(const Variable& hidden, const Variable& residual,
@@ -124,7 +126,7 @@ void LanguageModel::to(Device device) {
   set_compute_dtype(cd);
 }
 
-Variable LanguageModel::hidden_states(const Tensor& tokens) const {
+Variable LanguageModel::hidden_states(const Tensor& tokens, const SequenceContext& context) const {
   COIL_CHECK(tokens.dim() == 2 && (tokens.dtype() == DType::i32 || tokens.dtype() == DType::i64),
              "LanguageModel: tokens must be [B, T] i32 or i64, got {}", describe(tokens));
   COIL_CHECK(tokens.device() == device(), "LanguageModel: tokens on {} but the model is on {}",
@@ -135,25 +137,58 @@ Variable LanguageModel::hidden_states(const Tensor& tokens) const {
     COIL_CHECK(T <= cfg_.attention.max_seq_len,
                "LanguageModel: sequence length {} exceeds model.attention.max_seq_len ({})", T,
                cfg_.attention.max_seq_len);
-    Tensor pos = Tensor::arange(T, DType::i64, tokens.device());
+    Tensor pos = context.seq_idx.defined() ? kernels::document_positions(context.seq_idx)
+                                           : Tensor::arange(T, DType::i64, tokens.device());
     h = autograd::add(h, backbone->pos_embedding->forward(pos));
   }
   if (!cfg_.residual_in_fp32) h = to_compute(h);
+  const size_t n = backbone->blocks.size();
+  COIL_CHECK(!context.initial || context.initial->size() == n,
+             "LanguageModel: the initial state has {} layers but the model has {}", context.initial->size(), n);
+  if (context.final) context.final->assign(n, MambaState{});
   Variable residual;
-  for (auto& block : backbone->blocks) std::tie(h, residual) = block->forward(h, residual);
+  for (size_t i = 0; i < n; ++i) {
+    MixerContext mc;
+    mc.seq_idx = context.seq_idx;
+    mc.initial = context.initial ? &(*context.initial)[i] : nullptr;
+    mc.final = context.final ? &(*context.final)[i] : nullptr;
+    std::tie(h, residual) = backbone->blocks[i]->forward(h, residual, mc);
+  }
   return backbone->norm_f->forward_residual(h, residual).normed;
 }
 
-Variable LanguageModel::forward(const Tensor& tokens) const {
-  Variable h = to_compute(hidden_states(tokens));
+ModelState state_rows(const ModelState& state, int64_t begin, int64_t end) {
+  ModelState out(state.size());
+  for (size_t i = 0; i < state.size(); ++i)
+    for (auto [src, dst] : {std::pair{&state[i].conv, &out[i].conv}, std::pair{&state[i].ssm, &out[i].ssm}})
+      if (src->defined()) *dst = src->narrow0(begin, end);
+  return out;
+}
+
+void zero_state_row(const ModelState& state, int64_t row) {
+  for (const MambaState& s : state)
+    for (const Tensor* t : {&s.conv, &s.ssm})
+      if (t->defined()) t->narrow0(row, row + 1).zero_();
+}
+
+ModelState LanguageModel::zero_state(int64_t batch) const {
+  ModelState s(backbone->blocks.size());
+  for (size_t i = 0; i < s.size(); ++i)
+    if (auto* m = dynamic_cast<const MambaMixer*>(backbone->blocks[i]->mixer.get())) s[i] = m->zero_state(batch);
+  return s;
+}
+
+Variable LanguageModel::forward(const Tensor& tokens, const SequenceContext& context) const {
+  Variable h = to_compute(hidden_states(tokens, context));
   return autograd::linear(h, lm_head->weight->compute(compute_dtype()));
 }
 
-Variable LanguageModel::loss(const Tensor& tokens, const Tensor& targets, int64_t ignore_index) const {
+Variable LanguageModel::loss(const Tensor& tokens, const Tensor& targets, int64_t ignore_index,
+                             const SequenceContext& context) const {
   COIL_CHECK(targets.shape() == tokens.shape(),
              "LanguageModel::loss: targets {} must have the shape of tokens {}", describe(targets),
              describe(tokens));
-  Variable h = to_compute(hidden_states(tokens));
+  Variable h = to_compute(hidden_states(tokens, context));
   int64_t n = tokens.numel();
   h = autograd::reshape(h, {n, cfg_.d_model});
   return autograd::linear_cross_entropy(h, lm_head->weight->compute(compute_dtype()),

@@ -41,6 +41,22 @@ class ModuleList : public Module {
   std::vector<std::shared_ptr<Module>> items_;
 };
 
+// The carried state of a model: one MambaState per layer (undefined tensors for attention
+// layers, and for zeros).
+using ModelState = std::vector<MambaState>;
+
+// Views of rows [begin, end) of every tensor of a state (one micro-batch of the slots).
+ModelState state_rows(const ModelState& state, int64_t begin, int64_t end);
+// Zeros row `row` of every tensor of a state (a sequence that starts afresh).
+void zero_state_row(const ModelState& state, int64_t row);
+
+// Optional inputs of a forward pass (docs/MODELS.md, "Packed documents and carried state").
+struct SequenceContext {
+  Tensor seq_idx;                       // (B, T) i32 on the model's device: documents
+  const ModelState* initial = nullptr;  // the Mamba layers' states before position 0
+  ModelState* final = nullptr;          // receives their states after the last position
+};
+
 // Parameter initialization of a family (see ModelConfig::init).
 struct InitPlan {
   LinearInit linear;    // every Linear but the residual output projections
@@ -53,7 +69,8 @@ class Block : public Module {
  public:
   Block(const ModelConfig& cfg, const std::string& mixer_kind, Generator& gen, DType param_dtype);
   // (hidden, residual) -> (hidden', residual'); residual undefined for the first block.
-  std::pair<Variable, Variable> forward(const Variable& hidden, const Variable& residual) const;
+  std::pair<Variable, Variable> forward(const Variable& hidden, const Variable& residual,
+                                        const MixerContext& context = {}) const;
   // The same with the mixer's part done by `mix` (recurrent inference runs the block's norms
   // and MLP around its own step of the mixer: layers/inference.h).
   std::pair<Variable, Variable> forward(const Variable& hidden, const Variable& residual,
@@ -90,13 +107,18 @@ class LanguageModel : public Module {
   // validates the config first. Parameters are f32 (f64 when config.dtype is "f64").
   explicit LanguageModel(const ModelConfig& cfg, uint64_t seed = 0);
 
-  // tokens [B, T] (i32 or i64) -> the final normed hidden states [B, T, d].
-  Variable hidden_states(const Tensor& tokens) const;
+  // tokens [B, T] (i32 or i64) -> the final normed hidden states [B, T, d]. With documents
+  // (context.seq_idx) no information crosses a document start, and learned positions restart
+  // at each; context.initial / final carry the Mamba layers' states in and out.
+  Variable hidden_states(const Tensor& tokens, const SequenceContext& context = {}) const;
   // tokens [B, T] -> logits [B, T, V_padded] (materialized: for evaluation and generation).
-  Variable forward(const Tensor& tokens) const;
+  Variable forward(const Tensor& tokens, const SequenceContext& context = {}) const;
   // Mean next-token cross-entropy of targets [B, T] (ignore_index skipped), through
   // linear_cross_entropy so the [B*T, V] logits never materialize. An f32 scalar.
-  Variable loss(const Tensor& tokens, const Tensor& targets, int64_t ignore_index = -100) const;
+  Variable loss(const Tensor& tokens, const Tensor& targets, int64_t ignore_index = -100,
+                const SequenceContext& context = {}) const;
+  // A zero carried state for `batch` rows (entries of attention layers stay undefined).
+  ModelState zero_state(int64_t batch) const;
 
   // Unique parameters; without embeddings: minus the token and position embeddings and an
   // untied head (Kaplan's non-embedding N).

@@ -120,6 +120,43 @@ TEST_CASE("on the GPU in deterministic mode, resuming is exact too", "[trainer][
   }
 }
 
+namespace {
+// A token file of 200 documents of 9 ids below 31, each ended by the eot token 31.
+std::string documents_file(const std::string& name) {
+  fs::path dir = fs::temp_directory_path() / ("coil_test_trainer_" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::string path = (dir / "tokens.h5").string();
+  data::TokenWriter w(path, 32, "test", 31);
+  for (uint32_t d = 0; d < 200; ++d) {
+    std::vector<uint32_t> doc;
+    for (uint32_t i = 0; i < 9; ++i) doc.push_back((d * 5 + i * 3) % 31);
+    w.append(doc);
+    w.end_document();
+  }
+  w.close();
+  return path;
+}
+std::vector<std::string> carried_state(const std::string& path, bool resets) {
+  return {"data.kind=tokens", "data.path=" + path, "data.val_fraction=0.1", "data.sampler=sequential",
+          "train.carry_state=true", fmt::format("data.reset_at_eot={}", resets)};
+}
+}  // namespace
+
+TEST_CASE("with carried state (train.carry_state) resuming is exact too", "[trainer]") {
+  check_exact_resume("resume_carry", "mamba-tiny", carried_state(documents_file("carry_data"), true));
+}
+
+TEST_CASE("on the GPU in deterministic mode, carried state resumes exactly", "[trainer][cuda]") {
+  const std::string path = documents_file("carry_data_cuda");
+  for (bool resets : {false, true}) {  // resets: the CUDA scan with seq_idx
+    INFO("reset_at_eot " << resets);
+    auto sets = carried_state(path, resets);
+    for (std::string s : {"train.device=cuda", "train.dtype=bf16", "train.deterministic=true"}) sets.push_back(s);
+    check_exact_resume(fmt::format("resume_carry_cuda_{}", resets), "hybrid-tiny", sets);
+  }
+}
+
 TEST_CASE("a signal saves a checkpoint at the next step boundary and stops", "[trainer]") {
   Config c = tiny("signal", "mamba-tiny");
   TrainOptions o = quiet();

@@ -86,6 +86,7 @@ uint64_t checksum(const Checkpoint& c) {
   };
   add_group("params", c.params);
   add_group("optim", c.optimizer);
+  add_group("carry", c.carried);  // empty without carried state: older files still verify
   std::string s = state_text(c.state) + alias_text(c.aliases);
   h.update(s.data(), s.size());
   return h.h;
@@ -163,6 +164,7 @@ void write_checkpoint(const std::string& path, const Checkpoint& checkpoint) {
   c.aliases = checkpoint.aliases;
   for (auto& [n, t] : checkpoint.params) c.params.emplace_back(n, storable(t));
   for (auto& [n, t] : checkpoint.optimizer) c.optimizer.emplace_back(n, storable(t));
+  for (auto& [n, t] : checkpoint.carried) c.carried.emplace_back(n, storable(t));
 
   fs::path final_path(path);
   if (final_path.has_parent_path()) fs::create_directories(final_path.parent_path());
@@ -171,6 +173,7 @@ void write_checkpoint(const std::string& path, const Checkpoint& checkpoint) {
     h5::Handle f = h5::create_file(tmp);
     write_group(f, "params", c.params, tmp);
     write_group(f, "optim", c.optimizer, tmp);
+    if (!c.carried.empty()) write_group(f, "carry", c.carried, tmp);
     const TrainState& s = c.state;
     h5::write_attr_str(f, "format", kFormat);
     h5::write_attr_i64(f, "format_version", kFormatVersion);
@@ -207,6 +210,7 @@ Checkpoint read_checkpoint(const std::string& path) {
   c.state = read_state(f, path);
   c.params = read_group(f, "params", path);
   c.optimizer = read_group(f, "optim", path);
+  c.carried = read_group(f, "carry", path);
   std::string aliases = h5::has_attr(f, "aliases") ? h5::read_attr_str(f, "aliases", path) : "";
   size_t pos = 0;
   while (pos < aliases.size()) {

@@ -2,6 +2,7 @@
 // (docs/FORMATS.md has the layout):
 //   /params/<name>           each parameter's master value (fp32; f64 for f64 models)
 //   /optim/<name>            the optimizer's tensors (AdamW: exp_avg/<param>, exp_avg_sq/<param>)
+//   /carry/<name>            train.carry_state: the states carried into the next window
 //   root attributes          step, tokens_seen, nan_skips, sampler and RNG state, the schedule's
 //                            last learning rate, the resolved config (YAML text), param aliases,
 //                            world_size (absent in files from before it existed: 1), and
@@ -42,6 +43,7 @@ struct Checkpoint {
   TrainState state;
   NamedTensors params;     // CPU tensors
   NamedTensors optimizer;  // CPU tensors
+  NamedTensors carried;    // CPU tensors (train.carry_state; empty otherwise)
   std::vector<std::pair<std::string, std::string>> aliases;  // alias name -> parameter name
 };
 

@@ -308,6 +308,8 @@ Fields all_fields(Config& c) {
   f.integer("data.task_vocab", c.data.task_vocab, 2);
   f.integer("data.copy_tokens", c.data.copy_tokens, 1);
   f.boolean("data.check_ids", c.data.check_ids);
+  f.boolean("data.reset_at_eot", c.data.reset_at_eot);
+  f.choice("data.sampler", c.data.sampler, {"random", "sequential"});
   f.integer("train.seq_len", c.train.seq_len, 1);
   f.integer("train.micro_batch", c.train.micro_batch, 1);
   f.integer("train.tokens_per_step", c.train.tokens_per_step, 0);
@@ -320,6 +322,7 @@ Fields all_fields(Config& c) {
   f.number("train.dist_timeout_s", c.train.dist_timeout_s, 0, INFINITY, true);
   f.number("train.bucket_mb", c.train.bucket_mb, 0, INFINITY, true);
   f.integer("train.zero", c.train.zero, 0, 1);
+  f.boolean("train.carry_state", c.train.carry_state);
   f.number("optim.lr", c.optim.lr, 0, 10, true);
   f.number_list("optim.betas", c.optim.betas, 2, 0, 1, true);
   f.number("optim.weight_decay", c.optim.weight_decay, 0, INFINITY);
@@ -473,6 +476,26 @@ void validate(const Config& c, const Origins& o) {
     fail("{}: {}", where, msg);
   }
   const auto& m = c.model.config;
+  if (c.data.kind == "synthetic" && c.data.reset_at_eot)
+    fail("{}: data.reset_at_eot needs token files whose documents are marked (data.kind tokens); a synthetic example "
+         "is one window with no documents inside",
+         at("data.reset_at_eot"));
+  if (c.data.kind == "synthetic" && c.data.sampler == "sequential")
+    fail("{}: data.sampler: sequential reads a token stream in order (data.kind tokens); synthetic examples are "
+         "independent draws",
+         at("data.sampler"));
+  if (c.train.carry_state) {
+    if (c.data.sampler != "sequential")
+      fail("{}: train.carry_state carries each sequence slot's state into its next window, so the windows must follow "
+           "each other in the stream: set data.sampler: sequential (the random sampler draws unrelated windows)",
+           at("train.carry_state"));
+    bool has_mamba = false;
+    for (auto& kind : m.layer_mixers()) has_mamba |= kind == "mamba";
+    if (!has_mamba)
+      fail("{}: train.carry_state: the model has no Mamba layers, so there is no state to carry (attention layers see "
+           "each window alone)",
+           at("train.carry_state"));
+  }
   if (c.data.kind == "tokens") {
     if (c.data.path.empty()) fail("{}: data.path: data.kind is tokens but no token files are given", at("data.path"));
   } else if (c.data.task == "selective_copying") {

@@ -41,6 +41,8 @@ struct DataSection {
   int64_t task_vocab = 16;               // synthetic: distinct data tokens
   int64_t copy_tokens = 16;              // selective_copying: tokens to remember
   bool check_ids = true;                 // tokens: check every id against the model's vocabulary
+  bool reset_at_eot = false;             // tokens: documents do not see each other (docs/MODELS.md)
+  std::string sampler = "random";        // tokens: random | sequential (windows in order per slot)
 };
 
 struct TrainSection {
@@ -56,6 +58,7 @@ struct TrainSection {
   double dist_timeout_s = 300;  // several ranks: rendezvous and collective waits give up after this
   double bucket_mb = 25;        // several ranks: gradient bucket size (docs/DISTRIBUTED.md)
   int64_t zero = 0;             // several ranks: 1 = ZeRO-1, AdamW's moments sharded over them
+  bool carry_state = false;     // Mamba states carried from window to window (docs/MODELS.md)
 };
 
 struct OptimSection {

@@ -23,6 +23,7 @@
 #include "layers/model.h"
 #include "optim/schedule.h"
 #include "train/atomic_file.h"
+#include "train/carried_state.h"
 #include "train/checkpoint.h"
 #include "train/communicator.h"
 #include "train/distributed.h"
@@ -133,7 +134,17 @@ data::DataOptions data_options(const Config& c, int rank, int world) {
   o.seed = uint64_t(c.train.seed);
   o.rank = rank;
   o.world_size = world;
+  o.sampler = c.data.sampler;
+  o.slots = c.train.micro_batch * c.grad_accum(world) * world;
+  o.reset_at_eot = c.data.reset_at_eot;
   return o;
+}
+
+// The documents of a batch on the device (none without data.reset_at_eot).
+layers::SequenceContext documents_of(const data::Batch& b, Device device) {
+  layers::SequenceContext c;
+  if (b.seq_idx.defined()) c.seq_idx = b.seq_idx.to(device);
+  return c;
 }
 
 // The learning rate at `step` (0-based): linear warmup from lr/warmup to lr, then cosine or
@@ -189,15 +200,16 @@ EvalTotals run_eval(const layers::LanguageModel& model, const data::DataLoader& 
     int64_t count = b.target_count();
     if (count == 0) continue;
     Tensor inputs = b.inputs.to(device);
+    const layers::SequenceContext docs = documents_of(b, device);
     if (!t.has_accuracy) {
       Tensor targets = b.targets.to(device);
-      double l = model.loss(inputs, targets, data::kIgnoreIndex).value().item();
+      double l = model.loss(inputs, targets, data::kIgnoreIndex, docs).value().item();
       t.loss_sum += l * double(count);
       t.targets += count;
       continue;
     }
     // Accuracy needs the logits: [B, T, V] to the host, log-softmax at the answer positions.
-    Tensor logits = model.forward(inputs).value().to(Device::cpu(), DType::f32);
+    Tensor logits = model.forward(inputs, docs).value().to(Device::cpu(), DType::f32);
     const float* lg = logits.data<float>();
     const int64_t* tg = b.targets.data<int64_t>();
     int64_t V = logits.size(-1), n = b.targets.numel();
@@ -278,6 +290,11 @@ TrainResult run_training(Config config, const TrainOptions& options) {
   auto say = [&](const std::string& s) {  // rank 0 speaks for all
     if (!options.quiet && env.rank == 0) print(s);
   };
+  COIL_CHECK(!config.train.carry_state || env.world_size == 1,
+             "train.carry_state with {} ranks ({}): carried states belong to the sequence slots of one process and "
+             "are saved by it; rank 0 writes the checkpoints alone, so the other ranks' states would be lost. Carried "
+             "state runs on one process (one GPU) for now",
+             env.world_size, env.launcher);
   Device device = rank_device(config.train.device, env);
   if (device.is_cuda()) cuda::set_device(device.index);  // before anything is allocated
   resolve(config, device, env.world_size);
@@ -363,6 +380,8 @@ TrainResult run_training(Config config, const TrainOptions& options) {
   const int64_t accum = config.grad_accum(env.world_size);
   const int64_t mb = config.train.micro_batch, L = config.train.seq_len;
   const int64_t tokens_per_step = accum * mb * L * env.world_size;
+  std::unique_ptr<CarriedState> carried;
+  if (config.train.carry_state) carried = std::make_unique<CarriedState>(model, accum * mb, mb);
 
   TrainState state;
   state.config_yaml = to_yaml(config);
@@ -370,6 +389,7 @@ TrainResult run_training(Config config, const TrainOptions& options) {
   state.world_size = env.world_size;
   if (resuming) {
     load_into(model, opt, ckpt);
+    if (carried) carried->load(ckpt.carried, ckpt_path);
     loader.set_state({ckpt.state.sampler_seed, ckpt.state.sampler_examples});
     state = ckpt.state;
     state.config_yaml = to_yaml(config);
@@ -433,7 +453,9 @@ TrainResult run_training(Config config, const TrainOptions& options) {
     state.sampler_examples = s.examples_drawn;
     if (env.rank == 0) {
       std::string path = checkpoint_path(run_dir, state.step);
-      write_checkpoint(path, make_checkpoint(model, opt, state));
+      Checkpoint c = make_checkpoint(model, opt, state);
+      if (carried) c.carried = carried->save();
+      write_checkpoint(path, c);
       prune_checkpoints(run_dir, config.checkpoint.keep_last, path);
       say(fmt::format("checkpoint {} ({})", path, why));
     } else if (zero) {
@@ -515,9 +537,16 @@ TrainResult run_training(Config config, const TrainOptions& options) {
       int64_t count = b.target_count();
       if (count > 0) {
         Tensor inputs = b.inputs.to(device), targets = b.targets.to(device);
-        autograd::Variable loss = model.loss(inputs, targets, data::kIgnoreIndex);
+        layers::SequenceContext context = documents_of(b, device);
+        layers::ModelState final_state;
+        if (carried) {
+          context.initial = &carried->before(a, b);
+          context.final = &final_state;
+        }
+        autograd::Variable loss = model.loss(inputs, targets, data::kIgnoreIndex, context);
         double weight = double(count) / double(step_targets);
         loss.backward(Tensor::full(loss.shape(), weight, loss.dtype(), loss.device()));
+        if (carried) carried->after(a, final_state);
         Tensor part = kernels::scale(loss.value(), weight);
         if (loss_dev.defined())
           kernels::accumulate(loss_dev, part);

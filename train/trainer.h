@@ -4,6 +4,8 @@
 //   weighted by its share of the step's targets; (data parallel: average over ranks); clip by
 //   the global norm; AdamW at the schedule's learning rate; log; evaluate every eval.every
 //   steps on fixed held-out batches; checkpoint every checkpoint.every steps and at the end.
+//   With train.carry_state each micro-batch starts from its sequence slots' carried Mamba
+//   states and leaves its final ones for their next windows (train/carried_state.h).
 //
 // Data parallel (launched by `coil launch`, torchrun, srun or mpirun: docs/DISTRIBUTED.md):
 // each rank runs this loop on the GPU of its local rank and draws its own micro-batches of the

@@ -5,7 +5,12 @@
 
 namespace coil::autograd {
 
-// x (batch, length, dim), weight (dim, width), bias (dim) or undefined.
-Variable conv1d(const Variable& x, const Variable& weight, const Variable& bias, bool silu);
+// x (batch, length, dim), weight (dim, width), bias (dim) or undefined. Optional: seq_idx
+// (batch, length) i32, the documents (kernels/documents.h); initial_state (batch, width-1, dim)
+// in x's dtype, the inputs before t = 0 (differentiable); final_state, when given, receives
+// the next window's initial state (a plain tensor: not differentiable).
+Variable conv1d(const Variable& x, const Variable& weight, const Variable& bias, bool silu,
+                const Tensor& seq_idx = Tensor(), const Variable& initial_state = Variable(),
+                Tensor* final_state = nullptr);
 
 }  // namespace coil::autograd

@@ -40,6 +40,7 @@ ScanOutputs selective_scan(const ScanInputs& in) {
   a.z = value_or_none(in.z);
   a.delta_bias = value_or_none(in.delta_bias);
   a.initial_state = value_or_none(in.initial_state);
+  a.seq_idx = in.seq_idx;
   a.delta_softplus = in.delta_softplus;
   const std::vector<Variable> inputs = {in.u, in.delta, in.A, in.B, in.C, in.D, in.z, in.delta_bias, in.initial_state};
   const bool needs_grad = any_requires_grad(inputs);

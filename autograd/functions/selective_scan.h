@@ -1,7 +1,7 @@
 // The selective scan as a differentiable op (a fused function: it saves its inputs and the
 // forward's chunk checkpoints, and its backward runs the recomputing backward kernel).
 // Layouts, dtypes and limits: kernels/selective_scan.h. Undefined Variables mean "absent"
-// for D, z, delta_bias and initial_state.
+// for D, z, delta_bias and initial_state (and seq_idx, a plain tensor).
 #pragma once
 #include "autograd/variable.h"
 #include "core/determinism.h"
@@ -12,6 +12,7 @@ namespace coil::autograd {
 struct ScanInputs {
   Variable u, delta, A, B, C;
   Variable D, z, delta_bias, initial_state;  // optional
+  Tensor seq_idx;  // optional (batch, length) i32: document resets (kernels/documents.h)
   bool delta_softplus = false;
   // Fixed-order reductions for dB and dC in the CUDA backward; follows the process-wide
   // deterministic mode (core/determinism.h) unless set.

@@ -1,6 +1,7 @@
 // CPU reference of causal attention: plain softmax attention, one (batch, head, query) row at
-// a time, written from the math. The backward recomputes the probabilities from q and k (it
-// does not use lse, so it stays exact in f64 for gradient checks):
+// a time, written from the math (with documents a query sees only keys of its own one). The
+// backward recomputes the probabilities from q and k (it does not use lse, so it stays exact
+// in f64 for gradient checks):
 //   s_j = scale * q.k_j (j visible), p = softmax(s), o = sum_j p_j v_j
 //   dv_j += p_j do;  dp_j = do.v_j;  ds_j = p_j (dp_j - do.o);  dq = scale sum_j ds_j k_j;
 //   dk_j += scale ds_j q
@@ -13,8 +14,10 @@
 namespace coil::kernels::cpu {
 namespace {
 
-bool visible(int64_t t, int64_t s, int64_t window) {
-  return s <= t && (window <= 0 || t - s < window);
+// Whether query t of batch row b sees key s: causal, within the window and the document.
+bool visible(const AttentionProblem& pr, int64_t b, int64_t t, int64_t s) {
+  const int64_t first = pr.doc_start ? pr.doc_start[b * pr.seq + t] : 0;
+  return s <= t && s >= first && (pr.window <= 0 || t - s < pr.window);
 }
 
 template <class T>
@@ -32,7 +35,7 @@ double row_softmax(const AttentionProblem& pr, const View<const T>& q, const Vie
   double m = -INFINITY;
   const T* qr = q.at(b, t, h);
   for (int64_t s = 0; s <= t; ++s) {
-    if (!visible(t, s, pr.window)) {
+    if (!visible(pr, b, t, s)) {
       p[s] = -INFINITY;
       continue;
     }

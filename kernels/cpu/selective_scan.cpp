@@ -8,9 +8,12 @@
 //   ddt_t  = sum_n dh_t[n] (A[n] a_t[n] h_{t-1}[n] + B_t[n] u_t)   (times softplus' if used)
 //   dA[n] += dh_t[n] a_t[n] h_{t-1}[n] dt_t,   dB_t[n] += dh_t[n] dt_t u_t,
 //   dC_t[n] += dy_t h_t[n],   dD += dy_t u_t,   dh_{-1} = a_0 dh_0 (the initial state's gradient)
+// At a document start t (seq_idx) h_{t-1} is replaced by 0: the A h_{t-1} terms vanish and
+// dh_{t-1} gets nothing from step t.
 #include <cmath>
 #include <vector>
 
+#include "kernels/documents.h"
 #include "kernels/selective_scan.h"
 
 namespace coil::kernels::cpu {
@@ -39,6 +42,7 @@ void selective_scan_forward(const ScanArgs& a, const ScanResult& r) {
     const T *u = a.u.data<T>(), *delta = a.delta.data<T>(), *A = a.A.data<T>(), *B = a.B.data<T>(),
             *C = a.C.data<T>();
     const T *D = opt<T>(a.D), *z = opt<T>(a.z), *bias = opt<T>(a.delta_bias), *h0 = opt<T>(a.initial_state);
+    const int32_t* seq = a.seq_idx.defined() ? a.seq_idx.data<int32_t>() : nullptr;
     T* out = r.out.data<T>();
     T* hl = r.final_state.data<T>();
     std::vector<T> h(static_cast<size_t>(nn));
@@ -49,9 +53,11 @@ void selective_scan_forward(const ScanArgs& a, const ScanResult& r) {
           const int64_t i = (b * nl + t) * nd + d, bt = (b * nl + t) * nn;
           T dt = delta[i] + (bias ? bias[d] : T(0));
           if (a.delta_softplus) dt = softplus(dt);
+          const bool reset = seq && starts_document(seq + b * nl, t);
           T y = 0;
           for (int64_t n = 0; n < nn; ++n) {
-            h[n] = std::exp(dt * A[d * nn + n]) * h[n] + dt * B[bt + n] * u[i];
+            const T carried = reset ? T(0) : std::exp(dt * A[d * nn + n]) * h[n];
+            h[n] = carried + dt * B[bt + n] * u[i];
             y += C[bt + n] * h[n];
           }
           if (D) y += D[d] * u[i];
@@ -71,6 +77,7 @@ void selective_scan_backward(const ScanArgs& a, const Tensor& grad_out, const Te
     const T *u = a.u.data<T>(), *delta = a.delta.data<T>(), *A = a.A.data<T>(), *B = a.B.data<T>(),
             *C = a.C.data<T>();
     const T *D = opt<T>(a.D), *z = opt<T>(a.z), *bias = opt<T>(a.delta_bias), *h0 = opt<T>(a.initial_state);
+    const int32_t* seq = a.seq_idx.defined() ? a.seq_idx.data<int32_t>() : nullptr;
     const T* dout = grad_out.data<T>();
     const T* dhl = opt<T>(grad_final_state);
     T *du = g.du.data<T>(), *ddelta = g.ddelta.data<T>(), *dA = g.dA.data<T>(), *dB = g.dB.data<T>(),
@@ -79,7 +86,8 @@ void selective_scan_backward(const ScanArgs& a, const Tensor& grad_out, const Te
     for (Tensor t : {g.dA, g.dB, g.dC, g.dD, g.ddelta_bias})
       if (t.defined()) t.zero_();
 
-    // hs[t + 1] = h after step t; hs[0] = the initial state.
+    // hs[t + 1] = h after step t; hs[0] = the initial state. hprev(t): the state step t
+    // starts from (0 at a document start).
     std::vector<T> hs(static_cast<size_t>((nl + 1) * nn)), dts(static_cast<size_t>(nl)), dh(static_cast<size_t>(nn));
     for (int64_t b = 0; b < nb; ++b)
       for (int64_t d = 0; d < nd; ++d) {
@@ -89,13 +97,16 @@ void selective_scan_backward(const ScanArgs& a, const Tensor& grad_out, const Te
           T dt = delta[i] + (bias ? bias[d] : T(0));
           if (a.delta_softplus) dt = softplus(dt);
           dts[t] = dt;
+          const bool reset = seq && starts_document(seq + b * nl, t);
           for (int64_t n = 0; n < nn; ++n)
-            hs[(t + 1) * nn + n] = std::exp(dt * A[d * nn + n]) * hs[t * nn + n] + dt * B[bt + n] * u[i];
+            hs[(t + 1) * nn + n] =
+                (reset ? T(0) : std::exp(dt * A[d * nn + n]) * hs[t * nn + n]) + dt * B[bt + n] * u[i];
         }
         for (int64_t n = 0; n < nn; ++n) dh[n] = dhl ? dhl[(b * nd + d) * nn + n] : T(0);
         for (int64_t t = nl - 1; t >= 0; --t) {
           const int64_t i = (b * nl + t) * nd + d, bt = (b * nl + t) * nn;
           const T dt = dts[t], ut = u[i];
+          const bool reset = seq && starts_document(seq + b * nl, t);
           T y = D ? D[d] * ut : T(0);
           for (int64_t n = 0; n < nn; ++n) y += C[bt + n] * hs[(t + 1) * nn + n];
           T dy = dout[i];
@@ -109,14 +120,14 @@ void selective_scan_backward(const ScanArgs& a, const Tensor& grad_out, const Te
           for (int64_t n = 0; n < nn; ++n) {
             const int64_t bi = bt + n;
             const T an = std::exp(dt * A[d * nn + n]);
-            const T hprev = hs[t * nn + n];
+            const T hprev = reset ? T(0) : hs[t * nn + n];
             dC[bi] += dy * hs[(t + 1) * nn + n];
             const T dhn = dh[n] + C[bi] * dy;  // dh_t: the carried part plus this step's readout
             dut += dhn * dt * B[bi];
             ddt += dhn * (A[d * nn + n] * an * hprev + B[bi] * ut);
             dA[d * nn + n] += dhn * an * hprev * dt;
             dB[bi] += dhn * dt * ut;
-            dh[n] = an * dhn;  // carried to step t - 1
+            dh[n] = reset ? T(0) : an * dhn;  // carried to step t - 1
           }
           du[i] = dut;
           if (a.delta_softplus) ddt *= sigmoid(delta[i] + (bias ? bias[d] : T(0)));

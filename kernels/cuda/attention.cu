@@ -9,6 +9,11 @@
 // (row pitch hd+8 elements) so that ldmatrix reads of 8 rows hit 8 different bank groups.
 // Probabilities P (and dS in the backward) go from the C-fragment layout of one product
 // straight into the A-fragment layout of the next, without a trip through shared memory.
+// Documents (kernels/documents.h): each query sees keys from the start of its document on
+// (doc_start, computed once per call by kernels::document_starts). A query tile skips the key
+// tiles before its first query's document start, a key tile stops at the first query of a
+// later document, and only tiles that straddle a document edge pay for the element mask; so
+// documents every ~500 tokens make attention cheaper, not dearer.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -161,8 +166,9 @@ __device__ __forceinline__ void load_tile(bf16_t* s, const bf16_t* g, int64_t st
   }
 }
 
-__device__ __forceinline__ bool visible(int q, int k, int T, int window) {
-  return k <= q && q < T && (window <= 0 || q - k < window);
+// first: the start of q's document (0 without documents).
+__device__ __forceinline__ bool visible(int q, int k, int T, int window, int first) {
+  return k <= q && q < T && k >= first && (window <= 0 || q - k < window);
 }
 
 __device__ __forceinline__ float quad_max(float x) {
@@ -186,23 +192,31 @@ struct Params {
   bf16_t* dv;
   float* lse;        // (B, H, T)
   float* delta;      // (B, H, T): rowsum(dO * O)
+  const int* doc_start;  // (B, T): the start of each position's document, or null
   int64_t stride;    // token stride of q, k, v, dq, dk, dv
   int T, H, window;
   float scale, scale_log2;
 };
 
-// Range of key tiles [lo, hi) that queries [q0, q0 + BR) can see.
+// The start of the document of query q < T in the batch row at row_base (0 without documents).
+__device__ __forceinline__ int doc_first(const Params& p, int64_t row_base, int q) {
+  return p.doc_start ? p.doc_start[row_base + q] : 0;
+}
+
+// Range of key tiles [lo, hi) that queries [q0, q0 + BR) can see; doc_lo: the start of q0's
+// document (keys before it lie in documents that no query of the tile belongs to).
 template <int BR, int BC>
-__device__ __forceinline__ void key_tile_range(int q0, int T, int window, int& lo, int& hi) {
+__device__ __forceinline__ void key_tile_range(int q0, int T, int window, int doc_lo, int& lo, int& hi) {
   int q_last = min(T, q0 + BR) - 1;
   hi = q_last / BC + 1;
-  lo = window > 0 ? max(0, q0 - window + 1) / BC : 0;
+  lo = max(window > 0 ? max(0, q0 - window + 1) / BC : 0, doc_lo / BC);
 }
-// Whether some (query, key) pair of the tiles is masked (diagonal, window edge, sequence end).
+// Whether some (query, key) pair of the tiles is masked (diagonal, window edge, sequence end,
+// or, with doc_hi the start of the last query's document, a document edge).
 template <int BR, int BC>
-__device__ __forceinline__ bool tile_needs_mask(int q0, int k0, int T, int window) {
+__device__ __forceinline__ bool tile_needs_mask(int q0, int k0, int T, int window, int doc_hi) {
   return k0 + BC - 1 > q0 || q0 + BR > T || k0 + BC > T ||
-         (window > 0 && q0 + BR - 1 - k0 >= window);
+         (window > 0 && q0 + BR - 1 - k0 >= window) || k0 < doc_hi;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -216,20 +230,24 @@ __device__ __forceinline__ bool tile_needs_mask(int q0, int k0, int T, int windo
 // One online-softmax step of a 16-row m-tile: s (the raw scores of this key tile, C-fragment
 // layout) becomes P = exp2(s scale log2e - m_new) with masked entries 0 (one FMA and one ex2
 // per score; m is kept in log2 units); o and l are rescaled by exp2(m_old - m_new), l gains
-// the row sums of P. This thread's rows are row0 and row0 + 8, its keys
-// k0 + j*8 + (lane & 3)*2 + (c & 1).
+// the row sums of P. This thread's rows are row0 and row0 + 8 of the batch row at row_base,
+// its keys k0 + j*8 + (lane & 3)*2 + (c & 1).
 template <int D, int BC>
 __device__ __forceinline__ void softmax_step(float (&s)[BC / 8][4], float (&o)[D / 8][4],
                                              float (&m)[2], float (&l)[2], bool masked, int row0,
-                                             int k0, const Params& p, int lane) {
+                                             int64_t row_base, int k0, const Params& p, int lane) {
   float mx[2] = {-INFINITY, -INFINITY};  // row maxima of the raw scores
+  int first[2] = {0, 0};                 // the starts of the rows' documents (masked tiles only)
+  if (masked)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) first[r] = row0 + r * 8 < p.T ? doc_first(p, row_base, row0 + r * 8) : 0;
 #pragma unroll
   for (int j = 0; j < BC / 8; ++j)
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       if (masked) {
         int qi = row0 + (c >> 1) * 8, ki = k0 + j * 8 + (lane & 3) * 2 + (c & 1);
-        if (!(visible(qi, ki, p.T, p.window) && ki < p.T)) s[j][c] = -INFINITY;
+        if (!(visible(qi, ki, p.T, p.window, first[c >> 1]) && ki < p.T)) s[j][c] = -INFINITY;
       }
       mx[c >> 1] = fmaxf(mx[c >> 1], s[j][c]);
     }
@@ -279,8 +297,9 @@ __global__ void __launch_bounds__(NW * 32) attention_fwd_kernel(Params p) {
   const bf16_t* gv = p.v + row_base * p.stride + int64_t(h) * D;
 
   int kt_lo, kt_hi;
-  key_tile_range<BR, BC>(q0, T, p.window, kt_lo, kt_hi);
+  key_tile_range<BR, BC>(q0, T, p.window, doc_first(p, row_base, q0), kt_lo, kt_hi);
   const int n_tiles = kt_hi - kt_lo;
+  const int doc_hi = doc_first(p, row_base, min(T, q0 + BR) - 1);
 
   load_tile<D, BR, LDS, NT>(sQ, gq, p.stride, T - q0, tid);
   {
@@ -341,10 +360,10 @@ __global__ void __launch_bounds__(NW * 32) attention_fwd_kernel(Params p) {
         }
       }
     }
-    const bool masked = tile_needs_mask<BR, BC>(q0, k0, T, p.window);
+    const bool masked = tile_needs_mask<BR, BC>(q0, k0, T, p.window, doc_hi);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
-      softmax_step<D, BC>(s[mt], o[mt], m[mt], l[mt], masked, r_lo + mt * 16, k0, p, lane);
+      softmax_step<D, BC>(s[mt], o[mt], m[mt], l[mt], masked, r_lo + mt * 16, row_base, k0, p, lane);
     // O += P V.
 #pragma unroll
     for (int kk = 0; kk < BC / 16; ++kk) {
@@ -419,6 +438,9 @@ __global__ void attention_bwd_delta_kernel(Params p, int64_t rows) {
 // Per query tile, per warp, everything transposed (keys are the rows):
 //   S^T = K Q^T, P^T = exp2(S^T scale log2e - lse log2e), dP^T = V dO^T,
 //   dS^T = P^T (dP^T - delta), dV += P^T dO, dK += dS^T Q; finally dK *= scale.
+// Documents: the query tiles stop at the first query whose document starts after the block's
+// last key (a binary search of the document starts), and each query's start comes with its
+// lse into shared memory for the mask.
 // Memory: reads K, V once, Q, dO, lse, delta once per key block; writes dK, dV once.
 template <int D, int NW, int BQ>
 __global__ void __launch_bounds__(NW * 32) attention_bwd_dkdv_kernel(Params p) {
@@ -430,6 +452,7 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dkdv_kernel(Params p) {
   bf16_t* sdO = sQ + 2 * BQ * LDS;  // [2][BQ][LDS]
   float* sL = reinterpret_cast<float*>(sdO + 2 * BQ * LDS);  // [2][BQ] lse * log2e
   float* sDl = sL + 2 * BQ;                                  // [2][BQ] delta
+  int* sF = reinterpret_cast<int*>(sDl + 2 * BQ);            // [2][BQ] document starts
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int h = blockIdx.y, b = blockIdx.z;
@@ -441,7 +464,17 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dkdv_kernel(Params p) {
   const bf16_t* gdo = p.dout + row_base * p.H * D + hoff;
   const int64_t do_stride = int64_t(p.H) * D;
 
-  const int q_end = p.window > 0 ? min(T, k0 + BKV - 1 + p.window) : T;
+  int q_end = p.window > 0 ? min(T, k0 + BKV - 1 + p.window) : T;
+  if (p.doc_start) {  // the first query in (k_last, q_end) whose document starts after k_last
+    const int k_last = min(T, k0 + BKV) - 1;
+    int lo = k_last + 1, hi = q_end;
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      if (doc_first(p, row_base, mid) > k_last) hi = mid;
+      else lo = mid + 1;
+    }
+    q_end = lo;
+  }
   const int qt_lo = k0 / BQ, qt_hi = (q_end + BQ - 1) / BQ;
   const int n_tiles = qt_hi - qt_lo;
 
@@ -457,6 +490,7 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dkdv_kernel(Params p) {
       int qi = q0 + i;
       sL[buf * BQ + i] = qi < T ? p.lse[stat_base + qi] * kLog2e : INFINITY;
       sDl[buf * BQ + i] = qi < T ? p.delta[stat_base + qi] : 0.f;
+      sF[buf * BQ + i] = qi < T ? doc_first(p, row_base, qi) : 0;
     }
   };
   load_q_tile(qt_lo, 0);
@@ -479,6 +513,7 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dkdv_kernel(Params p) {
     const bf16_t* do_s = sdO + buf * BQ * LDS;
     const float* l_s = sL + buf * BQ;
     const float* d_s = sDl + buf * BQ;
+    const int* f_s = sF + buf * BQ;
 
     float s[BQ / 8][4], dp[BQ / 8][4];
 #pragma unroll
@@ -489,7 +524,7 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dkdv_kernel(Params p) {
     mma_abt<D, BQ / 8, LDS>(dp, sV, warp * 16, do_s, lane);
 
     // Element (j, c): key kr_lo + (c >> 1) * 8, query q0 + j*8 + (lane & 3)*2 + (c & 1).
-    const bool masked = tile_needs_mask<BQ, BKV>(q0, k0, T, p.window);
+    const bool masked = tile_needs_mask<BQ, BKV>(q0, k0, T, p.window, doc_first(p, row_base, min(T, q0 + BQ) - 1));
 #pragma unroll
     for (int j = 0; j < BQ / 8; ++j)
 #pragma unroll
@@ -498,7 +533,7 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dkdv_kernel(Params p) {
         float pr = fast_exp2(s[j][c] * p.scale_log2 - l_s[ql]);
         if (masked) {
           int ki = kr_lo + (c >> 1) * 8;
-          if (!(visible(q0 + ql, ki, T, p.window) && ki < T)) pr = 0.f;
+          if (!(visible(q0 + ql, ki, T, p.window, f_s[ql]) && ki < T)) pr = 0.f;
         }
         s[j][c] = pr;
         dp[j][c] = pr * (dp[j][c] - d_s[ql]);
@@ -551,8 +586,9 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dq_kernel(Params p) {
   const int64_t do_stride = int64_t(p.H) * D;
 
   int kt_lo, kt_hi;
-  key_tile_range<BR, BC>(q0, T, p.window, kt_lo, kt_hi);
+  key_tile_range<BR, BC>(q0, T, p.window, doc_first(p, row_base, q0), kt_lo, kt_hi);
   const int n_tiles = kt_hi - kt_lo;
+  const int doc_hi = doc_first(p, row_base, min(T, q0 + BR) - 1);
 
   load_tile<D, BR, LDS, NT>(sQ, p.q + (row_base + q0) * p.stride + hoff, p.stride, T - q0, tid);
   load_tile<D, BR, LDS, NT>(sdO, p.dout + (row_base + q0) * do_stride + hoff, do_stride, T - q0,
@@ -598,7 +634,11 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dq_kernel(Params p) {
       for (int c = 0; c < 4; ++c) s[j][c] = dp[j][c] = 0.f;
     mma_abt<D, BC / 8, LDS>(s, sQ, warp * 16, k_s, lane);
     mma_abt<D, BC / 8, LDS>(dp, sdO, warp * 16, v_s, lane);
-    const bool masked = tile_needs_mask<BR, BC>(q0, k0, T, p.window);
+    const bool masked = tile_needs_mask<BR, BC>(q0, k0, T, p.window, doc_hi);
+    int first[2] = {0, 0};  // the starts of the rows' documents (masked tiles only)
+    if (masked)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) first[r] = r_lo + r * 8 < T ? doc_first(p, row_base, r_lo + r * 8) : 0;
 #pragma unroll
     for (int j = 0; j < BC / 8; ++j)
 #pragma unroll
@@ -606,7 +646,7 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dq_kernel(Params p) {
         float pr = fast_exp2(s[j][c] * p.scale_log2 - lse2[c >> 1]);
         if (masked) {
           int qi = r_lo + (c >> 1) * 8, ki = k0 + j * 8 + (lane & 3) * 2 + (c & 1);
-          if (!(visible(qi, ki, T, p.window) && ki < T)) pr = 0.f;
+          if (!(visible(qi, ki, T, p.window, first[c >> 1]) && ki < T)) pr = 0.f;
         }
         dp[j][c] = pr * (dp[j][c] - dl[c >> 1]);
       }
@@ -673,6 +713,7 @@ Params make_params(const AttentionProblem& pr) {
   p.T = int(pr.seq);
   p.H = int(pr.heads);
   p.window = int(std::min<int64_t>(pr.window, int64_t(1) << 30));
+  p.doc_start = pr.doc_start;
   p.scale = float(pr.scale);
   p.scale_log2 = float(pr.scale * 1.4426950408889634);
   return p;
@@ -719,7 +760,7 @@ void forward_impl(Params p, int B) {
 template <int D, int NW>
 void launch_dkdv(Params p, int B, cudaStream_t stream) {
   constexpr int BQ = dkdv_bq<D>(), BKV = 16 * NW, LDS = D + 8;
-  size_t smem = size_t(2 * BKV + 4 * BQ) * LDS * sizeof(bf16_t) + 4 * BQ * sizeof(float);
+  size_t smem = size_t(2 * BKV + 4 * BQ) * LDS * sizeof(bf16_t) + 4 * BQ * sizeof(float) + 2 * BQ * sizeof(int);
   auto kernel = attention_bwd_dkdv_kernel<D, NW, BQ>;
   set_smem(kernel, smem);
   dim3 grid((p.T + BKV - 1) / BKV, p.H, B);
