@@ -207,9 +207,16 @@ def check_export(c, name, config, seed):
     tokens, ids = random_tokens(c.work, f"tokens-{config}", 256, seed)
 
     def compare():
+        from safetensors.torch import load_file
+
         model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
         if type(model).__name__ != name:
             raise RuntimeError(f"loaded as {type(model).__name__}, not {name}")
+        # from_pretrained must keep every stored tensor as it is (transformers may re-initialize some).
+        stored, loaded = load_file(out / "model.safetensors"), model.state_dict()
+        changed = [k for k, v in stored.items() if k in loaded and not torch.equal(loaded[k].float(), v.float())]
+        if changed:
+            raise RuntimeError(f"from_pretrained changed {len(changed)} stored tensors: {', '.join(changed[:6])}")
         return torch_loss(model, ids), c.coil_loss(run, tokens)
 
     c.row(f"coil {config} -> export --format hf -> {name}", compare, F32_TOL)

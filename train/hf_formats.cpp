@@ -390,7 +390,10 @@ nlohmann::ordered_json hf_mamba_json(const ModelConfig& c, int64_t eos) {
   j["time_step_max"] = c.mamba.dt_max;
   j["time_step_init_scheme"] = "random";
   j["time_step_floor"] = c.mamba.dt_init_floor;
-  j["rescale_prenorm_residual"] = c.rescale_prenorm_residual;
+  // An initialization option only, written false: transformers 5.17 applies it in from_pretrained
+  // (MambaPreTrainedModel._init_weights divides out_proj.weight by sqrt(n_layer) after loading),
+  // which would scale the exported weights (scripts/check_hf_interop.py caught it).
+  j["rescale_prenorm_residual"] = false;
   j["use_cache"] = true;
   j["use_mambapy"] = false;
   j["tie_word_embeddings"] = c.tie_embeddings;
