@@ -71,7 +71,10 @@ def main():
     if args.title:
         ax.set_title(args.title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.lines:
+        ax.legend()
+    else:
+        print("plot_runs: the runs have logged no loss yet", file=sys.stderr)
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
     print(f"wrote {args.out}")
