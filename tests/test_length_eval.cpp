@@ -191,3 +191,21 @@ TEST_CASE("a length that runs out of memory is reported as OOM and the sweep goe
   CHECK(rows[2][11] == "OOM");
   CHECK_THAT(format_length_table({r}), Contains("OOM"));
 }
+
+TEST_CASE("on a GPU, a Mamba answers at 2^20, one sequence a batch, in bounded memory", "[cuda]") {
+  Config c = tiny_run("gpu", {"train.device=cuda"});
+  LengthEvalOptions o;
+  o.lengths = {256, int64_t(1) << 20};
+  o.examples = 2;
+  LengthEvalResult r = evaluate_lengths(c, o);
+  REQUIRE(r.rows.size() == 2);
+  const LengthRow& longest = r.rows[1];
+  REQUIRE(longest.status == "ok");
+  REQUIRE(longest.batch == 1);
+  REQUIRE(longest.examples == 2);
+  REQUIRE(longest.peak_memory_bytes > 0);
+  WARN("d_model 16, 1 layer, length 2^20: peak " << longest.peak_memory_bytes / double(1 << 20) << " MiB, "
+       << longest.seconds << " s for 2 sequences");
+  // No activations kept for a backward: about a dozen (2^20, 32) tensors at a time, not all of them.
+  CHECK(longest.peak_memory_bytes < (int64_t(1) << 30));
+}
