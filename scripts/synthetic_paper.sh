@@ -16,6 +16,7 @@
 #   SC_STEPS      training steps of each selective-copying run [the protocol's: 400000]
 #   RUNS          the runs to work on, in order [ih-mamba ih-mha-abs ih-mha-rope sc-mamba sc-s4]
 #   RUNS_DIR      where the run directories are [runs/synthetic-paper]
+#   MAMBA_MAX_LEN the longest evaluation length of ih-mamba [1048576]
 #   ATTN_MAX_LEN  the longest evaluation length of the attention runs [65536]
 #   EXAMPLES      validation examples per length [256]
 #   COIL_BUILD    the build directory [/root/build]
@@ -27,6 +28,7 @@ GUARD_S=${GUARD_S:-480}
 EVAL_S=${EVAL_S:-100}
 RUNS=${RUNS:-"ih-mamba ih-mha-abs ih-mha-rope sc-mamba sc-s4"}
 RUNS_DIR=${RUNS_DIR:-runs/synthetic-paper}
+MAMBA_MAX_LEN=${MAMBA_MAX_LEN:-1048576}
 ATTN_MAX_LEN=${ATTN_MAX_LEN:-65536}
 EXAMPLES=${EXAMPLES:-256}
 OUT=${OUT:-/tmp/coil-out}
@@ -49,7 +51,7 @@ steps_of() { case $1 in
   sc-*) echo "${SC_STEPS:-400000}" ;;
 esac; }
 lengths_of() { case $1 in
-  ih-mamba) echo 64..1048576 ;;
+  ih-mamba) echo "64..$MAMBA_MAX_LEN" ;;
   ih-*) echo "64..$ATTN_MAX_LEN" ;;
   sc-*) echo 4096 ;;
 esac; }
