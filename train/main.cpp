@@ -65,11 +65,12 @@ exits at once. Exit status: 0 done (or --stop-after reached), 1 error, 3 the tim
 stopped it, 128+signal when interrupted (after saving).
 )";
 
-const char* kResumeHelp = R"(usage: coil resume RUN_DIR [--set key.path=value ...]
+const char* kResumeHelp = R"(usage: coil resume RUN_DIR [--set key.path=value ...] [--stop-after N] [--time-limit SECONDS]
 
 Continues the run in RUN_DIR from its newest checkpoint that verifies (a damaged newest one
 is reported and the previous one used). The run's config.yaml is used; --set may change
 bookkeeping keys (train.steps, eval.*, checkpoint.*, log.*) but not what is computed.
+--stop-after and --time-limit stop it as they stop `coil train` (see coil train --help).
 )";
 
 const char* kEvalHelp = R"(usage: coil eval CONFIG|RUN_DIR [--checkpoint FILE] [--batches N] [--set k=v ...]
