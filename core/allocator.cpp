@@ -24,7 +24,7 @@ namespace {
 void* cpu_alloc(size_t bytes) {
   if (bytes == 0) return nullptr;
   void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-  COIL_CHECK(p, "out of host memory: {} requested", format_bytes(bytes));
+  if (!p) throw OutOfMemory(fmt::format("out of host memory: {} requested", format_bytes(bytes)));
   return p;
 }
 
@@ -102,12 +102,13 @@ struct CudaAllocator {
         cudaGetLastError();
         size_t free_bytes = 0, total = 0;
         cudaMemGetInfo(&free_bytes, &total);
-        fail("CUDA out of memory on cuda:{}: tried to allocate {}; {} in use by tensors, {} "
-             "reserved by coil, peak {}, {} free of {} on the device. Hint: use a smaller "
-             "micro-batch (train.micro_batch) or a shorter sequence.",
-             device, format_bytes(bytes), format_bytes(p.stats.in_use),
-             format_bytes(p.stats.reserved), format_bytes(p.stats.peak_in_use),
-             format_bytes(free_bytes), format_bytes(total));
+        throw OutOfMemory(fmt::format(
+            "CUDA out of memory on cuda:{}: tried to allocate {}; {} in use by tensors, {} "
+            "reserved by coil, peak {}, {} free of {} on the device. Hint: use a smaller "
+            "micro-batch (train.micro_batch) or a shorter sequence.",
+            device, format_bytes(bytes), format_bytes(p.stats.in_use),
+            format_bytes(p.stats.reserved), format_bytes(p.stats.peak_in_use),
+            format_bytes(free_bytes), format_bytes(total)));
       }
       p.stats.reserved += size;
       p.stats.num_cuda_mallocs++;

@@ -28,9 +28,8 @@ int64_t Batch::target_count() const {
 void synthetic_example(const DataOptions& o, uint64_t seed, uint64_t example, int64_t* inputs, int64_t* targets) {
   const int64_t L = o.seq_len;
   Generator gen(seed, example << 32);  // 2^32 words of the stream per example
-  std::vector<int64_t> x(size_t(L + 1));
   if (o.task == "selective_copying") {
-    const int64_t K = o.copy_tokens, V = o.task_vocab, R = L - K;
+    const int64_t K = o.copy_tokens, V = o.task_vocab, R = L - K, marker = V + 1;
     COIL_CHECK(R >= K, "selective_copying: seq_len {} must be at least 2 * copy_tokens = {}", L, 2 * K);
     std::vector<int64_t> positions(static_cast<size_t>(R));
     for (int64_t i = 0; i < R; ++i) positions[size_t(i)] = i;
@@ -39,32 +38,27 @@ void synthetic_example(const DataOptions& o, uint64_t seed, uint64_t example, in
       std::swap(positions[size_t(i)], positions[size_t(j)]);
     }
     std::sort(positions.begin(), positions.begin() + K);
-    std::fill(x.begin(), x.end(), 0);
+    std::fill(inputs, inputs + R, 0);
+    std::fill(inputs + R, inputs + L, marker);
+    std::fill(targets, targets + R, kIgnoreIndex);
     for (int64_t i = 0; i < K; ++i) {
       int64_t token = 1 + int64_t(gen.next_below(uint64_t(V)));
-      x[size_t(positions[size_t(i)])] = token;
-      x[size_t(R + 1 + i)] = token;
-    }
-    x[size_t(R)] = V + 1;
-    for (int64_t t = 0; t < L; ++t) {
-      inputs[t] = x[size_t(t)];
-      targets[t] = t >= R ? x[size_t(t + 1)] : kIgnoreIndex;
+      inputs[positions[size_t(i)]] = token;
+      targets[R + i] = token;
     }
   } else if (o.task == "induction_heads") {
     const int64_t V = o.task_vocab, trigger = V;
     COIL_CHECK(L >= 4, "induction_heads: seq_len {} must be at least 4", L);
-    for (int64_t t = 0; t <= L; ++t) x[size_t(t)] = int64_t(gen.next_below(uint64_t(V)));
-    int64_t p = int64_t(gen.next_below(uint64_t(L - 2)));  // trigger in [0, L-3], key after it
+    for (int64_t t = 0; t < L; ++t) inputs[t] = int64_t(gen.next_below(uint64_t(V)));
+    int64_t p = int64_t(gen.next_below(uint64_t(L - 3)));  // trigger in [0, L-4], key after it
     int64_t key = int64_t(gen.next_below(uint64_t(V)));
-    x[size_t(p)] = trigger;
-    x[size_t(p + 1)] = key;
-    x[size_t(L - 1)] = trigger;
-    x[size_t(L)] = key;
-    for (int64_t t = 0; t < L; ++t) {
-      inputs[t] = x[size_t(t)];
-      targets[t] = t == L - 1 ? key : kIgnoreIndex;
-    }
+    inputs[p] = trigger;
+    inputs[p + 1] = key;
+    inputs[L - 1] = trigger;
+    std::fill(targets, targets + L, kIgnoreIndex);
+    targets[L - 1] = key;
   } else if (o.task == "random") {
+    std::vector<int64_t> x(size_t(L + 1));
     for (int64_t t = 0; t <= L; ++t) x[size_t(t)] = int64_t(gen.next_below(uint64_t(o.vocab_size)));
     for (int64_t t = 0; t < L; ++t) inputs[t] = x[size_t(t)], targets[t] = x[size_t(t + 1)];
   } else {

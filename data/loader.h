@@ -29,14 +29,19 @@
 // eot_token (a document starts after each end-of-text token). A row whose first position
 // starts a document does not continue its slot's state either.
 //
-// Synthetic tasks (the Mamba paper, section 4.1), token ids:
-//   selective_copying: noise 0, data tokens 1..task_vocab, separator task_vocab+1. The first
-//     seq_len - copy_tokens positions hold copy_tokens data tokens at random positions among
-//     noise; then the separator; then the data tokens in order. Targets are the data tokens
-//     at the answer positions and -100 (ignored) everywhere else.
+// Synthetic tasks (the Mamba paper, section 4.1 and appendix E.1; docs/SYNTHETIC.md), token ids:
+//   selective_copying: noise 0, data tokens 1..task_vocab, marker task_vocab+1 (the paper's
+//     vocabulary of 16 is task_vocab 14: noise, 14 data tokens, marker). The first
+//     seq_len - copy_tokens positions hold copy_tokens data tokens at distinct random positions
+//     among noise; the last copy_tokens positions are markers, and the target at the i-th
+//     marker is the i-th data token (in order); every other target is -100 (ignored). This is
+//     the copying generator of the paper's code base (state-spaces/s4, "variable" copying):
+//     the model never sees its answers as inputs.
 //   induction_heads: data tokens 0..task_vocab-1, trigger task_vocab. Random data tokens; the
-//     trigger at a random position followed by a key; the trigger again at the last input
-//     position, whose target is the key (the only target that is not -100).
+//     trigger at a random position in [0, seq_len-4] followed by a random key; the trigger
+//     again at the last position, whose target is the key (the only target that is not -100).
+//     As the H3 generator (HazyResearch/safari) with one trigger; the trigger appears nowhere
+//     else.
 //   random: uniform ids in [0, vocab_size), every next token a target (benchmarks).
 #pragma once
 #include <cstdint>

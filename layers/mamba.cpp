@@ -17,13 +17,32 @@ CausalConv1d::CausalConv1d(int64_t channels, int64_t width, bool has_bias, Gener
     bias = register_parameter("bias", init_kaiming_uniform({channels}, width, gen, param_dtype), true);
 }
 
+namespace {
+
+// The delta bias: the inverse softplus of dt ~ exp(U[log dt_min, log dt_max]), floored, so
+// that softplus(bias) starts as that dt (the reference's dt_proj.bias initialization).
+Tensor init_dt_bias(const ModelConfig& cfg, int64_t d_inner, Generator& gen, DType param_dtype) {
+  std::vector<double> u(static_cast<size_t>(d_inner));
+  gen.uniform(u.data(), d_inner);
+  double lo = std::log(cfg.mamba.dt_min), hi = std::log(cfg.mamba.dt_max);
+  std::vector<double> inv(u.size());
+  for (size_t i = 0; i < u.size(); ++i) {
+    double dt = std::max(std::exp(u[i] * (hi - lo) + lo), cfg.mamba.dt_init_floor);
+    inv[i] = dt + std::log(-std::expm1(-dt));
+  }
+  return Tensor::from_vector(inv, {d_inner}, param_dtype);
+}
+
+}  // namespace
+
 MambaMixer::MambaMixer(const ModelConfig& cfg, Generator& gen, LinearInit in_init,
                        LinearInit out_init, DType param_dtype)
     : d_model(cfg.d_model),
       d_inner(cfg.d_inner()),
       d_state(cfg.mamba.d_state),
       d_conv(cfg.mamba.d_conv),
-      dt_rank(cfg.dt_rank()) {
+      dt_rank(cfg.dt_rank()),
+      selective(cfg.mamba.selective) {
   // A_log and D first: PyTorch lists a module's own parameters before its children's.
   std::vector<double> a_log(static_cast<size_t>(d_inner * d_state));
   for (int64_t d = 0; d < d_inner; ++d)
@@ -37,33 +56,30 @@ MambaMixer::MambaMixer(const ModelConfig& cfg, Generator& gen, LinearInit in_ini
                                                                 in_init, param_dtype));
   conv1d = register_module("conv1d", std::make_shared<CausalConv1d>(d_inner, d_conv, cfg.mamba.conv_bias,
                                                                     gen, param_dtype));
-  x_proj = register_module("x_proj", std::make_shared<Linear>(d_inner, dt_rank + 2 * d_state, false,
-                                                              gen, in_init, param_dtype));
-  // dt_proj weight ~ U(+-dt_scale * dt_rank^-0.5): Linear's default bound 1/sqrt(in) times dt_scale.
-  dt_proj = register_module("dt_proj", std::make_shared<Linear>(dt_rank, d_inner, true, gen,
-                                                                LinearInit{0.0, cfg.mamba.dt_scale},
-                                                                param_dtype));
-  // dt_proj bias: the inverse softplus of dt ~ exp(U[log dt_min, log dt_max]), floored.
-  {
-    std::vector<double> u(static_cast<size_t>(d_inner));
-    gen.uniform(u.data(), d_inner);
-    double lo = std::log(cfg.mamba.dt_min), hi = std::log(cfg.mamba.dt_max);
-    std::vector<double> inv(u.size());
-    for (size_t i = 0; i < u.size(); ++i) {
-      double dt = std::max(std::exp(u[i] * (hi - lo) + lo), cfg.mamba.dt_init_floor);
-      inv[i] = dt + std::log(-std::expm1(-dt));
-    }
-    Tensor b = Tensor::from_vector(inv, {d_inner}, param_dtype);
+  if (selective) {
+    x_proj = register_module("x_proj", std::make_shared<Linear>(d_inner, dt_rank + 2 * d_state, false,
+                                                                gen, in_init, param_dtype));
+    // dt_proj weight ~ U(+-dt_scale * dt_rank^-0.5): Linear's default bound 1/sqrt(in) times dt_scale.
+    dt_proj = register_module("dt_proj", std::make_shared<Linear>(dt_rank, d_inner, true, gen,
+                                                                  LinearInit{0.0, cfg.mamba.dt_scale},
+                                                                  param_dtype));
     Tensor dst = dt_proj->bias->var.value();
-    dst.copy_(b);
+    dst.copy_(init_dt_bias(cfg, d_inner, gen, param_dtype));
+  } else {
+    // S4D's choices where they apply: B = 1, C ~ N(0, 1) (real, shared by the channels, as the
+    // scan takes them), delta initialized as the selective block's.
+    dt_bias = register_parameter("dt_bias", init_dt_bias(cfg, d_inner, gen, param_dtype), true);
+    B = register_parameter("B", Tensor::ones({d_state}, param_dtype), true);
+    C = register_parameter("C", init_normal({d_state}, 1.0, gen, param_dtype), true);
   }
   out_proj = register_module("out_proj", std::make_shared<Linear>(d_inner, d_model, cfg.bias, gen,
                                                                   out_init, param_dtype));
 }
 
 int64_t MambaMixer::matmul_parameters() const {
-  return in_proj->weight->numel() + conv1d->weight->numel() + x_proj->weight->numel() +
-         dt_proj->weight->numel() + out_proj->weight->numel();
+  int64_t n = in_proj->weight->numel() + conv1d->weight->numel() + out_proj->weight->numel();
+  if (selective) n += x_proj->weight->numel() + dt_proj->weight->numel();
+  return n;
 }
 
 MambaState MambaMixer::zero_state(int64_t batch) const {
@@ -79,6 +95,22 @@ Variable kernel_param(const Parameter& p, const Variable& like) {
   return p.compute(like.dtype());
 }
 
+MambaMixer::SsmParameters MambaMixer::ssm_parameters(const Variable& xs) const {
+  const int64_t Bn = xs.size(0), L = xs.size(1);
+  if (selective) {
+    Variable x_dbl = x_proj->forward(autograd::reshape(xs, {Bn * L, d_inner}));
+    auto dbc = autograd::split(x_dbl, {dt_rank, d_state, d_state}, 1);
+    return {autograd::reshape(dt_proj->forward_no_bias(dbc[0]), {Bn, L, d_inner}),
+            kernel_param(*dt_proj->bias, xs), autograd::reshape(dbc[1], {Bn, L, d_state}),
+            autograd::reshape(dbc[2], {Bn, L, d_state})};
+  }
+  // The scan takes B and C per position: the parameters added to zeros, which broadcasts them
+  // (and sums their gradients back over batch and time).
+  Variable zeros(Tensor::zeros({Bn, L, d_state}, xs.dtype(), xs.device()));
+  return {Variable(Tensor::zeros({Bn, L, d_inner}, xs.dtype(), xs.device())), kernel_param(*dt_bias, xs),
+          autograd::add(zeros, B->compute(xs.dtype())), autograd::add(zeros, C->compute(xs.dtype()))};
+}
+
 // The reference Mamba.forward, channel-last throughout: the conv and the scan read (B, L, di)
 // as the linear layers produce it, so no transpose copies; in_proj writes x and z as two
 // tensors (two products with the halves of its weight), so splitting xz copies nothing:
@@ -89,7 +121,6 @@ Variable kernel_param(const Parameter& p, const Variable& like) {
 Variable MambaMixer::forward(const Variable& x, const MixerContext& context) const {
   COIL_CHECK(x.dim() == 3 && x.size(2) == d_model, "MambaMixer: x must be [B, L, {}], got {}", d_model,
              describe(x.value()));
-  const int64_t Bn = x.size(0), L = x.size(1);
   auto xz = in_proj->forward_split(x, {d_inner, d_inner});  // x and z, (B, L, di) each
   const Variable& z = xz[1];
   Variable w = autograd::reshape(kernel_param(*conv1d->weight, xz[0]), {d_inner, d_conv});
@@ -99,17 +130,16 @@ Variable MambaMixer::forward(const Variable& x, const MixerContext& context) con
                                  initial && initial->conv.defined() ? Variable(initial->conv) : Variable(),
                                  context.final ? &context.final->conv : nullptr);  // (B, L, di)
 
-  Variable x_dbl = x_proj->forward(autograd::reshape(xs, {Bn * L, d_inner}));
-  auto dbc = autograd::split(x_dbl, {dt_rank, d_state, d_state}, 1);
+  SsmParameters p = ssm_parameters(xs);
   autograd::ScanInputs in;
   in.u = xs;
-  in.delta = autograd::reshape(dt_proj->forward_no_bias(dbc[0]), {Bn, L, d_inner});
+  in.delta = p.delta;
   in.A = autograd::scale(autograd::exp(kernel_param(*A_log, xs)), -1.0);
-  in.B = autograd::reshape(dbc[1], {Bn, L, d_state});
-  in.C = autograd::reshape(dbc[2], {Bn, L, d_state});
+  in.B = p.B;
+  in.C = p.C;
   in.D = kernel_param(*D, xs);
   in.z = z;
-  in.delta_bias = kernel_param(*dt_proj->bias, xs);
+  in.delta_bias = p.delta_bias;
   in.delta_softplus = true;
   in.seq_idx = context.seq_idx;
   if (initial && initial->ssm.defined()) in.initial_state = Variable(initial->ssm);

@@ -48,6 +48,10 @@ class CausalConv1d : public Module {
 //   delta_raw = dt_proj.weight @ dt (the bias goes to the scan as delta_bias);
 //   y = selective_scan(x, delta_raw, A = -exp(A_log), B, C, D, z, delta_bias, softplus);
 //   out = out_proj(y). The conv and the scan take the context's documents and states.
+// model.mamba.selective = false (the selection ablation, docs/MODELS.md): no x_proj and
+// dt_proj; instead dt_bias [d_inner], B [d_state] and C [d_state], learned and the same at
+// every position: delta = softplus(dt_bias) per channel, B and C broadcast over batch and
+// time; the same scan kernel, the rest of the block unchanged.
 class MambaMixer : public Mixer {
  public:
   // out_proj_scale: the reference's rescale_prenorm_residual factor 1/sqrt(n_res * n_layer).
@@ -58,9 +62,19 @@ class MambaMixer : public Mixer {
   // A zero state for `batch` rows, in the dtypes and on the device forward uses.
   MambaState zero_state(int64_t batch) const;
 
+  // The scan's delta (before its bias and softplus), delta bias, B and C for the conv
+  // output xs (B, L, d_inner): delta (B, L, d_inner), B and C (B, L, d_state). Selective:
+  // projections of xs; otherwise the learned parameters, broadcast.
+  struct SsmParameters {
+    Variable delta, delta_bias, B, C;
+  };
+  SsmParameters ssm_parameters(const Variable& xs) const;
+
   int64_t d_model, d_inner, d_state, d_conv, dt_rank;
+  bool selective;
   std::shared_ptr<Parameter> A_log, D;
-  std::shared_ptr<Linear> in_proj, x_proj, dt_proj, out_proj;
+  std::shared_ptr<Parameter> dt_bias, B, C;      // selective = false only
+  std::shared_ptr<Linear> in_proj, x_proj, dt_proj, out_proj;  // x_proj, dt_proj: selective only
   std::shared_ptr<CausalConv1d> conv1d;
 };
 

@@ -27,7 +27,7 @@
 //                                 #   N(0, init_std / sqrt(2 * n_layer)); biases zero in both
 //     dtype: auto                 # compute dtype: auto (bf16 on CUDA, f32 on CPU) | f32 | bf16 | f64
 //     mamba:     {d_state: 16, expand: 2, d_conv: 4, dt_rank: 0, dt_min: 0.001, dt_max: 0.1,
-//                 dt_init_floor: 1.0e-4, dt_scale: 1.0, conv_bias: true}
+//                 dt_init_floor: 1.0e-4, dt_scale: 1.0, conv_bias: true, selective: true}
 //     attention: {n_head: 12, positions: rope, rope_theta: 10000, max_seq_len: 2048, window: 0}
 //
 // Key paths in error messages use exactly these names ("model.mamba.d_state",
@@ -53,6 +53,9 @@ struct MambaConfig {
   double dt_init_floor = 1e-4;
   double dt_scale = 1.0;  // dt_proj weight ~ U(+-dt_scale * dt_rank^-0.5), as the reference
   bool conv_bias = true;
+  // false: the selection ablation, an S4D-style time-invariant SSM in the same block: delta,
+  // B and C are learned parameters that do not depend on the input (docs/MODELS.md).
+  bool selective = true;
 };
 
 struct AttentionConfig {

@@ -1,21 +1,18 @@
 #!/usr/bin/env python3
 """Loss curves of one or more coil runs (metrics.jsonl) as a PNG.
 
-  scripts/plot_runs.py runs/mamba-130m runs/transformer++-125m -o loss.png [--x tokens] [--val]
+  coil plot runs runs/mamba-130m runs/transformer++-125m -o loss.png [--x tokens] [--val]
 
+(`coil plot runs ARGS` runs this script with the Python that has matplotlib, as `coil report`
+does; `python3 scripts/plot_runs.py ARGS` works too where that python3 has it.)
 Each argument is a run directory or a metrics.jsonl file. Training loss is drawn as a line,
 validation loss (when present) as markers; --x picks the axis (step or tokens); --log puts
-the x axis on a log scale.
+the x axis on a log scale. Exits with status 3 when matplotlib is missing.
 """
 import argparse
 import json
 import os
 import sys
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 def read(path):
@@ -46,6 +43,14 @@ def main():
     ap.add_argument("--val", action="store_true", help="only validation loss")
     ap.add_argument("--title", default="")
     args = ap.parse_args()
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        print(f"matplotlib is missing ({e})", file=sys.stderr)
+        return 3
     fig, ax = plt.subplots(figsize=(8, 5))
     for run in args.runs:
         try:
@@ -66,11 +71,15 @@ def main():
     if args.title:
         ax.set_title(args.title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.lines:
+        ax.legend()
+    else:
+        print("plot_runs: the runs have logged no loss yet", file=sys.stderr)
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
     print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

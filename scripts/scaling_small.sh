@@ -25,13 +25,7 @@ elapsed() { echo $(( $(date +%s) - start )); }
 for f in datasets/linux-docs/train.h5 datasets/linux-docs/val.h5; do
   [ -f "$f" ] || { echo "scaling_small: $f is missing: run scripts/prepare_linux_docs.sh first" >&2; exit 1; }
 done
-{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; git rev-parse HEAD 2>/dev/null; } \
-  | tee "$OUT/env.txt"
-
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
-  >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-cmake --build "$build" -j16 --target coil_cli >"$OUT/build.log" 2>&1 \
-  || { grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1; }
+scripts/build_gpu.sh "$OUT" "$build" coil_cli || exit 1
 coil=$build/coil
 echo "scaling_small: built in $(elapsed) s"
 

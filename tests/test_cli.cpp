@@ -390,3 +390,64 @@ TEST_CASE("first-use mistakes get clear errors naming the value, and exit 1", "[
   for (auto& p : list_checkpoints(run_dir.string())) fs::resize_file(p, 100);
   fails_with("eval " + run_arg, "eval: no checkpoint of " + run_dir.string() + " can be used");
 }
+
+TEST_CASE("coil train --time-limit stops with status 3; coil eval --lengths and coil plot draw with a Python that "
+          "has matplotlib",
+          "[cli]") {
+  const std::string coil = shell_quote(coil_program());
+  const fs::path dir = test::fresh_dir("coil_test_cli", "lengths");
+  const fs::path run_dir = dir / "ih";
+  test::write_text(dir / "ih.yaml", "run: {dir: " + run_dir.string() + R"(}
+model: {preset: mamba-tiny, d_model: 16, n_layer: 1, vocab_size: 9}
+data: {kind: synthetic, task: induction_heads, task_vocab: 8}
+train: {seq_len: 16, micro_batch: 4, steps: 6, device: cpu}
+optim: {lr: 1.0e-3, warmup: 0, schedule: constant, weight_decay: 0}
+eval: {every: 0, batches: 1}
+checkpoint: {every: 0, keep_last: 1}
+log: {every: 1}
+)");
+  const std::string config = shell_quote((dir / "ih.yaml").string());
+  Ran limited = run(coil + " train " + config + " --time-limit 1e-9");
+  INFO(limited.output);
+  CHECK(limited.status == 3);
+  CHECK(limited.output.find("(the time limit)") != std::string::npos);
+  CHECK(limited.output.find("stopped at step 1/6") != std::string::npos);
+  Ran rest = run(coil + " train " + config);
+  CHECK(rest.status == 0);
+  CHECK(rest.output.find("resuming") != std::string::npos);
+
+  const std::string run_arg = shell_quote(run_dir.string());
+  Ran lengths = run(coil + " eval " + run_arg + " --lengths 8..32 --examples 4");
+  INFO(lengths.output);
+  REQUIRE(lengths.status == 0);
+  CHECK(lengths.output.find("accuracy (%) by sequence length") != std::string::npos);
+  CHECK(lengths.output.find("2^4*") != std::string::npos);
+  CHECK(count(test::read_text(run_dir / "length_eval.csv"), "\n") == 4);
+  CHECK(run(coil + " eval " + run_arg + " --lengths 8,x").output.find("'x' in '8,x'") != std::string::npos);
+  CHECK(run(coil + " eval " + run_arg + " --examples 3").output.find("--examples belongs to the length sweep") !=
+        std::string::npos);
+
+  Ran unknown = run(coil + " plot nosuch");
+  CHECK(unknown.status == 1);
+  CHECK(unknown.output.find("unknown kind 'nosuch'") != std::string::npos);
+  if (std::system("python3 -c 'import matplotlib' >/dev/null 2>&1") != 0 &&
+      std::system("/usr/bin/python3 -c 'import matplotlib' >/dev/null 2>&1") != 0) {
+    WARN("python3 with matplotlib is missing: the PNG checks are skipped (apt-get install python3-matplotlib)");
+    CHECK(lengths.output.find("warning: no plot: no python3 with matplotlib") != std::string::npos);
+    return;
+  }
+  CHECK(fs::file_size(run_dir / "length_eval.png") > 1000);
+  // Whatever python3 comes first on the PATH: a Python that does not exist is passed over.
+  Ran curves = run("COIL_PYTHON=/nonexistent/python3 " + coil + " plot runs " + run_arg + " -o " +
+                   shell_quote((dir / "loss.png").string()));
+  INFO(curves.output);
+  CHECK(curves.status == 0);
+  CHECK(fs::file_size(dir / "loss.png") > 1000);
+  Ran both = run(coil + " plot lengths " + run_arg + " " + shell_quote((run_dir / "length_eval.csv").string()) +
+                 " -o " + shell_quote((dir / "lengths.png").string()));
+  CHECK(both.status == 0);
+  CHECK(fs::file_size(dir / "lengths.png") > 1000);
+  Ran bad = run(coil + " plot runs " + shell_quote((dir / "nothing").string()) + " -o x.png");
+  CHECK(bad.status == 1);
+  CHECK(bad.output.find("cannot read") != std::string::npos);
+}

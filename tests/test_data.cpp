@@ -233,53 +233,74 @@ TEST_CASE("synthetic tasks are well formed and reproducible", "[data]") {
   o.seq_len = 64;
   o.vocab_size = 32;
   o.seed = 5;
-  SECTION("selective copying") {
-    o.task = "selective_copying";
+  SECTION("selective copying: data among noise, then one marker per answer") {
+    o.task = "selective_copying";  // task_vocab 16: noise 0, data 1..16, marker 17
     DataLoader l(o);
     REQUIRE(l.has_accuracy());
-    Batch b = l.next_train(16);
-    REQUIRE(b.target_count() == 16 * 16);
+    Batch b = l.next_train(64);
+    REQUIRE(b.target_count() == 64 * 16);
     auto in = values(b.inputs), tg = values(b.targets);
-    for (int64_t r = 0; r < 16; ++r) {
+    std::set<int64_t> first_positions, last_positions, tokens;
+    for (int64_t r = 0; r < 64; ++r) {
       const int64_t* x = in.data() + r * 64;
       const int64_t* y = tg.data() + r * 64;
-      std::vector<int64_t> data_tokens;
-      for (int64_t t = 0; t < 48; ++t)
-        if (x[t] != 0) data_tokens.push_back(x[t]);
+      std::vector<int64_t> data_tokens, positions;
+      for (int64_t t = 0; t < 48; ++t) {
+        REQUIRE(x[t] >= 0);
+        REQUIRE(x[t] <= 16);  // noise or data: no marker among them
+        if (x[t] != 0) data_tokens.push_back(x[t]), positions.push_back(t);
+        REQUIRE(y[t] == kIgnoreIndex);
+      }
       REQUIRE(data_tokens.size() == 16);
-      REQUIRE(x[48] == 17);  // the separator
-      for (int64_t t = 0; t < 48; ++t) REQUIRE(y[t] == kIgnoreIndex);
+      first_positions.insert(positions.front());
+      last_positions.insert(positions.back());
       for (int64_t i = 0; i < 16; ++i) {
-        REQUIRE(y[48 + i] == data_tokens[size_t(i)]);
-        REQUIRE(y[48 + i] >= 1);
-        REQUIRE(y[48 + i] <= 16);
-        if (i > 0) REQUIRE(x[48 + i] == data_tokens[size_t(i - 1)]);  // the answer is fed back
+        REQUIRE(x[48 + i] == 17);                   // a marker at every answer position
+        REQUIRE(y[48 + i] == data_tokens[size_t(i)]);  // the data tokens in order
+        tokens.insert(y[48 + i]);
       }
     }
+    // The data tokens use the whole range 1..16 and their positions vary from example to example.
+    REQUIRE(tokens.size() == 16);
+    REQUIRE(*tokens.begin() == 1);
+    REQUIRE(*tokens.rbegin() == 16);
+    REQUIRE(first_positions.size() > 4);
+    REQUIRE(last_positions.size() > 4);
     // Another batch differs; the validation batches are fixed and differ from training.
     REQUIRE(values(l.next_train(16).inputs) != in);
     REQUIRE(values(l.val_batch(0, 4).inputs) == values(l.val_batch(0, 4).inputs));
     DataLoader m(o);
-    REQUIRE(values(m.next_train(16).inputs) == in);
+    REQUIRE(values(m.next_train(64).inputs) == in);
   }
-  SECTION("induction heads") {
-    o.task = "induction_heads";
+  SECTION("induction heads: trigger, key, ..., trigger -> key") {
+    o.task = "induction_heads";  // task_vocab 16: data 0..15, trigger 16
+    o.seq_len = 8;               // short, so that every trigger position is drawn
     DataLoader l(o);
-    Batch b = l.next_train(32);
-    REQUIRE(b.target_count() == 32);
+    REQUIRE(l.has_accuracy());
+    Batch b = l.next_train(256);
+    REQUIRE(b.target_count() == 256);
     auto in = values(b.inputs), tg = values(b.targets);
-    for (int64_t r = 0; r < 32; ++r) {
-      const int64_t* x = in.data() + r * 64;
-      const int64_t* y = tg.data() + r * 64;
-      REQUIRE(x[63] == 16);  // the trigger, repeated at the end
+    std::set<int64_t> trigger_positions, keys, tokens;
+    for (int64_t r = 0; r < 256; ++r) {
+      const int64_t* x = in.data() + r * 8;
+      const int64_t* y = tg.data() + r * 8;
+      REQUIRE(x[7] == 16);  // the trigger, repeated at the end
       int64_t p = -1, count = 0;
-      for (int64_t t = 0; t < 63; ++t)
+      for (int64_t t = 0; t < 7; ++t) {
         if (x[t] == 16) p = t, ++count;
-      REQUIRE(count == 1);
-      REQUIRE(p <= 61);
-      REQUIRE(y[63] == x[p + 1]);
-      for (int64_t t = 0; t < 63; ++t) REQUIRE(y[t] == kIgnoreIndex);
+        else tokens.insert(x[t]);
+        REQUIRE(y[t] == kIgnoreIndex);
+      }
+      REQUIRE(count == 1);  // the trigger appears once before the end
+      REQUIRE(p <= 4);      // in [0, seq_len - 4]: the key never sits right before the last trigger
+      REQUIRE(y[7] == x[p + 1]);
+      trigger_positions.insert(p);
+      keys.insert(y[7]);
     }
+    REQUIRE(trigger_positions == std::set<int64_t>{0, 1, 2, 3, 4});
+    REQUIRE(keys.size() == 16);
+    REQUIRE(tokens.size() == 16);
+    REQUIRE(*tokens.rbegin() == 15);
   }
   SECTION("random tokens") {
     o.task = "random";

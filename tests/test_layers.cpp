@@ -147,6 +147,63 @@ TEST_CASE("MambaMixer is causal: a later input does not change earlier outputs",
   REQUIRE(changed);
 }
 
+TEST_CASE("MambaMixer without selection: its own delta, B and C, gradcheck through them", "[layers]") {
+  ModelConfig c = small_config();
+  c.mamba.selective = false;
+  Generator gen(3);
+  MambaMixer mixer(c, gen, {}, {}, DType::f64);
+  REQUIRE(!mixer.x_proj);
+  REQUIRE(!mixer.dt_proj);
+  std::vector<std::string> names;
+  for (auto& [n, p] : mixer.named_parameters()) names.push_back(n);
+  REQUIRE(names == std::vector<std::string>{"A_log", "D", "dt_bias", "B", "C", "in_proj.weight", "conv1d.weight",
+                                            "conv1d.bias", "out_proj.weight"});
+  REQUIRE(mixer.dt_bias->shape() == Shape{c.d_inner()});
+  REQUIRE(mixer.B->shape() == Shape{c.mamba.d_state});
+  REQUIRE(mixer.C->shape() == Shape{c.mamba.d_state});
+  check_module(mixer, test::random_normal({2, 5, 8}, 11), [&](const Variable& v) { return mixer.forward(v); });
+}
+
+TEST_CASE("MambaMixer: delta, B and C follow the input with selection and do not without it", "[layers]") {
+  for (bool selective : {true, false}) {
+    INFO("selective " << selective);
+    ModelConfig c = small_config();
+    c.mamba.selective = selective;
+    Generator gen(7);
+    MambaMixer mixer(c, gen, {}, {}, DType::f64);
+    mixer.set_compute_dtype(DType::f64);
+    const int64_t di = c.d_inner(), N = c.mamba.d_state;
+    Tensor xs = test::random_normal({2, 5, di}, 21, DType::f64);
+    Tensor perturbed = xs.clone();
+    for (int64_t i = 0; i < perturbed.numel(); i += 3) perturbed.data<double>()[i] += 0.5;
+    auto a = mixer.ssm_parameters(Variable(xs, false));
+    auto b = mixer.ssm_parameters(Variable(perturbed, false));
+    REQUIRE(a.delta.shape() == Shape{2, 5, di});
+    REQUIRE(a.B.shape() == Shape{2, 5, N});
+    REQUIRE(a.C.shape() == Shape{2, 5, N});
+    const auto values = [](const Variable& v) { return v.value().to_vector<double>(); };
+    if (selective) {
+      CHECK(values(a.delta) != values(b.delta));
+      CHECK(values(a.B) != values(b.B));
+      CHECK(values(a.C) != values(b.C));
+      continue;
+    }
+    CHECK(values(a.delta) == values(b.delta));
+    CHECK(values(a.B) == values(b.B));
+    CHECK(values(a.C) == values(b.C));
+    CHECK(values(a.delta_bias) == values(b.delta_bias));
+    // The same at every position of every sequence: the learned parameters themselves.
+    auto B = values(a.B), C = values(a.C), delta = values(a.delta);
+    auto b_param = mixer.B->value().to_vector<double>(), c_param = mixer.C->value().to_vector<double>();
+    for (int64_t p = 0; p < 2 * 5; ++p)
+      for (int64_t n = 0; n < N; ++n) {
+        REQUIRE(B[size_t(p * N + n)] == b_param[size_t(n)]);
+        REQUIRE(C[size_t(p * N + n)] == c_param[size_t(n)]);
+      }
+    for (double d : delta) REQUIRE(d == 0.0);  // delta = softplus(0 + dt_bias): per channel only
+  }
+}
+
 TEST_CASE("Attention: gradcheck with RoPE, without positions and with a window", "[layers]") {
   struct Case {
     const char* positions;

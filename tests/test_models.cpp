@@ -258,6 +258,13 @@ TEST_CASE("CUDA bf16 compute (the GPU default) stays close to the f32 CPU model"
   for (const char* family : kFamilies) compare_cuda_cpu(ModelConfig::preset(family), "bf16", 5e-2, 1.5e-1);
 }
 
+TEST_CASE("CUDA matches the CPU for the Mamba without selection (model.mamba.selective: false)", "[cuda][models]") {
+  ModelConfig c = ModelConfig::preset("mamba-tiny");
+  c.mamba.selective = false;
+  compare_cuda_cpu(c, "f32", 2e-2, 5e-2);
+  compare_cuda_cpu(c, "bf16", 5e-2, 1.5e-1);
+}
+
 TEST_CASE("CUDA matches the CPU at head dim 96 (the 760M presets' d_model 1536 / 16 heads)", "[cuda][models]") {
   for (const char* family : {"transformer++-tiny", "gpt2-tiny"}) {
     ModelConfig c = ModelConfig::preset(family);

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
@@ -62,6 +63,41 @@ TEST_CASE("a tiny Mamba and a tiny Transformer++ learn: the loss falls", "[train
     REQUIRE(fs::exists(fs::path(r.run_dir) / "metrics.jsonl"));
     REQUIRE(list_checkpoints(r.run_dir).size() == 3);  // keep_last 3 of 4, 8, ..., 40
   }
+}
+
+TEST_CASE("the Mamba without selection (model.mamba.selective: false) trains: the loss falls", "[trainer]") {
+  Config c = tiny("falls_lti", "mamba-tiny",
+                  {"model.mamba.selective=false", "data.task=selective_copying", "data.task_vocab=8",
+                   "data.copy_tokens=4", "train.steps=40", "train.micro_batch=8", "optim.lr=1e-2", "eval.every=0"});
+  TrainResult r = run_training(c, quiet());
+  REQUIRE(r.losses.size() == 40);
+  REQUIRE(mean(r.losses, 30, 40) < mean(r.losses, 0, 5) - 0.3);
+  std::vector<std::string> names;
+  for (auto& [name, t] : read_checkpoint(list_checkpoints(r.run_dir).back()).params) names.push_back(name);
+  REQUIRE(std::count(names.begin(), names.end(), "backbone.layers.0.mixer.dt_bias") == 1);
+  REQUIRE(std::count(names.begin(), names.end(), "backbone.layers.1.mixer.C") == 1);
+  REQUIRE(std::count(names.begin(), names.end(), "backbone.layers.0.mixer.x_proj.weight") == 0);
+}
+
+TEST_CASE("a time limit stops training after a step with a checkpoint; the same call continues", "[trainer]") {
+  Config c = tiny("time_limit", "mamba-tiny", {"eval.every=0", "checkpoint.every=0"});
+  TrainOptions o = quiet();
+  o.time_limit_s = 1e-9;  // over at once: each call runs one step, then stops
+  TrainResult first = run_training(c, o);
+  REQUIRE(first.interrupted);
+  REQUIRE(first.time_limit_reached);
+  REQUIRE(first.signal == 0);
+  REQUIRE(first.final_step == 1);
+  REQUIRE(fs::path(list_checkpoints(first.run_dir).back()).filename() == "step_00000001.h5");
+  TrainResult second = run_training(c, o);
+  REQUIRE(second.start_step == 1);
+  REQUIRE(second.final_step == 2);
+  REQUIRE(second.time_limit_reached);
+  o.time_limit_s = 0;
+  TrainResult rest = run_training(c, o);
+  REQUIRE(!rest.interrupted);
+  REQUIRE(!rest.time_limit_reached);
+  REQUIRE(rest.final_step == 12);
 }
 
 namespace {
@@ -491,11 +527,16 @@ TEST_CASE("eval, info and export", "[trainer]") {
   REQUIRE(head);
   REQUIRE(emb);
 
-  // info: the parameter table computed from the config matches the built model.
-  for (std::string preset : layers::ModelConfig::preset_names()) {
-    if (preset.find("tiny") == std::string::npos && preset != "mamba-130m" && preset != "gpt2-124m") continue;
-    INFO(preset);
-    Config p = parse_config("", "p.yaml", {"model.preset=" + preset, "train.seq_len=128"});
+  // info: the parameter table computed from the config matches the built model (the Mamba
+  // without selection too).
+  std::vector<std::vector<std::string>> models = {{"model.preset=mamba-tiny", "model.mamba.selective=false"}};
+  for (std::string preset : layers::ModelConfig::preset_names())
+    if (preset.find("tiny") != std::string::npos || preset == "mamba-130m" || preset == "gpt2-124m")
+      models.push_back({"model.preset=" + preset});
+  for (auto sets : models) {
+    INFO(sets.back());
+    sets.push_back("train.seq_len=128");
+    Config p = parse_config("", "p.yaml", sets);
     layers::LanguageModel m(p.model.config, 0);
     ModelInfo info = model_info(p);
     REQUIRE(info.parameters == m.num_parameters());

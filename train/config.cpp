@@ -283,6 +283,7 @@ void model_fields(Fields& f, layers::ModelConfig& m) {
   f.number("model.mamba.dt_init_floor", m.mamba.dt_init_floor, 0, INFINITY, true);
   f.number("model.mamba.dt_scale", m.mamba.dt_scale, 0, INFINITY, true);
   f.boolean("model.mamba.conv_bias", m.mamba.conv_bias);
+  f.boolean("model.mamba.selective", m.mamba.selective);
   f.integer("model.attention.n_head", m.attention.n_head, 1);
   f.choice("model.attention.positions", m.attention.positions, {"rope", "learned", "none"});
   f.number("model.attention.rope_theta", m.attention.rope_theta, 0, INFINITY, true);

@@ -17,6 +17,8 @@
 #include "train/generate.h"
 #include "train/hf_interop.h"
 #include "train/launch.h"
+#include "train/length_eval.h"
+#include "train/plot.h"
 #include "train/report.h"
 #include "train/sweep.h"
 #include "train/sweep_runner.h"
@@ -37,6 +39,7 @@ commands:
   resume RUN_DIR [--set key=value ...]  continue a run from its latest good checkpoint
   eval CONFIG|RUN_DIR [--checkpoint F]  held-out loss, perplexity (and accuracy) of a checkpoint
   generate RUN_DIR|CHECKPOINT           continue prompts with a trained model (--prompt, ...)
+  eval RUN_DIR ... --lengths 64..1048576  accuracy against sequence length (synthetic tasks)
   prepare --out FILE.h5 TEXT ...        text files to a token file (byte-level or SentencePiece)
   info CONFIG [--set key=value ...]     parameters, FLOPs per token, memory estimate
   import MODEL_DIR --out DIR|FILE.h5    a Hugging Face or mamba_ssm model to a coil checkpoint
@@ -44,13 +47,14 @@ commands:
   launch --nproc N -- COMMAND ...       run N local ranks (data parallel)
   sweep SWEEP.yaml [--print]            run a grid of runs (skips finished, resumes interrupted)
   report RUNS ... --out DIR             scaling table, power-law fits and plots of runs
+  plot runs|scaling|lengths ARGS ...    draw a plot with scripts/plot_*.py (loss curves, ...)
   keys                                  every config key with its default and range
 
 `coil COMMAND --help` describes one command. docs/CONFIG.md documents the config keys,
 docs/SCALING.md sweeps and reports.
 )";
 
-const char* kTrainHelp = R"(usage: coil train CONFIG [--set key.path=value ...] [--stop-after N]
+const char* kTrainHelp = R"(usage: coil train CONFIG [--set key.path=value ...] [--stop-after N] [--time-limit SECONDS]
 
 Trains the run that CONFIG describes into its run directory (run.dir, default runs/<run.name>):
 config.yaml (the resolved config), metrics.jsonl, checkpoints/step_*.h5.
@@ -58,23 +62,28 @@ config.yaml (the resolved config), metrics.jsonl, checkpoints/step_*.h5.
                          e.g. --set train.steps=100 --set optim.lr=1e-3
   --stop-after N         stop after N steps of this call, saving a checkpoint (to split a run
                          over time-limited jobs: the same command continues it)
+  --time-limit SECONDS   stop at the first step boundary after SECONDS of this call, saving a
+                         checkpoint (exit status 3); the same command continues
 If the run directory already holds the same run, training continues from its latest
 checkpoint (a finished run does nothing); if it holds a different run, this is an error listing
 the differences. Nothing is written into the run directory before every check has passed.
 Ctrl-C (or SIGTERM) saves a checkpoint at the next step boundary and stops; a second one
-exits at once. Exit status: 0 done, 1 error, 128+signal when interrupted (after saving).
+exits at once. Exit status: 0 done (or --stop-after reached), 1 error, 3 the time limit
+stopped it, 128+signal when interrupted (after saving).
 )";
 
-const char* kResumeHelp = R"(usage: coil resume RUN_DIR [--set key.path=value ...]
+const char* kResumeHelp = R"(usage: coil resume RUN_DIR [--set key.path=value ...] [--stop-after N] [--time-limit SECONDS]
 
 Continues the run in RUN_DIR from its newest checkpoint that verifies (a damaged newest one,
 or one of another model, is reported, moved aside as step_N.h5.corrupt or .other-model, and
 the previous one used). The run's config.yaml is used; --set may change bookkeeping keys
 (eval.*, checkpoint.*, log.*, train.max_nan_skips) and train.steps (the learning-rate schedule
 is then recomputed for the new length), but not what is computed.
+--stop-after and --time-limit stop it as they stop `coil train` (see coil train --help).
 )";
 
 const char* kEvalHelp = R"(usage: coil eval CONFIG|RUN_DIR [--checkpoint FILE] [--batches N|all] [--set k=v ...]
+       coil eval RUN_DIR [RUN_DIR ...] --lengths LIST [--examples N] [--batch-tokens T] [--plot FILE]
 
 Evaluates a checkpoint (default: the run's newest good one) on the fixed held-out batches:
 loss, perplexity, bits per byte for byte-level token files and, for the synthetic copying
@@ -83,6 +92,16 @@ and induction tasks, accuracy on the answer positions.
                     held-out split of the token files (the same as --set eval.batches=all)
   --set train.dtype=bf16   evaluate in bf16 on a GPU (any run; the weights are fp32)
 A run whose checkpoints are all damaged is an error (exit 1).
+With --lengths (runs of a synthetic task with answers: induction heads, selective copying):
+accuracy against sequence length, the Mamba paper's Table 11. Each run's model answers a fixed
+validation set of N examples (--examples, default 256) generated at each length, in batches of
+max(1, T / length) examples (--batch-tokens, default 1048576). A length that does not fit in
+memory is reported as OOM and the others go on. Writes RUN_DIR/length_eval.csv (rewritten after
+each length), prints the table of all runs and plots accuracy against length, one line per run
+(scripts/plot_lengths.py, as `coil plot lengths`), to --plot FILE (default: RUN_DIR/length_eval.png
+for one run, length_eval.png here for several).
+  --lengths LIST   comma-separated lengths; A..B is every power of two from A to B:
+                   --lengths 64..1048576 is the paper's 2^6 to 2^20
 )";
 
 const char* kGenerateHelp = R"(usage: coil generate RUN_DIR|CHECKPOINT [--prompt TEXT | --prompt-file FILE] [options]
@@ -306,7 +325,7 @@ void need(const Args& a, size_t n, const char* usage) {
 }
 
 int cmd_train(int argc, char** argv, bool resume) {
-  Args a = parse_args(argc, argv, 2, {"stop-after"}, {});
+  Args a = parse_args(argc, argv, 2, {"stop-after", "time-limit"}, {});
   if (a.help) return help(resume ? kResumeHelp : kTrainHelp);
   need(a, 1, resume ? kResumeHelp : kTrainHelp);
   Config config = resume ? load_run_config(a.positional[0], a.sets) : load_config(a.positional[0], a.sets);
@@ -317,14 +336,51 @@ int cmd_train(int argc, char** argv, bool resume) {
   TrainOptions o;
   o.resume = resume;
   if (a.options.count("stop-after")) o.stop_after_steps = parse_count(a.options["stop-after"], "--stop-after");
+  if (a.options.count("time-limit")) o.time_limit_s = parse_seconds(a.options["time-limit"], "--time-limit");
   TrainResult r = run_training(config, o);
   if (r.interrupted && r.signal) return 128 + r.signal;
+  return r.time_limit_reached ? 3 : 0;
+}
+
+// `coil eval RUN... --lengths LIST`: the length sweep of each run, the table, the plot.
+int eval_lengths(Args& a) {
+  if (a.positional.empty()) fail("usage: coil eval RUN_DIR [RUN_DIR ...] --lengths LIST (see --help)");
+  if (a.options.count("batches")) fail("eval: --batches is for the held-out evaluation; with --lengths use --examples");
+  if (a.options.count("checkpoint") && a.positional.size() > 1)
+    fail("eval: --checkpoint names one run's checkpoint, but {} runs are given", a.positional.size());
+  LengthEvalOptions o;
+  o.lengths = parse_lengths(a.options["lengths"]);
+  if (a.options.count("examples")) o.examples = parse_count(a.options["examples"], "--examples");
+  if (a.options.count("batch-tokens")) o.batch_tokens = parse_count(a.options["batch-tokens"], "--batch-tokens");
+  if (a.options.count("checkpoint")) o.checkpoint = a.options["checkpoint"];
+  auto print = [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
+  std::vector<LengthEvalResult> results;
+  std::vector<std::string> plot_args;
+  for (const auto& run : a.positional) {
+    if (!fs::is_directory(run)) fail("eval --lengths: '{}' is not a run directory", run);
+    Config config = load_run_config(run, a.sets);
+    config.run.dir = run;
+    results.push_back(evaluate_lengths(config, o, print));
+    plot_args.push_back(results.back().csv);
+    std::printf("wrote %s\n", results.back().csv.c_str());
+  }
+  std::fputs(format_length_table(results).c_str(), stdout);
+  std::string png = a.options.count("plot")       ? a.options["plot"]
+                    : a.positional.size() == 1 ? (fs::path(a.positional[0]) / "length_eval.png").string()
+                                                : "length_eval.png";
+  plot_args.insert(plot_args.end(), {"-o", png});
+  PlotResult plot = run_plot_script("plot_lengths.py", plot_args);
+  if (plot.drawn) std::printf("wrote %s\n", png.c_str());
+  else std::fprintf(stderr, "warning: no plot: %s\n", plot.problem.c_str());
   return 0;
 }
 
 int cmd_eval(int argc, char** argv) {
-  Args a = parse_args(argc, argv, 2, {"checkpoint", "batches"}, {});
+  Args a = parse_args(argc, argv, 2, {"checkpoint", "batches", "lengths", "examples", "batch-tokens", "plot"}, {});
   if (a.help) return help(kEvalHelp);
+  if (a.options.count("lengths")) return eval_lengths(a);
+  for (const char* k : {"examples", "batch-tokens", "plot"})
+    if (a.options.count(k)) fail("eval: --{} belongs to the length sweep (--lengths)", k);
   need(a, 1, kEvalHelp);
   if (a.options.count("batches")) {  // checked here for the flag's own form, then like the key
     const std::string& n = a.options["batches"];
@@ -457,6 +513,32 @@ int cmd_report(int argc, char** argv) {
   return 0;
 }
 
+const char* kPlotHelp = R"(usage: coil plot runs|scaling|lengths ARGS ...
+
+Draws a plot with scripts/plot_<kind>.py under the first Python that has matplotlib (the one
+`coil report` and `coil eval --lengths` use: $COIL_PYTHON, python3, /usr/bin/python3):
+  coil plot runs RUN_DIR ... -o loss.png [--x step|tokens] [--log] [--val]
+                           training (and validation) loss of runs (their metrics.jsonl)
+  coil plot scaling REPORT_DIR [--out DIR]
+                           the plots of a `coil report` directory
+  coil plot lengths RUN_DIR|CSV ... -o lengths.png
+                           accuracy against sequence length (`coil eval --lengths` CSVs)
+`coil plot KIND --help` shows the script's own options. Exit status: the script's, or 1 when
+no Python with matplotlib is found.
+)";
+
+int cmd_plot(int argc, char** argv) {
+  if (argc < 3 || std::string(argv[2]) == "--help" || std::string(argv[2]) == "-h") return help(kPlotHelp);
+  const std::string kind = argv[2];
+  if (kind != "runs" && kind != "scaling" && kind != "lengths")
+    fail("plot: unknown kind '{}' (runs, scaling or lengths; see coil plot --help)", kind);
+  PlotResult r = run_plot_script("plot_" + kind + ".py", std::vector<std::string>(argv + 3, argv + argc));
+  if (!r.output.empty()) std::printf("%s\n", r.output.c_str());
+  if (r.drawn) return 0;
+  if (r.exit_code > 0 && r.exit_code != 3) return r.exit_code;  // the script said why
+  fail("plot: {}", r.problem);
+}
+
 int cmd_info(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2, {"world"}, {});
   if (a.help) return help(kInfoHelp);
@@ -535,6 +617,7 @@ int main(int argc, char** argv) {
     if (cmd == "launch") return cmd_launch(argc, argv);
     if (cmd == "sweep") return cmd_sweep(argc, argv);
     if (cmd == "report") return cmd_report(argc, argv);
+    if (cmd == "plot") return cmd_plot(argc, argv);
     if (cmd == "keys") return cmd_keys();
     std::fprintf(stderr, "coil: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;

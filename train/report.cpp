@@ -1,12 +1,10 @@
 #include "train/report.h"
 
 #include <fmt/format.h>
-#include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -14,11 +12,11 @@
 #include <map>
 #include <set>
 #include <sstream>
-#include <sys/wait.h>
 
 #include "core/error.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
+#include "train/plot.h"
 #include "train/sweep.h"
 #include "train/trainer.h"
 
@@ -170,6 +168,8 @@ std::string csv_field(const T& v) {
   return fmt::format("{}", v);
 }
 
+}  // namespace
+
 std::string csv_text(const std::string& s) {
   if (s.find_first_of(",\"\n\r") == std::string::npos) return s;
   std::string out = "\"";
@@ -178,6 +178,8 @@ std::string csv_text(const std::string& s) {
 }
 
 std::string csv_num(double v) { return std::isfinite(v) ? fmt::format("{:.10g}", v) : ""; }
+
+namespace {
 
 std::string md_text(const std::string& s) {
   std::string out;
@@ -209,47 +211,20 @@ std::string duration_text(double s) {
   return fmt::format("{:.1f}s", s);
 }
 
-std::string find_plot_script(const ReportOptions& o) {
-  if (!o.plot_script.empty()) return o.plot_script;
-  if (const char* e = std::getenv("COIL_PLOT_SCRIPT")) return e;
-  std::vector<fs::path> candidates;
-  // Next to the sources this file was compiled from (a build tree on the machine that built it).
-  candidates.push_back(fs::path(__FILE__).parent_path().parent_path() / "scripts" / "plot_scaling.py");
-  std::error_code ec;
-  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-  if (!ec) {
-    for (fs::path d = exe.parent_path(); !d.empty() && d != d.root_path(); d = d.parent_path())
-      candidates.push_back(d / "scripts" / "plot_scaling.py");
-  }
-  candidates.push_back(fs::current_path(ec) / "scripts" / "plot_scaling.py");
-  for (auto& c : candidates)
-    if (fs::exists(c, ec)) return c.string();
-  return "";
-}
+}  // namespace
 
-// Runs a command, capturing stdout and stderr; returns the exit status (-1 if it did not run).
-int run_command(const std::string& cmd, std::string& output) {
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (!p) return -1;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) output.append(buf, n);
-  int status = ::pclose(p);
-  if (status == -1) return -1;
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-}
-
-void write_file(const fs::path& path, const std::string& text) {
-  fs::path tmp = path;
-  tmp += ".tmp";
+void write_file(const std::string& path, const std::string& text) {
+  std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary);
-    COIL_CHECK(out.good(), "report: cannot write '{}'", tmp.string());
+    COIL_CHECK(out.good(), "cannot write '{}'", tmp);
     out << text;
-    COIL_CHECK(out.good(), "report: cannot write '{}' (disk full?)", tmp.string());
+    COIL_CHECK(out.good(), "cannot write '{}' (disk full?)", tmp);
   }
   fs::rename(tmp, path);
 }
+
+namespace {
 
 // An interrupted run's latest checkpoint (read for its state only): where a resume continues.
 void note_checkpoint(RunRecord& r) {
@@ -497,49 +472,16 @@ ReportResult write_report(const std::vector<std::string>& run_dirs, const std::s
 
   // ---- plots ----
   if (options.plots) {
-    std::string script = find_plot_script(options);
-    // The first Python that has matplotlib: the one asked for, $COIL_PYTHON, python3 on the
-    // PATH, then the system's (a pyenv or venv python3 often lacks the Debian matplotlib).
-    std::vector<std::string> pythons;
-    if (!options.python.empty()) pythons.push_back(options.python);
-    else {
-      if (const char* e = std::getenv("COIL_PYTHON")) pythons.push_back(e);
-      pythons.push_back("python3");
-      if (fs::exists("/usr/bin/python3", ec)) pythons.push_back("/usr/bin/python3");
-    }
-    if (script.empty()) {
-      res.warnings.push_back(
-          "plots skipped: scripts/plot_scaling.py not found (set COIL_PLOT_SCRIPT to its path)");
-    } else {
-      std::string skipped;  // why each python could not draw
-      bool done = false;
-      for (const auto& python : pythons) {
-        std::string output;
-        std::string cmd = fmt::format("{} {} {} --title {}", shell_quote(python), shell_quote(script),
-                                      shell_quote(out.string()), shell_quote(dir_name(out.string())));
-        int rc = run_command(cmd, output);
-        while (!output.empty() && (output.back() == '\n' || output.back() == '\r')) output.pop_back();
-        if (rc == 3 || rc == 127) {  // no matplotlib, or no such python: try the next one
-          skipped += fmt::format("{}{}: {}", skipped.empty() ? "" : "; ", python,
-                                 rc == 127 ? "not found" : output.empty() ? "no matplotlib" : output);
-          continue;
-        }
-        done = true;
-        if (rc == 0) {
-          for (const char* name : {"loss_vs_flops.png", "loss_curves.png"}) {
-            fs::path p = out / name;
-            if (fs::exists(p, ec)) res.plots.push_back(p.string());
-            else res.warnings.push_back(fmt::format("the plot script wrote no {}", name));
-          }
-        } else {
-          res.warnings.push_back(fmt::format("plots failed: `{}` exited with {}: {}", cmd, rc, output));
-        }
-        break;
+    PlotResult plot = run_plot_script("plot_scaling.py", {out.string(), "--title", dir_name(out.string())}, options.plot);
+    if (plot.drawn) {
+      for (const char* name : {"loss_vs_flops.png", "loss_curves.png"}) {
+        fs::path p = out / name;
+        if (fs::exists(p, ec)) res.plots.push_back(p.string());
+        else res.warnings.push_back(fmt::format("the plot script wrote no {}", name));
       }
-      if (!done)
-        res.warnings.push_back(fmt::format(
-            "plots skipped: no python3 with matplotlib ({}); apt-get install python3-matplotlib, or set COIL_PYTHON",
-            skipped));
+    } else {
+      res.warnings.push_back((plot.exit_code > 0 && plot.exit_code != 3 ? "plots failed: " : "plots skipped: ") +
+                             plot.problem);
     }
   }
 

@@ -1,7 +1,7 @@
 // Scaling-law reports (`coil report RUNS... --out DIR`, docs/SCALING.md): reads run
 // directories (config.yaml + metrics.jsonl, as train/trainer.h writes them), tabulates each
 // run, fits loss = a * FLOPs^(-b) (+ c) per architecture (train/power_law.h) and draws the
-// plots with scripts/plot_scaling.py.
+// plots with scripts/plot_scaling.py (through train/plot.h, as every plot).
 //
 //   ReportResult r = write_report(expand_run_args({"runs/small"}), "reports/small", false);
 //
@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "layers/model_config.h"
+#include "train/plot.h"
 #include "train/power_law.h"
 
 namespace coil::train {
@@ -83,9 +84,7 @@ struct ArchitectureFit {
 struct ReportOptions {
   bool with_constant = false;  // fit loss = a * FLOPs^(-b) + c
   bool plots = true;
-  std::string python;       // empty: $COIL_PYTHON, else python3
-  std::string plot_script;  // empty: $COIL_PLOT_SCRIPT, else scripts/plot_scaling.py found
-                            // next to the sources, the executable or the working directory
+  PlotOptions plot;  // which Python and scripts/ draw the plots (train/plot.h)
 };
 
 struct ReportResult {
@@ -116,5 +115,12 @@ ReportResult write_report(const std::vector<std::string>& run_dirs, const std::s
 
 // A one-paragraph summary for the console ("12 runs: 10 finished, 1 interrupted, ...").
 std::string format_report_summary(const ReportResult& result);
+
+// CSV fields: text quoted when it holds a comma, a quote or a line break; numbers with 10
+// significant digits, empty when not finite.
+std::string csv_text(const std::string& s);
+std::string csv_num(double v);
+// Writes `text` to a temporary file beside `path` and renames it over `path` (never torn).
+void write_file(const std::string& path, const std::string& text);
 
 }  // namespace coil::train

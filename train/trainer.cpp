@@ -119,6 +119,8 @@ void resolve(Config& c, Device device, int world_size = 1) {
          bf16, asked, cuda_available() ? "asked for" : cuda_unavailable_reason());
 }
 
+}  // namespace
+
 data::DataOptions data_options(const Config& c, int rank, int world) {
   data::DataOptions o;
   o.kind = c.data.kind;
@@ -140,6 +142,8 @@ data::DataOptions data_options(const Config& c, int rank, int world) {
   return o;
 }
 
+namespace {
+
 // The documents of a batch on the device (none without data.reset_at_eot).
 layers::SequenceContext documents_of(const data::Batch& b, Device device) {
   layers::SequenceContext c;
@@ -160,18 +164,8 @@ optim::Schedule make_schedule(const Config& c) {
   return s;
 }
 
-struct EvalTotals {
-  double loss_sum = 0;
-  int64_t targets = 0, correct = 0;
-  bool has_accuracy = false;
-  double loss() const { return targets ? loss_sum / double(targets) : NAN; }
-  double accuracy() const { return has_accuracy && targets ? double(correct) / double(targets) : -1; }
-};
+}  // namespace
 
-// The held-out batches an evaluation reads, as (index, size) of DataLoader::val_batch: the
-// first `batches` micro-batches, or (EvalSection::kAll) the whole held-out split: every whole
-// micro-batch, then the windows past the last one, one at a time.
-using EvalBatches = std::vector<std::pair<int64_t, int64_t>>;
 EvalBatches eval_batches(const data::DataLoader& loader, int64_t batches, int64_t micro_batch) {
   EvalBatches out;
   const bool all = batches == EvalSection::kAll;
@@ -182,16 +176,18 @@ EvalBatches eval_batches(const data::DataLoader& loader, int64_t batches, int64_
   return out;
 }
 
+namespace {
+
 // Token files of the built-in byte-level tokenizer: one token is one byte (end-of-text ids
 // count as one), so bits per byte is the loss in bits.
 bool byte_level(const data::DataLoader& loader) {
   return loader.dataset() && loader.dataset()->files()[0].tokenizer == "byte";
 }
 
-// Loss (and accuracy on answer positions for synthetic tasks) over fixed held-out batches;
-// rank r of `world` takes batches r, r + world, ... (the caller sums the totals over ranks).
+}  // namespace
+
 EvalTotals run_eval(const layers::LanguageModel& model, const data::DataLoader& loader, const EvalBatches& batches,
-                    Device device, int rank = 0, int world = 1) {
+                    Device device, int rank, int world) {
   autograd::NoGradGuard no_grad;
   EvalTotals t;
   t.has_accuracy = loader.has_accuracy();
@@ -208,27 +204,37 @@ EvalTotals run_eval(const layers::LanguageModel& model, const data::DataLoader& 
       t.targets += count;
       continue;
     }
-    // Accuracy needs the logits: [B, T, V] to the host, log-softmax at the answer positions.
-    Tensor logits = model.forward(inputs, docs).value().to(Device::cpu(), DType::f32);
-    const float* lg = logits.data<float>();
+    // Accuracy needs the logits of the answer positions: those rows are gathered on the
+    // device and only they go to the host (a long sequence has few answers), where the
+    // log-softmax and the argmax are taken.
     const int64_t* tg = b.targets.data<int64_t>();
-    int64_t V = logits.size(-1), n = b.targets.numel();
-    for (int64_t p = 0; p < n; ++p) {
-      if (tg[p] == data::kIgnoreIndex) continue;
-      const float* row = lg + p * V;
+    std::vector<int64_t> positions, answers;
+    for (int64_t p = 0; p < b.targets.numel(); ++p)
+      if (tg[p] != data::kIgnoreIndex) positions.push_back(p), answers.push_back(tg[p]);
+    Tensor logits = model.forward(inputs, docs).value();
+    const int64_t V = logits.size(-1);
+    Tensor rows = kernels::embedding(logits.reshape({b.targets.numel(), V}),
+                                     Tensor::from_vector(positions, {count}, DType::i64, device))
+                      .to(Device::cpu(), DType::f32);
+    const float* lg = rows.data<float>();
+    for (int64_t i = 0; i < count; ++i) {
+      const float* row = lg + i * V;
+      const int64_t answer = answers[size_t(i)];
       int64_t arg = 0;
       double mx = row[0];
       for (int64_t v = 1; v < V; ++v)
         if (row[v] > mx) mx = row[v], arg = v;
       double sum = 0;
       for (int64_t v = 0; v < V; ++v) sum += std::exp(double(row[v]) - mx);
-      t.loss_sum += mx + std::log(sum) - double(row[tg[p]]);
-      t.correct += arg == tg[p];
+      t.loss_sum += mx + std::log(sum) - double(row[answer]);
+      t.correct += arg == answer;
       t.targets += 1;
     }
   }
   return t;
 }
+
+namespace {
 
 Checkpoint make_checkpoint(const layers::LanguageModel& model, const Optimizer& opt, const TrainState& state) {
   Checkpoint c;
@@ -285,6 +291,7 @@ Config load_run_config(const std::string& run_dir, const std::vector<std::string
 }
 
 TrainResult run_training(Config config, const TrainOptions& options) {
+  const auto call_start = Clock::now();  // time_limit_s counts from here
   auto print = options.print ? options.print : [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
   DistEnv env = detect_dist_env();
   auto say = [&](const std::string& s) {  // rank 0 speaks for all
@@ -500,9 +507,14 @@ TrainResult run_training(Config config, const TrainOptions& options) {
   double loss_sum_log = 0, gnorm_sum_log = 0;
   int64_t loss_count_log = 0, gnorm_count_log = 0;
   const int64_t steps_this_call_start = state.step;
-  // A signal or stop_after_steps, seen on this rank, asks to stop once `steps_done` are done.
+  // A signal, stop_after_steps or the time limit, seen on this rank, asks to stop once
+  // `steps_done` are done.
+  auto out_of_time = [&]() {
+    return options.time_limit_s > 0 &&
+           std::chrono::duration<double>(Clock::now() - call_start).count() >= options.time_limit_s;
+  };
   auto stop_requested = [&](int64_t steps_done) {
-    return g_signal.load() != 0 ||
+    return g_signal.load() != 0 || (steps_done > steps_this_call_start && out_of_time()) ||
            (options.stop_after_steps >= 0 && steps_done - steps_this_call_start >= options.stop_after_steps);
   };
   // Several ranks must stop after the same step: each step sums the ranks' requests (a flag
@@ -513,6 +525,7 @@ TrainResult run_training(Config config, const TrainOptions& options) {
     if (stop_agreed || (!comm && stop_requested(state.step))) {
       result.interrupted = true;
       result.signal = g_signal.load();
+      result.time_limit_reached = !result.signal && state.step > steps_this_call_start && out_of_time();
       break;
     }
     const int64_t step = state.step;
@@ -655,7 +668,9 @@ TrainResult run_training(Config config, const TrainOptions& options) {
   result.final_step = state.step;
   result.nan_skips = state.nan_skips;
   if (result.interrupted) {
-    save(result.signal ? (result.signal == SIGINT ? "interrupted by SIGINT" : "interrupted by SIGTERM") : "stopped");
+    save(result.signal               ? (result.signal == SIGINT ? "interrupted by SIGINT" : "interrupted by SIGTERM")
+         : result.time_limit_reached ? "the time limit"
+                                     : "stopped");
     say(fmt::format("stopped at step {}/{}; continue with: coil resume {}", state.step, config.train.steps, run_dir));
     return result;
   }
@@ -666,19 +681,16 @@ TrainResult run_training(Config config, const TrainOptions& options) {
   return result;
 }
 
-EvalResult evaluate(const Config& config_in, const std::string& checkpoint,
-                    const std::function<void(const std::string&)>& print) {
-  Config config = config_in;
-  COIL_CHECK(config.eval.batches != 0,
-             "eval: eval.batches is 0 in this config (it never evaluates): give a number of batches, or all for the "
-             "whole held-out split (coil eval --batches N|all)");
-  Device device = resolve_device(config.train.device);
-  resolve(config, device);
-  layers::LanguageModel model(config.model.config, uint64_t(config.train.seed));
-  EvalResult r;
+EvalModel load_eval_model(const Config& config_in, const std::string& checkpoint,
+                          const std::function<void(const std::string&)>& print) {
+  EvalModel m;
+  m.config = config_in;
+  m.device = resolve_device(m.config.train.device);
+  resolve(m.config, m.device);
+  m.model = std::make_unique<layers::LanguageModel>(m.config.model.config, uint64_t(m.config.train.seed));
   Checkpoint c;
   std::string path = checkpoint;
-  auto same_model = [&](const Checkpoint& k) { check_same_model(k, config.model.config); };
+  auto same_model = [&](const Checkpoint& k) { check_same_model(k, m.config.model.config); };
   auto warn = [&](const std::string& w) {
     if (print) print("warning: " + w);
   };
@@ -689,29 +701,42 @@ EvalResult evaluate(const Config& config_in, const std::string& checkpoint,
     } catch (const Error& e) {
       fail("eval: checkpoint '{}' cannot be used: {}", checkpoint, e.what());
     }
-  } else if (!load_latest(config.run_dir(), c, &path, warn, same_model)) {
-    if (!list_checkpoints(config.run_dir()).empty())
+  } else if (!load_latest(m.config.run_dir(), c, &path, warn, same_model)) {
+    if (!list_checkpoints(m.config.run_dir()).empty())
       fail("eval: no checkpoint of {} can be used: each is damaged or holds another model (the warnings say why)",
-           config.run_dir());
+           m.config.run_dir());
     path.clear();
-    if (!config.model.init_from.empty()) {
-      c.params = initial_weights(config.model.init_from, config.model.config, warn);
-      path = config.model.init_from;
+    if (!m.config.model.init_from.empty()) {
+      c.params = initial_weights(m.config.model.init_from, m.config.model.config, warn);
+      path = m.config.model.init_from;
     } else {
-      warn(fmt::format("{} has no checkpoint; evaluating the initial weights", config.run_dir()));
+      warn(fmt::format("{} has no checkpoint; evaluating the initial weights", m.config.run_dir()));
     }
   }
   if (!path.empty()) {
-    load_parameters(model, c.params);
-    r.step = c.state.step;
-    r.checkpoint = path;
+    load_parameters(*m.model, c.params);
+    m.step = c.state.step;
+    m.checkpoint = path;
   }
-  model.to(device);
-  model.eval();
+  m.model->to(m.device);
+  m.model->eval();
+  return m;
+}
+
+EvalResult evaluate(const Config& config_in, const std::string& checkpoint,
+                    const std::function<void(const std::string&)>& print) {
+  COIL_CHECK(config_in.eval.batches != 0,
+             "eval: eval.batches is 0 in this config (it never evaluates): give a number of batches, or all for the "
+             "whole held-out split (coil eval --batches N|all)");
+  EvalModel m = load_eval_model(config_in, checkpoint, print);
+  const Config& config = m.config;
+  EvalResult r;
+  r.step = m.step;
+  r.checkpoint = m.checkpoint;
   data::DataLoader loader(data_options(config, 0, 1));
   const EvalBatches batches = eval_batches(loader, config.eval.batches, config.train.micro_batch);
   COIL_CHECK(!batches.empty(), "eval: the data holds no validation windows (data.val_fraction or data.val_path)");
-  EvalTotals t = run_eval(model, loader, batches, device);
+  EvalTotals t = run_eval(*m.model, loader, batches, m.device);
   r.loss = t.loss();
   r.perplexity = std::exp(t.loss());
   r.accuracy = t.accuracy();
@@ -746,11 +771,18 @@ std::vector<std::pair<std::string, Shape>> parameter_shapes(const layers::ModelC
     if (mixers[i] == "mamba") {
       out.push_back({p + "mixer.A_log", {di, N}});
       out.push_back({p + "mixer.D", {di}});
+      if (!m.mamba.selective) {
+        out.push_back({p + "mixer.dt_bias", {di}});
+        out.push_back({p + "mixer.B", {N}});
+        out.push_back({p + "mixer.C", {N}});
+      }
       linear(p + "mixer.in_proj", 2 * di, d, m.bias);
       out.push_back({p + "mixer.conv1d.weight", {di, 1, m.mamba.d_conv}});
       if (m.mamba.conv_bias) out.push_back({p + "mixer.conv1d.bias", {di}});
-      linear(p + "mixer.x_proj", R + 2 * N, di, false);
-      linear(p + "mixer.dt_proj", di, R, true);
+      if (m.mamba.selective) {
+        linear(p + "mixer.x_proj", R + 2 * N, di, false);
+        linear(p + "mixer.dt_proj", di, R, true);
+      }
       linear(p + "mixer.out_proj", d, di, m.bias);
     } else {
       linear(p + "mixer.in_proj", 3 * d, d, m.bias);
