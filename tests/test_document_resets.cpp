@@ -3,6 +3,7 @@
 // against each document run alone; CUDA against the CPU reference), whole models with packed
 // documents against each document alone, and carried state across windows against one pass
 // over the concatenation.
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <vector>
@@ -387,8 +388,23 @@ TEST_CASE("attention CUDA with documents matches the CPU reference and stays det
       const double tol = 1.5e-2;  // bf16 products
       CHECK(relative_error(r.out, ref.out) < tol);
       CHECK(relative_error(r.lse, ref.lse) < 1e-3);
-      CHECK(relative_error(d.dq, rg.dq) < 2 * tol);
-      CHECK(relative_error(d.dk, rg.dk) < 2 * tol);
+      // Where every document is one token, each query's softmax has one key and dq, dk vanish
+      // (exactly on the CPU, to bf16 rounding on the GPU): their error is taken relative to the
+      // larger of their own norm and dv's, the scale of the gradients.
+      auto norm = [](const Tensor& t) {
+        double s2 = 0;
+        for (double x : t.to_vector<double>()) s2 += x * x;
+        return std::sqrt(s2);
+      };
+      auto gradient_error = [&](const Tensor& a, const Tensor& b) {
+        const Tensor ac = a.to(Device::cpu(), DType::f32);
+        std::vector<double> x = ac.to_vector<double>(), y = b.to_vector<double>();
+        double d2 = 0;
+        for (size_t i = 0; i < x.size(); ++i) d2 += (x[i] - y[i]) * (x[i] - y[i]);
+        return std::sqrt(d2) / std::max({norm(b), norm(rg.dv), 1e-30});
+      };
+      CHECK(gradient_error(d.dq, rg.dq) < 2 * tol);
+      CHECK(gradient_error(d.dk, rg.dk) < 2 * tol);
       CHECK(relative_error(d.dv, rg.dv) < 2 * tol);
     }
 }

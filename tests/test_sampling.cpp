@@ -135,7 +135,14 @@ TEST_CASE("sampling on the GPU draws the CPU reference's ids", "[sampling][cuda]
       Tensor cpu = i32s(std::vector<int32_t>(size_t(batch), -1)), gpu = cpu.to(Device::cuda());
       sample_tokens(logits, counters, o, cpu);
       sample_tokens(logits.to(Device::cuda(), dtype), counters.to(Device::cuda()), o, gpu);
-      CHECK(gpu.to_vector<int32_t>() == cpu.to_vector<int32_t>());
+      // Greedy and top-1 pick the same ids. Sampling inverts the cumulative probabilities at
+      // one uniform draw, and the GPU's exponentials and sums round differently from the
+      // CPU's: a draw within ~1e-6 of a boundary can pick the neighbouring token. One such
+      // row in 37 is allowed; a wrong draw, scale or filter changes most rows.
+      const std::vector<int32_t> a = gpu.to_vector<int32_t>(), b = cpu.to_vector<int32_t>();
+      int64_t differ = 0;
+      for (size_t i = 0; i < a.size(); ++i) differ += a[i] != b[i];
+      CHECK(differ <= (k.temperature == 0 || k.top_k == 1 ? 0 : 1));
     }
   }
 }
