@@ -16,6 +16,27 @@ uint64_t draw64(uint64_t seed, uint64_t example) {
   return (uint64_t(r[0]) << 32) | r[1];
 }
 
+// The i-th element (i < n) of a permutation of [0, n) drawn from (seed, pass): a balanced
+// Feistel network on the smallest even number of bits that holds n (Philox as its round
+// function; each round is a bijection, so the network is one), walking the cycle until the
+// value falls inside [0, n), which takes fewer than 4 rounds of the network on average.
+uint64_t permuted_index(uint64_t i, uint64_t n, uint64_t seed, uint64_t pass) {
+  int half = 1;
+  while ((uint64_t(1) << (2 * half)) < n) ++half;
+  const uint64_t mask = (uint64_t(1) << half) - 1;
+  do {
+    uint64_t left = i >> half, right = i & mask;
+    for (uint32_t round = 0; round < 6; ++round) {
+      auto r = philox4x32({uint32_t(right), round, uint32_t(pass), uint32_t(pass >> 32)}, seed);  // right < 2^32
+      uint64_t f = ((uint64_t(r[0]) << 32) | r[1]) & mask;
+      std::swap(left, right);
+      right ^= f;
+    }
+    i = (left << half) | right;
+  } while (i >= n);
+  return i;
+}
+
 }  // namespace
 
 int64_t Batch::target_count() const {
@@ -88,7 +109,10 @@ DataLoader::DataLoader(const DataOptions& options) : options_(options) {
     return;
   }
   COIL_CHECK(o.kind == "tokens", "data: unknown data.kind '{}' (synthetic or tokens)", o.kind);
+  COIL_CHECK(o.sampling == "random" || o.sampling == "shuffled", "data: unknown sampling '{}' (random or shuffled)",
+             o.sampling);
   const int64_t W = o.seq_len + 1;
+  stride_ = o.sampling == "shuffled" ? o.seq_len : 1;
   dataset_ = std::make_unique<TokenDataset>(o.path, o.vocab_size, o.check_ids);
   if (dataset_->total_tokens() <= (int64_t(1) << 26) && o.check_ids) dataset_->check_all_ids();
   const auto& files = dataset_->files();
@@ -98,7 +122,7 @@ DataLoader::DataLoader(const DataOptions& options) : options_(options) {
     int64_t n = files[f].num_tokens;
     int64_t held = o.val_path.empty() ? int64_t(std::ceil(o.val_fraction * double(n))) : 0;
     train_end_[f] = n - held;
-    starts_cum_[f + 1] = starts_cum_[f] + std::max<int64_t>(0, train_end_[f] - W + 1);
+    starts_cum_[f + 1] = starts_cum_[f] + (train_end_[f] >= W ? (train_end_[f] - W) / stride_ + 1 : 0);
     if (o.val_path.empty())
       for (int64_t s = train_end_[f]; s + W <= n; s += W) val_windows_.emplace_back(f, s);
   }
@@ -132,9 +156,11 @@ void DataLoader::window(uint64_t example, int64_t* inputs, int64_t* targets) {
     synthetic_example(o, o.seed, example, inputs, targets);
     return;
   }
-  int64_t u = int64_t(draw64(o.seed, example) % uint64_t(total_starts_));
+  const uint64_t n = uint64_t(total_starts_);
+  int64_t u = o.sampling == "shuffled" ? int64_t(permuted_index(example % n, n, o.seed, example / n))
+                                       : int64_t(draw64(o.seed, example) % n);
   size_t f = size_t(std::upper_bound(starts_cum_.begin(), starts_cum_.end(), u) - starts_cum_.begin() - 1);
-  read_window(*dataset_, f, u - starts_cum_[f], inputs, targets);
+  read_window(*dataset_, f, (u - starts_cum_[f]) * stride_, inputs, targets);
 }
 
 Batch DataLoader::next_train(int64_t batch_size) {
@@ -199,9 +225,12 @@ std::string DataLoader::describe() const {
       return fmt::format("synthetic induction heads: {} data tokens, {} positions", o.task_vocab, o.seq_len);
     return fmt::format("synthetic random tokens: vocabulary {}, {} positions", o.vocab_size, o.seq_len);
   }
-  return fmt::format("{} token file(s) '{}': {} tokens ({} tokenizer), {} training windows, {} validation windows",
+  return fmt::format("{} token file(s) '{}': {} tokens ({} tokenizer), {} training windows ({}), {} validation windows",
                      dataset_->files().size(), o.path, dataset_->total_tokens(), dataset_->files()[0].tokenizer,
-                     total_starts_, val_windows_.size());
+                     total_starts_,
+                     o.sampling == "shuffled" ? "shuffled, consecutive: one pass over the training tokens"
+                                              : "random positions",
+                     val_windows_.size());
 }
 
 }  // namespace coil::data

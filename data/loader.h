@@ -10,10 +10,17 @@
 // on every rank. A step of micro_batch x accumulation x world examples therefore covers the
 // same examples whatever the world size; only their split into micro-batches differs.
 //
-// Token files: a training example is a window of seq_len + 1 tokens starting at a uniformly
-// drawn position of the training part of the files (each file's last val_fraction is held out,
-// or data.val_path names separate files); inputs are the first seq_len tokens, targets the last
-// seq_len. Validation batches are fixed, non-overlapping windows of the held-out part.
+// Token files: a training example is a window of seq_len + 1 tokens of the training part of
+// the files (each file's last val_fraction is held out, or data.val_path names separate files);
+// inputs are the first seq_len tokens, targets the last seq_len. Where the window starts:
+//   sampling "random"    a uniformly drawn position, with replacement (windows overlap and a
+//                        token may be drawn again before the data is used up)
+//   sampling "shuffled"  the training part is cut into consecutive windows at multiples of
+//                        seq_len (window k holds tokens k*L .. k*L+L, so every token is a
+//                        target of exactly one window), and each pass over them visits every
+//                        window once, in an order drawn from (seed, pass): no token is seen
+//                        twice before all have been seen once (train_windows() examples a pass)
+// Validation batches are fixed, non-overlapping windows of the held-out part.
 //
 // Synthetic tasks (the Mamba paper, section 4.1), token ids:
 //   selective_copying: noise 0, data tokens 1..task_vocab, separator task_vocab+1. The first
@@ -48,6 +55,7 @@ struct DataOptions {
   std::string task = "selective_copying";
   std::string path, val_path;
   double val_fraction = 0.01;
+  std::string sampling = "random";  // tokens: random | shuffled (above)
   int64_t task_vocab = 16;
   int64_t copy_tokens = 16;
   bool check_ids = true;
@@ -95,9 +103,10 @@ class DataLoader {
   DataOptions options_;
   uint64_t drawn_ = 0;  // by this rank
   std::unique_ptr<TokenDataset> dataset_, val_dataset_;
-  // Training: per file, the first token past the training part and the count of window starts.
+  // Training: per file, the first token past the training part and the count of window starts
+  // (every position for random sampling, every stride_ = seq_len-th for shuffled).
   std::vector<int64_t> train_end_, starts_cum_;  // starts_cum_[f] = window starts in files < f
-  int64_t total_starts_ = 0;
+  int64_t total_starts_ = 0, stride_ = 1;
   // Validation windows: (file, start) in val_dataset_ (or dataset_'s held-out tails).
   std::vector<std::pair<size_t, int64_t>> val_windows_;
   std::vector<int64_t> buffer_;

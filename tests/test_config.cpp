@@ -158,6 +158,17 @@ TEST_CASE("eval.batches is a count or all; all needs token files", "[config]") {
   REQUIRE_THAT(error_of("eval: {batches: all}\n"), Contains("test.yaml:1: eval.batches: all is the whole held-out split"));
 }
 
+TEST_CASE("data.sampling is random or shuffled; shuffled needs token files", "[config]") {
+  REQUIRE(parse("").data.sampling == "random");
+  Config c = parse("data: {kind: tokens, path: x.h5, sampling: shuffled}\n");
+  REQUIRE(c.data.sampling == "shuffled");
+  REQUIRE(parse_config(to_yaml(c), "r.yaml").data.sampling == "shuffled");
+  REQUIRE(config_differences(c, parse("data: {kind: tokens, path: x.h5}\n")).size() == 1);
+  REQUIRE_THAT(error_of("data: {sampling: sorted}\n"), Contains("test.yaml:1: data.sampling"));
+  REQUIRE_THAT(error_of("data: {sampling: shuffled}\n"),
+               Contains("test.yaml:1: data.sampling: shuffled orders the windows of token files"));
+}
+
 TEST_CASE("a continuing run may raise train.max_nan_skips; the number of ranks is at least 1", "[config]") {
   Config a = parse("", {"train.max_nan_skips=2"}), b = parse("", {"train.max_nan_skips=50"});
   REQUIRE(config_differences(a, b).size() == 1);

@@ -1,5 +1,7 @@
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 
 #include "data/loader.h"
@@ -226,6 +228,77 @@ TEST_CASE("the window sampler is seeded, resumable, split by rank, and holds out
   DataLoader v(ov);
   REQUIRE(v.num_val_batches(1) == 10);
   REQUIRE(values(v.val_batch(0, 1).inputs)[0] == 0);
+}
+
+TEST_CASE("shuffled sampling visits every consecutive window once a pass, in a seeded order", "[data]") {
+  auto dir = test_dir("shuffled");
+  write_counting((dir / "a.h5").string(), 4000, 60000);  // training part 0..3599 (val_fraction 0.1)
+  write_counting((dir / "b.h5").string(), 2000, 60000);  // training part 0..1799
+  DataOptions o;
+  o.kind = "tokens";
+  o.path = (dir / "*.h5").string();
+  o.vocab_size = 60000;
+  o.seq_len = 32;
+  o.val_fraction = 0.1;
+  o.seed = 5;
+  o.sampling = "shuffled";
+  DataLoader a(o);
+  // Window k holds tokens 32k .. 32k+32: floor(3599 / 32) = 112 windows in a, floor(1799 / 32) = 56 in b.
+  REQUIRE(a.train_windows() == 168);
+  auto pass_starts = [&](DataLoader& loader) {
+    std::vector<int64_t> starts;
+    for (int i = 0; i < 21; ++i) {
+      Batch x = loader.next_train(8);
+      auto in = values(x.inputs), tg = values(x.targets);
+      for (int64_t r = 0; r < 8; ++r) {
+        starts.push_back(in[size_t(r * 32)]);
+        for (int64_t t = 0; t < 32; ++t) REQUIRE(tg[size_t(r * 32 + t)] == in[size_t(r * 32)] + t + 1);
+      }
+    }
+    return starts;
+  };
+  std::map<int64_t, int> expected;  // a start of both files (0 .. 1760) twice, of a alone once
+  for (int64_t k = 0; k < 112; ++k) expected[32 * k] += 1;
+  for (int64_t k = 0; k < 56; ++k) expected[32 * k] += 1;
+  std::vector<int64_t> first = pass_starts(a), second = pass_starts(a);
+  for (auto* pass : {&first, &second}) {
+    std::map<int64_t, int> seen;
+    for (int64_t s : *pass) seen[s] += 1;
+    REQUIRE(seen == expected);
+  }
+  REQUIRE(first != second);  // each pass has its own order
+  std::vector<int64_t> sorted = first;
+  std::sort(sorted.begin(), sorted.end());
+  REQUIRE(first != sorted);  // and the order is not the files' order
+  // Seeded and resumable: the same seed repeats it, a restored state continues it.
+  DataLoader b(o);
+  REQUIRE(pass_starts(b) == first);
+  DataLoader c(o), d(o);
+  for (int i = 0; i < 7; ++i) c.next_train(8);
+  d.set_state(c.state());
+  REQUIRE(values(d.next_train(8).inputs) == values(c.next_train(8).inputs));
+  DataOptions other = o;
+  other.seed = 6;
+  DataLoader e(other);
+  REQUIRE(pass_starts(e) != first);
+  // Ranks take disjoint example numbers of the same order.
+  DataOptions r1 = o;
+  r1.world_size = 2;
+  r1.rank = 1;
+  DataLoader single(o), rank1(r1);
+  single.next_train(1);
+  REQUIRE(values(rank1.next_train(1).inputs) == values(single.next_train(1).inputs));
+  // One window a pass (n = 1) and an unknown mode.
+  write_counting((dir / "one.h5x").string(), 40, 60000);
+  DataOptions tiny = o;
+  tiny.path = (dir / "one.h5x").string();
+  tiny.val_fraction = 0;
+  DataLoader t(tiny);
+  REQUIRE(t.train_windows() == 1);
+  REQUIRE(values(t.next_train(3).inputs)[64] == 0);
+  DataOptions bad = o;
+  bad.sampling = "sequential";
+  REQUIRE_THROWS_WITH(DataLoader(bad), Contains("unknown sampling 'sequential'"));
 }
 
 TEST_CASE("synthetic tasks are well formed and reproducible", "[data]") {

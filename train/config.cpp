@@ -307,6 +307,7 @@ Fields all_fields(Config& c) {
   f.integer("data.task_vocab", c.data.task_vocab, 2);
   f.integer("data.copy_tokens", c.data.copy_tokens, 1);
   f.boolean("data.check_ids", c.data.check_ids);
+  f.choice("data.sampling", c.data.sampling, {"random", "shuffled"});
   f.integer("train.seq_len", c.train.seq_len, 1);
   f.integer("train.micro_batch", c.train.micro_batch, 1);
   f.integer("train.tokens_per_step", c.train.tokens_per_step, 0);
@@ -510,6 +511,9 @@ void validate(const Config& c, const Origins& o) {
   if (c.train.device == "cpu" && !bf16.empty())
     fail("{}: {} is bf16, which needs a GPU, but train.device is cpu: use f32 (or auto: f32 on the CPU)", at(bf16),
          bf16);
+  if (c.data.sampling != "random" && c.data.kind != "tokens")
+    fail("{}: data.sampling: {} orders the windows of token files; synthetic data draws each example afresh",
+         at("data.sampling"), c.data.sampling);
   if (c.eval.batches == EvalSection::kAll && c.data.kind != "tokens")
     fail("{}: eval.batches: all is the whole held-out split of token files, but synthetic data has no end: give a "
          "number of batches",

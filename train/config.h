@@ -38,6 +38,7 @@ struct DataSection {
   int64_t task_vocab = 16;               // synthetic: distinct data tokens
   int64_t copy_tokens = 16;              // selective_copying: tokens to remember
   bool check_ids = true;                 // tokens: check every id against the model's vocabulary
+  std::string sampling = "random";       // tokens: random | shuffled (data/loader.h)
 };
 
 struct TrainSection {

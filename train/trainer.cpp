@@ -122,6 +122,7 @@ data::DataOptions data_options(const Config& c, int rank, int world) {
   o.task_vocab = c.data.task_vocab;
   o.copy_tokens = c.data.copy_tokens;
   o.check_ids = c.data.check_ids;
+  o.sampling = c.data.sampling;
   o.vocab_size = c.model.config.vocab_size;
   o.seq_len = c.train.seq_len;
   o.seed = uint64_t(c.train.seed);
