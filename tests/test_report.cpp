@@ -451,4 +451,47 @@ TEST_CASE("report: the scaling sweeps expand into valid runs of the documented s
     if (i >= 2) CHECK(model_info(small[i - 2].second).parameters < m.parameters);
   }
   CHECK(total_flops == Approx(1.75e16).epsilon(0.05));
+
+  // The compute-optimal grid: six sizes per architecture, ordered by size (mamba, transformer++
+  // alternating), 20 tokens per parameter of the size's Mamba model, the same steps, rate and
+  // data for the two architectures of a size, no more tokens than the corpus's 365,334,460
+  // training tokens (docs/SCALING.md), the whole held-out split at the end.
+  auto grid = runs_of((dir / "compute_optimal.yaml").string());
+  REQUIRE(grid.size() == 12);
+  for (size_t i = 0; i < 12; ++i) {
+    const Config& c = grid[i].second;
+    INFO(grid[i].first);
+    ModelInfo m = model_info(c);
+    CHECK(architecture_name(c.model.config) == (i % 2 == 0 ? "mamba" : "transformer++"));
+    CHECK(c.data.sampling == "shuffled");
+    CHECK(c.data.path == "datasets/linux-source/train-*.h5");
+    CHECK(c.eval.batches == EvalSection::kAll);
+    CHECK(c.model.config.vocab_size == 8192);
+    const double tokens = double(m.tokens_per_step) * double(c.train.steps);
+    CHECK(tokens <= 365334460.0);
+    if (i % 2 == 0) CHECK(tokens == Approx(20.0 * double(m.parameters)).epsilon(0.001));
+    if (i % 2 == 1) {
+      const Config& mamba = grid[i - 1].second;
+      CHECK(c.train.steps == mamba.train.steps);
+      CHECK(c.optim.lr == mamba.optim.lr);
+      CHECK(c.train.seed == mamba.train.seed);
+      CHECK(c.model.config.d_model == mamba.model.config.d_model);
+    }
+    if (i >= 2) CHECK(model_info(grid[i - 2].second).parameters < m.parameters);
+  }
+  CHECK(model_info(grid[0].second).parameters == Approx(1.2e6).epsilon(0.01));
+  CHECK(model_info(grid[10].second).parameters == Approx(16.1e6).epsilon(0.01));
+  // Its learning-rate sweep: the grid's two smallest sizes, five rates each, otherwise the same runs.
+  auto lr_sweep = runs_of((dir / "compute_optimal_lr.yaml").string());
+  REQUIRE(lr_sweep.size() == 20);
+  for (size_t i = 0; i < 20; ++i) {
+    const Config& c = lr_sweep[i].second;
+    const Config& same = grid[i / 5].second;
+    INFO(lr_sweep[i].first);
+    CHECK(c.optim.lr == Approx(1e-3 * std::pow(2.0, double(i % 5))));
+    CHECK(c.train.steps == same.train.steps);
+    auto diffs = config_differences(c, same, true);
+    CHECK(diffs.size() == (c.optim.lr == same.optim.lr ? 0u : 1u));
+    for (auto& d : diffs) CHECK(d.rfind("optim.lr:", 0) == 0);
+  }
 }
