@@ -37,6 +37,29 @@ void write_counting(const std::string& path, int64_t n, int64_t vocab, int64_t d
   w.close();
 }
 std::vector<int64_t> values(const Tensor& t) { return t.to_vector<int64_t>(); }
+// Two counting files, a (4000 tokens) and b (2000), the last 10% of each held out: training
+// windows of 32 tokens from 0..3599 of a and 0..1799 of b.
+DataOptions two_counting_files(const fs::path& dir, uint64_t seed) {
+  write_counting((dir / "a.h5").string(), 4000, 60000);
+  write_counting((dir / "b.h5").string(), 2000, 60000);
+  DataOptions o;
+  o.kind = "tokens";
+  o.path = (dir / "*.h5").string();
+  o.vocab_size = 60000;
+  o.seq_len = 32;
+  o.val_fraction = 0.1;
+  o.seed = seed;
+  return o;
+}
+// Ranks take disjoint example numbers: rank 1 of 2 draws first what one rank draws second.
+bool rank1_draws_the_second_example(const DataOptions& o) {
+  DataOptions r1 = o;
+  r1.world_size = 2;
+  r1.rank = 1;
+  DataLoader single(o), rank1(r1);
+  single.next_train(1);
+  return values(rank1.next_train(1).inputs) == values(single.next_train(1).inputs);
+}
 }  // namespace
 
 TEST_CASE("token files: write, read back, attributes, documents, uint16 and uint32", "[data]") {
@@ -171,15 +194,7 @@ TEST_CASE("token files: damaged headers and bad attributes are errors naming the
 
 TEST_CASE("the window sampler is seeded, resumable, split by rank, and holds out validation data", "[data]") {
   auto dir = test_dir("sampler");
-  write_counting((dir / "a.h5").string(), 4000, 60000);
-  write_counting((dir / "b.h5").string(), 2000, 60000);
-  DataOptions o;
-  o.kind = "tokens";
-  o.path = (dir / "*.h5").string();
-  o.vocab_size = 60000;
-  o.seq_len = 32;
-  o.val_fraction = 0.1;
-  o.seed = 11;
+  DataOptions o = two_counting_files(dir, 11);
   DataLoader a(o), b(o);
   std::vector<std::vector<int64_t>> first;
   for (int i = 0; i < 5; ++i) first.push_back(values(a.next_train(4).inputs));
@@ -214,13 +229,7 @@ TEST_CASE("the window sampler is seeded, resumable, split by rank, and holds out
   REQUIRE(e.num_val_batches(2) == (12 + 6) / 2);
   REQUIRE(values(e.val_batch(1, 2).inputs) == values(a.val_batch(1, 2).inputs));
   REQUIRE(values(e.val_batch(0, 2).inputs)[0] == 3600);
-  // Ranks take disjoint example numbers: rank 1's first window is the uninterrupted run's second.
-  DataOptions r0 = o, r1 = o;
-  r0.world_size = r1.world_size = 2;
-  r1.rank = 1;
-  DataLoader single(o), rank1(r1);
-  single.next_train(1);
-  REQUIRE(values(rank1.next_train(1).inputs) == values(single.next_train(1).inputs));
+  REQUIRE(rank1_draws_the_second_example(o));
   // Separate validation files.
   write_counting((dir / "val.h5x").string(), 330, 60000);
   DataOptions ov = o;
@@ -232,15 +241,7 @@ TEST_CASE("the window sampler is seeded, resumable, split by rank, and holds out
 
 TEST_CASE("shuffled sampling visits every consecutive window once a pass, in a seeded order", "[data]") {
   auto dir = test_dir("shuffled");
-  write_counting((dir / "a.h5").string(), 4000, 60000);  // training part 0..3599 (val_fraction 0.1)
-  write_counting((dir / "b.h5").string(), 2000, 60000);  // training part 0..1799
-  DataOptions o;
-  o.kind = "tokens";
-  o.path = (dir / "*.h5").string();
-  o.vocab_size = 60000;
-  o.seq_len = 32;
-  o.val_fraction = 0.1;
-  o.seed = 5;
+  DataOptions o = two_counting_files(dir, 5);
   o.sampling = "shuffled";
   DataLoader a(o);
   // Window k holds tokens 32k .. 32k+32: floor(3599 / 32) = 112 windows in a, floor(1799 / 32) = 56 in b.
@@ -281,13 +282,7 @@ TEST_CASE("shuffled sampling visits every consecutive window once a pass, in a s
   other.seed = 6;
   DataLoader e(other);
   REQUIRE(pass_starts(e) != first);
-  // Ranks take disjoint example numbers of the same order.
-  DataOptions r1 = o;
-  r1.world_size = 2;
-  r1.rank = 1;
-  DataLoader single(o), rank1(r1);
-  single.next_train(1);
-  REQUIRE(values(rank1.next_train(1).inputs) == values(single.next_train(1).inputs));
+  REQUIRE(rank1_draws_the_second_example(o));
   // One window a pass (n = 1) and an unknown mode.
   write_counting((dir / "one.h5x").string(), 40, 60000);
   DataOptions tiny = o;
