@@ -6,8 +6,8 @@
 //
 // Uncertainty (the plain power law; with c fitted it is left unset, since the line's standard
 // errors would ignore c's own): the ordinary least-squares errors of the line
-// y = log a - b (u - mean u) ... in u = log x, from the residual variance s^2 = SSE / (n - 2):
-//   se(b) = s / sqrt(Sxx),  se(fitted log loss at u) = s * sqrt(1/n + (u - mean u)^2 / Sxx),
+// log(loss - c) = log a - b u in u = log x, from the residual variance s^2 = SSE / (n - 2):
+//   se(b) = s / sqrt(Sxx),  se(fitted log(loss - c) at u) = s * sqrt(1/n + (u - mean u)^2 / Sxx),
 // Sxx = sum (u - mean u)^2, with Student's t on n - 2 degrees of freedom for intervals (so a
 // fit needs 3 points for an uncertainty; with 2 the line passes through both).
 //
