@@ -16,6 +16,27 @@ uint64_t draw64(uint64_t seed, uint64_t example) {
   return (uint64_t(r[0]) << 32) | r[1];
 }
 
+// The i-th element (i < n) of a permutation of [0, n) drawn from (seed, pass): a balanced
+// Feistel network on the smallest even number of bits that holds n (Philox as its round
+// function; each round is a bijection, so the network is one), walking the cycle until the
+// value falls inside [0, n), which takes fewer than 4 rounds of the network on average.
+uint64_t permuted_index(uint64_t i, uint64_t n, uint64_t seed, uint64_t pass) {
+  int half = 1;
+  while ((uint64_t(1) << (2 * half)) < n) ++half;
+  const uint64_t mask = (uint64_t(1) << half) - 1;
+  do {
+    uint64_t left = i >> half, right = i & mask;
+    for (uint32_t round = 0; round < 6; ++round) {
+      auto r = philox4x32({uint32_t(right), round, uint32_t(pass), uint32_t(pass >> 32)}, seed);  // right < 2^32
+      uint64_t f = ((uint64_t(r[0]) << 32) | r[1]) & mask;
+      std::swap(left, right);
+      right ^= f;
+    }
+    i = (left << half) | right;
+  } while (i >= n);
+  return i;
+}
+
 }  // namespace
 
 int64_t Batch::target_count() const {
@@ -72,17 +93,17 @@ DataLoader::DataLoader(const DataOptions& options) : options_(options) {
   COIL_CHECK(o.world_size >= 1 && o.rank >= 0 && o.rank < o.world_size, "data: rank {} outside a world of {}", o.rank,
              o.world_size);
   buffer_.resize(size_t(o.seq_len + 1));
-  COIL_CHECK(o.sampler == "random" || o.sampler == "sequential", "data: unknown sampler '{}' (random or sequential)",
-             o.sampler);
+  COIL_CHECK(o.sampler == "random" || o.sampler == "shuffled" || o.sampler == "sequential",
+             "data: unknown sampler '{}' (random, shuffled or sequential)", o.sampler);
   if (o.kind == "synthetic") {
     COIL_CHECK(!o.reset_at_eot,
                "data: reset_at_eot needs token files whose documents are marked (an eot_token or /doc_offsets); "
                "a synthetic {} example is one window with no documents inside",
                o.task);
     COIL_CHECK(o.sampler == "random",
-               "data: the sequential sampler reads a token stream in order, but synthetic {} examples are "
+               "data: the {} sampler orders the windows of a token stream, but synthetic {} examples are "
                "independent draws with no stream to follow",
-               o.task);
+               o.sampler, o.task);
     if (o.task == "selective_copying" && o.task_vocab + 2 > o.vocab_size)
       fail("data: selective_copying uses {} token ids but the model's vocabulary has {}", o.task_vocab + 2, o.vocab_size);
     if (o.task == "induction_heads" && o.task_vocab + 1 > o.vocab_size)
@@ -93,6 +114,7 @@ DataLoader::DataLoader(const DataOptions& options) : options_(options) {
   }
   COIL_CHECK(o.kind == "tokens", "data: unknown data.kind '{}' (synthetic or tokens)", o.kind);
   const int64_t W = o.seq_len + 1;
+  stride_ = o.sampler == "shuffled" ? o.seq_len : 1;
   dataset_ = std::make_unique<TokenDataset>(o.path, o.vocab_size, o.check_ids);
   if (dataset_->total_tokens() <= (int64_t(1) << 26) && o.check_ids) dataset_->check_all_ids();
   const auto& files = dataset_->files();
@@ -102,7 +124,7 @@ DataLoader::DataLoader(const DataOptions& options) : options_(options) {
     int64_t n = files[f].num_tokens;
     int64_t held = o.val_path.empty() ? int64_t(std::ceil(o.val_fraction * double(n))) : 0;
     train_end_[f] = n - held;
-    starts_cum_[f + 1] = starts_cum_[f] + std::max<int64_t>(0, train_end_[f] - W + 1);
+    starts_cum_[f + 1] = starts_cum_[f] + (train_end_[f] >= W ? (train_end_[f] - W) / stride_ + 1 : 0);
     if (o.val_path.empty())
       for (int64_t s = train_end_[f]; s + W <= n; s += W) val_windows_.emplace_back(f, s);
   }
@@ -188,10 +210,12 @@ void DataLoader::window(uint64_t example, Batch& b, int64_t row) {
     synthetic_example(o, o.seed, example, b.inputs.data<int64_t>() + row * L, b.targets.data<int64_t>() + row * L);
     return;
   }
-  if (o.sampler == "random") {
-    int64_t u = int64_t(draw64(o.seed, example) % uint64_t(total_starts_));
+  if (o.sampler != "sequential") {
+    const uint64_t n = uint64_t(total_starts_);
+    int64_t u = o.sampler == "shuffled" ? int64_t(permuted_index(example % n, n, o.seed, example / n))
+                                        : int64_t(draw64(o.seed, example) % n);
     size_t f = size_t(std::upper_bound(starts_cum_.begin(), starts_cum_.end(), u) - starts_cum_.begin() - 1);
-    read_window(*dataset_, f, u - starts_cum_[f], b, row);
+    read_window(*dataset_, f, (u - starts_cum_[f]) * stride_, b, row);
     return;
   }
   // Sequential: window k of the slot's run.
@@ -265,7 +289,8 @@ std::string DataLoader::describe() const {
   }
   std::string order = o.sampler == "sequential"
                           ? fmt::format("read in order: {} slots of {} consecutive windows", o.slots, run_)
-                          : "random windows";
+                          : o.sampler == "shuffled" ? "shuffled, consecutive: one pass over the training tokens"
+                                                    : "random windows";
   return fmt::format("{} token file(s) '{}': {} tokens ({} tokenizer), {} training windows ({}{}), {} validation "
                      "windows",
                      dataset_->files().size(), o.path, dataset_->total_tokens(), dataset_->files()[0].tokenizer,

@@ -10,10 +10,17 @@
 // on every rank. A step of micro_batch x accumulation x world examples therefore covers the
 // same examples whatever the world size; only their split into micro-batches differs.
 //
-// Token files: a training example is a window of seq_len + 1 tokens starting at a uniformly
-// drawn position of the training part of the files (each file's last val_fraction is held out,
-// or data.val_path names separate files); inputs are the first seq_len tokens, targets the last
-// seq_len. Validation batches are fixed, non-overlapping windows of the held-out part.
+// Token files: a training example is a window of seq_len + 1 tokens of the training part of
+// the files (each file's last val_fraction is held out, or data.val_path names separate files);
+// inputs are the first seq_len tokens, targets the last seq_len. Where the window starts:
+//   sampler "random"     a uniformly drawn position, with replacement (windows overlap and a
+//                        token may be drawn again before the data is used up)
+//   sampler "shuffled"   the training part is cut into consecutive windows at multiples of
+//                        seq_len (window k holds tokens k*L .. k*L+L, so every token is a
+//                        target of exactly one window), and each pass over them visits every
+//                        window once, in an order drawn from (seed, pass): no token is seen
+//                        twice before all have been seen once (train_windows() examples a pass)
+// Validation batches are fixed, non-overlapping windows of the held-out part.
 //
 // The sequential sampler (data.sampler: sequential) reads the stream in order instead, for
 // carried state (truncated backpropagation through time): the training part of the files,
@@ -78,7 +85,7 @@ struct DataOptions {
   int64_t seq_len = 256;
   uint64_t seed = 0;
   int rank = 0, world_size = 1;
-  std::string sampler = "random";  // random | sequential (token files)
+  std::string sampler = "random";  // token files: random | shuffled | sequential (above)
   int64_t slots = 1;               // sequential: sequence slots (examples a step over all ranks)
   bool reset_at_eot = false;       // token files: seq_idx from the documents
 };
@@ -127,9 +134,10 @@ class DataLoader {
   DataOptions options_;
   uint64_t drawn_ = 0;  // by this rank
   std::unique_ptr<TokenDataset> dataset_, val_dataset_;
-  // Training: per file, the first token past the training part and the count of window starts.
+  // Training: per file, the first token past the training part and the count of window starts
+  // (every position for random sampling, every stride_ = seq_len-th for shuffled).
   std::vector<int64_t> train_end_, starts_cum_;  // starts_cum_[f] = window starts in files < f
-  int64_t total_starts_ = 0;
+  int64_t total_starts_ = 0, stride_ = 1;
   // Sequential sampler: windows_cum_[f] = non-overlapping windows in files < f; each slot
   // reads run_ of them.
   std::vector<int64_t> windows_cum_;

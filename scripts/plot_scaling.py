@@ -3,10 +3,13 @@
 
     python3 scripts/plot_scaling.py REPORT_DIR [--out DIR] [--title TEXT]
 
-reads REPORT_DIR/runs.csv, curves.csv and fits.csv and writes
-  loss_vs_flops.png  final validation loss against training FLOPs, log-log, one colour and
-                     marker per architecture, its fitted power law as a line (dashed where
-                     extrapolated); interrupted runs as hollow markers (not fitted)
+reads REPORT_DIR/runs.csv, curves.csv, fits.csv and crossovers.csv and writes
+  loss_vs_flops.png  final validation loss against training FLOPs, log-log, perplexity
+                     (e^loss) on the right axis, one colour and marker per architecture, its
+                     fitted power law as a line (dashed where extrapolated) in its 95%
+                     confidence band (where the fit has one), the crossover of two fits with
+                     its 95% interval when that falls in the plot; interrupted runs as hollow
+                     markers (not fitted)
   loss_curves.png    training loss (lines) and validation loss (points) of every run
                      against tokens seen, log-x; colour by architecture, darker = larger
 
@@ -48,6 +51,7 @@ def main():
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import numpy as np
         from matplotlib import colors as mcolors
         from matplotlib.ticker import FormatStrFormatter
     except ImportError as e:
@@ -59,6 +63,7 @@ def main():
     runs = read_csv(os.path.join(args.report_dir, "runs.csv"))
     curves = read_csv(os.path.join(args.report_dir, "curves.csv"))
     fits = read_csv(os.path.join(args.report_dir, "fits.csv"))
+    crossovers = read_csv(os.path.join(args.report_dir, "crossovers.csv"))
     if not runs:
         print(f"no runs in {args.report_dir}/runs.csv", file=sys.stderr)
         return 1
@@ -76,7 +81,8 @@ def main():
 
     # ---- loss against FLOPs ----
     fig, ax = plt.subplots(figsize=(7, 5))
-    any_point = False
+    any_point = any_band = False
+    plotted = []  # the x-spans the fit lines cover
     for a in archs:
         pts = [(num(r["flops"]), num(r["val_loss"]), r["status"]) for r in runs if r["architecture"] == a]
         done = [(x, y) for x, y, s in pts if s == "finished" and x > 0 and y > 0]
@@ -85,7 +91,9 @@ def main():
         label = a
         if fit:
             c = num(fit["c"])
-            label += f": {num(fit['a']):.3g}·C^-{num(fit['b']):.3f}" + (f" + {c:.3f}" if c > 0 else "")
+            margin = (num(fit.get("b_high")) - num(fit.get("b_low"))) / 2
+            exponent = f"({num(fit['b']):.3f} ± {margin:.3f})" if math.isfinite(margin) else f"{num(fit['b']):.3f}"
+            label += f": {num(fit['a']):.3g}·C^-{exponent}" + (f" + {c:.3f}" if c > 0 else "")
         if done:
             ax.scatter(*zip(*done), color=colour[a], marker=marker[a], s=40, zorder=3, label=label)
             any_point = True
@@ -107,6 +115,23 @@ def main():
             ax.plot(*line(lo, hi), color=colour[a], lw=1.5, zorder=2)
             ax.plot(*line(span_lo, lo), color=colour[a], lw=1, ls="--", zorder=2)
             ax.plot(*line(hi, span_hi), color=colour[a], lw=1, ls="--", zorder=2)
+            band = confidence_band(fit, span_lo, span_hi, n)
+            if band:
+                ax.fill_between(*band, color=colour[a], alpha=0.15, lw=0, zorder=1)
+                any_band = True
+            plotted.append((span_lo, span_hi))
+    for x in crossovers:
+        c = num(x.get("x"))
+        if x.get("ok") != "1" or not (c > 0) or not plotted:
+            continue
+        view_lo, view_hi = min(p[0] for p in plotted), max(p[1] for p in plotted)
+        if not view_lo <= c <= view_hi:
+            continue
+        ax.axvline(c, color="0.3", lw=1, ls=":", zorder=2, label=f"crossover {x['first']} / {x['second']}: {c:.3g}")
+        lo, hi = num(x.get("low")), num(x.get("high"))
+        if x.get("bounded") == "1" and hi > lo:
+            ax.axvspan(max(lo, view_lo), min(hi, view_hi), color="0.5", alpha=0.12, lw=0, zorder=0,
+                       label="crossover: 95% interval")
     ax.set_xscale("log")
     ax.set_yscale("log")
     # Losses span a narrow range: plain numbers on the log axis, not 8x10^0.
@@ -114,7 +139,13 @@ def main():
     ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("validation loss")
-    ax.set_title(title + "loss vs compute")
+    # e^loss and its inverse, clipped: matplotlib also evaluates them at the scale's far ends.
+    ppl = ax.secondary_yaxis("right", functions=(lambda v: np.exp(np.clip(v, -700, 700)),
+                                                 lambda v: np.log(np.maximum(v, 1e-300))))
+    ppl.set_ylabel("perplexity (e^loss)")
+    ppl.yaxis.set_major_formatter(FormatStrFormatter("%.4g"))
+    ppl.yaxis.set_minor_formatter(FormatStrFormatter("%.4g"))
+    ax.set_title(title + "loss vs compute" + (" (bands: 95% of the fitted line)" if any_band else ""))
     ax.grid(True, which="both", alpha=0.3)
     if any_point:
         ax.legend(fontsize=8)
@@ -164,6 +195,23 @@ def main():
     fig.savefig(os.path.join(out, "loss_curves.png"), dpi=args.dpi, bbox_inches="tight")
     plt.close(fig)
     return 0
+
+
+def confidence_band(fit, x0, x1, n):
+    """The fitted line's 95% band, exp(log(loss - c) +- t se(x)) + c, from fits.csv; None without one."""
+    s2, t, m, sxx, k = (num(fit.get(key)) for key in ("residual_var", "t95", "mean_log_x", "sxx", "points"))
+    if not all(math.isfinite(v) for v in (s2, t, m, sxx, k)) or sxx <= 0:
+        return None
+    fa, fb, fc = num(fit["a"]), num(fit["b"]), num(fit["c"])
+    xs = [x0 * (x1 / x0) ** (i / (n - 1)) for i in range(n)]
+    low, high = [], []
+    for x in xs:
+        u = math.log(x)
+        half = t * math.sqrt(s2 * (1 / k + (u - m) ** 2 / sxx))
+        centre = math.log(fa) - fb * u
+        low.append(math.exp(centre - half) + fc)
+        high.append(math.exp(centre + half) + fc)
+    return xs, low, high
 
 
 def human(v):

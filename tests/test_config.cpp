@@ -158,6 +158,16 @@ TEST_CASE("eval.batches is a count or all; all needs token files", "[config]") {
   REQUIRE_THAT(error_of("eval: {batches: all}\n"), Contains("test.yaml:1: eval.batches: all is the whole held-out split"));
 }
 
+TEST_CASE("data.sampler is random, shuffled or sequential; the ordered ones need token files", "[config]") {
+  REQUIRE(parse("").data.sampler == "random");
+  Config c = parse("data: {kind: tokens, path: x.h5, sampler: shuffled}\n");
+  REQUIRE(c.data.sampler == "shuffled");
+  REQUIRE(parse_config(to_yaml(c), "r.yaml").data.sampler == "shuffled");
+  REQUIRE_THAT(error_of("data: {sampler: sorted}\n"), Contains("test.yaml:1: data.sampler"));
+  REQUIRE_THAT(error_of("data: {sampler: shuffled}\n"),
+               Contains("test.yaml:1: data.sampler: shuffled orders the windows of a token stream"));
+}
+
 TEST_CASE("a continuing run may raise train.max_nan_skips; the number of ranks is at least 1", "[config]") {
   Config a = parse("", {"train.max_nan_skips=2"}), b = parse("", {"train.max_nan_skips=50"});
   REQUIRE(config_differences(a, b).size() == 1);

@@ -1,5 +1,7 @@
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 
 #include "data/loader.h"
@@ -35,6 +37,29 @@ void write_counting(const std::string& path, int64_t n, int64_t vocab, int64_t d
   w.close();
 }
 std::vector<int64_t> values(const Tensor& t) { return t.to_vector<int64_t>(); }
+// Two counting files, a (4000 tokens) and b (2000), the last 10% of each held out: training
+// windows of 32 tokens from 0..3599 of a and 0..1799 of b.
+DataOptions two_counting_files(const fs::path& dir, uint64_t seed) {
+  write_counting((dir / "a.h5").string(), 4000, 60000);
+  write_counting((dir / "b.h5").string(), 2000, 60000);
+  DataOptions o;
+  o.kind = "tokens";
+  o.path = (dir / "*.h5").string();
+  o.vocab_size = 60000;
+  o.seq_len = 32;
+  o.val_fraction = 0.1;
+  o.seed = seed;
+  return o;
+}
+// Ranks take disjoint example numbers: rank 1 of 2 draws first what one rank draws second.
+bool rank1_draws_the_second_example(const DataOptions& o) {
+  DataOptions r1 = o;
+  r1.world_size = 2;
+  r1.rank = 1;
+  DataLoader single(o), rank1(r1);
+  single.next_train(1);
+  return values(rank1.next_train(1).inputs) == values(single.next_train(1).inputs);
+}
 }  // namespace
 
 TEST_CASE("token files: write, read back, attributes, documents, uint16 and uint32", "[data]") {
@@ -169,15 +194,7 @@ TEST_CASE("token files: damaged headers and bad attributes are errors naming the
 
 TEST_CASE("the window sampler is seeded, resumable, split by rank, and holds out validation data", "[data]") {
   auto dir = test_dir("sampler");
-  write_counting((dir / "a.h5").string(), 4000, 60000);
-  write_counting((dir / "b.h5").string(), 2000, 60000);
-  DataOptions o;
-  o.kind = "tokens";
-  o.path = (dir / "*.h5").string();
-  o.vocab_size = 60000;
-  o.seq_len = 32;
-  o.val_fraction = 0.1;
-  o.seed = 11;
+  DataOptions o = two_counting_files(dir, 11);
   DataLoader a(o), b(o);
   std::vector<std::vector<int64_t>> first;
   for (int i = 0; i < 5; ++i) first.push_back(values(a.next_train(4).inputs));
@@ -212,13 +229,7 @@ TEST_CASE("the window sampler is seeded, resumable, split by rank, and holds out
   REQUIRE(e.num_val_batches(2) == (12 + 6) / 2);
   REQUIRE(values(e.val_batch(1, 2).inputs) == values(a.val_batch(1, 2).inputs));
   REQUIRE(values(e.val_batch(0, 2).inputs)[0] == 3600);
-  // Ranks take disjoint example numbers: rank 1's first window is the uninterrupted run's second.
-  DataOptions r0 = o, r1 = o;
-  r0.world_size = r1.world_size = 2;
-  r1.rank = 1;
-  DataLoader single(o), rank1(r1);
-  single.next_train(1);
-  REQUIRE(values(rank1.next_train(1).inputs) == values(single.next_train(1).inputs));
+  REQUIRE(rank1_draws_the_second_example(o));
   // Separate validation files.
   write_counting((dir / "val.h5x").string(), 330, 60000);
   DataOptions ov = o;
@@ -226,6 +237,63 @@ TEST_CASE("the window sampler is seeded, resumable, split by rank, and holds out
   DataLoader v(ov);
   REQUIRE(v.num_val_batches(1) == 10);
   REQUIRE(values(v.val_batch(0, 1).inputs)[0] == 0);
+}
+
+TEST_CASE("the shuffled sampler visits every consecutive window once a pass, in a seeded order", "[data]") {
+  auto dir = test_dir("shuffled");
+  DataOptions o = two_counting_files(dir, 5);
+  o.sampler = "shuffled";
+  DataLoader a(o);
+  // Window k holds tokens 32k .. 32k+32: floor(3599 / 32) = 112 windows in a, floor(1799 / 32) = 56 in b.
+  REQUIRE(a.train_windows() == 168);
+  auto pass_starts = [&](DataLoader& loader) {
+    std::vector<int64_t> starts;
+    for (int i = 0; i < 21; ++i) {
+      Batch x = loader.next_train(8);
+      auto in = values(x.inputs), tg = values(x.targets);
+      for (int64_t r = 0; r < 8; ++r) {
+        starts.push_back(in[size_t(r * 32)]);
+        for (int64_t t = 0; t < 32; ++t) REQUIRE(tg[size_t(r * 32 + t)] == in[size_t(r * 32)] + t + 1);
+      }
+    }
+    return starts;
+  };
+  std::map<int64_t, int> expected;  // a start of both files (0 .. 1760) twice, of a alone once
+  for (int64_t k = 0; k < 112; ++k) expected[32 * k] += 1;
+  for (int64_t k = 0; k < 56; ++k) expected[32 * k] += 1;
+  std::vector<int64_t> first = pass_starts(a), second = pass_starts(a);
+  for (auto* pass : {&first, &second}) {
+    std::map<int64_t, int> seen;
+    for (int64_t s : *pass) seen[s] += 1;
+    REQUIRE(seen == expected);
+  }
+  REQUIRE(first != second);  // each pass has its own order
+  std::vector<int64_t> sorted = first;
+  std::sort(sorted.begin(), sorted.end());
+  REQUIRE(first != sorted);  // and the order is not the files' order
+  // Seeded and resumable: the same seed repeats it, a restored state continues it.
+  DataLoader b(o);
+  REQUIRE(pass_starts(b) == first);
+  DataLoader c(o), d(o);
+  for (int i = 0; i < 7; ++i) c.next_train(8);
+  d.set_state(c.state());
+  REQUIRE(values(d.next_train(8).inputs) == values(c.next_train(8).inputs));
+  DataOptions other = o;
+  other.seed = 6;
+  DataLoader e(other);
+  REQUIRE(pass_starts(e) != first);
+  REQUIRE(rank1_draws_the_second_example(o));
+  // One window a pass (n = 1) and an unknown mode.
+  write_counting((dir / "one.h5x").string(), 40, 60000);
+  DataOptions tiny = o;
+  tiny.path = (dir / "one.h5x").string();
+  tiny.val_fraction = 0;
+  DataLoader t(tiny);
+  REQUIRE(t.train_windows() == 1);
+  REQUIRE(values(t.next_train(3).inputs)[64] == 0);
+  DataOptions bad = o;
+  bad.sampler = "sorted";
+  REQUIRE_THROWS_WITH(DataLoader(bad), Contains("unknown sampler 'sorted'"));
 }
 
 TEST_CASE("synthetic tasks are well formed and reproducible", "[data]") {

@@ -690,7 +690,7 @@ TEST_CASE("documents and carried state: bad configurations are errors that say w
   CHECK_THROWS_WITH(parse_config("data:\n  reset_at_eot: true\n", "x.yaml"),
                     Contains("x.yaml:2: data.reset_at_eot needs token files"));
   CHECK_THROWS_WITH(parse_config("data:\n  sampler: sequential\n", "x.yaml"),
-                    Contains("x.yaml:2: data.sampler: sequential reads a token stream in order"));
+                    Contains("x.yaml:2: data.sampler: sequential orders the windows of a token stream"));
   const std::string tokens = "data:\n  kind: tokens\n  path: x.h5\n";
   CHECK_THROWS_WITH(parse_config(tokens + "train:\n  carry_state: true\n", "x.yaml"),
                     Contains("x.yaml:5: train.carry_state") && Contains("set data.sampler: sequential"));

@@ -265,6 +265,24 @@ TEST_CASE("report: fits recover a known exponent per architecture and plots are 
   auto fits = split_lines(test::read_text(r.fits_csv));
   REQUIRE(fits.size() == 3);
   CHECK(fits[1].rfind("mamba,4,1,", 0) == 0);
+  CHECK(fits[0].find(",b_se,b_low,b_high,dof,t95,mean_log_x,sxx,residual_var") != std::string::npos);
+  // Exact laws: no scatter, so the exponent's interval is the point itself.
+  CHECK(r.fits[0].fit.b_se == Approx(0).margin(1e-9));
+  CHECK(md.find("| 0.0700 .. 0.0700 (0.0000) |") != std::string::npos);
+  CHECK(md.find("| val ppl |") != std::string::npos);
+  CHECK(md.find(fmt::format("| {:.2f} |", std::exp(r.runs[0].val_loss))) != std::string::npos);
+  // 40 C^-0.07 = 55 C^-0.08 at C = (55/40)^100, below every run here: no crossover in range.
+  const double cross = std::pow(55.0 / 40.0, 100.0);
+  REQUIRE(r.crossovers.size() == 1);
+  CHECK(r.crossovers[0].ok);
+  CHECK(r.crossovers[0].crossover.x == Approx(cross).epsilon(1e-6));
+  CHECK(r.crossovers[0].crossover.bounded);
+  CHECK(md.find(fmt::format("- mamba and transformer++: none in range: the fits cross at {:.3g} FLOPs", cross)) !=
+        std::string::npos);
+  CHECK(md.find("where mamba is lower throughout") != std::string::npos);
+  auto crossovers = split_lines(test::read_text(r.crossovers_csv));
+  REQUIRE(crossovers.size() == 2);
+  CHECK(crossovers[1].rfind("mamba,transformer++,1,", 0) == 0);
 
   // The same runs with an irreducible loss added: the fit with a constant finds it.
   for (auto& d : dirs) {
@@ -283,6 +301,10 @@ TEST_CASE("report: fits recover a known exponent per architecture and plots are 
   REQUIRE(rc.fits[0].ok);
   CHECK(rc.fits[0].fit.c == Approx(1.5).margin(0.02));
   CHECK(rc.fits[0].fit.b == Approx(0.07).margin(0.01));
+  CHECK(std::isnan(rc.fits[0].fit.b_se));  // no interval when c is fitted, and no crossover
+  REQUIRE(rc.crossovers.size() == 1);
+  CHECK_FALSE(rc.crossovers[0].ok);
+  CHECK(rc.crossovers[0].sentence.find("without --with-constant") != std::string::npos);
   CHECK(rc.plots.empty());
 
   // The plots of the first report.
@@ -300,6 +322,58 @@ TEST_CASE("report: fits recover a known exponent per architecture and plots are 
   CHECK(fs::path(r.plots[0]).filename() == "loss_vs_flops.png");
   CHECK(fs::path(r.plots[1]).filename() == "loss_curves.png");
   CHECK(md.find("![loss_vs_flops](loss_vs_flops.png)") != std::string::npos);
+}
+
+TEST_CASE("report: noisy laws that cross inside the runs' range give a crossover with its interval", "[report]") {
+  fs::path root = test::fresh_dir("coil_test_report", "crossover");
+  // mamba 40 C^-0.07 and transformer++ 40 (1e11)^0.03 C^-0.10 cross at C = 1e11 (mamba lower below,
+  // transformer++ above, its exponent being larger); each run's loss is off its law by a fixed
+  // few tenths of a percent.
+  const double cross = 1e11;
+  struct Arch {
+    std::string preset;
+    double a, b;
+    std::vector<double> noise;
+  };
+  std::vector<std::string> dirs;
+  for (const Arch& arch : {Arch{"mamba-tiny", 40.0, 0.07, {0.004, -0.003, 0.005, -0.004, 0.001}},
+                           Arch{"transformer++-tiny", 40.0 * std::pow(cross, 0.03), 0.10,
+                                {-0.002, 0.004, -0.005, 0.003, -0.001}}}) {
+    for (int k = 0; k < 5; ++k) {
+      const int d = 64 + 48 * k;
+      const int64_t steps = 100 * (k + 1);
+      fs::path dir = root / fmt::format("{}-d{}", arch.preset, d);
+      Config c = make_config(dir, {"model.preset=" + arch.preset, fmt::format("model.d_model={}", d),
+                                   fmt::format("train.steps={}", steps), "eval.every=0"});
+      double loss = arch.a * std::pow(model_flops(c) * double(steps * 256), -arch.b) * std::exp(arch.noise[size_t(k)]);
+      test::write_text(dir / "metrics.jsonl", train_line(steps, steps * 256, loss, 1.0) +
+                                                  val_line(steps, steps * 256, loss));
+      dirs.push_back(dir.string());
+    }
+  }
+  ReportOptions o;
+  o.plots = have_matplotlib();
+  ReportResult r = write_report(dirs, (root / "report").string(), o);
+  REQUIRE(r.finished == 10);
+  REQUIRE(r.fits.size() == 2);
+  REQUIRE(r.fits[0].fit.b_se > 0);
+  CHECK(std::fabs(r.fits[0].fit.b - 0.07) < r.fits[0].fit.b_margin());
+  CHECK(std::fabs(r.fits[1].fit.b - 0.10) < r.fits[1].fit.b_margin());
+  REQUIRE(r.crossovers.size() == 1);
+  const Crossover& c = r.crossovers[0].crossover;
+  REQUIRE(c.bounded);
+  CHECK(c.low < cross);
+  CHECK(cross < c.high);
+  CHECK(c.low < c.x);
+  CHECK(c.x < c.high);
+  CHECK(r.fits[0].flops_min < c.x);
+  CHECK(c.x < r.fits[0].flops_max);
+  std::string md = test::read_text(r.markdown);
+  CHECK(md.find(fmt::format("- mamba and transformer++: crossover in range: the fits cross at {:.3g} FLOPs (95% "
+                            "interval {:.3g} .. {:.3g}); mamba is lower below it, transformer++ above.",
+                            c.x, c.low, c.high)) != std::string::npos);
+  CHECK(md.find("| mamba | 5 | ") != std::string::npos);
+  if (o.plots) REQUIRE(r.plots.size() == 2);
 }
 
 TEST_CASE("report: arguments expand a sweep's directory and a sweep file", "[report]") {
@@ -377,4 +451,47 @@ TEST_CASE("report: the scaling sweeps expand into valid runs of the documented s
     if (i >= 2) CHECK(model_info(small[i - 2].second).parameters < m.parameters);
   }
   CHECK(total_flops == Approx(1.75e16).epsilon(0.05));
+
+  // The compute-optimal grid: six sizes per architecture, ordered by size (mamba, transformer++
+  // alternating), 20 tokens per parameter of the size's Mamba model, the same steps, rate and
+  // data for the two architectures of a size, no more tokens than the corpus's 365,334,460
+  // training tokens (docs/SCALING.md), the whole held-out split at the end.
+  auto grid = runs_of((dir / "compute_optimal.yaml").string());
+  REQUIRE(grid.size() == 12);
+  for (size_t i = 0; i < 12; ++i) {
+    const Config& c = grid[i].second;
+    INFO(grid[i].first);
+    ModelInfo m = model_info(c);
+    CHECK(architecture_name(c.model.config) == (i % 2 == 0 ? "mamba" : "transformer++"));
+    CHECK(c.data.sampler == "shuffled");
+    CHECK(c.data.path == "datasets/linux-source/train-*.h5");
+    CHECK(c.eval.batches == EvalSection::kAll);
+    CHECK(c.model.config.vocab_size == 8192);
+    const double tokens = double(m.tokens_per_step) * double(c.train.steps);
+    CHECK(tokens <= 365334460.0);
+    if (i % 2 == 0) CHECK(tokens == Approx(20.0 * double(m.parameters)).epsilon(0.001));
+    if (i % 2 == 1) {
+      const Config& mamba = grid[i - 1].second;
+      CHECK(c.train.steps == mamba.train.steps);
+      CHECK(c.optim.lr == mamba.optim.lr);
+      CHECK(c.train.seed == mamba.train.seed);
+      CHECK(c.model.config.d_model == mamba.model.config.d_model);
+    }
+    if (i >= 2) CHECK(model_info(grid[i - 2].second).parameters < m.parameters);
+  }
+  CHECK(model_info(grid[0].second).parameters == Approx(1.2e6).epsilon(0.01));
+  CHECK(model_info(grid[10].second).parameters == Approx(16.1e6).epsilon(0.01));
+  // Its learning-rate sweep: the grid's two smallest sizes, five rates each, otherwise the same runs.
+  auto lr_sweep = runs_of((dir / "compute_optimal_lr.yaml").string());
+  REQUIRE(lr_sweep.size() == 20);
+  for (size_t i = 0; i < 20; ++i) {
+    const Config& c = lr_sweep[i].second;
+    const Config& same = grid[i / 5].second;
+    INFO(lr_sweep[i].first);
+    CHECK(c.optim.lr == Approx(1e-3 * std::pow(2.0, double(i % 5))));
+    CHECK(c.train.steps == same.train.steps);
+    auto diffs = config_differences(c, same, true);
+    CHECK(diffs.size() == (c.optim.lr == same.optim.lr ? 0u : 1u));
+    for (auto& d : diffs) CHECK(d.rfind("optim.lr:", 0) == 0);
+  }
 }

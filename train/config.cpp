@@ -310,7 +310,7 @@ Fields all_fields(Config& c) {
   f.integer("data.copy_tokens", c.data.copy_tokens, 1);
   f.boolean("data.check_ids", c.data.check_ids);
   f.boolean("data.reset_at_eot", c.data.reset_at_eot);
-  f.choice("data.sampler", c.data.sampler, {"random", "sequential"});
+  f.choice("data.sampler", c.data.sampler, {"random", "shuffled", "sequential"});
   f.integer("train.seq_len", c.train.seq_len, 1);
   f.integer("train.micro_batch", c.train.micro_batch, 1);
   f.integer("train.tokens_per_step", c.train.tokens_per_step, 0);
@@ -481,10 +481,6 @@ void validate(const Config& c, const Origins& o) {
     fail("{}: data.reset_at_eot needs token files whose documents are marked (data.kind tokens); a synthetic example "
          "is one window with no documents inside",
          at("data.reset_at_eot"));
-  if (c.data.kind == "synthetic" && c.data.sampler == "sequential")
-    fail("{}: data.sampler: sequential reads a token stream in order (data.kind tokens); synthetic examples are "
-         "independent draws",
-         at("data.sampler"));
   if (c.train.carry_state) {
     if (c.data.sampler != "sequential")
       fail("{}: train.carry_state carries each sequence slot's state into its next window, so the windows must follow "
@@ -536,6 +532,10 @@ void validate(const Config& c, const Origins& o) {
   if (c.train.device == "cpu" && !bf16.empty())
     fail("{}: {} is bf16, which needs a GPU, but train.device is cpu: use f32 (or auto: f32 on the CPU)", at(bf16),
          bf16);
+  if (c.data.sampler != "random" && c.data.kind != "tokens")
+    fail("{}: data.sampler: {} orders the windows of a token stream (data.kind tokens); synthetic data draws each "
+         "example afresh",
+         at("data.sampler"), c.data.sampler);
   if (c.eval.batches == EvalSection::kAll && c.data.kind != "tokens")
     fail("{}: eval.batches: all is the whole held-out split of token files, but synthetic data has no end: give a "
          "number of batches",

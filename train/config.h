@@ -42,7 +42,7 @@ struct DataSection {
   int64_t copy_tokens = 16;              // selective_copying: tokens to remember
   bool check_ids = true;                 // tokens: check every id against the model's vocabulary
   bool reset_at_eot = false;             // tokens: documents do not see each other (docs/MODELS.md)
-  std::string sampler = "random";        // tokens: random | sequential (windows in order per slot)
+  std::string sampler = "random";        // tokens: random | shuffled | sequential (data/loader.h)
 };
 
 struct TrainSection {

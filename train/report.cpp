@@ -243,6 +243,62 @@ void note_checkpoint(RunRecord& r) {
   }
 }
 
+// Where two architectures' fitted laws cross, as one sentence of the report.
+ArchitectureCrossover cross_architectures(const ArchitectureFit& f, const ArchitectureFit& g) {
+  ArchitectureCrossover out;
+  out.first = f.architecture;
+  out.second = g.architecture;
+  const double lo = std::min(f.flops_min, g.flops_min), hi = std::max(f.flops_max, g.flops_max);
+  const std::string range = fmt::format("the fitted range {} .. {}", sci(lo), sci(hi));
+  auto lower_at = [&](double x) { return f.fit.predict(x) < g.fit.predict(x) ? f.architecture : g.architecture; };
+  auto exponent = [](const PowerLawFit& p) {
+    return fmt::format("{:.4f} (95%: {:.4f} .. {:.4f})", p.b, p.b - p.b_margin(), p.b + p.b_margin());
+  };
+  if (f.fit.c != 0 || g.fit.c != 0) {
+    out.sentence = "not computed for fits with an irreducible loss (a crossover with its uncertainty is computed for "
+                   "the plain power law: run the report without --with-constant)";
+    return out;
+  }
+  if (!std::isfinite(f.fit.residual_var) || !std::isfinite(g.fit.residual_var)) {
+    out.sentence = fmt::format("needs 3 fitted runs of each architecture for an uncertainty ({} has {}, {} has {})",
+                               f.architecture, f.points, g.architecture, g.points);
+    return out;
+  }
+  out.ok = true;
+  const Crossover& c = out.crossover = power_law_crossover(f.fit, g.fit);
+  if (!(c.x > 0 && std::isfinite(c.x))) {
+    out.sentence = fmt::format("the fitted laws do not cross (equal exponents); {} is lower at every compute",
+                               lower_at(std::sqrt(lo * hi)));
+    return out;
+  }
+  const std::string where = fmt::format("the fits cross at {} FLOPs", sci(c.x));
+  if (c.bounded) {
+    const std::string interval = fmt::format("95% interval {} .. {}", sci(c.low), sci(c.high));
+    const std::string sides = fmt::format("{} is lower below it, {} above", lower_at(c.x / 10), lower_at(c.x * 10));
+    if (c.x >= lo && c.x <= hi)
+      out.sentence = fmt::format("crossover in range: {} ({}); {}", where, interval, sides);
+    else if (c.high < lo || c.low > hi)
+      out.sentence = fmt::format("none in range: {} ({}), outside {}, where {} is lower throughout", where, interval,
+                                 range, lower_at(std::sqrt(lo * hi)));
+    else
+      out.sentence = fmt::format("{} ({}), outside {} but its interval reaches into it; {}", where, interval, range,
+                                 sides);
+    return out;
+  }
+  out.sentence = fmt::format("no crossover can be placed: the exponents {} and {} do not differ significantly, so "
+                             "the 95% confidence set of the crossing point ({}) is unbounded",
+                             exponent(f.fit), exponent(g.fit), where);
+  const double dl = std::max(c.differ_low, lo), dh = std::min(c.differ_high, hi);
+  if (!std::isfinite(c.differ_low))
+    out.sentence += "; the fits differ significantly nowhere";
+  else if (dl < dh)
+    out.sentence += fmt::format("; within {} they differ significantly from {} to {} FLOPs, where {} is lower", range,
+                                sci(dl), sci(dh), lower_at(std::sqrt(dl * dh)));
+  else
+    out.sentence += fmt::format("; they differ significantly nowhere in {}", range);
+  return out;
+}
+
 }  // namespace
 
 std::string architecture_name(const layers::ModelConfig& m) {
@@ -430,6 +486,9 @@ ReportResult write_report(const std::vector<std::string>& run_dirs, const std::s
     }
     res.fits.push_back(f);
   }
+  for (size_t i = 0; i < res.fits.size(); ++i)
+    for (size_t j = i + 1; j < res.fits.size(); ++j)
+      if (res.fits[i].ok && res.fits[j].ok) res.crossovers.push_back(cross_architectures(res.fits[i], res.fits[j]));
 
   fs::path out(out_dir);
   // ---- runs.csv ----
@@ -437,14 +496,15 @@ ReportResult write_report(const std::vector<std::string>& run_dirs, const std::s
     std::string csv =
         "run,status,architecture,preset,d_model,n_layer,parameters,non_embedding_parameters,seq_len,"
         "tokens_per_step,steps,planned_steps,tokens,flops_per_token,flops,val_loss,val_step,train_loss,wall_s,"
-        "tokens_per_s,segments,run_dir,problem\n";
+        "tokens_per_s,segments,run_dir,problem,val_perplexity\n";
     for (auto& r : res.runs) {
-      csv += fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n", csv_text(r.name),
+      csv += fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n", csv_text(r.name),
                          r.status, csv_text(r.architecture), csv_text(r.preset), r.d_model, r.n_layer, r.parameters,
                          r.non_embedding_parameters, r.seq_len, r.tokens_per_step, r.steps, r.planned_steps, r.tokens,
                          csv_num(r.flops_per_token), csv_num(r.flops), csv_num(r.val_loss),
                          r.val_step >= 0 ? std::to_string(r.val_step) : "", csv_num(r.train_loss), csv_num(r.wall_s),
-                         csv_num(r.tokens_per_s), r.segments, csv_text(r.run_dir), csv_text(r.problem));
+                         csv_num(r.tokens_per_s), r.segments, csv_text(r.run_dir), csv_text(r.problem),
+                         csv_num(std::exp(r.val_loss)));
     }
     res.csv = (out / "runs.csv").string();
     write_file(res.csv, csv);
@@ -461,13 +521,30 @@ ReportResult write_report(const std::vector<std::string>& run_dirs, const std::s
     }
     res.curves_csv = (out / "curves.csv").string();
     write_file(res.curves_csv, csv);
-    std::string fits = "architecture,points,ok,a,b,c,rmse_log,flops_min,flops_max\n";
-    for (auto& f : res.fits)
-      fits += fmt::format("{},{},{},{},{},{},{},{},{}\n", csv_text(f.architecture), f.points, f.ok ? 1 : 0,
-                          f.ok ? csv_num(f.fit.a) : "", f.ok ? csv_num(f.fit.b) : "", f.ok ? csv_num(f.fit.c) : "",
-                          f.ok ? csv_num(f.fit.rmse_log) : "", csv_num(f.flops_min), csv_num(f.flops_max));
+    std::string fits =
+        "architecture,points,ok,a,b,c,rmse_log,flops_min,flops_max,b_se,b_low,b_high,dof,t95,mean_log_x,sxx,"
+        "residual_var\n";
+    for (auto& f : res.fits) {
+      const PowerLawFit& p = f.fit;
+      auto num = [&](double v) { return f.ok ? csv_num(v) : std::string(); };
+      const bool spread = f.ok && std::isfinite(p.b_se);
+      fits += fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n", csv_text(f.architecture), f.points,
+                          f.ok ? 1 : 0, num(p.a), num(p.b), num(p.c), num(p.rmse_log), csv_num(f.flops_min),
+                          csv_num(f.flops_max), num(p.b_se), num(p.b - p.b_margin()), num(p.b + p.b_margin()),
+                          spread ? std::to_string(p.dof()) : "", spread ? csv_num(student_t_quantile(0.95, p.dof())) : "",
+                          spread ? csv_num(p.mean_log_x) : "", spread ? csv_num(p.sxx) : "", num(p.residual_var));
+    }
     res.fits_csv = (out / "fits.csv").string();
     write_file(res.fits_csv, fits);
+    std::string cross = "first,second,ok,x,bounded,low,high,differ_low,differ_high,sentence\n";
+    for (auto& x : res.crossovers) {
+      const Crossover& c = x.crossover;
+      cross += fmt::format("{},{},{},{},{},{},{},{},{},{}\n", csv_text(x.first), csv_text(x.second), x.ok ? 1 : 0,
+                           csv_num(c.x), c.bounded ? 1 : 0, csv_num(c.low), csv_num(c.high), csv_num(c.differ_low),
+                           csv_num(c.differ_high), csv_text(x.sentence));
+    }
+    res.crossovers_csv = (out / "crossovers.csv").string();
+    write_file(res.crossovers_csv, cross);
   }
 
   // ---- plots ----
@@ -494,17 +571,19 @@ ReportResult write_report(const std::vector<std::string>& run_dirs, const std::s
                     res.runs.size(), res.finished, res.interrupted, res.corrupt,
                     res.missing ? fmt::format(", {} missing", res.missing) : "");
   md += "| run | architecture | d_model x layers | parameters | non-embedding | tokens | FLOPs | val loss | "
-        "train loss | wall | tokens/s | status |\n";
-  md += "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
+        "val ppl | train loss | wall | tokens/s | status |\n";
+  md += "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
   for (auto& r : res.runs) {
     bool sized = r.parameters > 0;
-    md += fmt::format("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n", md_text(r.name),
+    md += fmt::format("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n", md_text(r.name),
                       r.architecture.empty() ? "-" : r.architecture,
                       sized ? fmt::format("{} x {}", r.d_model, r.n_layer) : "-",
                       sized ? human_count(double(r.parameters)) : "-",
                       sized ? human_count(double(r.non_embedding_parameters)) : "-",
                       sized && r.tokens > 0 ? human_count(double(r.tokens)) : "-", sci(r.flops),
-                      loss_text(r.val_loss), loss_text(r.train_loss), duration_text(r.wall_s),
+                      loss_text(r.val_loss),
+                      std::isfinite(r.val_loss) ? fmt::format("{:.2f}", std::exp(r.val_loss)) : "-",
+                      loss_text(r.train_loss), duration_text(r.wall_s),
                       std::isfinite(r.tokens_per_s) ? human_count(r.tokens_per_s) : "-", r.status);
   }
   bool any_notes = false;
@@ -516,14 +595,27 @@ ReportResult write_report(const std::vector<std::string>& run_dirs, const std::s
     }
 
   md += fmt::format("\n## Fits: loss = a * FLOPs^(-b){}\n\n", options.with_constant ? " + c" : "");
-  md += "| architecture | runs | a | b | c | rmse (log loss) | FLOPs range |\n";
-  md += "| --- | ---: | ---: | ---: | ---: | ---: | --- |\n";
+  md += "| architecture | runs | a | b | b: 95% interval (se) | c | rmse (log loss) | FLOPs range |\n";
+  md += "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |\n";
   for (auto& f : res.fits) {
+    const PowerLawFit& p = f.fit;
+    std::string interval = std::isfinite(p.b_se) ? fmt::format("{:.4f} .. {:.4f} ({:.4f})", p.b - p.b_margin(),
+                                                               p.b + p.b_margin(), p.b_se)
+                           : options.with_constant ? "- (c fitted)"
+                                                   : "- (3 runs needed)";
     if (f.ok)
-      md += fmt::format("| {} | {} | {:.4g} | {:.4f} | {:.4f} | {:.2e} | {} .. {} |\n", f.architecture, f.points,
-                        f.fit.a, f.fit.b, f.fit.c, f.fit.rmse_log, sci(f.flops_min), sci(f.flops_max));
+      md += fmt::format("| {} | {} | {:.4g} | {:.4f} | {} | {:.4f} | {:.2e} | {} .. {} |\n", f.architecture, f.points,
+                        p.a, p.b, interval, p.c, p.rmse_log, sci(f.flops_min), sci(f.flops_max));
     else
-      md += fmt::format("| {} | {} | - | - | - | - | no fit: {} |\n", f.architecture, f.points, md_text(f.problem));
+      md += fmt::format("| {} | {} | - | - | - | - | - | no fit: {} |\n", f.architecture, f.points,
+                        md_text(f.problem));
+  }
+  md += "\nIntervals: least squares on log loss against log FLOPs, Student's t on runs - 2 degrees of freedom "
+        "(train/power_law.h); one seed a run, so they measure the scatter of the runs about the line, not the "
+        "spread over seeds.\n";
+  if (!res.crossovers.empty()) {
+    md += "\n## Crossover\n\n";
+    for (auto& x : res.crossovers) md += fmt::format("- {} and {}: {}.\n", x.first, x.second, md_text(x.sentence));
   }
   // Predicted loss of each fit at equal budgets: the decades the fitted runs span.
   std::vector<const ArchitectureFit*> ok;
@@ -539,7 +631,8 @@ ReportResult write_report(const std::vector<std::string>& run_dirs, const std::s
     for (int e = int(std::ceil(std::log10(lo) - 1e-9)); e <= int(std::floor(std::log10(hi) + 1e-9)); ++e)
       budgets.push_back(std::pow(10.0, e));
     if (budgets.empty()) budgets.push_back(std::sqrt(lo * hi));
-    md += "\nPredicted loss at equal training FLOPs (* = outside that architecture's fitted range):\n\n";
+    md += "\nPredicted loss at equal training FLOPs, with the 95% interval of the fitted line where it has one "
+          "(* = outside that architecture's fitted range):\n\n";
     md += "| FLOPs |";
     for (auto* f : ok) md += " " + f->architecture + " |";
     md += "\n| ---: |";
@@ -549,7 +642,10 @@ ReportResult write_report(const std::vector<std::string>& run_dirs, const std::s
       md += fmt::format("| {} |", sci(b));
       for (auto* f : ok) {
         bool outside = b < f->flops_min * 0.999 || b > f->flops_max * 1.001;
-        md += fmt::format(" {}{} |", loss_text(f->fit.predict(b)), outside ? "*" : "");
+        const double margin = f->fit.log_margin(b);  // of log(loss - c): +- (loss - c) * margin to first order
+        md += fmt::format(" {}{}{} |", loss_text(f->fit.predict(b)),
+                          std::isfinite(margin) ? fmt::format(" ± {:.4f}", (f->fit.predict(b) - f->fit.c) * margin) : "",
+                          outside ? "*" : "");
       }
       md += "\n";
     }
@@ -562,7 +658,7 @@ ReportResult write_report(const std::vector<std::string>& run_dirs, const std::s
     for (auto& w : res.warnings) md += "- " + md_text(w) + "\n";
     md += "\n";
   }
-  md += "Files: runs.csv (every run), curves.csv (loss curves), fits.csv.\n";
+  md += "Files: runs.csv (every run), curves.csv (loss curves), fits.csv, crossovers.csv.\n";
   res.markdown = (out / "report.md").string();
   write_file(res.markdown, md);
   return res;
@@ -575,11 +671,13 @@ std::string format_report_summary(const ReportResult& r) {
   s += "\n";
   for (auto& f : r.fits) {
     if (f.ok)
-      s += fmt::format("  {}: loss = {:.4g} * FLOPs^{:.4f}{} ({} runs, rmse(log) {:.2e})\n", f.architecture, f.fit.a,
-                       -f.fit.b, f.fit.c != 0 ? fmt::format(" + {:.4f}", f.fit.c) : "", f.points, f.fit.rmse_log);
+      s += fmt::format("  {}: loss = {:.4g} * FLOPs^{:.4f}{} ({} runs, rmse(log) {:.2e}{})\n", f.architecture, f.fit.a,
+                       -f.fit.b, f.fit.c != 0 ? fmt::format(" + {:.4f}", f.fit.c) : "", f.points, f.fit.rmse_log,
+                       std::isfinite(f.fit.b_se) ? fmt::format(", exponent 95% +- {:.4f}", f.fit.b_margin()) : "");
     else
       s += fmt::format("  {}: no fit ({})\n", f.architecture, f.problem);
   }
+  for (auto& x : r.crossovers) s += fmt::format("  {} and {}: {}\n", x.first, x.second, x.sentence);
   for (auto& w : r.warnings) s += "warning: " + w + "\n";
   s += fmt::format("wrote {}, {}", r.markdown, r.csv);
   for (auto& p : r.plots) s += ", " + p;

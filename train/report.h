@@ -6,11 +6,17 @@
 //   ReportResult r = write_report(expand_run_args({"runs/small"}), "reports/small", false);
 //
 // writes into DIR:
-//   report.md          the table, the fits, a comparison at equal FLOPs, notes, the plots
+//   report.md          the table (with perplexity, e^val_loss), the fits with 95% intervals,
+//                      the crossover, a comparison at equal FLOPs, notes, the plots
 //   runs.csv           one row per run (every run, whatever its status)
 //   curves.csv         run, architecture, status, split (train|val), step, tokens, loss
-//   fits.csv           architecture, points, a, b, c, rmse_log, flops_min, flops_max
-//   loss_vs_flops.png  final validation loss against training FLOPs, log-log, fit lines
+//   fits.csv           architecture, points, a, b, c, rmse_log, flops_min, flops_max, and the
+//                      fit's uncertainty (train/power_law.h): b_se, b_low, b_high (95%), dof,
+//                      t95, mean_log_x, sxx, residual_var (empty where there is none)
+//   crossovers.csv     each pair of fitted architectures: where their laws cross, the 95%
+//                      interval, or where they differ significantly (train/power_law.h)
+//   loss_vs_flops.png  final validation loss (perplexity on the right) against training
+//                      FLOPs, log-log, fit lines with their 95% bands, the crossover
 //   loss_curves.png    training and validation loss of every run against tokens
 //
 // Status of a run:
@@ -81,6 +87,14 @@ struct ArchitectureFit {
   double flops_min = 0, flops_max = 0;
 };
 
+// Where two architectures' plain power laws cross (train/power_law.h), as the report states it.
+struct ArchitectureCrossover {
+  std::string first, second;
+  bool ok = false;       // both fits have an uncertainty (3 runs or more, no constant)
+  Crossover crossover;
+  std::string sentence;  // the report's statement: where, with its interval, or why none
+};
+
 struct ReportOptions {
   bool with_constant = false;  // fit loss = a * FLOPs^(-b) + c
   bool plots = true;
@@ -90,7 +104,8 @@ struct ReportOptions {
 struct ReportResult {
   std::vector<RunRecord> runs;  // in the order given
   std::vector<ArchitectureFit> fits;
-  std::string markdown, csv, curves_csv, fits_csv;  // paths written
+  std::vector<ArchitectureCrossover> crossovers;  // each pair of fitted architectures
+  std::string markdown, csv, curves_csv, fits_csv, crossovers_csv;  // paths written
   std::vector<std::string> plots;                   // PNG paths written
   std::vector<std::string> warnings;                // e.g. plots skipped (also in report.md)
   int finished = 0, interrupted = 0, corrupt = 0, missing = 0;
