@@ -16,6 +16,8 @@ import math
 import os
 import sys
 
+import plot_common
+
 
 def read(path):
     if os.path.isdir(path):
@@ -34,14 +36,7 @@ def main():
     ap.add_argument("--title", default="")
     ap.add_argument("--dpi", type=int, default=150)
     args = ap.parse_args()
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        print(f"matplotlib is missing ({e})", file=sys.stderr)
-        return 3
+    plt = plot_common.pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 4.8))
     lengths, chances, train_lengths = set(), set(), set()

@@ -14,6 +14,8 @@ import json
 import os
 import sys
 
+import plot_common
+
 
 def read(path):
     if os.path.isdir(path):
@@ -43,14 +45,7 @@ def main():
     ap.add_argument("--val", action="store_true", help="only validation loss")
     ap.add_argument("--title", default="")
     args = ap.parse_args()
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        print(f"matplotlib is missing ({e})", file=sys.stderr)
-        return 3
+    plt = plot_common.pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for run in args.runs:
         try:

@@ -22,6 +22,8 @@ import math
 import os
 import sys
 
+import plot_common
+
 
 def read_csv(path):
     if not os.path.exists(path):
@@ -46,17 +48,10 @@ def main():
     ap.add_argument("--dpi", type=int, default=150)
     args = ap.parse_args()
 
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import numpy as np
-        from matplotlib import colors as mcolors
-        from matplotlib.ticker import FormatStrFormatter
-    except ImportError as e:
-        print(f"matplotlib is missing ({e})", file=sys.stderr)
-        return 3
+    plt = plot_common.pyplot()
+    import numpy as np
+    from matplotlib import colors as mcolors
+    from matplotlib.ticker import FormatStrFormatter
 
     out = args.out or args.report_dir
     os.makedirs(out, exist_ok=True)
