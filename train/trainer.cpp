@@ -15,6 +15,7 @@
 #include "core/allocator.h"
 #include "core/cuda.h"
 #include "core/determinism.h"
+#include "core/version.h"
 #include "data/loader.h"
 #include "kernels/accumulate.h"
 #include "kernels/elementwise.h"
@@ -204,6 +205,8 @@ class MetricsLog {
     out_.open(path, std::ios::trunc);
     COIL_CHECK(out_.good(), "train: cannot write '{}'", path);
     for (auto& l : kept) out_ << l << "\n";
+    // A start record: where this start of the run begins and which coil runs it.
+    out_ << fmt::format("{{\"step\":{},\"coil_version\":\"{}\"}}\n", keep_up_to_step, version_string());
     out_.flush();
   }
   void write(const std::string& json) {

@@ -1,8 +1,11 @@
 // CPU reference of the depthwise causal conv1d (math in kernels/conv1d.h), channel-last
-// x[b, t, d].
+// x[b, t, d]. On the CPU threads: the forward over rows (b, t), the backward over blocks of
+// channels (every gradient of channel d sums over (b, t) in the serial order): the same bits
+// at any thread count.
 #include <cmath>
 
 #include "kernels/conv1d.h"
+#include "kernels/cpu/parallel.h"
 
 namespace coil::kernels::cpu {
 namespace {
@@ -26,12 +29,15 @@ void conv1d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, b
     const int64_t nb = x.size(0), nl = x.size(1), nd = x.size(2), nk = weight.size(1);
     const T *xp = x.data<T>(), *w = weight.data<T>(), *bp = bias.defined() ? bias.data<T>() : nullptr;
     T* o = out.data<T>();
-    for (int64_t b = 0; b < nb; ++b)
-      for (int64_t t = 0; t < nl; ++t)
+    parallel_for(nb * nl, nd * nk, [&](int64_t row_begin, int64_t row_end) {
+      for (int64_t row = row_begin; row < row_end; ++row) {
+        const int64_t b = row / nl, t = row % nl;
         for (int64_t d = 0; d < nd; ++d) {
           const T s = pre_activation(xp + b * nl * nd, w, bp, nd, nk, t, d);
           o[(b * nl + t) * nd + d] = silu ? s / (T(1) + std::exp(-s)) : s;
         }
+      }
+    });
   });
 }
 
@@ -45,9 +51,10 @@ void conv1d_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weig
     T *dx = g.dx.data<T>(), *dw = g.dweight.data<T>(), *db = g.dbias.defined() ? g.dbias.data<T>() : nullptr;
     for (Tensor t : {g.dweight, g.dbias, g.dx})
       if (t.defined()) t.zero_();
-    for (int64_t b = 0; b < nb; ++b)
-      for (int64_t t = 0; t < nl; ++t)
-        for (int64_t d = 0; d < nd; ++d) {
+    parallel_for(nd, nb * nl * nk, [&](int64_t d_begin, int64_t d_end) {
+      for (int64_t row = 0; row < nb * nl; ++row) {
+        const int64_t b = row / nl, t = row % nl;
+        for (int64_t d = d_begin; d < d_end; ++d) {
           const T s = pre_activation(xp + b * nl * nd, w, bp, nd, nk, t, d);
           T gt = go[(b * nl + t) * nd + d];
           if (silu) {
@@ -64,6 +71,8 @@ void conv1d_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weig
             }
           }
         }
+      }
+    });
   });
 }
 
