@@ -6,6 +6,8 @@
 // through OpenBLAS when coil is built with it (accumulated in the tensors' precision), else
 // through the plain-loop reference (accumulated in double); the same bits at any thread count.
 #pragma once
+#include <string>
+
 #include "core/tensor.h"
 
 namespace coil::kernels {
@@ -28,8 +30,9 @@ namespace cpu {
 void matmul(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out, const GemmShape& g);
 // The plain loops on one thread, accumulated in double: what the tests hold matmul against.
 void matmul_reference(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out, const GemmShape& g);
-// Whether matmul goes through BLAS (coil built with OpenBLAS).
-bool has_blas();
+// What matmul goes through: "OpenBLAS (<core> kernels)" (the kernels OpenBLAS picked for this
+// CPU), or "" for the plain loops (coil built without OpenBLAS).
+std::string blas_name();
 }
 namespace cuda {
 // out (already allocated, [batch,] M x N) = op(a) @ op(b) (+ bias). On the compute stream.

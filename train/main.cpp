@@ -203,7 +203,7 @@ int print_version() {
 #ifdef COIL_NCCL
   with.push_back("NCCL");
 #endif
-  if (kernels::cpu::has_blas()) with.push_back("OpenBLAS");
+  if (!kernels::cpu::blas_name().empty()) with.push_back(kernels::cpu::blas_name());
 #ifdef COIL_SENTENCEPIECE
   with.push_back("SentencePiece");
 #endif

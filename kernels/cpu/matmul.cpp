@@ -3,6 +3,7 @@
 // OpenBLAS (sgemm/dgemm, one BLAS thread per call) when coil is built with it, else through
 // the reference loops (then bitwise the reference).
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu/parallel.h"
@@ -87,11 +88,11 @@ void blas_rows(const Operands<T>& o, const GemmShape& g, int64_t m0, int64_t m1)
 
 }  // namespace
 
-bool has_blas() {
+std::string blas_name() {
 #ifdef COIL_BLAS
-  return true;
+  return std::string("OpenBLAS (") + openblas_get_corename() + " kernels)";
 #else
-  return false;
+  return "";
 #endif
 }
 

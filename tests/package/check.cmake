@@ -32,7 +32,8 @@ if(NOT ran STREQUAL "coil ${version}: 7 10 15 22, checkpoint step 3 of mamba-tin
   message(FATAL_ERROR "the consumer printed '${ran}'")
 endif()
 execute_process(COMMAND ${prefix}/bin/coil --version OUTPUT_VARIABLE ran COMMAND_ERROR_IS_FATAL ANY)
-if(NOT ran MATCHES "^coil ${version}\n")
+string(FIND "${ran}" "coil ${version}\n" at)
+if(NOT at EQUAL 0)
   message(FATAL_ERROR "the installed coil --version printed '${ran}'")
 endif()
 
