@@ -91,6 +91,12 @@ TEST_CASE("coil --version prints the version and what the build uses", "[cli]") 
   REQUIRE(std::string(version()).find('.') != std::string::npos);  // project(VERSION), as "0.1.0"
   CHECK(r.output.find("CPU threads: ") != std::string::npos);
   CHECK((r.output.find("OpenBLAS") != std::string::npos) == !kernels::cpu::blas_name().empty());
+  // The CPU kernels' thread count comes from COIL_CPU_THREADS when it is set.
+  Ran three = run("COIL_CPU_THREADS=3 " + shell_quote(coil_program()) + " --version");
+  CHECK(three.output.find("CPU threads: 3\n") != std::string::npos);
+  Ran bad = run("COIL_CPU_THREADS=two " + shell_quote(coil_program()) + " --version");
+  CHECK(bad.status == 1);
+  CHECK(bad.output.find("COIL_CPU_THREADS must be a whole number from 1 to 1024, got 'two'") != std::string::npos);
 }
 
 TEST_CASE("coil sweep runs a tiny grid, skips finished runs, resumes an interrupted one; coil report tabulates it",

@@ -1,4 +1,4 @@
-// The CPU kernels' threads: a parallel for over independent items (OpenMP, libgomp from g++).
+// The CPU kernels' threads: a parallel for over independent items, on a small pool of threads.
 //
 // Items are cut into fixed blocks of consecutive items whose size depends only on the
 // problem (never on the thread count or on timing), and each block runs its items in order.
@@ -7,12 +7,15 @@
 // summed across blocks here; a kernel that needs a sum over blocks keeps one partial per
 // item and adds them in item order after the parallel for.
 //
-// The thread count is OMP_NUM_THREADS when set, else the cores this process may use;
-// set_num_threads changes it for the whole process (tests, benchmarks).
+// The calling thread runs blocks too; idle pool threads sleep (they never spin, so they take
+// nothing from other processes on a shared machine). A parallel for inside a block, or while
+// another thread's parallel for holds the pool, runs on its own thread, in order.
+// The thread count is COIL_CPU_THREADS when set, else the cores this process may run on;
+// set_num_threads changes it (tests, benchmarks).
 #pragma once
 #include <algorithm>
 #include <cstdint>
-#include <exception>
+#include <functional>
 
 namespace coil::kernels::cpu {
 
@@ -22,8 +25,12 @@ void set_num_threads(int threads);
 // Below about this much work (in a kernel's inner-loop iterations) a block is not worth a thread.
 constexpr int64_t kWorkPerBlock = 1 << 16;
 
-// Calls body(begin, end) for the blocks [0, block), [block, 2 block), ... covering [0, n), on
-// the CPU threads. An exception thrown in a block is re-thrown here (one of them, when several throw).
+// Runs run_block(i) for every i in [0, blocks) on the pool and the calling thread, and returns
+// when all have run. An exception thrown in a block is re-thrown here (one of them, when
+// several throw); the other blocks still run.
+void run_blocks(int64_t blocks, const std::function<void(int64_t)>& run_block);
+
+// Calls body(begin, end) for the blocks [0, block), [block, 2 block), ... covering [0, n).
 template <class F>
 void parallel_blocks(int64_t n, int64_t block, F&& body) {
   block = std::max<int64_t>(block, 1);
@@ -32,17 +39,7 @@ void parallel_blocks(int64_t n, int64_t block, F&& body) {
     if (n > 0) body(int64_t(0), n);
     return;
   }
-  std::exception_ptr error;
-#pragma omp parallel for schedule(static) num_threads(num_threads())
-  for (int64_t i = 0; i < blocks; ++i) {
-    try {
-      body(i * block, std::min(n, (i + 1) * block));
-    } catch (...) {
-#pragma omp critical(coil_parallel_error)
-      if (!error) error = std::current_exception();
-    }
-  }
-  if (error) std::rethrow_exception(error);
+  run_blocks(blocks, [&](int64_t i) { body(i * block, std::min(n, (i + 1) * block)); });
 }
 
 // The same with blocks of about kWorkPerBlock, given the work of one item.
