@@ -37,12 +37,14 @@ if(NOT at EQUAL 0)
   message(FATAL_ERROR "the installed coil --version printed '${ran}'")
 endif()
 
-# The commit: the source's own when it is a git checkout; none for a directory that is not the
-# top of a work tree (WORK_DIR may lie inside one) and none when git cannot run.
+# The commit: the source's own when it is a git checkout (12 hex digits; the source may have
+# moved on since it was configured); none for a directory that is not the top of a work tree
+# (WORK_DIR may lie inside one) and none when git cannot run.
 include(${SOURCE_DIR}/cmake/git_commit.cmake)
 coil_git_commit(${SOURCE_DIR} commit)
-if(NOT commit STREQUAL "${GIT_COMMIT}")
-  message(FATAL_ERROR "coil_git_commit gives '${commit}' for the source, the build has '${GIT_COMMIT}'")
+string(LENGTH "${commit}" digits)
+if(GIT_COMMIT AND NOT (digits EQUAL 12 AND commit MATCHES "^[0-9a-f]+$"))
+  message(FATAL_ERROR "coil_git_commit gives '${commit}' for the source, a git checkout")
 endif()
 coil_git_commit(${WORK_DIR} commit)
 if(NOT commit STREQUAL "")
