@@ -4,7 +4,14 @@
 
 namespace coil::kernels {
 
-Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b, const Tensor& bias) {
+namespace {
+
+using CpuProduct = void (*)(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const GemmShape&);
+
+// Checks the operands, resolves the shapes and allocates the result; a CPU product runs
+// through `cpu_product`.
+Tensor product(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b, const Tensor& bias,
+               CpuProduct cpu_product) {
   const char* op = "matmul";
   check_defined(op, a, "a");
   check_defined(op, b, "b");
@@ -41,7 +48,7 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose
     return bias.defined() ? add(out, bias) : out;
   }
   if (a.device().is_cpu()) {
-    cpu::matmul(a, b, bias, out, g);
+    cpu_product(a, b, bias, out, g);
     return out;
   }
 #ifdef COIL_CUDA
@@ -50,6 +57,18 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose
 #else
   fail("{}: {} is on a GPU, but coil was built without CUDA", op, describe(a));
 #endif
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b, const Tensor& bias) {
+  return product(a, b, transpose_a, transpose_b, bias, cpu::matmul);
+}
+
+Tensor matmul_reference(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b, const Tensor& bias) {
+  COIL_CHECK(a.device().is_cpu() && b.device().is_cpu(), "matmul_reference: runs on the CPU, got a {} and b {}",
+             describe(a), describe(b));
+  return product(a, b, transpose_a, transpose_b, bias, cpu::matmul_reference);
 }
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {

@@ -2,14 +2,21 @@
 // 2-d [M, K] @ [K, N], or 3-d with equal batch sizes. An optional bias [N] is added to every
 // row of the result. On the GPU through cuBLASLt: bf16 in and out with fp32 accumulation, or
 // f32 (true fp32, no TF32); the bias goes through the CUBLASLT_EPILOGUE_BIAS epilogue. On the
-// CPU a plain-loop reference (f32, f64; accumulated in double).
+// CPU (f32, f64): blocks of 64 output rows on the CPU threads (kernels/cpu/parallel.h), each
+// through OpenBLAS when coil is built with it (accumulated in the tensors' precision), else
+// through the plain-loop reference (accumulated in double); the same bits at any thread count.
 #pragma once
+#include <string>
+
 #include "core/tensor.h"
 
 namespace coil::kernels {
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a = false, bool transpose_b = false,
               const Tensor& bias = Tensor());
+// The same product by the CPU's plain-loop reference (one thread, accumulated in double).
+Tensor matmul_reference(const Tensor& a, const Tensor& b, bool transpose_a = false, bool transpose_b = false,
+                        const Tensor& bias = Tensor());
 // x [..., in] @ weight [out, in]^T (+ bias [out]) -> [..., out]
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
 
@@ -21,6 +28,11 @@ struct GemmShape {
 
 namespace cpu {
 void matmul(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out, const GemmShape& g);
+// The plain loops on one thread, accumulated in double: what the tests hold matmul against.
+void matmul_reference(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out, const GemmShape& g);
+// What matmul goes through: "OpenBLAS (<core> kernels)" (the kernels OpenBLAS picked for this
+// CPU), or "" for the plain loops (coil built without OpenBLAS).
+std::string blas_name();
 }
 namespace cuda {
 // out (already allocated, [batch,] M x N) = op(a) @ op(b) (+ bias). On the compute stream.

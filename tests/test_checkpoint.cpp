@@ -2,6 +2,8 @@
 #include <fstream>
 
 #include "core/random.h"
+#include "core/version.h"
+#include "data/hdf5_util.h"
 #include "tests/catch.h"
 #include "tests/util.h"
 #include "train/checkpoint.h"
@@ -92,6 +94,24 @@ TEST_CASE("a checkpoint round-trips bitwise: tensors, state, config, aliases", "
   b.params[0].second = b.params[0].second.to(DType::bf16);
   write_checkpoint(path, b);
   REQUIRE(find(read_checkpoint(path).params, "backbone.embedding.weight").dtype() == DType::f32);
+}
+
+TEST_CASE("a checkpoint records the coil that wrote it; one from before that record still reads", "[checkpoint]") {
+  auto dir = test_dir("version");
+  std::string path = checkpoint_path(dir.string(), 10);
+  Checkpoint c = make_checkpoint(10);
+  c.state.coil_version = "ignored: the writer records its own";
+  write_checkpoint(path, c);
+  REQUIRE(read_checkpoint(path).state.coil_version == version_string());
+  REQUIRE(read_checkpoint_state(path).coil_version == version_string());
+  {
+    h5::Handle f = h5::open_file(path, true);
+    REQUIRE(H5Adelete(f, "coil_version") >= 0);
+  }
+  Checkpoint old = read_checkpoint(path);  // the checksum still holds
+  REQUIRE(old.state.coil_version.empty());
+  REQUIRE(old.state.step == 10);
+  REQUIRE(test::bitwise_equal(find(old.params, "backbone.embedding.weight"), c.params[0].second));
 }
 
 TEST_CASE("the checksum detects corruption; a damaged newest checkpoint falls back to the previous", "[checkpoint]") {

@@ -9,8 +9,10 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/version.h"
 #include "data/sentencepiece_tokenizer.h"
 #include "data/token_file.h"
+#include "kernels/matmul.h"
 #include "tests/catch.h"
 #include "tests/files.h"
 #include "train/checkpoint.h"
@@ -81,6 +83,22 @@ axes:
 }
 
 }  // namespace
+
+TEST_CASE("coil --version prints the version and what the build uses", "[cli]") {
+  Ran r = run(shell_quote(coil_program()) + " --version");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  REQUIRE(r.output.rfind("coil " + version_string() + "\nbuilt with: ", 0) == 0);
+  REQUIRE(std::string(version()).find('.') != std::string::npos);  // project(VERSION), as "0.1.0"
+  CHECK(r.output.find("CPU threads: ") != std::string::npos);
+  CHECK((r.output.find("OpenBLAS") != std::string::npos) == !kernels::cpu::blas_name().empty());
+  // The CPU kernels' thread count comes from COIL_CPU_THREADS when it is set.
+  Ran three = run("COIL_CPU_THREADS=3 " + shell_quote(coil_program()) + " --version");
+  CHECK(three.output.find("CPU threads: 3\n") != std::string::npos);
+  Ran bad = run("COIL_CPU_THREADS=two " + shell_quote(coil_program()) + " --version");
+  CHECK(bad.status == 1);
+  CHECK(bad.output.find("COIL_CPU_THREADS must be a whole number from 1 to 1024, got 'two'") != std::string::npos);
+}
 
 TEST_CASE("coil sweep runs a tiny grid, skips finished runs, resumes an interrupted one; coil report tabulates it",
           "[cli]") {
@@ -327,10 +345,12 @@ TEST_CASE("Ctrl-C and the time limit stop a sweep: the running run saves a check
   const std::string sweep = shell_quote((dir / "long.yaml").string());
   const fs::path metrics = dir / "runs" / "1" / "metrics.jsonl";
 
-  // SIGINT once the first run is training: passed on to it once (a second would end it unsaved).
+  // SIGINT once the first run is training (has logged a step): passed on to it once (a second
+  // would end it unsaved).
   pid_t pid = start("sweep " + sweep, dir / "interrupted.log");
-  for (int i = 0; i < 600 && test::read_text(metrics).empty(); ++i) usleep(50000);
-  REQUIRE_FALSE(test::read_text(metrics).empty());
+  auto training = [&] { return test::read_text(metrics).find("\"tokens\":") != std::string::npos; };
+  for (int i = 0; i < 600 && !training(); ++i) usleep(50000);
+  REQUIRE(training());
   kill(pid, SIGINT);
   CHECK(wait_status(pid) == 128 + SIGINT);
   std::string log = test::read_text(dir / "interrupted.log");

@@ -41,6 +41,37 @@ TEST_CASE("matmul and linear: values", "[matmul]") {
           std::vector<float>{100, 200, 100, 200});
 }
 
+TEST_CASE("matmul on the CPU (OpenBLAS when built with it) matches the plain-loop reference", "[matmul]") {
+  // Sizes across the 64-row blocks; f32 through BLAS accumulates in f32, the reference in f64.
+  const bool blas = !kernels::cpu::blas_name().empty();
+  INFO("BLAS: " << (blas ? kernels::cpu::blas_name() : "none"));
+  for (DType dtype : {DType::f32, DType::f64})
+    for (int64_t batch : {0, 3})
+      for (bool ta : {false, true})
+        for (bool tb : {false, true})
+          for (bool with_bias : {false, true}) {
+            if (batch > 0 && with_bias) continue;  // a bias is for 2-d products
+            const int64_t M = 131, K = 77, N = 45;
+            INFO(dtype_name(dtype) << " batch " << batch << " ta " << ta << " tb " << tb << " bias " << with_bias);
+            Tensor a = test::random_normal(stored(batch, M, K, ta), 21, dtype);
+            Tensor b = test::random_normal(stored(batch, K, N, tb), 22, dtype);
+            Tensor bias = with_bias ? test::random_normal({N}, 23, dtype) : Tensor();
+            Tensor fast = kernels::matmul(a, b, ta, tb, bias), reference = kernels::matmul_reference(a, b, ta, tb, bias);
+            REQUIRE(fast.shape() == reference.shape());
+            if (blas)
+              REQUIRE(test::relative_error(fast, reference) < (dtype == DType::f32 ? 1e-6 : 1e-14));
+            else
+              REQUIRE(test::bitwise_equal(fast, reference));
+          }
+  // NaN and infinity reach the output as in the reference.
+  Tensor a = Tensor::from_vector<float>({1, NAN, 2, 3}, {2, 2}), b = Tensor::from_vector<float>({INFINITY, 1, 0, 1}, {2, 2});
+  std::vector<float> fast = kernels::matmul(a, b).to_vector<float>(), reference = kernels::matmul_reference(a, b).to_vector<float>();
+  for (size_t i = 0; i < fast.size(); ++i) {
+    INFO("element " << i << ": " << fast[i] << " vs " << reference[i]);
+    REQUIRE((fast[i] == reference[i] || (std::isnan(fast[i]) && std::isnan(reference[i]))));
+  }
+}
+
 TEST_CASE("matmul: gradcheck for every transpose, 2-d and batched", "[matmul][gradcheck]") {
   const int64_t M = 3, K = 4, N = 5;
   for (int64_t batch : {0, 2})

@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "core/version.h"
 #include "tests/catch.h"
 #include "tests/files.h"
 #include "train/metrics_log.h"
@@ -77,10 +78,12 @@ TEST_CASE("metrics.jsonl: nothing to drop leaves the file alone; a torn last lin
   REQUIRE(drop_metrics_after(path.string(), 40) == 1);
   REQUIRE(test::read_text(path) == history(30));
 
-  // Continuing appends after the kept lines.
+  // Continuing appends after the kept lines: a start record (the step and the version), then
+  // the new lines.
   {
     MetricsLog log(path.string(), 20);
     log.write("{\"step\":21,\"tokens\":1344,\"loss\":2}");
   }
-  REQUIRE(test::read_text(path) == history(20) + "{\"step\":21,\"tokens\":1344,\"loss\":2}\n");
+  REQUIRE(test::read_text(path) == history(20) + "{\"step\":20,\"coil_version\":\"" + version_string() + "\"}\n" +
+                                       "{\"step\":21,\"tokens\":1344,\"loss\":2}\n");
 }

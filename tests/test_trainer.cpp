@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "core/cuda.h"
+#include "core/version.h"
 #include "data/hdf5_util.h"
 #include "data/loader.h"
 #include "data/prepare.h"
@@ -134,12 +135,15 @@ void check_exact_resume(const std::string& name, const std::string& preset, std:
   REQUIRE(ca.params.size() == cb.params.size());
   for (size_t i = 0; i < ca.params.size(); ++i)
     REQUIRE(ca.params[i].second.to_vector<float>() == cb.params[i].second.to_vector<float>());
-  // metrics.jsonl reads as one run: each logged step once.
+  // metrics.jsonl reads as one run: each logged step once; a start record (the coil version)
+  // opens it and marks the resumption.
   std::ifstream in(fs::path(second.run_dir) / "metrics.jsonl");
-  std::string line;
-  int step4 = 0;
-  while (std::getline(in, line)) step4 += line.rfind("{\"step\":4,", 0) == 0;
-  REQUIRE(step4 == 1);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  REQUIRE(std::count_if(lines.begin(), lines.end(), [](auto& l) { return l.rfind("{\"step\":4,", 0) == 0; }) == 1);
+  const std::string start = "\"coil_version\":\"" + version_string() + "\"}";
+  REQUIRE(lines.at(0) == "{\"step\":0," + start);
+  REQUIRE(std::count(lines.begin(), lines.end(), "{\"step\":5," + start) == 1);
 }
 }  // namespace
 

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <map>
 
+#include "core/version.h"
 #include "data/hdf5_util.h"
 #include "train/atomic_file.h"
 
@@ -153,6 +154,7 @@ TrainState read_state(hid_t f, const std::string& path) {
   s.best_val_loss = h5::read_attr_f64(f, "best_val_loss", path);
   s.config_yaml = h5::read_attr_str(f, "config", path);
   s.world_size = h5::has_attr(f, "world_size") ? h5::read_attr_i64(f, "world_size", path) : 1;
+  s.coil_version = h5::has_attr(f, "coil_version") ? h5::read_attr_str(f, "coil_version", path) : "";
   return s;
 }
 
@@ -188,6 +190,7 @@ void write_checkpoint(const std::string& path, const Checkpoint& checkpoint) {
     h5::write_attr_f64(f, "best_val_loss", s.best_val_loss);
     h5::write_attr_str(f, "config", s.config_yaml);
     h5::write_attr_i64(f, "world_size", s.world_size);
+    h5::write_attr_str(f, "coil_version", version_string());
     h5::write_attr_str(f, "aliases", alias_text(c.aliases));
     h5::write_attr_u64(f, "checksum", checksum(c));
     COIL_CHECK(H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0, "checkpoint: cannot flush '{}' (disk full?)", tmp);

@@ -5,8 +5,9 @@
 //   /carry/<name>            train.carry_state: the states carried into the next window
 //   root attributes          step, tokens_seen, nan_skips, sampler and RNG state, the schedule's
 //                            last learning rate, the resolved config (YAML text), param aliases,
-//                            world_size (absent in files from before it existed: 1), and
-//                            `checksum` (see below)
+//                            world_size (absent in files from before it existed: 1),
+//                            coil_version (the writer's version_string(), not checksummed;
+//                            absent in older files), and `checksum` (see below)
 //
 // A checkpoint is written to "<name>.tmp", flushed and fsync'ed, then renamed (and the
 // directory fsync'ed), so the newest step_*.h5 is always complete. `checksum` is a 64-bit
@@ -37,6 +38,8 @@ struct TrainState {
   double last_lr = 0;                               // the schedule's value at the last step
   double best_val_loss = 0;                         // 0: none yet
   std::string config_yaml;                          // the resolved config
+  std::string coil_version;  // read: the version_string() of the coil that wrote the file ("" in older
+                             // files); a write records its own version, whatever this holds
 };
 
 struct Checkpoint {

@@ -11,8 +11,11 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/version.h"
 #include "data/prepare.h"
 #include "data/sentencepiece_tokenizer.h"
+#include "kernels/cpu/parallel.h"
+#include "kernels/matmul.h"
 #include "train/config.h"
 #include "train/generate.h"
 #include "train/hf_interop.h"
@@ -33,6 +36,7 @@ namespace {
 const char* kUsage = R"(coil: train Mamba and Transformer language models
 
 usage: coil COMMAND [ARGS] [--help]
+       coil --version
 
 commands:
   train CONFIG [--set key=value ...]    train the run a YAML config describes
@@ -276,6 +280,26 @@ bool has_flag(const Args& a, const std::string& f) { return std::find(a.flags.be
 
 int help(const char* text) {
   std::fputs(text, stdout);
+  return 0;
+}
+
+// The version and what this build can use.
+int print_version() {
+  std::vector<std::string> with;
+#ifdef COIL_CUDA
+  with.push_back("CUDA");
+#endif
+#ifdef COIL_NCCL
+  with.push_back("NCCL");
+#endif
+  if (!kernels::cpu::blas_name().empty()) with.push_back(kernels::cpu::blas_name());
+#ifdef COIL_SENTENCEPIECE
+  with.push_back("SentencePiece");
+#endif
+  std::string features;
+  for (auto& f : with) features += (features.empty() ? "" : ", ") + f;
+  std::printf("coil %s\nbuilt with: %s; CPU threads: %d\n", version_string().c_str(),
+              features.empty() ? "no optional libraries" : features.c_str(), kernels::cpu::num_threads());
   return 0;
 }
 
@@ -606,6 +630,7 @@ int main(int argc, char** argv) {
   std::string cmd = argv[1];
   try {
     if (cmd == "--help" || cmd == "-h" || cmd == "help") return help(kUsage);
+    if (cmd == "--version") return print_version();
     if (cmd == "train") return cmd_train(argc, argv, false);
     if (cmd == "resume") return cmd_train(argc, argv, true);
     if (cmd == "eval") return cmd_eval(argc, argv);

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/version.h"
 #include "train/atomic_file.h"
 
 namespace coil::train {
@@ -47,6 +48,8 @@ MetricsLog::MetricsLog(const std::string& path, int64_t step) : path_(path) {
   drop_metrics_after(path, step);
   out_.open(path, std::ios::app);
   COIL_CHECK(out_.good(), "train: cannot write '{}'", path);
+  // A start record: where this start of the run begins and which coil runs it.
+  write("{\"step\":" + std::to_string(step) + ",\"coil_version\":\"" + version_string() + "\"}");
 }
 
 void MetricsLog::write(const std::string& json) {

@@ -20,7 +20,8 @@ int64_t drop_metrics_after(const std::string& path, int64_t step,
 
 class MetricsLog {
  public:
-  // Continues the file of a run that resumes at `step` (0: a run starting from scratch).
+  // Continues the file of a run that resumes at `step` (0: a run starting from scratch) with a
+  // start record: {"step": step, "coil_version": ...}.
   MetricsLog(const std::string& path, int64_t step);
   void write(const std::string& json);
 

@@ -15,6 +15,7 @@
 #include "core/allocator.h"
 #include "core/cuda.h"
 #include "core/determinism.h"
+#include "core/version.h"
 #include "data/loader.h"
 #include "kernels/accumulate.h"
 #include "kernels/elementwise.h"

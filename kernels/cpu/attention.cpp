@@ -5,11 +5,14 @@
 //   s_j = scale * q.k_j (j visible), p = softmax(s), o = sum_j p_j v_j
 //   dv_j += p_j do;  dp_j = do.v_j;  ds_j = p_j (dp_j - do.o);  dq = scale sum_j ds_j k_j;
 //   dk_j += scale ds_j q
+// The (batch, head) pairs run on the CPU threads; each writes only its own rows of the
+// outputs, so any thread count gives the same bits.
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "kernels/attention.h"
+#include "kernels/cpu/parallel.h"
 
 namespace coil::kernels::cpu {
 namespace {
@@ -62,9 +65,10 @@ void forward_impl(const AttentionProblem& pr, const void* qp, const void* kp, co
   View<const T> k{static_cast<const T*>(kp), S, H, D, pr.qkv_stride};
   View<const T> v{static_cast<const T*>(vp), S, H, D, pr.qkv_stride};
   View<T> out{static_cast<T*>(outp), S, H, D, H * D};
-  std::vector<double> p(S), acc(D);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h)
+  parallel_for(B * H, S * S * D, [&](int64_t pair_begin, int64_t pair_end) {
+    std::vector<double> p(S), acc(D);
+    for (int64_t pair = pair_begin; pair < pair_end; ++pair) {
+      const int64_t b = pair / H, h = pair % H;
       for (int64_t t = 0; t < S; ++t) {
         double l = row_softmax(pr, q, k, b, h, t, p);
         lse[(b * H + h) * S + t] = float(l);
@@ -77,6 +81,8 @@ void forward_impl(const AttentionProblem& pr, const void* qp, const void* kp, co
         T* o = out.at(b, t, h);
         for (int64_t d = 0; d < D; ++d) o[d] = T(acc[d]);
       }
+    }
+  });
 }
 
 template <class T>
@@ -90,9 +96,10 @@ void backward_impl(const AttentionProblem& pr, const void* doutp, const void* qp
   View<T> dq{static_cast<T*>(dqp), S, H, D, pr.qkv_stride};
   View<T> dk{static_cast<T*>(dkp), S, H, D, pr.qkv_stride};
   View<T> dv{static_cast<T*>(dvp), S, H, D, pr.qkv_stride};
-  std::vector<double> p(S), dp(S), o(D), dqa(D), dka(size_t(S * D)), dva(size_t(S * D));
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h) {
+  parallel_for(B * H, S * S * D, [&](int64_t pair_begin, int64_t pair_end) {
+    std::vector<double> p(S), dp(S), o(D), dqa(D), dka(size_t(S * D)), dva(size_t(S * D));
+    for (int64_t pair = pair_begin; pair < pair_end; ++pair) {
+      const int64_t b = pair / H, h = pair % H;
       std::fill(dka.begin(), dka.end(), 0.0);
       std::fill(dva.begin(), dva.end(), 0.0);
       for (int64_t t = 0; t < S; ++t) {
@@ -136,6 +143,7 @@ void backward_impl(const AttentionProblem& pr, const void* doutp, const void* qp
         }
       }
     }
+  });
 }
 
 }  // namespace

@@ -1,10 +1,13 @@
 // CPU reference of the depthwise causal conv1d (math in kernels/conv1d.h), channel-last
 // x[b, t, d]. Positions are walked in order per batch row, keeping the start of the current
 // document: input position p is visible from t iff p >= that start, or, for p < 0 (the
-// initial state), iff t's document began before the window (start 0).
+// initial state), iff t's document began before the window (start 0). On the CPU threads:
+// blocks of channels, each walking every (b, t) in order (every gradient of channel d sums
+// over (b, t) in the serial order): the same bits at any thread count.
 #include <cmath>
 
 #include "kernels/conv1d.h"
+#include "kernels/cpu/parallel.h"
 #include "kernels/documents.h"
 
 namespace coil::kernels::cpu {
@@ -54,19 +57,22 @@ void conv1d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, b
     const int32_t* seq = o.seq_idx.defined() ? o.seq_idx.data<int32_t>() : nullptr;
     T* op = out.data<T>();
     T* fin = final_state.defined() ? final_state.data<T>() : nullptr;
-    for (int64_t b = 0; b < nb; ++b) {
-      RowInputs<T> row{x.data<T>() + b * nl * nd, init ? init + b * (nk - 1) * nd : nullptr, nd, nk};
-      for (int64_t t = 0; t < nl; ++t) {
-        if (seq && starts_document(seq + b * nl, t)) row.start = t;
-        for (int64_t d = 0; d < nd; ++d) {
-          const T s = row.pre_activation(w, bp, t, d);
-          op[(b * nl + t) * nd + d] = silu ? s / (T(1) + std::exp(-s)) : s;
+    parallel_for(nd, nb * nl * nk, [&](int64_t d_begin, int64_t d_end) {
+      for (int64_t b = 0; b < nb; ++b) {
+        RowInputs<T> row{x.data<T>() + b * nl * nd, init ? init + b * (nk - 1) * nd : nullptr, nd, nk};
+        for (int64_t t = 0; t < nl; ++t) {
+          if (seq && starts_document(seq + b * nl, t)) row.start = t;
+          for (int64_t d = d_begin; d < d_end; ++d) {
+            const T s = row.pre_activation(w, bp, t, d);
+            op[(b * nl + t) * nd + d] = silu ? s / (T(1) + std::exp(-s)) : s;
+          }
         }
+        if (fin)  // the inputs t = nl-(nk-1) .. nl-1 as position nl-1 sees them
+          for (int64_t j = 0; j < nk - 1; ++j)
+            for (int64_t d = d_begin; d < d_end; ++d)
+              fin[(b * (nk - 1) + j) * nd + d] = row.value(nl - (nk - 1) + j, d);
       }
-      if (fin)  // the inputs t = nl-(nk-1) .. nl-1 as position nl-1 sees them
-        for (int64_t j = 0; j < nk - 1; ++j)
-          for (int64_t d = 0; d < nd; ++d) fin[(b * (nk - 1) + j) * nd + d] = row.value(nl - (nk - 1) + j, d);
-    }
+    });
   });
 }
 
@@ -82,30 +88,32 @@ void conv1d_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weig
     T* dinit = g.dinitial_state.defined() ? g.dinitial_state.data<T>() : nullptr;
     for (Tensor t : {g.dweight, g.dbias, g.dx, g.dinitial_state})
       if (t.defined()) t.zero_();
-    for (int64_t b = 0; b < nb; ++b) {
-      RowInputs<T> row{x.data<T>() + b * nl * nd, init ? init + b * (nk - 1) * nd : nullptr, nd, nk};
-      T* dxb = dx + b * nl * nd;
-      T* dinitb = dinit ? dinit + b * (nk - 1) * nd : nullptr;
-      for (int64_t t = 0; t < nl; ++t) {
-        if (seq && starts_document(seq + b * nl, t)) row.start = t;
-        for (int64_t d = 0; d < nd; ++d) {
-          const T s = row.pre_activation(w, bp, t, d);
-          T gt = go[(b * nl + t) * nd + d];
-          if (silu) {
-            const T sg = T(1) / (T(1) + std::exp(-s));
-            gt *= sg * (T(1) + s * (T(1) - sg));
-          }
-          if (db) db[d] += gt;
-          for (int64_t k = 0; k < nk; ++k) {
-            const int64_t p = t - (nk - 1) + k, i = row.index(p, d);
-            if (i == RowInputs<T>::kHidden) continue;
-            dw[d * nk + k] += gt * (i >= 0 ? row.x[i] : row.init[-1 - i]);
-            if (i >= 0) dxb[i] += gt * w[d * nk + k];
-            else dinitb[-1 - i] += gt * w[d * nk + k];
+    parallel_for(nd, nb * nl * nk, [&](int64_t d_begin, int64_t d_end) {
+      for (int64_t b = 0; b < nb; ++b) {
+        RowInputs<T> row{x.data<T>() + b * nl * nd, init ? init + b * (nk - 1) * nd : nullptr, nd, nk};
+        T* dxb = dx + b * nl * nd;
+        T* dinitb = dinit ? dinit + b * (nk - 1) * nd : nullptr;
+        for (int64_t t = 0; t < nl; ++t) {
+          if (seq && starts_document(seq + b * nl, t)) row.start = t;
+          for (int64_t d = d_begin; d < d_end; ++d) {
+            const T s = row.pre_activation(w, bp, t, d);
+            T gt = go[(b * nl + t) * nd + d];
+            if (silu) {
+              const T sg = T(1) / (T(1) + std::exp(-s));
+              gt *= sg * (T(1) + s * (T(1) - sg));
+            }
+            if (db) db[d] += gt;
+            for (int64_t k = 0; k < nk; ++k) {
+              const int64_t p = t - (nk - 1) + k, i = row.index(p, d);
+              if (i == RowInputs<T>::kHidden) continue;
+              dw[d * nk + k] += gt * (i >= 0 ? row.x[i] : row.init[-1 - i]);
+              if (i >= 0) dxb[i] += gt * w[d * nk + k];
+              else dinitb[-1 - i] += gt * w[d * nk + k];
+            }
           }
         }
       }
-    }
+    });
   });
 }
 

@@ -1,7 +1,9 @@
 // CPU reference for the element-wise kernels: plain loops, written from the math, in the
-// tensor's own precision (f32 or f64).
+// tensor's own precision (f32 or f64), over blocks of elements on the CPU threads (each
+// element depends on its own inputs only, so any thread count gives the same bits).
 #include <cmath>
 
+#include "kernels/cpu/parallel.h"
 #include "kernels/elementwise.h"
 
 namespace coil::kernels::cpu {
@@ -71,15 +73,17 @@ void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
     const T* y = b.data<T>();
     T* z = out.data<T>();
     int64_t n = a.numel(), nb = b.numel();
-    for (int64_t i = 0; i < n; ++i) {
-      T u = x[i], v = y[i % nb];
-      switch (op) {
-        case BinaryOp::add: z[i] = u + v; break;
-        case BinaryOp::sub: z[i] = u - v; break;
-        case BinaryOp::mul: z[i] = u * v; break;
-        case BinaryOp::div: z[i] = u / v; break;
+    parallel_for(n, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        T u = x[i], v = y[i % nb];
+        switch (op) {
+          case BinaryOp::add: z[i] = u + v; break;
+          case BinaryOp::sub: z[i] = u - v; break;
+          case BinaryOp::mul: z[i] = u * v; break;
+          case BinaryOp::div: z[i] = u / v; break;
+        }
       }
-    }
+    });
   });
 }
 
@@ -88,7 +92,9 @@ void scale(const Tensor& x, double factor, const Tensor& out) {
     using T = std::remove_pointer_t<decltype(type)>;
     const T* p = x.data<T>();
     T* q = out.data<T>();
-    for (int64_t i = 0; i < x.numel(); ++i) q[i] = T(factor) * p[i];
+    parallel_for(x.numel(), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) q[i] = T(factor) * p[i];
+    });
   });
 }
 
@@ -97,7 +103,9 @@ void unary(UnaryOp op, const Tensor& x, const Tensor& out) {
     using T = std::remove_pointer_t<decltype(type)>;
     const T* p = x.data<T>();
     T* q = out.data<T>();
-    for (int64_t i = 0; i < x.numel(); ++i) q[i] = apply(op, p[i]);
+    parallel_for(x.numel(), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) q[i] = apply(op, p[i]);
+    });
   });
 }
 
@@ -107,7 +115,9 @@ void unary_backward(UnaryOp op, const Tensor& grad, const Tensor& x, const Tenso
     const T* g = grad.data<T>();
     const T* p = x.data<T>();
     T* q = out.data<T>();
-    for (int64_t i = 0; i < x.numel(); ++i) q[i] = g[i] * derivative(op, p[i]);
+    parallel_for(x.numel(), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) q[i] = g[i] * derivative(op, p[i]);
+    });
   });
 }
 
