@@ -2,6 +2,13 @@
 #include <cstdint>
 #include <string>
 
+// Marks a function that compiles for the host and, inside CUDA sources, for the device too.
+#ifdef __CUDACC__
+#define COIL_HOST_DEVICE __host__ __device__
+#else
+#define COIL_HOST_DEVICE
+#endif
+
 namespace coil {
 
 enum class DeviceKind : uint8_t { cpu, cuda };

@@ -4,11 +4,7 @@
 #pragma once
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define COIL_HOST_DEVICE __host__ __device__
-#else
-#define COIL_HOST_DEVICE
-#endif
+#include "core/device.h"
 
 namespace coil {
 

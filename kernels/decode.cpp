@@ -59,9 +59,11 @@ void check_caches(const char* op, const Tensor& k_cache, const Tensor& v_cache) 
                op, k_cache.size(3), attention_cuda_head_dims());
 }
 
+#ifndef COIL_CUDA
 [[noreturn]] void no_cuda(const char* op, const Tensor& t) {
   fail("{}: {} needs CUDA, but coil was built without it", op, describe(t));
 }
+#endif
 
 }  // namespace
 

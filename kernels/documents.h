@@ -13,12 +13,6 @@
 #pragma once
 #include "core/tensor.h"
 
-#ifdef __CUDACC__
-#define COIL_HOST_DEVICE __host__ __device__
-#else
-#define COIL_HOST_DEVICE
-#endif
-
 namespace coil::kernels {
 
 // Whether position t of a row (row[0..t] readable) starts a document.

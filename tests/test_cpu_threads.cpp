@@ -16,6 +16,7 @@
 #include "kernels/matmul.h"
 #include "kernels/selective_scan.h"
 #include "tests/catch.h"
+#include "tests/scan_inputs.h"
 #include "tests/util.h"
 
 using namespace coil;
@@ -124,18 +125,8 @@ TEST_CASE("matmul: the same bits on 1, 2 and 3 threads, every transpose, batched
 TEST_CASE("selective scan: the same bits on 1, 2 and 3 threads, forward and backward", "[threads]") {
   const int64_t nb = 3, nl = 300, nd = 40, nn = 16;
   const DType dtype = DType::f32;
-  Generator gen(11);
-  ScanArgs a;
-  a.u = randn({nb, nl, nd}, gen, dtype);
-  a.delta = uniform({nb, nl, nd}, -3.0, 0.5, gen, dtype);
-  a.A = uniform({nd, nn}, -4.0, -0.2, gen, dtype);
-  a.B = randn({nb, nl, nn}, gen, dtype);
-  a.C = randn({nb, nl, nn}, gen, dtype);
-  a.D = randn({nd}, gen, dtype);
-  a.z = randn({nb, nl, nd}, gen, dtype);
-  a.delta_bias = uniform({nd}, -1.0, 0.5, gen, dtype);
-  a.initial_state = randn({nb, nd, nn}, gen, dtype);
-  a.delta_softplus = true;
+  const ScanArgs a = test::random_scan_args(nb, nl, nd, nn, 11, dtype);
+  Generator gen(12);
   Tensor dout = randn({nb, nl, nd}, gen, dtype), dfinal = randn({nb, nd, nn}, gen, dtype);
   require_same_bits_at_any_thread_count([&] {
     ScanResult r = selective_scan_forward(a);

@@ -17,6 +17,7 @@
 #include "kernels/layout.h"
 #include "kernels/selective_scan.h"
 #include "tests/catch.h"
+#include "tests/scan_inputs.h"
 #include "tests/util.h"
 
 using namespace coil;
@@ -67,23 +68,6 @@ TEST_CASE("document starts and positions follow the changes of seq_idx", "[docum
 
 namespace {
 
-ScanArgs scan_args(int64_t batch, int64_t len, int64_t dim, int64_t state, uint64_t seed, DType dtype = DType::f64,
-                   bool h0 = true) {
-  Generator gen(seed);
-  ScanArgs a;
-  a.u = randn({batch, len, dim}, gen, dtype);
-  a.delta = uniform({batch, len, dim}, -3.0, 0.5, gen, dtype);
-  a.A = uniform({dim, state}, -4.0, -0.2, gen, dtype);
-  a.B = randn({batch, len, state}, gen, dtype);
-  a.C = randn({batch, len, state}, gen, dtype);
-  a.D = randn({dim}, gen, dtype);
-  a.z = randn({batch, len, dim}, gen, dtype);
-  a.delta_bias = uniform({dim}, -1.0, 0.5, gen, dtype);
-  if (h0) a.initial_state = randn({batch, dim, state}, gen, dtype, Device::cpu(), 0.5);
-  a.delta_softplus = true;
-  return a;
-}
-
 ScanArgs scan_slice(const ScanArgs& a, int64_t begin, int64_t end) {
   ScanArgs s = a;
   for (Tensor* t : {&s.u, &s.delta, &s.B, &s.C, &s.z}) *t = time_slice(*t, begin, end);
@@ -95,7 +79,7 @@ ScanArgs scan_slice(const ScanArgs& a, int64_t begin, int64_t end) {
 
 TEST_CASE("selective scan with seq_idx passes gradcheck (f64, CPU), initial and final state included",
           "[documents]") {
-  ScanArgs a = scan_args(2, 9, 3, 3, 41);
+  ScanArgs a = test::random_scan_args(2, 9, 3, 3, 41);
   // Row 0: documents of 1, 4, 4 (a start at t = 1); row 1: 6 then 3.
   const Tensor seq_idx = seq_idx_of({{1, 4, 4}, {6, 3}});
   for (int which = 0; which < 2; ++which) {
@@ -118,7 +102,7 @@ TEST_CASE("selective scan with seq_idx passes gradcheck (f64, CPU), initial and 
 TEST_CASE("selective scan: documents packed with resets give exactly each document's scan alone",
           "[documents]") {
   // One row: documents [0, 5) (from the initial state), [5, 6), [6, 13) (each from zero).
-  ScanArgs a = scan_args(1, 13, 4, 5, 42);
+  ScanArgs a = test::random_scan_args(1, 13, 4, 5, 42);
   a.seq_idx = seq_idx_of({{5, 1, 7}});
   ScanResult packed = selective_scan_forward(a);
   Generator gen(7);
@@ -149,7 +133,7 @@ TEST_CASE("selective scan: documents packed with resets give exactly each docume
 }
 
 TEST_CASE("selective scan rejects a bad seq_idx", "[documents]") {
-  ScanArgs a = scan_args(2, 5, 3, 2, 43);
+  ScanArgs a = test::random_scan_args(2, 5, 3, 2, 43);
   a.seq_idx = Tensor::zeros({2, 5}, DType::i64);
   CHECK_THROWS_WITH(selective_scan_forward(a), Contains("selective_scan_forward") && Contains("must be i32"));
   a.seq_idx = Tensor::zeros({2, 4}, DType::i32);
@@ -423,7 +407,8 @@ TEST_CASE("selective scan CUDA with documents matches the CPU reference", "[docu
     for (DType dtype : {DType::f32, DType::bf16}) {
       INFO("batch " << c.batch << " dim " << c.dim << " len " << c.len << " state " << c.state << " documents <= "
                     << c.max_doc << " h0 " << c.h0 << " dtype " << dtype_name(dtype));
-      ScanArgs host = scan_args(c.batch, c.len, c.dim, c.state, uint64_t(c.len + c.state), DType::f32, c.h0);
+      ScanArgs host =
+          test::random_scan_args(c.batch, c.len, c.dim, c.state, uint64_t(c.len + c.state), DType::f32, c.h0);
       host.seq_idx = random_seq_idx(c.batch, c.len, c.max_doc, uint64_t(c.dim), edges);
       for (Tensor* t : {&host.u, &host.delta, &host.B, &host.C, &host.z}) *t = t->to(dtype).to(DType::f32);
       ScanArgs dev = host;
