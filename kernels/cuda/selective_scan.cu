@@ -40,12 +40,16 @@ constexpr int kChunk = int(kScanChunk);  // time steps staged at once
 constexpr int kCkptChunks = int(kScanCheckpointSteps / kScanChunk);  // chunks between saved states
 static_assert(kScanCheckpointSteps % kScanChunk == 0, "checkpoints fall on chunk ends");
 static_assert(kChunk == 32, "a chunk's document starts are the bits of one 32-bit mask");
-constexpr int kPitch = kChunk + 1;       // shared row pitch (odd: no bank conflicts across rows)
+constexpr int kPitch = kChunk + 1;       // shared row pitch of the backward (odd: no bank conflicts across rows)
 constexpr int kSub = 8;                  // backward sub-chunk (states kept in shared memory)
 // Threads per block with spt states per lane: a tile of 32 channels at d_state 16.
 constexpr int block_threads(int spt) { return 512 / spt; }
 constexpr int kFwdSpt = 4, kBwdSpt = 8;
 constexpr int kBwdBlocksPerSm = 6;       // the B16 D1536 N16 grid (768 blocks) in one wave
+// The forward's 8 blocks of 4 warps an SM (64 registers a thread; its shared memory allows 8 to
+// 9 at d_state 16): left alone, the compiler keeps more loads in flight at up to 96 (bf16) or
+// 164 (f32) registers and fits only 5 (or 3) blocks.
+constexpr int kFwdBlocksPerSm = 8;
 static_assert(kChunk == 4 * kSub, "the backward keeps 3 sub-chunk start states in registers");
 static_assert(kChunk % 4 == 0, "the forward runs 4 steps at a time");
 
@@ -68,6 +72,15 @@ __device__ __forceinline__ float softplus_grad_f(float dt) {
   return dt < 0.03f ? dt * fmaf(dt, fmaf(dt, 1.f / 6.f, -0.5f), 1.f) : 1.f - ex2(-dt * kLog2e);
 }
 __device__ __forceinline__ float silu_f(float z) { return __fdividef(z, 1.f + exp_ftz(-z)); }
+
+// Element (r, tt) of a staged [channel][step] fp32 tile of the forward: rows of kChunk floats
+// whose 4-step groups are permuted by XOR with (r ^ r >> 2) & 7, so that a lane reads steps
+// 4i .. 4i + 3 of its channel (in order, 16-byte aligned) with one 16-byte load. Both that
+// load (the up to 8 channels of a warp hit 8 different groups of 4 banks) and the staging's
+// transposing stores (a warp stores one row r = r0 + j for 8 steps x 4 packs of channels,
+// bf16, or 4 steps x 8 packs, f32) are conflict-free at 32 channels a tile; where the tile
+// is wider (d_state <= 8) they conflict no more than a pitch of 33 did.
+__device__ __forceinline__ int tile_at(int r, int tt) { return r * kChunk + (tt ^ (((r ^ (r >> 2)) & 7) << 2)); }
 
 // A tile is rows [0, rows) (channels, or states for B and C) x time [0, kChunk) of a
 // channel-last array: element (r, tt) at g[tt * ld + r], g pointing at the tile's first row
@@ -240,14 +253,14 @@ __device__ __forceinline__ float staged_dt(const ScanParams& p, float v, float b
 // (no C, z, out, checkpoints) and writes the segment's (P, E): P = 2^(A log2(e) sum dt), or 0
 // when a document starts inside the segment.
 template <class T, int SPT, bool kStateOnly, int NT = block_threads(SPT)>
-__global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
+__global__ void __launch_bounds__(NT, kFwdBlocksPerSm) scan_forward_kernel(ScanParams p) {
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   const int cpb = p.cpb, G = p.G, npad = p.npad;
-  float* s_u = smem;                       // [cpb][kPitch]: u, then y
-  float* s_dt = s_u + cpb * kPitch;        // [cpb][kPitch]: softplus(delta + bias)
-  float* s_gate = s_dt + cpb * kPitch;     // [cpb][kPitch]: silu(z)
-  float* s_B = s_gate + cpb * kPitch;      // [kChunk][npad]
+  float* s_u = smem;                       // [cpb][kChunk] (tile_at): u, then y
+  float* s_dt = s_u + cpb * kChunk;        // [cpb][kChunk] (tile_at): softplus(delta + bias)
+  float* s_gate = s_dt + cpb * kChunk;     // [cpb][kChunk] (tile_at): silu(z)
+  float* s_B = s_gate + cpb * kChunk;      // [kChunk][npad]
   float* s_C = s_B + kChunk * npad;        // [kChunk][npad]
   float* s_bias = s_C + kChunk * npad;     // [cpb], padded to a multiple of 4
   T* st_u = reinterpret_cast<T*>(s_bias + ((cpb + 3) & ~3));  // raw staging, [rows][kChunk] each
@@ -305,27 +318,26 @@ __global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
     any_reset |= resets;
     cp_async_wait_all();
     __syncthreads();  // the staged chunk is visible; the previous chunk's stores are done
-    convert_tile<NT>(st_u, cpb, [&](int r, int tt, float v) { s_u[r * kPitch + tt] = v; });
+    convert_tile<NT>(st_u, cpb, [&](int r, int tt, float v) { s_u[tile_at(r, tt)] = v; });
     convert_tile<NT>(st_dt, cpb, [&](int r, int tt, float v) {
-      s_dt[r * kPitch + tt] = staged_dt(p, v, s_bias[r], tt < len && r < rows_valid);
+      s_dt[tile_at(r, tt)] = staged_dt(p, v, s_bias[r], tt < len && r < rows_valid);
     });
-    if (z) convert_tile<NT>(st_z, cpb, [&](int r, int tt, float v) { s_gate[r * kPitch + tt] = silu_f(v); });
+    if (z) convert_tile<NT>(st_z, cpb, [&](int r, int tt, float v) { s_gate[tile_at(r, tt)] = silu_f(v); });
     convert_tile<NT>(st_B, npad, [&](int r, int tt, float v) { s_B[tt * npad + r] = v; });
     if (!kStateOnly) convert_tile<NT>(st_C, npad, [&](int r, int tt, float v) { s_C[tt * npad + r] = v; });
     __syncthreads();
     if (ck + 1 < chunks.end) prefetch(ck + 1);
 
-    // Four steps at a time, all shared-memory loads before the one store of y, so that the
-    // compiler can overlap the loads and exponentials of the four steps. Steps past len
-    // (zero padding up to a multiple of 4) leave h unchanged: dt = u = B = C = 0. The variant
-    // with document starts (a uniform branch per 4 steps) zeroes h before a starting step.
+    // Four steps at a time: dt and u of the four in one 16-byte load each, all shared-memory
+    // loads before the one (16-byte) store of y, so that the compiler can overlap the loads
+    // and exponentials of the four steps. Steps past len (zero padding up to a multiple of 4)
+    // leave h unchanged: dt = u = B = C = 0. The variant with document starts (a uniform
+    // branch per 4 steps) zeroes h before a starting step.
     auto four_steps = [&](int t4, auto has_starts) {
-      [[maybe_unused]] float dt[4], uu[4], y[4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        dt[j] = s_dt[c * kPitch + t4 + j];
-        uu[j] = s_u[c * kPitch + t4 + j];
-      }
+      [[maybe_unused]] float y[4];
+      const float4 dt4 = *reinterpret_cast<const float4*>(s_dt + tile_at(c, t4));
+      const float4 u4 = *reinterpret_cast<const float4*>(s_u + tile_at(c, t4));
+      const float dt[4] = {dt4.x, dt4.y, dt4.z, dt4.w}, uu[4] = {u4.x, u4.y, u4.z, u4.w};
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         if constexpr (decltype(has_starts)::value) {
@@ -356,10 +368,9 @@ __global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
       if constexpr (!kStateOnly) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) y[j] = group_sum(y[j], G);
-        if (g == 0) {
-#pragma unroll
-          for (int j = 0; j < 4; ++j) s_u[c * kPitch + t4 + j] = fmaf(Dd, uu[j], y[j]);
-        }
+        if (g == 0)
+          *reinterpret_cast<float4*>(s_u + tile_at(c, t4)) =
+              make_float4(fmaf(Dd, uu[0], y[0]), fmaf(Dd, uu[1], y[1]), fmaf(Dd, uu[2], y[2]), fmaf(Dd, uu[3], y[3]));
       }
     };
     for (int t4 = 0; t4 < len; t4 += 4)
@@ -374,10 +385,10 @@ __global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
       __syncthreads();
       if (z)
         store_tile<NT>(out + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
-                       [&](int r, int tt) { return s_u[r * kPitch + tt] * s_gate[r * kPitch + tt]; });
+                       [&](int r, int tt) { return s_u[tile_at(r, tt)] * s_gate[tile_at(r, tt)]; });
       else
         store_tile<NT>(out + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
-                       [&](int r, int tt) { return s_u[r * kPitch + tt]; });
+                       [&](int r, int tt) { return s_u[tile_at(r, tt)]; });
     }
   }
   if (d >= p.dim) return;
@@ -945,7 +956,7 @@ struct SegmentState {
 };
 
 size_t forward_smem(const ScanParams& p, size_t elem) {
-  return sizeof(float) * (size_t(3) * p.cpb * kPitch + size_t(2) * kChunk * p.npad + ((p.cpb + 3) & ~3)) +
+  return sizeof(float) * (size_t(3) * p.cpb * kChunk + size_t(2) * kChunk * p.npad + ((p.cpb + 3) & ~3)) +
          elem * kChunk * (size_t(3) * p.cpb + size_t(2) * p.npad);
 }
 
