@@ -202,6 +202,37 @@ __device__ __forceinline__ float group_sum(float v, int G) {
   return v;
 }
 
+// y of 4 steps (this lane's partial sums over its states, one per step) summed over the G lanes
+// of its channel, plus D u, stored to the channel's 4 consecutive staged steps `dst`. A
+// transposed butterfly: at the first level (lanes g, g ^ 1) each lane sends the partial sums of
+// two steps and keeps the other two, at the second (g, g ^ 2) sends one and keeps one, then
+// plain butterfly levels for G > 4; lane g < 4 ends with the whole sum of step 2 (g & 1) +
+// (g >> 1 & 1) and stores it. 3 shuffles at G = 4 (instead of 8 for four separate sums), one
+// 4-byte store per lane (all 4 steps of the channel's 16-byte group at once); at G = 2 two
+// shuffles and an 8-byte store per lane, at G = 1 none and one 16-byte store. Each step's sum
+// adds only that step's values (NaN stays in its step). G is uniform over the warp.
+__device__ __forceinline__ void store_y4(float* dst, const float (&y)[4], float4 u, float Dd, int g, int G) {
+  constexpr unsigned kAll = 0xffffffffu;
+  if (G == 1) {
+    *reinterpret_cast<float4*>(dst) =
+        make_float4(fmaf(Dd, u.x, y[0]), fmaf(Dd, u.y, y[1]), fmaf(Dd, u.z, y[2]), fmaf(Dd, u.w, y[3]));
+    return;
+  }
+  const bool odd = g & 1;  // keeps steps 2, 3 (else 0, 1)
+  const float s0 = (odd ? y[2] : y[0]) + __shfl_xor_sync(kAll, odd ? y[0] : y[2], 1);
+  const float s1 = (odd ? y[3] : y[1]) + __shfl_xor_sync(kAll, odd ? y[1] : y[3], 1);
+  if (G == 2) {
+    *reinterpret_cast<float2*>(dst + (odd ? 2 : 0)) =
+        make_float2(fmaf(Dd, odd ? u.z : u.x, s0), fmaf(Dd, odd ? u.w : u.y, s1));
+    return;
+  }
+  const bool second = g & 2;  // keeps the second of its two steps
+  float s = (second ? s1 : s0) + __shfl_xor_sync(kAll, second ? s0 : s1, 2);
+  for (int o = 4; o < G; o <<= 1) s += __shfl_xor_sync(kAll, s, o);
+  const float uj = odd ? (second ? u.w : u.z) : (second ? u.y : u.x);
+  if (g < 4) dst[(odd ? 2 : 0) + (second ? 1 : 0)] = fmaf(Dd, uj, s);
+}
+
 // Starts copying a tile (see load_tile) into the raw staging area st[kChunk][rows] (zeros in
 // the padding): cp.async when vec, else plain loads (then the copy is complete on return).
 template <int NT, class T>
@@ -365,13 +396,7 @@ __global__ void __launch_bounds__(NT, kFwdBlocksPerSm) scan_forward_kernel(ScanP
           y[j] = y0 + y1;
         }
       }
-      if constexpr (!kStateOnly) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) y[j] = group_sum(y[j], G);
-        if (g == 0)
-          *reinterpret_cast<float4*>(s_u + tile_at(c, t4)) =
-              make_float4(fmaf(Dd, uu[0], y[0]), fmaf(Dd, uu[1], y[1]), fmaf(Dd, uu[2], y[2]), fmaf(Dd, uu[3], y[3]));
-      }
+      if constexpr (!kStateOnly) store_y4(s_u + tile_at(c, t4), y, u4, Dd, g, G);
     };
     for (int t4 = 0; t4 < len; t4 += 4)
       with_document_starts(resets >> t4 & 15u, [&](auto has_starts) { four_steps(t4, has_starts); });
