@@ -288,7 +288,7 @@ __global__ void __launch_bounds__(NT, kFwdBlocksPerSm) scan_forward_kernel(ScanP
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   const int cpb = p.cpb, G = p.G, npad = p.npad;
-  float* s_u = smem;                       // [cpb][kChunk] (tile_at): u, then y
+  float* s_u = smem;                       // [cpb][kChunk] (tile_at): u, then y (kStateOnly: dt u)
   float* s_dt = s_u + cpb * kChunk;        // [cpb][kChunk] (tile_at): softplus(delta + bias)
   float* s_gate = s_dt + cpb * kChunk;     // [cpb][kChunk] (tile_at): silu(z)
   float* s_B = s_gate + cpb * kChunk;      // [kChunk][npad]
@@ -351,7 +351,12 @@ __global__ void __launch_bounds__(NT, kFwdBlocksPerSm) scan_forward_kernel(ScanP
     __syncthreads();  // the staged chunk is visible; the previous chunk's stores are done
     convert_tile<NT>(st_u, cpb, [&](int r, int tt, float v) { s_u[tile_at(r, tt)] = v; });
     convert_tile<NT>(st_dt, cpb, [&](int r, int tt, float v) {
-      s_dt[tile_at(r, tt)] = staged_dt(p, v, s_bias[r], tt < len && r < rows_valid);
+      const float dt = staged_dt(p, v, s_bias[r], tt < len && r < rows_valid);
+      s_dt[tile_at(r, tt)] = dt;
+      // The segment pass needs u only as dt u: formed here once per element instead of by
+      // each of the G lanes of the channel (the same thread wrote s_u here just above:
+      // identical index mapping).
+      if constexpr (kStateOnly) s_u[tile_at(r, tt)] *= dt;
     });
     if (z) convert_tile<NT>(st_z, cpb, [&](int r, int tt, float v) { s_gate[tile_at(r, tt)] = silu_f(v); });
     convert_tile<NT>(st_B, npad, [&](int r, int tt, float v) { s_B[tt * npad + r] = v; });
@@ -377,7 +382,7 @@ __global__ void __launch_bounds__(NT, kFwdBlocksPerSm) scan_forward_kernel(ScanP
             for (int k = 0; k < SPT; ++k) h[k] = 0.f;
           }
         }
-        const float du = dt[j] * uu[j];
+        const float du = kStateOnly ? uu[j] : dt[j] * uu[j];
         float Bv[SPT];
         read_states<SPT>(s_B + (t4 + j) * npad + g * SPT, Bv);
 #pragma unroll
