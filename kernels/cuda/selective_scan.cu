@@ -445,9 +445,9 @@ __global__ void __launch_bounds__(NT) scan_backward_carry_kernel(ScanParams p) {
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   const int cpb = p.cpb, G = p.G, npad = p.npad;
-  float* s_dy = smem;                      // [cpb][kPitch]: dout, then dout silu(z)
-  float* s_dt = s_dy + cpb * kPitch;       // [cpb][kPitch]: softplus(delta + bias)
-  float* s_C = s_dt + cpb * kPitch;        // [kChunk][npad]
+  float* s_dy = smem;                      // [cpb][kChunk] (tile_at): dout, then dout silu(z)
+  float* s_dt = s_dy + cpb * kChunk;       // [cpb][kChunk] (tile_at): softplus(delta + bias)
+  float* s_C = s_dt + cpb * kChunk;        // [kChunk][npad]
   float* s_bias = s_C + kChunk * npad;     // [cpb], padded to a multiple of 4
   T* st_dout = reinterpret_cast<T*>(s_bias + ((cpb + 3) & ~3));  // raw staging
   T* st_dt = st_dout + cpb * kChunk;
@@ -494,27 +494,35 @@ __global__ void __launch_bounds__(NT) scan_backward_carry_kernel(ScanParams p) {
     any_reset |= resets;
     cp_async_wait_all();
     __syncthreads();
-    convert_tile<NT>(st_dout, cpb, [&](int r, int tt, float v) { s_dy[r * kPitch + tt] = v; });
+    convert_tile<NT>(st_dout, cpb, [&](int r, int tt, float v) { s_dy[tile_at(r, tt)] = v; });
     convert_tile<NT>(st_dt, cpb, [&](int r, int tt, float v) {
-      s_dt[r * kPitch + tt] = staged_dt(p, v, s_bias[r], tt < len && r < rows_valid);
+      s_dt[tile_at(r, tt)] = staged_dt(p, v, s_bias[r], tt < len && r < rows_valid);
     });
     // The same thread wrote s_dy at this position just above (identical index mapping).
-    if (z) convert_tile<NT>(st_z, cpb, [&](int r, int tt, float v) { s_dy[r * kPitch + tt] *= silu_f(v); });
+    if (z) convert_tile<NT>(st_z, cpb, [&](int r, int tt, float v) { s_dy[tile_at(r, tt)] *= silu_f(v); });
     convert_tile<NT>(st_C, npad, [&](int r, int tt, float v) { s_C[tt * npad + r] = v; });
     __syncthreads();
     if (ck > chunks.begin) prefetch(ck - 1);
+    // Four steps at a time from the last group down, dt and dy of the four in one 16-byte load
+    // each (as in the forward). Steps past len (zero padding up to a multiple of 4) leave the
+    // carry unchanged: dt = dy = C = 0.
     with_document_starts(resets, [&](auto has_starts) {
-      for (int tt = len - 1; tt >= 0; --tt) {
-        const float dt = s_dt[c * kPitch + tt], dy = s_dy[c * kPitch + tt];
-        const bool starts = decltype(has_starts)::value && (resets >> tt & 1u);
-        float Cv[SPT];
-        read_states<SPT>(s_C + tt * npad + g * SPT, Cv);
+      for (int t4 = (len - 1) & ~3; t4 >= 0; t4 -= 4) {
+        const float4 dt4 = *reinterpret_cast<const float4*>(s_dt + tile_at(c, t4));
+        const float4 dy4 = *reinterpret_cast<const float4*>(s_dy + tile_at(c, t4));
+        const float dt[4] = {dt4.x, dt4.y, dt4.z, dt4.w}, dy[4] = {dy4.x, dy4.y, dy4.z, dy4.w};
 #pragma unroll
-        for (int k = 0; k < SPT; ++k) {
-          const float a = starts ? 0.f : ex2(dt * A2[k]);
-          carry[k] = a * fmaf(Cv[k], dy, carry[k]);
+        for (int j = 3; j >= 0; --j) {
+          const bool starts = decltype(has_starts)::value && (resets >> (t4 + j) & 1u);
+          float Cv[SPT];
+          read_states<SPT>(s_C + (t4 + j) * npad + g * SPT, Cv);
+#pragma unroll
+          for (int k = 0; k < SPT; ++k) {
+            const float a = starts ? 0.f : ex2(dt[j] * A2[k]);
+            carry[k] = a * fmaf(Cv[k], dy[j], carry[k]);
+          }
+          dt_sum += dt[j];
         }
-        dt_sum += dt;
       }
     });
   }
@@ -1030,7 +1038,7 @@ void launch_backward_carry(const ScanArgs& a, const ScanParams& bwd, const Tenso
   p.seg_chunks = bwd.seg_chunks;
   p.seg_decay = bwd.seg_decay;
   p.seg_state = bwd.seg_state;
-  const size_t smem = sizeof(float) * (size_t(2) * p.cpb * kPitch + size_t(kChunk) * p.npad + ((p.cpb + 3) & ~3)) +
+  const size_t smem = sizeof(float) * (size_t(2) * p.cpb * kChunk + size_t(kChunk) * p.npad + ((p.cpb + 3) & ~3)) +
                       sizeof(T) * kChunk * (size_t(3) * p.cpb + size_t(p.npad));
   auto* kernel = scan_backward_carry_kernel<T, kFwdSpt>;
   COIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
