@@ -40,12 +40,16 @@ constexpr int kChunk = int(kScanChunk);  // time steps staged at once
 constexpr int kCkptChunks = int(kScanCheckpointSteps / kScanChunk);  // chunks between saved states
 static_assert(kScanCheckpointSteps % kScanChunk == 0, "checkpoints fall on chunk ends");
 static_assert(kChunk == 32, "a chunk's document starts are the bits of one 32-bit mask");
-constexpr int kPitch = kChunk + 1;       // shared row pitch (odd: no bank conflicts across rows)
+constexpr int kPitch = kChunk + 1;       // shared row pitch of the backward (odd: no bank conflicts across rows)
 constexpr int kSub = 8;                  // backward sub-chunk (states kept in shared memory)
 // Threads per block with spt states per lane: a tile of 32 channels at d_state 16.
 constexpr int block_threads(int spt) { return 512 / spt; }
 constexpr int kFwdSpt = 4, kBwdSpt = 8;
 constexpr int kBwdBlocksPerSm = 6;       // the B16 D1536 N16 grid (768 blocks) in one wave
+// The forward's 8 blocks of 4 warps an SM (64 registers a thread; its shared memory allows 8 to
+// 9 at d_state 16): left alone, the compiler keeps more loads in flight at up to 96 (bf16) or
+// 164 (f32) registers and fits only 5 (or 3) blocks.
+constexpr int kFwdBlocksPerSm = 8;
 static_assert(kChunk == 4 * kSub, "the backward keeps 3 sub-chunk start states in registers");
 static_assert(kChunk % 4 == 0, "the forward runs 4 steps at a time");
 
@@ -68,6 +72,15 @@ __device__ __forceinline__ float softplus_grad_f(float dt) {
   return dt < 0.03f ? dt * fmaf(dt, fmaf(dt, 1.f / 6.f, -0.5f), 1.f) : 1.f - ex2(-dt * kLog2e);
 }
 __device__ __forceinline__ float silu_f(float z) { return __fdividef(z, 1.f + exp_ftz(-z)); }
+
+// Element (r, tt) of a staged [channel][step] fp32 tile of the forward: rows of kChunk floats
+// whose 4-step groups are permuted by XOR with (r ^ r >> 2) & 7, so that a lane reads steps
+// 4i .. 4i + 3 of its channel (in order, 16-byte aligned) with one 16-byte load. Both that
+// load (the up to 8 channels of a warp hit 8 different groups of 4 banks) and the staging's
+// transposing stores (a warp stores one row r = r0 + j for 8 steps x 4 packs of channels,
+// bf16, or 4 steps x 8 packs, f32) are conflict-free at 32 channels a tile; where the tile
+// is wider (d_state <= 8) they conflict no more than a pitch of 33 did.
+__device__ __forceinline__ int tile_at(int r, int tt) { return r * kChunk + (tt ^ (((r ^ (r >> 2)) & 7) << 2)); }
 
 // A tile is rows [0, rows) (channels, or states for B and C) x time [0, kChunk) of a
 // channel-last array: element (r, tt) at g[tt * ld + r], g pointing at the tile's first row
@@ -189,6 +202,37 @@ __device__ __forceinline__ float group_sum(float v, int G) {
   return v;
 }
 
+// y of 4 steps (this lane's partial sums over its states, one per step) summed over the G lanes
+// of its channel, plus D u, stored to the channel's 4 consecutive staged steps `dst`. A
+// transposed butterfly: at the first level (lanes g, g ^ 1) each lane sends the partial sums of
+// two steps and keeps the other two, at the second (g, g ^ 2) sends one and keeps one, then
+// plain butterfly levels for G > 4; lane g < 4 ends with the whole sum of step 2 (g & 1) +
+// (g >> 1 & 1) and stores it. 3 shuffles at G = 4 (instead of 8 for four separate sums), one
+// 4-byte store per lane (all 4 steps of the channel's 16-byte group at once); at G = 2 two
+// shuffles and an 8-byte store per lane, at G = 1 none and one 16-byte store. Each step's sum
+// adds only that step's values (NaN stays in its step). G is uniform over the warp.
+__device__ __forceinline__ void store_y4(float* dst, const float (&y)[4], float4 u, float Dd, int g, int G) {
+  constexpr unsigned kAll = 0xffffffffu;
+  if (G == 1) {
+    *reinterpret_cast<float4*>(dst) =
+        make_float4(fmaf(Dd, u.x, y[0]), fmaf(Dd, u.y, y[1]), fmaf(Dd, u.z, y[2]), fmaf(Dd, u.w, y[3]));
+    return;
+  }
+  const bool odd = g & 1;  // keeps steps 2, 3 (else 0, 1)
+  const float s0 = (odd ? y[2] : y[0]) + __shfl_xor_sync(kAll, odd ? y[0] : y[2], 1);
+  const float s1 = (odd ? y[3] : y[1]) + __shfl_xor_sync(kAll, odd ? y[1] : y[3], 1);
+  if (G == 2) {
+    *reinterpret_cast<float2*>(dst + (odd ? 2 : 0)) =
+        make_float2(fmaf(Dd, odd ? u.z : u.x, s0), fmaf(Dd, odd ? u.w : u.y, s1));
+    return;
+  }
+  const bool second = g & 2;  // keeps the second of its two steps
+  float s = (second ? s1 : s0) + __shfl_xor_sync(kAll, second ? s0 : s1, 2);
+  for (int o = 4; o < G; o <<= 1) s += __shfl_xor_sync(kAll, s, o);
+  const float uj = odd ? (second ? u.w : u.z) : (second ? u.y : u.x);
+  if (g < 4) dst[(odd ? 2 : 0) + (second ? 1 : 0)] = fmaf(Dd, uj, s);
+}
+
 // Starts copying a tile (see load_tile) into the raw staging area st[kChunk][rows] (zeros in
 // the padding): cp.async when vec, else plain loads (then the copy is complete on return).
 template <int NT, class T>
@@ -240,14 +284,14 @@ __device__ __forceinline__ float staged_dt(const ScanParams& p, float v, float b
 // (no C, z, out, checkpoints) and writes the segment's (P, E): P = 2^(A log2(e) sum dt), or 0
 // when a document starts inside the segment.
 template <class T, int SPT, bool kStateOnly, int NT = block_threads(SPT)>
-__global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
+__global__ void __launch_bounds__(NT, kFwdBlocksPerSm) scan_forward_kernel(ScanParams p) {
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   const int cpb = p.cpb, G = p.G, npad = p.npad;
-  float* s_u = smem;                       // [cpb][kPitch]: u, then y
-  float* s_dt = s_u + cpb * kPitch;        // [cpb][kPitch]: softplus(delta + bias)
-  float* s_gate = s_dt + cpb * kPitch;     // [cpb][kPitch]: silu(z)
-  float* s_B = s_gate + cpb * kPitch;      // [kChunk][npad]
+  float* s_u = smem;                       // [cpb][kChunk] (tile_at): u, then y (kStateOnly: dt u)
+  float* s_dt = s_u + cpb * kChunk;        // [cpb][kChunk] (tile_at): softplus(delta + bias)
+  float* s_gate = s_dt + cpb * kChunk;     // [cpb][kChunk] (tile_at): silu(z)
+  float* s_B = s_gate + cpb * kChunk;      // [kChunk][npad]
   float* s_C = s_B + kChunk * npad;        // [kChunk][npad]
   float* s_bias = s_C + kChunk * npad;     // [cpb], padded to a multiple of 4
   T* st_u = reinterpret_cast<T*>(s_bias + ((cpb + 3) & ~3));  // raw staging, [rows][kChunk] each
@@ -305,27 +349,31 @@ __global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
     any_reset |= resets;
     cp_async_wait_all();
     __syncthreads();  // the staged chunk is visible; the previous chunk's stores are done
-    convert_tile<NT>(st_u, cpb, [&](int r, int tt, float v) { s_u[r * kPitch + tt] = v; });
+    convert_tile<NT>(st_u, cpb, [&](int r, int tt, float v) { s_u[tile_at(r, tt)] = v; });
     convert_tile<NT>(st_dt, cpb, [&](int r, int tt, float v) {
-      s_dt[r * kPitch + tt] = staged_dt(p, v, s_bias[r], tt < len && r < rows_valid);
+      const float dt = staged_dt(p, v, s_bias[r], tt < len && r < rows_valid);
+      s_dt[tile_at(r, tt)] = dt;
+      // The segment pass needs u only as dt u: formed here once per element instead of by
+      // each of the G lanes of the channel (the same thread wrote s_u here just above:
+      // identical index mapping).
+      if constexpr (kStateOnly) s_u[tile_at(r, tt)] *= dt;
     });
-    if (z) convert_tile<NT>(st_z, cpb, [&](int r, int tt, float v) { s_gate[r * kPitch + tt] = silu_f(v); });
+    if (z) convert_tile<NT>(st_z, cpb, [&](int r, int tt, float v) { s_gate[tile_at(r, tt)] = silu_f(v); });
     convert_tile<NT>(st_B, npad, [&](int r, int tt, float v) { s_B[tt * npad + r] = v; });
     if (!kStateOnly) convert_tile<NT>(st_C, npad, [&](int r, int tt, float v) { s_C[tt * npad + r] = v; });
     __syncthreads();
     if (ck + 1 < chunks.end) prefetch(ck + 1);
 
-    // Four steps at a time, all shared-memory loads before the one store of y, so that the
-    // compiler can overlap the loads and exponentials of the four steps. Steps past len
-    // (zero padding up to a multiple of 4) leave h unchanged: dt = u = B = C = 0. The variant
-    // with document starts (a uniform branch per 4 steps) zeroes h before a starting step.
+    // Four steps at a time: dt and u of the four in one 16-byte load each, all shared-memory
+    // loads before the one (16-byte) store of y, so that the compiler can overlap the loads
+    // and exponentials of the four steps. Steps past len (zero padding up to a multiple of 4)
+    // leave h unchanged: dt = u = B = C = 0. The variant with document starts (a uniform
+    // branch per 4 steps) zeroes h before a starting step.
     auto four_steps = [&](int t4, auto has_starts) {
-      [[maybe_unused]] float dt[4], uu[4], y[4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        dt[j] = s_dt[c * kPitch + t4 + j];
-        uu[j] = s_u[c * kPitch + t4 + j];
-      }
+      [[maybe_unused]] float y[4];
+      const float4 dt4 = *reinterpret_cast<const float4*>(s_dt + tile_at(c, t4));
+      const float4 u4 = *reinterpret_cast<const float4*>(s_u + tile_at(c, t4));
+      const float dt[4] = {dt4.x, dt4.y, dt4.z, dt4.w}, uu[4] = {u4.x, u4.y, u4.z, u4.w};
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         if constexpr (decltype(has_starts)::value) {
@@ -334,7 +382,7 @@ __global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
             for (int k = 0; k < SPT; ++k) h[k] = 0.f;
           }
         }
-        const float du = dt[j] * uu[j];
+        const float du = kStateOnly ? uu[j] : dt[j] * uu[j];
         float Bv[SPT];
         read_states<SPT>(s_B + (t4 + j) * npad + g * SPT, Bv);
 #pragma unroll
@@ -353,14 +401,7 @@ __global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
           y[j] = y0 + y1;
         }
       }
-      if constexpr (!kStateOnly) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) y[j] = group_sum(y[j], G);
-        if (g == 0) {
-#pragma unroll
-          for (int j = 0; j < 4; ++j) s_u[c * kPitch + t4 + j] = fmaf(Dd, uu[j], y[j]);
-        }
-      }
+      if constexpr (!kStateOnly) store_y4(s_u + tile_at(c, t4), y, u4, Dd, g, G);
     };
     for (int t4 = 0; t4 < len; t4 += 4)
       with_document_starts(resets >> t4 & 15u, [&](auto has_starts) { four_steps(t4, has_starts); });
@@ -374,10 +415,10 @@ __global__ void __launch_bounds__(NT) scan_forward_kernel(ScanParams p) {
       __syncthreads();
       if (z)
         store_tile<NT>(out + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
-                       [&](int r, int tt) { return s_u[r * kPitch + tt] * s_gate[r * kPitch + tt]; });
+                       [&](int r, int tt) { return s_u[tile_at(r, tt)] * s_gate[tile_at(r, tt)]; });
       else
         store_tile<NT>(out + t0 * Dm, Dm, cpb, rows_valid, len, p.vec,
-                       [&](int r, int tt) { return s_u[r * kPitch + tt]; });
+                       [&](int r, int tt) { return s_u[tile_at(r, tt)]; });
     }
   }
   if (d >= p.dim) return;
@@ -404,9 +445,9 @@ __global__ void __launch_bounds__(NT) scan_backward_carry_kernel(ScanParams p) {
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   const int cpb = p.cpb, G = p.G, npad = p.npad;
-  float* s_dy = smem;                      // [cpb][kPitch]: dout, then dout silu(z)
-  float* s_dt = s_dy + cpb * kPitch;       // [cpb][kPitch]: softplus(delta + bias)
-  float* s_C = s_dt + cpb * kPitch;        // [kChunk][npad]
+  float* s_dy = smem;                      // [cpb][kChunk] (tile_at): dout, then dout silu(z)
+  float* s_dt = s_dy + cpb * kChunk;       // [cpb][kChunk] (tile_at): softplus(delta + bias)
+  float* s_C = s_dt + cpb * kChunk;        // [kChunk][npad]
   float* s_bias = s_C + kChunk * npad;     // [cpb], padded to a multiple of 4
   T* st_dout = reinterpret_cast<T*>(s_bias + ((cpb + 3) & ~3));  // raw staging
   T* st_dt = st_dout + cpb * kChunk;
@@ -453,27 +494,35 @@ __global__ void __launch_bounds__(NT) scan_backward_carry_kernel(ScanParams p) {
     any_reset |= resets;
     cp_async_wait_all();
     __syncthreads();
-    convert_tile<NT>(st_dout, cpb, [&](int r, int tt, float v) { s_dy[r * kPitch + tt] = v; });
+    convert_tile<NT>(st_dout, cpb, [&](int r, int tt, float v) { s_dy[tile_at(r, tt)] = v; });
     convert_tile<NT>(st_dt, cpb, [&](int r, int tt, float v) {
-      s_dt[r * kPitch + tt] = staged_dt(p, v, s_bias[r], tt < len && r < rows_valid);
+      s_dt[tile_at(r, tt)] = staged_dt(p, v, s_bias[r], tt < len && r < rows_valid);
     });
     // The same thread wrote s_dy at this position just above (identical index mapping).
-    if (z) convert_tile<NT>(st_z, cpb, [&](int r, int tt, float v) { s_dy[r * kPitch + tt] *= silu_f(v); });
+    if (z) convert_tile<NT>(st_z, cpb, [&](int r, int tt, float v) { s_dy[tile_at(r, tt)] *= silu_f(v); });
     convert_tile<NT>(st_C, npad, [&](int r, int tt, float v) { s_C[tt * npad + r] = v; });
     __syncthreads();
     if (ck > chunks.begin) prefetch(ck - 1);
+    // Four steps at a time from the last group down, dt and dy of the four in one 16-byte load
+    // each (as in the forward). Steps past len (zero padding up to a multiple of 4) leave the
+    // carry unchanged: dt = dy = C = 0.
     with_document_starts(resets, [&](auto has_starts) {
-      for (int tt = len - 1; tt >= 0; --tt) {
-        const float dt = s_dt[c * kPitch + tt], dy = s_dy[c * kPitch + tt];
-        const bool starts = decltype(has_starts)::value && (resets >> tt & 1u);
-        float Cv[SPT];
-        read_states<SPT>(s_C + tt * npad + g * SPT, Cv);
+      for (int t4 = (len - 1) & ~3; t4 >= 0; t4 -= 4) {
+        const float4 dt4 = *reinterpret_cast<const float4*>(s_dt + tile_at(c, t4));
+        const float4 dy4 = *reinterpret_cast<const float4*>(s_dy + tile_at(c, t4));
+        const float dt[4] = {dt4.x, dt4.y, dt4.z, dt4.w}, dy[4] = {dy4.x, dy4.y, dy4.z, dy4.w};
 #pragma unroll
-        for (int k = 0; k < SPT; ++k) {
-          const float a = starts ? 0.f : ex2(dt * A2[k]);
-          carry[k] = a * fmaf(Cv[k], dy, carry[k]);
+        for (int j = 3; j >= 0; --j) {
+          const bool starts = decltype(has_starts)::value && (resets >> (t4 + j) & 1u);
+          float Cv[SPT];
+          read_states<SPT>(s_C + (t4 + j) * npad + g * SPT, Cv);
+#pragma unroll
+          for (int k = 0; k < SPT; ++k) {
+            const float a = starts ? 0.f : ex2(dt[j] * A2[k]);
+            carry[k] = a * fmaf(Cv[k], dy[j], carry[k]);
+          }
+          dt_sum += dt[j];
         }
-        dt_sum += dt;
       }
     });
   }
@@ -945,7 +994,7 @@ struct SegmentState {
 };
 
 size_t forward_smem(const ScanParams& p, size_t elem) {
-  return sizeof(float) * (size_t(3) * p.cpb * kPitch + size_t(2) * kChunk * p.npad + ((p.cpb + 3) & ~3)) +
+  return sizeof(float) * (size_t(3) * p.cpb * kChunk + size_t(2) * kChunk * p.npad + ((p.cpb + 3) & ~3)) +
          elem * kChunk * (size_t(3) * p.cpb + size_t(2) * p.npad);
 }
 
@@ -989,7 +1038,7 @@ void launch_backward_carry(const ScanArgs& a, const ScanParams& bwd, const Tenso
   p.seg_chunks = bwd.seg_chunks;
   p.seg_decay = bwd.seg_decay;
   p.seg_state = bwd.seg_state;
-  const size_t smem = sizeof(float) * (size_t(2) * p.cpb * kPitch + size_t(kChunk) * p.npad + ((p.cpb + 3) & ~3)) +
+  const size_t smem = sizeof(float) * (size_t(2) * p.cpb * kChunk + size_t(kChunk) * p.npad + ((p.cpb + 3) & ~3)) +
                       sizeof(T) * kChunk * (size_t(3) * p.cpb + size_t(p.npad));
   auto* kernel = scan_backward_carry_kernel<T, kFwdSpt>;
   COIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
