@@ -2,7 +2,6 @@
 // flash kernels against the CPU reference (forward, lse and gradients) at awkward sizes.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <vector>
 
 #include "autograd/functions/attention.h"
@@ -144,6 +143,19 @@ TEST_CASE("attention: bad shapes are errors that name the limit", "[attention]")
                       Catch::Matchers::Contains("window"));
   Tensor odd = random_normal({1, 4, 2, 7}, 4);
   REQUIRE_THROWS_WITH(kernels::attention_forward(odd, odd, odd), Catch::Matchers::Contains("even"));
+}
+
+TEST_CASE("attention launch settings: only the measured choices are accepted", "[attention]") {
+  const kernels::AttentionLaunch initial = kernels::attention_launch();
+  REQUIRE_THROWS_WITH(kernels::set_attention_launch({6, 32, 4, 4}),
+                      Catch::Matchers::Contains("warps per block must be 4 or 8, got forward 6"));
+  REQUIRE_THROWS_WITH(kernels::set_attention_launch({4, 24, 4, 4}),
+                      Catch::Matchers::Contains("forward rows per warp must be 16 or 32, got 24"));
+  kernels::set_attention_launch({8, 16, 8, 4});
+  REQUIRE(kernels::attention_launch().fwd_warps == 8);
+  REQUIRE(kernels::attention_launch().fwd_rows == 16);
+  REQUIRE(kernels::attention_launch().dq_warps == 4);
+  kernels::set_attention_launch(initial);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -296,13 +308,11 @@ TEST_CASE("attention CUDA autograd op matches the CPU op", "[attention][cuda]") 
 
 TEST_CASE("attention CUDA: every launch configuration matches the CPU reference", "[attention][cuda]") {
   // Warps per block 4 and 8 of the three kernels; 16 and 32 query rows per warp of the forward.
-  for (const char* w : {"4", "8"})
-    for (const char* rows : {"16", "32"}) {
+  const kernels::AttentionLaunch initial = kernels::attention_launch();
+  for (int w : {4, 8})
+    for (int rows : {16, 32}) {
       INFO("warps " << w << " forward rows per warp " << rows);
-      setenv("COIL_ATTN_FWD_WARPS", w, 1);
-      setenv("COIL_ATTN_FWD_ROWS", rows, 1);
-      setenv("COIL_ATTN_DKDV_WARPS", w, 1);
-      setenv("COIL_ATTN_DQ_WARPS", w, 1);
+      kernels::set_attention_launch({w, rows, w, w});
       compare_with_cpu({2, 200, 2, 64, 0}, DType::bf16, 400, false);
       compare_with_cpu({1, 301, 2, 128, 0}, DType::bf16, 410, true);
       compare_with_cpu({1, 257, 2, 64, 100}, DType::bf16, 420, false);
@@ -310,6 +320,5 @@ TEST_CASE("attention CUDA: every launch configuration matches the CPU reference"
       compare_with_cpu({1, 333, 2, 96, 0}, DType::bf16, 440, true);
       compare_with_cpu({2, 100, 1, 96, 37}, DType::bf16, 450, false);
     }
-  for (const char* env : {"COIL_ATTN_FWD_WARPS", "COIL_ATTN_FWD_ROWS", "COIL_ATTN_DKDV_WARPS", "COIL_ATTN_DQ_WARPS"})
-    unsetenv(env);
+  kernels::set_attention_launch(initial);
 }
