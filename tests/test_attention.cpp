@@ -258,17 +258,40 @@ TEST_CASE("attention CUDA: packed qkv, f32 inputs, small windows", "[attention][
   compare_with_cpu({2, 45, 2, 96, 0}, DType::f32, 360, true);
 }
 
-TEST_CASE("attention CUDA backward is deterministic", "[attention][cuda]") {
-  Shape s{2, 333, 4, 64};
+TEST_CASE("attention CUDA at awkward lengths, every head dim, causal and windowed", "[attention][cuda]") {
+  // Issue 18's lengths. The CPU reference is O(T^2 hd) (on every CPU thread): one batch row and
+  // one head at 4097 (its causal backward is the bulk of this case's time), more where cheap.
+  uint64_t seed = 500;
+  for (int64_t hd : {64, 96, 128})
+    for (int64_t T : {1, 7, 65, 1000, 4097}) {
+      const int64_t rows = T > 1000 ? 1 : 2;
+      const int64_t window = std::max<int64_t>(1, std::min<int64_t>(T / 2, 300));
+      compare_with_cpu({rows, T, rows, hd, 0}, DType::bf16, seed += 10, T % 2 == 1);
+      compare_with_cpu({rows, T, rows, hd, window}, DType::bf16, seed += 10, T % 2 == 0);
+    }
+}
+
+TEST_CASE("attention CUDA forward and backward are deterministic", "[attention][cuda]") {
+  // Run twice, bit-identical: every head dim, causal and windowed, lengths that end mid-tile.
   Device gpu = Device::cuda();
-  Tensor q = random_normal(s, 1, DType::bf16, gpu), k = random_normal(s, 2, DType::bf16, gpu),
-         v = random_normal(s, 3, DType::bf16, gpu), g = random_normal(s, 4, DType::bf16, gpu);
-  auto r = kernels::attention_forward(q, k, v);
-  auto a = kernels::attention_backward(g, q, k, v, r.out, r.lse);
-  auto b = kernels::attention_backward(g, q, k, v, r.out, r.lse);
-  REQUIRE(coil::test::bitwise_equal(a.dq, b.dq));
-  REQUIRE(coil::test::bitwise_equal(a.dk, b.dk));
-  REQUIRE(coil::test::bitwise_equal(a.dv, b.dv));
+  uint64_t seed = 0;
+  for (int64_t hd : {64, 96, 128})
+    for (int64_t window : {0, 100}) {
+      INFO("hd " << hd << " window " << window);
+      Shape s{2, 333, 4, hd};
+      Tensor q = random_normal(s, ++seed, DType::bf16, gpu), k = random_normal(s, ++seed, DType::bf16, gpu),
+             v = random_normal(s, ++seed, DType::bf16, gpu), g = random_normal(s, ++seed, DType::bf16, gpu);
+      auto opt = with_window(window);
+      auto r = kernels::attention_forward(q, k, v, opt);
+      auto r2 = kernels::attention_forward(q, k, v, opt);
+      REQUIRE(coil::test::bitwise_equal(r.out, r2.out));
+      REQUIRE(coil::test::bitwise_equal(r.lse, r2.lse));
+      auto a = kernels::attention_backward(g, q, k, v, r.out, r.lse, opt);
+      auto b = kernels::attention_backward(g, q, k, v, r.out, r.lse, opt);
+      REQUIRE(coil::test::bitwise_equal(a.dq, b.dq));
+      REQUIRE(coil::test::bitwise_equal(a.dk, b.dk));
+      REQUIRE(coil::test::bitwise_equal(a.dv, b.dv));
+    }
 }
 
 TEST_CASE("attention CUDA: unsupported head dims and mismatched shapes are errors", "[attention][cuda]") {
