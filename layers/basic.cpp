@@ -89,13 +89,7 @@ MLP::MLP(const ModelConfig& cfg, Generator& gen, LinearInit fc1_init, LinearInit
 
 Variable MLP::forward(const Variable& x) const {
   Variable h = fc1->forward(x);
-  if (swiglu) {
-    auto parts = autograd::split(h, {hidden, hidden}, h.dim() - 1);
-    h = autograd::mul(parts[0], autograd::silu(parts[1]));
-  } else {
-    h = autograd::gelu(h);
-  }
-  return fc2->forward(h);
+  return fc2->forward(swiglu ? autograd::swiglu(h) : autograd::gelu(h));
 }
 
 }  // namespace coil::layers
