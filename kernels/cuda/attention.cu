@@ -647,7 +647,7 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dq_kernel(Params p) {
 // ---------------------------------------------------------------------------------------------
 // Launch configuration: warps per block (4 or 8) of each kernel and query rows per warp of the
 // forward (16 or 32), from kernels::attention_launch() (defaults measured on an H100,
-// docs/ATTENTION.md; the environment overrides them once, at start-up).
+// docs/ATTENTION.md; the environment overrides them, read once, at the first launch).
 //
 // Query tile of the dK/dV kernel: 64 at hd 64; 32 where the dK, dV accumulators take more
 // registers (hd 96, 128).
