@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 18 (the Transformer baselines) on one GPU, in one call: build (Hopper, 16 jobs, outside
-# the tree), run the [cuda] tests of attention and the element-wise kernels (SwiGLU), time
+# the tree), run the [cuda] tests of attention, the element-wise kernels (SwiGLU), the products
+# (GELU epilogues) and the models (GPU training against the CPU), time
 # attention beside PyTorch SDPA (same call), the fused kernels, and training tokens/s of the
 # four training rows (configs/bench: Transformer++ 125M 16 x 2048 and 4 x 8192, Transformer++
 # 350M 8 x 2048, GPT-2 124M 16 x 2048; random tokens, bf16, 30 steps, the mean of the intervals
@@ -15,7 +16,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
   >"$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
-targets=(coil_cli test_attention test_elementwise bench_attention bench_fused_kernels)
+targets=(coil_cli test_attention test_elementwise test_matmul test_models bench_attention bench_fused_kernels)
 if ! cmake --build "$build" -j16 --target "${targets[@]}" >"$out/build.log" 2>&1; then
   grep -E "error|FAILED" "$out/build.log" | head -40
   exit 1
@@ -23,7 +24,7 @@ fi
 
 status=0
 # ---- tests (the test cases' durations are in the logs) ----
-for t in test_attention test_elementwise; do
+for t in test_attention test_elementwise test_matmul test_models; do
   echo "== $t [cuda]"
   timeout 300 "$build/tests/$t" "[cuda]" --durations yes >"$out/$t.log" 2>&1
   rc=$?
