@@ -2,8 +2,8 @@
 // CUDA-event timings after warm-up) and TFLOP/s, with causal FLOPs
 //   forward 4 * B * H * T^2 * hd / 2,  backward 2.5 x forward.
 // Usage: bench_attention [iterations] [--tune]; --tune also times the other launch settings
-// "fwd warps, fwd rows per warp, dK/dV warps, dQ warps" (COIL_ATTN_FWD_WARPS, COIL_ATTN_FWD_ROWS,
-// COIL_ATTN_DKDV_WARPS, COIL_ATTN_DQ_WARPS). Compare with bench/attention_torch.py (PyTorch SDPA).
+// "fwd warps, fwd rows per warp, dK/dV warps, dQ warps" (kernels::AttentionLaunch). Compare with
+// bench/attention_torch.py (PyTorch SDPA).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -39,12 +39,9 @@ int main(int argc, char** argv) {
                              {8, 16, 2048, 96, 0}, {16, 12, 2048, 64, 512}};
   std::printf("%-36s %10s %10s %10s %10s %10s %10s\n", "shape (causal, bf16)", "fwd ms", "fwd TF/s",
               "f+b ms", "f+b TF/s", "bwd ms", "bwd TF/s");
-  const char* settings[] = {"COIL_ATTN_FWD_WARPS", "COIL_ATTN_FWD_ROWS", "COIL_ATTN_DKDV_WARPS",
-                            "COIL_ATTN_DQ_WARPS"};
-  std::vector<std::vector<std::string>> variants = {{}};
-  if (tune)
-    variants = {{"4", "16", "4", "4"}, {"8", "16", "4", "4"}, {"4", "32", "4", "4"},
-                {"4", "16", "8", "4"}, {"4", "16", "4", "8"}, {"8", "16", "8", "8"}};
+  // The settings in use (defaults or the environment's) unlabelled; --tune: each of these.
+  std::vector<kernels::AttentionLaunch> variants = {kernels::attention_launch()};
+  if (tune) variants = {{4, 16, 4, 4}, {8, 16, 4, 4}, {4, 32, 4, 4}, {4, 16, 8, 4}, {4, 16, 4, 8}, {8, 16, 8, 8}};
   for (const Case& c : cases) {
     // Inputs drawn once per shape (on the host: seconds at the largest shape).
     Generator gen(1);
@@ -52,12 +49,11 @@ int main(int argc, char** argv) {
     Device gpu = Device::cuda();
     Tensor q = randn(s, gen, DType::bf16, gpu), k = randn(s, gen, DType::bf16, gpu),
            v = randn(s, gen, DType::bf16, gpu), g = randn(s, gen, DType::bf16, gpu);
-  for (const std::vector<std::string>& variant : variants) {
-    std::string label;
-    for (size_t i = 0; i < variant.size(); ++i) {
-      setenv(settings[i], variant[i].c_str(), 1);
-      label += (i ? "," : " ") + variant[i];
-    }
+  for (const kernels::AttentionLaunch& variant : variants) {
+    kernels::set_attention_launch(variant);
+    std::string label = tune ? " " + std::to_string(variant.fwd_warps) + "," + std::to_string(variant.fwd_rows) + "," +
+                                   std::to_string(variant.dkdv_warps) + "," + std::to_string(variant.dq_warps)
+                             : "";
     kernels::AttentionOptions o;
     o.window = c.window;
     kernels::AttentionOutput r;

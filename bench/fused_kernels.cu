@@ -1,6 +1,7 @@
 // Achieved bandwidth of the fused kernels at the sizes of a Mamba-130M training step with
 // 16 x 2048 tokens (d_model 768, vocabulary 50280): add+RMSNorm forward and backward, layer
-// norm forward and backward, softmax forward and backward and the cross-entropy pass over a
+// norm forward and backward, SwiGLU forward and backward (Transformer++ 125M's MLP, hidden 2048;
+// with the unfused ops it replaced), softmax forward and backward and the cross-entropy pass over a
 // 4096-row chunk of logits (the fused linear cross-entropy's chunk), AdamW over the 130M
 // parameters and the global gradient norm. Each line gives the bytes the kernel must move
 // (its DRAM floor: every input read once, every output written once), the median time and
@@ -24,6 +25,8 @@
 #include "bench/bench_util.cuh"
 #include "core/tensor.h"
 #include "kernels/adamw.h"
+#include "kernels/elementwise.h"
+#include "kernels/layout.h"
 #include "kernels/loss.h"
 #include "kernels/norm.h"
 #include "kernels/softmax.h"
@@ -90,6 +93,30 @@ int main(int argc, char** argv) {
     ms = bench::median_ms([&] { kernels::norm_backward(dy, x, f.mean, f.rstd, w, true, Tensor(), DType::bf16, false, false); },
                    warmup, reps);
     report("layer_norm backward (bf16)", n * (2 + 2 + 2), ms);
+  }
+  {  // SwiGLU on Transformer++ 125M's fused up-projection (hidden 2048), bf16; beside it the
+     // unfused ops it replaces (split copies, silu, product; backward: two products, silu's
+     // backward and the concat of the halves' gradients), their traffic counted the same way
+    const int64_t hidden = 2048;
+    const double nh = double(T * hidden);
+    Tensor h = random({T, 2 * hidden}, DType::bf16, 20), g = random({T, hidden}, DType::bf16, 21);
+    double ms = bench::median_ms([&] { kernels::swiglu(h); }, reps, warmup, kInner);
+    report("swiglu forward [32768, 2 x 2048] bf16", nh * 3 * 2, ms);
+    ms = bench::median_ms([&] { kernels::swiglu_backward(g, h); }, reps, warmup, kInner);
+    report("swiglu backward", nh * 5 * 2, ms);
+    ms = bench::median_ms([&] {
+      std::vector<Tensor> ag = kernels::split(h, {hidden, hidden}, 1);
+      kernels::mul(ag[0], kernels::silu(ag[1]));
+    }, reps, warmup, kInner);
+    report("  unfused: split + silu + mul", nh * 9 * 2, ms);
+    std::vector<Tensor> halves = kernels::split(h, {hidden, hidden}, 1);
+    Tensor silu_gate = kernels::silu(halves[1]);  // saved by the unfused forward
+    ms = bench::median_ms([&] {
+      Tensor da = kernels::mul(g, silu_gate);
+      Tensor dg = kernels::unary_backward(kernels::UnaryOp::silu, kernels::mul(g, halves[0]), halves[1]);
+      kernels::concat({da, dg}, 1);
+    }, reps, warmup, kInner);
+    report("  unfused backward: 2 mul + silu' + concat", nh * 13 * 2, ms);
   }
   const double nv = double(chunk * V);
   {  // softmax over a chunk of logits

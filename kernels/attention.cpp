@@ -1,6 +1,7 @@
 #include "kernels/attention.h"
 
 #include <cmath>
+#include <cstdlib>
 
 #include "kernels/documents.h"
 
@@ -105,6 +106,41 @@ bool attention_cuda_supports_head_dim(int64_t head_dim) {
   return head_dim == 64 || head_dim == 96 || head_dim == 128;
 }
 const char* attention_cuda_head_dims() { return "64, 96 and 128"; }
+
+namespace {
+
+// The value of environment variable `env`: `alt` if it says so, `base` if it says anything
+// else, `base` too if it is unset.
+int launch_setting(const char* env, int base, int alt) {
+  const char* v = std::getenv(env);
+  return v && std::atoi(v) == alt ? alt : base;
+}
+
+AttentionLaunch& launch_settings() {
+  static AttentionLaunch launch = [] {
+    AttentionLaunch l;
+    l.fwd_warps = launch_setting("COIL_ATTN_FWD_WARPS", 4, 8);
+    l.fwd_rows = launch_setting("COIL_ATTN_FWD_ROWS", 32, 16);
+    l.dkdv_warps = launch_setting("COIL_ATTN_DKDV_WARPS", 4, 8);
+    l.dq_warps = launch_setting("COIL_ATTN_DQ_WARPS", 4, 8);
+    return l;
+  }();
+  return launch;
+}
+
+}  // namespace
+
+const AttentionLaunch& attention_launch() { return launch_settings(); }
+
+void set_attention_launch(const AttentionLaunch& l) {
+  auto warps_ok = [](int w) { return w == 4 || w == 8; };
+  COIL_CHECK(warps_ok(l.fwd_warps) && warps_ok(l.dkdv_warps) && warps_ok(l.dq_warps),
+             "set_attention_launch: warps per block must be 4 or 8, got forward {}, dK/dV {}, dQ {}",
+             l.fwd_warps, l.dkdv_warps, l.dq_warps);
+  COIL_CHECK(l.fwd_rows == 16 || l.fwd_rows == 32,
+             "set_attention_launch: forward rows per warp must be 16 or 32, got {}", l.fwd_rows);
+  launch_settings() = l;
+}
 
 AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const AttentionOptions& options) {

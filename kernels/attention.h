@@ -57,6 +57,20 @@ Tensor attention_backward_packed(const Tensor& dout, const Tensor& qkv, const Te
 bool attention_cuda_supports_head_dim(int64_t head_dim);
 const char* attention_cuda_head_dims();
 
+// Launch settings of the CUDA kernels (docs/ATTENTION.md): warps per block of the forward,
+// dK/dV and dQ kernels (4 or 8) and query rows per warp of the forward (16 or 32; 32 runs 4
+// warps and applies at hd 64 and 96 only, there are no registers for it at 128).
+struct AttentionLaunch {
+  int fwd_warps = 4, fwd_rows = 32, dkdv_warps = 4, dq_warps = 4;
+};
+// The settings every launch uses: the defaults above, overridden by the environment variables
+// COIL_ATTN_FWD_WARPS, COIL_ATTN_FWD_ROWS, COIL_ATTN_DKDV_WARPS and COIL_ATTN_DQ_WARPS, read
+// once, at the first call (a value other than the alternative, 8 or 16, selects the default).
+const AttentionLaunch& attention_launch();
+// Replaces them (tests and bench_attention --tune time every setting); values outside the
+// choices above are an error naming them.
+void set_attention_launch(const AttentionLaunch& launch);
+
 // Raw views shared by the CPU and CUDA implementations: q/k/v (and dq/dk/dv) are given by a
 // base pointer each and one token stride (elements between token t and t+1 of one batch row);
 // heads are hd apart, batch rows T*stride apart. out/dout are (B, T, H, hd) contiguous.

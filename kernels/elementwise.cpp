@@ -139,6 +139,59 @@ Tensor unary_backward(UnaryOp op, const Tensor& grad, const Tensor& x) {
 #endif
 }
 
+namespace {
+
+// h [..., 2n] with n >= 1: the shape of swiglu's output, [..., n].
+Shape swiglu_out_shape(const char* op, const Tensor& h) {
+  check_defined(op, h, "h");
+  check_float(op, h);
+  COIL_CHECK(h.dim() >= 1 && h.size(-1) >= 2 && h.size(-1) % 2 == 0,
+             "{}: h must be [..., 2n], the two halves (a | g) of a fused up-projection, got {}", op,
+             describe(h));
+  Shape s = h.shape();
+  s.back() /= 2;
+  return s;
+}
+
+}  // namespace
+
+Tensor swiglu(const Tensor& h) {
+  Tensor out = Tensor::empty(swiglu_out_shape("swiglu", h), h.dtype(), h.device());
+  if (out.numel() == 0) return out;
+  if (h.device().is_cpu()) {
+    cpu::swiglu(h, out);
+    return out;
+  }
+#ifdef COIL_CUDA
+  cuda::swiglu(h, out);
+  return out;
+#else
+  no_cuda("swiglu", h);
+#endif
+}
+
+Tensor swiglu_backward(const Tensor& grad, const Tensor& h) {
+  const char* op = "swiglu backward";
+  Shape s = swiglu_out_shape(op, h);
+  check_defined(op, grad, "grad");
+  check_same_device(op, grad, h);
+  check_same_dtype(op, grad, h);
+  COIL_CHECK(grad.shape() == s, "{}: grad must be h's shape with half its last dim ({}), got {}", op,
+             shape_str(s), describe(grad));
+  Tensor dh = Tensor::empty(h.shape(), h.dtype(), h.device());
+  if (dh.numel() == 0) return dh;
+  if (h.device().is_cpu()) {
+    cpu::swiglu_backward(grad, h, dh);
+    return dh;
+  }
+#ifdef COIL_CUDA
+  cuda::swiglu_backward(grad, h, dh);
+  return dh;
+#else
+  no_cuda(op, h);
+#endif
+}
+
 Tensor to_dtype(const Tensor& x, DType dtype) {
   check_defined("to_dtype", x, "x");
   if (x.dtype() == dtype) return x;

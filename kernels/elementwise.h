@@ -32,6 +32,14 @@ Tensor softplus(const Tensor& x);  // log(1 + exp(x)); x above 20 passes through
 // grad_in = grad * f'(x), from the op's input x (recomputed, so nothing but x is saved).
 Tensor unary_backward(UnaryOp op, const Tensor& grad, const Tensor& x);
 
+// SwiGLU on the fused up-projection of a gated MLP: h [..., 2n] holds (a | g), the two halves of
+// its last dim; out [..., n] = a * silu(g). One pass over h instead of a split, a silu and a
+// product.
+Tensor swiglu(const Tensor& h);
+// dh [..., 2n] = (grad * silu(g) | grad * a * silu'(g)) from the op's input h (recomputed, so
+// nothing but h is saved); grad [..., n].
+Tensor swiglu_backward(const Tensor& grad, const Tensor& h);
+
 // A copy converted to dtype (the same tensor's buffer if the dtype already matches).
 Tensor to_dtype(const Tensor& x, DType dtype);
 
@@ -43,12 +51,16 @@ void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out);
 void scale(const Tensor& x, double factor, const Tensor& out);
 void unary(UnaryOp op, const Tensor& x, const Tensor& out);
 void unary_backward(UnaryOp op, const Tensor& grad, const Tensor& x, const Tensor& out);
+void swiglu(const Tensor& h, const Tensor& out);
+void swiglu_backward(const Tensor& grad, const Tensor& h, const Tensor& dh);
 }  // namespace cpu
 namespace cuda {
 void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out);
 void scale(const Tensor& x, double factor, const Tensor& out);
 void unary(UnaryOp op, const Tensor& x, const Tensor& out);
 void unary_backward(UnaryOp op, const Tensor& grad, const Tensor& x, const Tensor& out);
+void swiglu(const Tensor& h, const Tensor& out);
+void swiglu_backward(const Tensor& grad, const Tensor& h, const Tensor& dh);
 }  // namespace cuda
 
 }  // namespace coil::kernels

@@ -9,9 +9,10 @@ namespace {
 using CpuProduct = void (*)(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const GemmShape&);
 
 // Checks the operands, resolves the shapes and allocates the result; a CPU product runs
-// through `cpu_product`.
+// through `cpu_product`, a GPU product with `epilogue` (and its aux, shaped as the result).
 Tensor product(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b, const Tensor& bias,
-               CpuProduct cpu_product) {
+               CpuProduct cpu_product, cuda::GemmEpilogue epilogue = cuda::GemmEpilogue::plain,
+               const Tensor& aux = Tensor()) {
   const char* op = "matmul";
   check_defined(op, a, "a");
   check_defined(op, b, "b");
@@ -52,12 +53,27 @@ Tensor product(const Tensor& a, const Tensor& b, bool transpose_a, bool transpos
     return out;
   }
 #ifdef COIL_CUDA
-  cuda::matmul(a, b, bias, out, g);
+  cuda::matmul(a, b, bias, out, g, epilogue, aux);
   return out;
 #else
   fail("{}: {} is on a GPU, but coil was built without CUDA", op, describe(a));
 #endif
 }
+
+// Checks linear's operands; returns its output shape, x's with the last dim `out`.
+Shape linear_shape(const char* op, const Tensor& x, const Tensor& weight) {
+  check_defined(op, x, "x");
+  check_defined(op, weight, "weight");
+  COIL_CHECK(weight.dim() == 2, "{}: weight must be [out, in], got {}", op, describe(weight));
+  COIL_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "{}: x {} must end in the weight's input size {} (weight {})",
+             op, describe(x), weight.size(1), describe(weight));
+  Shape out_shape = x.shape();
+  out_shape.back() = weight.size(0);
+  return out_shape;
+}
+
+// Whether a product of output width n and inner size k on t's device takes a GELU epilogue.
+bool gelu_epilogue(const Tensor& t, int64_t n, int64_t k) { return t.device().is_cuda() && n % 8 == 0 && k > 0; }
 
 }  // namespace
 
@@ -72,18 +88,37 @@ Tensor matmul_reference(const Tensor& a, const Tensor& b, bool transpose_a, bool
 }
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
-  const char* op = "linear";
-  check_defined(op, x, "x");
-  check_defined(op, weight, "weight");
-  COIL_CHECK(weight.dim() == 2, "linear: weight must be [out, in], got {}", describe(weight));
-  COIL_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1),
-             "linear: x {} must end in the weight's input size {} (weight {})", describe(x), weight.size(1),
-             describe(weight));
-  int64_t in = weight.size(1), out_features = weight.size(0);
-  Shape out_shape = x.shape();
-  out_shape.back() = out_features;
+  Shape out_shape = linear_shape("linear", x, weight);
+  int64_t in = weight.size(1);
   Tensor y = matmul(x.reshape({x.numel() / std::max<int64_t>(in, 1), in}), weight, false, true, bias);
   return y.reshape(out_shape);
+}
+
+LinearGelu linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  Shape out_shape = linear_shape("linear_gelu", x, weight);
+  const int64_t in = weight.size(1), out_features = weight.size(0);
+  if (!gelu_epilogue(x, out_features, in)) {
+    Tensor pre = linear(x, weight, bias);
+    return {gelu(pre), pre};
+  }
+  Tensor pre = Tensor::empty({x.numel() / in, out_features}, x.dtype(), x.device());
+  Tensor out = product(x.reshape({x.numel() / in, in}), weight, false, true, bias, cpu::matmul,
+                       cuda::GemmEpilogue::gelu_aux, pre);
+  return {out.reshape(out_shape), pre.reshape(out_shape)};
+}
+
+Tensor matmul_dgelu(const Tensor& a, const Tensor& b, const Tensor& pre) {
+  const char* op = "matmul_dgelu";
+  check_defined(op, a, "a");
+  check_defined(op, b, "b");
+  check_defined(op, pre, "pre");
+  COIL_CHECK(a.dim() == 2 && b.dim() == 2 && pre.shape() == Shape({a.size(0), b.size(1)}),
+             "{}: expects a [M, K], b [K, N] and pre [M, N], got a {}, b {} and pre {}", op, describe(a), describe(b),
+             describe(pre));
+  if (!gelu_epilogue(a, b.size(1), a.size(1))) return unary_backward(UnaryOp::gelu, matmul(a, b), pre);
+  check_same_device(op, a, pre);
+  check_same_dtype(op, a, pre);
+  return product(a, b, false, false, Tensor(), cpu::matmul, cuda::GemmEpilogue::dgelu, pre);
 }
 
 }  // namespace coil::kernels

@@ -20,6 +20,19 @@ Tensor matmul_reference(const Tensor& a, const Tensor& b, bool transpose_a = fal
 // x [..., in] @ weight [out, in]^T (+ bias [out]) -> [..., out]
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
 
+// GELU (tanh form, as kernels::gelu) folded into a product, for GPT-2's MLP. On the GPU one
+// cuBLASLt product with the GELU_AUX_BIAS or DGELU epilogue (output widths a multiple of 8, the
+// epilogue's leading-dimension rule; other widths take the separate ops); on the CPU the separate
+// ops, the same bits as linear + gelu and matmul + gelu's backward.
+// linear_gelu: pre = x W^T (+ b) and out = gelu(pre), both [..., out]; the backward needs pre.
+struct LinearGelu {
+  Tensor out, pre;
+};
+LinearGelu linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+// (a @ b) * gelu'(pre), 2-d, pre [M, N]: gelu's input gradient from the product that gives its
+// output gradient (the next linear's dx).
+Tensor matmul_dgelu(const Tensor& a, const Tensor& b, const Tensor& pre);
+
 // The shapes of one product, resolved by the dispatcher.
 struct GemmShape {
   int64_t batch = 1, M = 0, N = 0, K = 0;
@@ -35,8 +48,14 @@ void matmul_reference(const Tensor& a, const Tensor& b, const Tensor& bias, cons
 std::string blas_name();
 }
 namespace cuda {
-// out (already allocated, [batch,] M x N) = op(a) @ op(b) (+ bias). On the compute stream.
-void matmul(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out, const GemmShape& g);
+// What a product's epilogue does besides the optional bias: nothing; gelu_aux: out = gelu(op(a)
+// op(b) + bias) and aux = its input; dgelu: out = (op(a) op(b)) * gelu'(aux). aux [M, N], 2-d
+// products with N a multiple of 8 only.
+enum class GemmEpilogue { plain, gelu_aux, dgelu };
+// out (already allocated, [batch,] M x N) = op(a) @ op(b) (+ bias), then the epilogue. On the
+// compute stream.
+void matmul(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out, const GemmShape& g,
+            GemmEpilogue epilogue = GemmEpilogue::plain, const Tensor& aux = Tensor());
 }
 
 }  // namespace coil::kernels

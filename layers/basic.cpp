@@ -88,14 +88,11 @@ MLP::MLP(const ModelConfig& cfg, Generator& gen, LinearInit fc1_init, LinearInit
 }
 
 Variable MLP::forward(const Variable& x) const {
-  Variable h = fc1->forward(x);
-  if (swiglu) {
-    auto parts = autograd::split(h, {hidden, hidden}, h.dim() - 1);
-    h = autograd::mul(parts[0], autograd::silu(parts[1]));
-  } else {
-    h = autograd::gelu(h);
-  }
-  return fc2->forward(h);
+  if (swiglu) return fc2->forward(autograd::swiglu(fc1->forward(x)));
+  DType cd = compute_dtype();
+  auto bias_of = [cd](const Linear& l) { return l.bias ? l.bias->compute(cd) : Variable(); };
+  return autograd::gelu_mlp(to_compute(x), fc1->weight->compute(cd), bias_of(*fc1), fc2->weight->compute(cd),
+                            bias_of(*fc2));
 }
 
 }  // namespace coil::layers

@@ -64,8 +64,9 @@ class Norm : public Module {
 };
 
 // The MLP of a block. "gelu": fc2(gelu_tanh(fc1(x))), fc1 [hidden, d], with biases per
-// config.bias. "swiglu" (the reference's GatedMLP): fc1 [2*hidden, d] fused; its output is
-// split into halves (y, gate) and fc2(y * silu(gate)) is returned; no biases unless config.bias.
+// config.bias (autograd::gelu_mlp: gelu in the GPU products' epilogues). "swiglu" (the reference's GatedMLP): fc1 [2*hidden, d] fused; its output is
+// split into halves (y, gate) and fc2(y * silu(gate)) is returned (autograd::swiglu: one kernel
+// on fc1's output, no split copies); no biases unless config.bias.
 class MLP : public Module {
  public:
   MLP(const ModelConfig& cfg, Generator& gen, LinearInit fc1_init, LinearInit fc2_init,

@@ -2,7 +2,6 @@
 // flash kernels against the CPU reference (forward, lse and gradients) at awkward sizes.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <vector>
 
 #include "autograd/functions/attention.h"
@@ -146,6 +145,19 @@ TEST_CASE("attention: bad shapes are errors that name the limit", "[attention]")
   REQUIRE_THROWS_WITH(kernels::attention_forward(odd, odd, odd), Catch::Matchers::Contains("even"));
 }
 
+TEST_CASE("attention launch settings: only the measured choices are accepted", "[attention]") {
+  const kernels::AttentionLaunch initial = kernels::attention_launch();
+  REQUIRE_THROWS_WITH(kernels::set_attention_launch({6, 32, 4, 4}),
+                      Catch::Matchers::Contains("warps per block must be 4 or 8, got forward 6"));
+  REQUIRE_THROWS_WITH(kernels::set_attention_launch({4, 24, 4, 4}),
+                      Catch::Matchers::Contains("forward rows per warp must be 16 or 32, got 24"));
+  kernels::set_attention_launch({8, 16, 8, 4});
+  REQUIRE(kernels::attention_launch().fwd_warps == 8);
+  REQUIRE(kernels::attention_launch().fwd_rows == 16);
+  REQUIRE(kernels::attention_launch().dq_warps == 4);
+  kernels::set_attention_launch(initial);
+}
+
 // ------------------------------------------------------------------------------------------
 // CUDA
 
@@ -246,17 +258,40 @@ TEST_CASE("attention CUDA: packed qkv, f32 inputs, small windows", "[attention][
   compare_with_cpu({2, 45, 2, 96, 0}, DType::f32, 360, true);
 }
 
-TEST_CASE("attention CUDA backward is deterministic", "[attention][cuda]") {
-  Shape s{2, 333, 4, 64};
+TEST_CASE("attention CUDA at awkward lengths, every head dim, causal and windowed", "[attention][cuda]") {
+  // Issue 18's lengths. The CPU reference is O(T^2 hd) (on every CPU thread): one batch row and
+  // one head at 4097 (its causal backward is the bulk of this case's time), more where cheap.
+  uint64_t seed = 500;
+  for (int64_t hd : {64, 96, 128})
+    for (int64_t T : {1, 7, 65, 1000, 4097}) {
+      const int64_t rows = T > 1000 ? 1 : 2;
+      const int64_t window = std::max<int64_t>(1, std::min<int64_t>(T / 2, 300));
+      compare_with_cpu({rows, T, rows, hd, 0}, DType::bf16, seed += 10, T % 2 == 1);
+      compare_with_cpu({rows, T, rows, hd, window}, DType::bf16, seed += 10, T % 2 == 0);
+    }
+}
+
+TEST_CASE("attention CUDA forward and backward are deterministic", "[attention][cuda]") {
+  // Run twice, bit-identical: every head dim, causal and windowed, lengths that end mid-tile.
   Device gpu = Device::cuda();
-  Tensor q = random_normal(s, 1, DType::bf16, gpu), k = random_normal(s, 2, DType::bf16, gpu),
-         v = random_normal(s, 3, DType::bf16, gpu), g = random_normal(s, 4, DType::bf16, gpu);
-  auto r = kernels::attention_forward(q, k, v);
-  auto a = kernels::attention_backward(g, q, k, v, r.out, r.lse);
-  auto b = kernels::attention_backward(g, q, k, v, r.out, r.lse);
-  REQUIRE(coil::test::bitwise_equal(a.dq, b.dq));
-  REQUIRE(coil::test::bitwise_equal(a.dk, b.dk));
-  REQUIRE(coil::test::bitwise_equal(a.dv, b.dv));
+  uint64_t seed = 0;
+  for (int64_t hd : {64, 96, 128})
+    for (int64_t window : {0, 100}) {
+      INFO("hd " << hd << " window " << window);
+      Shape s{2, 333, 4, hd};
+      Tensor q = random_normal(s, ++seed, DType::bf16, gpu), k = random_normal(s, ++seed, DType::bf16, gpu),
+             v = random_normal(s, ++seed, DType::bf16, gpu), g = random_normal(s, ++seed, DType::bf16, gpu);
+      auto opt = with_window(window);
+      auto r = kernels::attention_forward(q, k, v, opt);
+      auto r2 = kernels::attention_forward(q, k, v, opt);
+      REQUIRE(coil::test::bitwise_equal(r.out, r2.out));
+      REQUIRE(coil::test::bitwise_equal(r.lse, r2.lse));
+      auto a = kernels::attention_backward(g, q, k, v, r.out, r.lse, opt);
+      auto b = kernels::attention_backward(g, q, k, v, r.out, r.lse, opt);
+      REQUIRE(coil::test::bitwise_equal(a.dq, b.dq));
+      REQUIRE(coil::test::bitwise_equal(a.dk, b.dk));
+      REQUIRE(coil::test::bitwise_equal(a.dv, b.dv));
+    }
 }
 
 TEST_CASE("attention CUDA: unsupported head dims and mismatched shapes are errors", "[attention][cuda]") {
@@ -296,13 +331,11 @@ TEST_CASE("attention CUDA autograd op matches the CPU op", "[attention][cuda]") 
 
 TEST_CASE("attention CUDA: every launch configuration matches the CPU reference", "[attention][cuda]") {
   // Warps per block 4 and 8 of the three kernels; 16 and 32 query rows per warp of the forward.
-  for (const char* w : {"4", "8"})
-    for (const char* rows : {"16", "32"}) {
+  const kernels::AttentionLaunch initial = kernels::attention_launch();
+  for (int w : {4, 8})
+    for (int rows : {16, 32}) {
       INFO("warps " << w << " forward rows per warp " << rows);
-      setenv("COIL_ATTN_FWD_WARPS", w, 1);
-      setenv("COIL_ATTN_FWD_ROWS", rows, 1);
-      setenv("COIL_ATTN_DKDV_WARPS", w, 1);
-      setenv("COIL_ATTN_DQ_WARPS", w, 1);
+      kernels::set_attention_launch({w, rows, w, w});
       compare_with_cpu({2, 200, 2, 64, 0}, DType::bf16, 400, false);
       compare_with_cpu({1, 301, 2, 128, 0}, DType::bf16, 410, true);
       compare_with_cpu({1, 257, 2, 64, 100}, DType::bf16, 420, false);
@@ -310,6 +343,5 @@ TEST_CASE("attention CUDA: every launch configuration matches the CPU reference"
       compare_with_cpu({1, 333, 2, 96, 0}, DType::bf16, 440, true);
       compare_with_cpu({2, 100, 1, 96, 37}, DType::bf16, 450, false);
     }
-  for (const char* env : {"COIL_ATTN_FWD_WARPS", "COIL_ATTN_FWD_ROWS", "COIL_ATTN_DKDV_WARPS", "COIL_ATTN_DQ_WARPS"})
-    unsetenv(env);
+  kernels::set_attention_launch(initial);
 }

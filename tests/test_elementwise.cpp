@@ -1,6 +1,7 @@
 #include <cmath>
 
 #include "autograd/functions/elementwise.h"
+#include "autograd/functions/layout.h"
 #include "autograd/functions/reduce.h"
 #include "autograd/gradcheck.h"
 #include "kernels/elementwise.h"
@@ -137,6 +138,41 @@ TEST_CASE("element-wise ops: bad inputs give clear errors", "[elementwise][error
   REQUIRE_THROWS_WITH(ag::to_dtype(ag::Variable(Tensor::zeros({2})), DType::i32), Contains("to_dtype"));
 }
 
+TEST_CASE("swiglu: the same bits as split + silu + mul, forward and backward", "[elementwise]") {
+  // The fused op repeats the unfused ops' arithmetic in their order, so a model's CPU losses do
+  // not change when its MLP takes it.
+  for (DType dtype : {DType::f32, DType::f64}) {
+    INFO(dtype_name(dtype));
+    Tensor h = test::random_normal({3, 5, 14}, 9, dtype), g = test::random_normal({3, 5, 7}, 10, dtype);
+    ag::Variable fused_in(h, true), split_in(h, true);
+    ag::Variable fused = ag::swiglu(fused_in);
+    std::vector<ag::Variable> parts = ag::split(split_in, {7, 7}, 2);
+    ag::Variable unfused = ag::mul(parts[0], ag::silu(parts[1]));
+    REQUIRE(fused.shape() == Shape{3, 5, 7});
+    REQUIRE(test::bitwise_equal(fused.value(), unfused.value()));
+    fused.backward(g);
+    unfused.backward(g);
+    REQUIRE(test::bitwise_equal(fused_in.grad(), split_in.grad()));
+  }
+  // Against the math, rows (a | g) with n = 1: a * g / (1 + e^-g).
+  Tensor h = Tensor::from_vector<double>({2, -1, 0.5, 0, 3, 4}, {3, 2}, DType::f64);
+  std::vector<double> y = kernels::swiglu(h).to_vector<double>();
+  REQUIRE(y[0] == Approx(2 * -1 / (1 + std::exp(1.0))));
+  REQUIRE(y[1] == Approx(0.0));
+  REQUIRE(y[2] == Approx(3 * 4 / (1 + std::exp(-4.0))));
+}
+
+TEST_CASE("swiglu: gradcheck and bad shapes", "[elementwise][gradcheck]") {
+  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::swiglu(v[0]); }, {f64({2, 3, 10}, 11)});
+  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::swiglu(v[0]); }, {f64({2}, 12)});
+  REQUIRE_THROWS_WITH(kernels::swiglu(Tensor::zeros({4, 7})),
+                      Contains("swiglu: h must be [..., 2n], the two halves (a | g)") && Contains("f32[4, 7] cpu"));
+  REQUIRE_THROWS_WITH(kernels::swiglu(Tensor::zeros({4, 6}, DType::i32)), Contains("swiglu: expected a floating tensor"));
+  REQUIRE_THROWS_WITH(kernels::swiglu_backward(Tensor::zeros({4, 6}), Tensor::zeros({4, 6})),
+                      Contains("swiglu backward: grad must be h's shape with half its last dim ([4, 3])") &&
+                          Contains("f32[4, 6] cpu"));
+}
+
 // ---- GPU against the CPU reference ----
 
 namespace {
@@ -188,6 +224,20 @@ TEST_CASE("element-wise ops: GPU matches CPU at awkward sizes", "[elementwise][c
   // softplus above its threshold, on the GPU too
   Tensor big = Tensor::from_vector<float>({19.0f, 21.0f, 50.0f}, {3});
   compare(kernels::softplus(big.to(gpu)), kernels::softplus(big), DType::f32, "softplus");
+}
+
+TEST_CASE("swiglu: GPU matches CPU, 16-byte packs and single elements", "[elementwise][cuda]") {
+  Device gpu = Device::cuda(0);
+  for (DType dtype : {DType::f32, DType::bf16})
+    // n = 2048 and 24: packs of 16 bytes; n = 13 and 1: one element a thread.
+    for (Shape shape : {Shape{4, 33, 4096}, Shape{5, 48}, Shape{3, 7, 26}, Shape{9, 2}}) {
+      Shape half = shape;
+      half.back() /= 2;
+      Tensor h = draw(shape, 20, dtype), g = draw(half, 21, dtype);
+      Tensor hd = h.to(gpu, dtype), gd = g.to(gpu, dtype);
+      compare(kernels::swiglu(hd), kernels::swiglu(h), dtype, "swiglu");
+      compare(kernels::swiglu_backward(gd, hd), kernels::swiglu_backward(g, h), dtype, "swiglu backward");
+    }
 }
 
 TEST_CASE("element-wise ops: autograd on the GPU, broadcast gradient", "[elementwise][cuda]") {

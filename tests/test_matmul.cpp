@@ -1,5 +1,10 @@
+#include <tuple>
+#include <vector>
+
+#include "autograd/functions/elementwise.h"
 #include "autograd/functions/matmul.h"
 #include "autograd/gradcheck.h"
+#include "kernels/elementwise.h"
 #include "kernels/matmul.h"
 #include "tests/catch.h"
 #include "tests/util.h"
@@ -104,6 +109,42 @@ TEST_CASE("linear: gradcheck with and without bias", "[matmul][gradcheck]") {
   REQUIRE_FALSE(xv.grad().defined());
 }
 
+TEST_CASE("gelu_mlp: the same bits as linear + gelu + linear on the CPU; gradcheck", "[matmul][gradcheck]") {
+  // The fused op runs the separate ops' kernels on the CPU, so GPT-2's CPU losses do not change.
+  Tensor x = test::random_normal({2, 3, 8}, 11), g = test::random_normal({2, 3, 6}, 12);
+  Tensor w1 = test::random_normal({12, 8}, 13, DType::f32, Device::cpu(), 0.3), b1 = test::random_normal({12}, 14);
+  Tensor w2 = test::random_normal({6, 12}, 15, DType::f32, Device::cpu(), 0.3), b2 = test::random_normal({6}, 16);
+  std::vector<ag::Variable> fused, split;
+  for (const Tensor& t : {x, w1, b1, w2, b2}) {
+    fused.emplace_back(t, true);
+    split.emplace_back(t, true);
+  }
+  ag::Variable yf = ag::gelu_mlp(fused[0], fused[1], fused[2], fused[3], fused[4]);
+  ag::Variable ys = ag::linear(ag::gelu(ag::linear(split[0], split[1], split[2])), split[3], split[4]);
+  REQUIRE(test::bitwise_equal(yf.value(), ys.value()));
+  yf.backward(g);
+  ys.backward(g);
+  for (size_t i = 0; i < fused.size(); ++i) {
+    INFO("input " << i);
+    REQUIRE(test::bitwise_equal(fused[i].grad(), split[i].grad()));
+  }
+  kernels::LinearGelu lg = kernels::linear_gelu(x, w1, b1);
+  REQUIRE(test::bitwise_equal(lg.pre, kernels::linear(x, w1, b1)));
+  REQUIRE(test::bitwise_equal(lg.out, kernels::gelu(lg.pre)));
+
+  Tensor xd = test::random_normal({2, 3, 4}, 17, DType::f64), w1d = test::random_normal({5, 4}, 18, DType::f64);
+  Tensor b1d = test::random_normal({5}, 19, DType::f64), w2d = test::random_normal({3, 5}, 20, DType::f64);
+  Tensor b2d = test::random_normal({3}, 21, DType::f64);
+  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::gelu_mlp(v[0], v[1], v[2], v[3], v[4]); },
+                          {xd, w1d, b1d, w2d, b2d});
+  test::require_gradcheck([](const std::vector<ag::Variable>& v) { return ag::gelu_mlp(v[0], v[1], {}, v[2], {}); },
+                          {xd, w1d, w2d});
+  REQUIRE_THROWS_WITH(kernels::linear_gelu(Tensor::zeros({2, 4}), Tensor::zeros({5, 3})),
+                      Contains("linear_gelu: x f32[2, 4] cpu must end in the weight's input size 3"));
+  REQUIRE_THROWS_WITH(kernels::matmul_dgelu(Tensor::zeros({2, 3}), Tensor::zeros({3, 4}), Tensor::zeros({2, 5})),
+                      Contains("matmul_dgelu: expects a [M, K], b [K, N] and pre [M, N]") && Contains("pre f32[2, 5] cpu"));
+}
+
 TEST_CASE("matmul: bad inputs give clear errors", "[matmul][errors]") {
   Tensor a = Tensor::zeros({2, 3}), b = Tensor::zeros({4, 5});
   REQUIRE_THROWS_WITH(kernels::matmul(a, b), Contains("matmul: inner dims differ: a f32[2, 3] cpu has 3, b f32[4, 5] cpu has 4"));
@@ -179,4 +220,45 @@ TEST_CASE("linear: GPU bias epilogue matches CPU, with misaligned views", "[matm
   Tensor x = Tensor::zeros({2, 3}, DType::f32, gpu);
   REQUIRE_THROWS_WITH(kernels::linear(x, Tensor::zeros({4, 3})), Contains("matmul: tensors on different devices"));
   REQUIRE_THROWS_WITH(kernels::matmul(x.to(DType::f64), x.to(DType::f64), false, true), Contains("f32 or bf16"));
+}
+
+TEST_CASE("gelu_mlp and the GELU epilogues: GPU matches CPU", "[matmul][cuda]") {
+  // Hidden widths that are multiples of 8 take cuBLASLt's GELU_AUX(_BIAS) and DGELU epilogues;
+  // 13 takes the separate ops.
+  Device gpu = Device::cuda(0);
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    double tol = dtype == DType::bf16 ? 2e-2 : 2e-3;  // f32: the epilogue's tanh may be an approximation
+    for (auto [rows, d, hidden] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 8, 8}, {37, 64, 13}, {300, 96, 384}})
+      for (bool bias : {true, false}) {
+        INFO(dtype_name(dtype) << " rows " << rows << " d " << d << " hidden " << hidden << " bias " << bias);
+        auto draw = [&](const Shape& s, uint64_t seed, double scale) {
+          return test::random_normal(s, seed, DType::f32, Device::cpu(), scale).to(dtype).to(DType::f32);
+        };
+        std::vector<Tensor> in = {draw({rows, d}, 30, 1.0), draw({hidden, d}, 31, 0.2), draw({hidden}, 32, 1.0),
+                                  draw({d, hidden}, 33, 0.2), draw({d}, 34, 1.0)};
+        std::vector<ag::Variable> vc, vd;
+        for (const Tensor& t : in) {
+          vc.emplace_back(t, true);
+          vd.emplace_back(t.to(gpu, dtype), true);
+        }
+        auto run = [bias](const std::vector<ag::Variable>& v) {
+          return ag::gelu_mlp(v[0], v[1], bias ? v[2] : ag::Variable(), v[3], bias ? v[4] : ag::Variable());
+        };
+        ag::Variable yc = run(vc), yd = run(vd);
+        REQUIRE(yd.dtype() == dtype);
+        REQUIRE(test::relative_error(yd.value(), yc.value()) <= tol);
+        Tensor g = draw({rows, d}, 35, 1.0);
+        yc.backward(g);
+        yd.backward(g.to(gpu, dtype));
+        for (size_t i = 0; i < in.size(); ++i) {
+          if (!bias && (i == 2 || i == 4)) continue;
+          INFO("input " << i);
+          REQUIRE(test::relative_error(vd[i].grad(), vc[i].grad()) <= tol);
+        }
+        kernels::LinearGelu lg = kernels::linear_gelu(vd[0].value(), vd[1].value(), bias ? vd[2].value() : Tensor());
+        kernels::LinearGelu lc = kernels::linear_gelu(in[0], in[1], bias ? in[2] : Tensor());
+        REQUIRE(test::relative_error(lg.pre, lc.pre) <= tol);
+        REQUIRE(test::relative_error(lg.out, lc.out) <= tol);
+      }
+  }
 }

@@ -79,6 +79,12 @@ Variable silu(const Variable& x) { return unary_op(kernels::UnaryOp::silu, x); }
 Variable gelu(const Variable& x) { return unary_op(kernels::UnaryOp::gelu, x); }
 Variable softplus(const Variable& x) { return unary_op(kernels::UnaryOp::softplus, x); }
 
+Variable swiglu(const Variable& h) {
+  Tensor y = kernels::swiglu(h.value());
+  Tensor saved = h.value();
+  return record_fn("swiglu", {h}, y, [saved](const Grads& g) { return Grads{kernels::swiglu_backward(g[0], saved)}; });
+}
+
 Variable to_dtype(const Variable& x, DType dtype) {
   COIL_CHECK(is_floating(dtype) && is_floating(x.dtype()),
              "to_dtype: differentiable casts are between floating dtypes, got {} to {}", describe(x.value()),

@@ -18,6 +18,9 @@ Variable sigmoid(const Variable& x);
 Variable silu(const Variable& x);      // x * sigmoid(x)
 Variable gelu(const Variable& x);      // tanh form, as GPT-2
 Variable softplus(const Variable& x);  // log(1 + exp(x)), linear above 20 as PyTorch
+// h [..., 2n] = (a | g) -> a * silu(g) [..., n]: a gated MLP's activation on its fused
+// up-projection, one kernel each way; only h is saved.
+Variable swiglu(const Variable& h);
 
 // Cast with backward (the gradient is cast back): fp32 master weights to bf16 compute.
 Variable to_dtype(const Variable& x, DType dtype);

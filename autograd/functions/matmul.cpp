@@ -42,4 +42,31 @@ Variable linear(const Variable& x, const Variable& weight, const Variable& bias)
                    });
 }
 
+Variable gelu_mlp(const Variable& x, const Variable& w1, const Variable& b1, const Variable& w2, const Variable& b2) {
+  auto has = [](const Variable& b) { return b.defined() && b.value().defined(); };
+  kernels::LinearGelu h = kernels::linear_gelu(x.value(), w1.value(), has(b1) ? b1.value() : Tensor());
+  Tensor y = kernels::linear(h.out, w2.value(), has(b2) ? b2.value() : Tensor());
+  const bool gx = x.requires_grad(), gw1 = w1.requires_grad(), gb1 = has(b1) && b1.requires_grad();
+  const bool gw2 = w2.requires_grad(), gb2 = has(b2) && b2.requires_grad();
+  const Tensor sx = x.value(), sw1 = w1.value(), sw2 = w2.value(), pre = h.pre, act = h.out;
+  const Shape x_shape = x.shape();
+  const int64_t in = w1.size(1), hidden = w1.size(0), out = w2.size(0), rows = x.numel() / in;
+  // y2 = a2 W2^T + b2 with a2 = gelu(pre2) [rows, hidden], pre2 = x2 W1^T + b1:
+  // dW2 = G^T a2, db2 = sum of G's rows, dpre2 = (G W2) * gelu'(pre2), then linear's for fc1.
+  return record_fn("gelu_mlp", {x, w1, has(b1) ? b1 : Variable(), w2, has(b2) ? b2 : Variable()}, y,
+                   [=](const Grads& g) {
+                     Tensor G = g[0].reshape({rows, out});
+                     Tensor dx, dw1, db1, dw2, db2;
+                     if (gw2) dw2 = kernels::matmul(G, act.reshape({rows, hidden}), true, false);
+                     if (gb2) db2 = kernels::sum_to_suffix(G, {out});
+                     if (gx || gw1 || gb1) {
+                       Tensor dpre = kernels::matmul_dgelu(G, sw2, pre.reshape({rows, hidden}));
+                       if (gx) dx = kernels::matmul(dpre, sw1).reshape(x_shape);
+                       if (gw1) dw1 = kernels::matmul(dpre, sx.reshape({rows, in}), true, false);
+                       if (gb1) db1 = kernels::sum_to_suffix(dpre, {hidden});
+                     }
+                     return Grads{dx, dw1, db1, dw2, db2};
+                   });
+}
+
 }  // namespace coil::autograd

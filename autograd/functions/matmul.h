@@ -11,4 +11,10 @@ Variable matmul(const Variable& a, const Variable& b, bool transpose_a = false, 
 // added in the cuBLASLt epilogue on the GPU. bias may be undefined.
 Variable linear(const Variable& x, const Variable& weight, const Variable& bias = Variable());
 
+// linear(gelu(linear(x, w1, b1)), w2, b2), GPT-2's MLP, as one op: on the GPU gelu rides in the
+// epilogues of fc1's product (forward) and of the product that gives its input's gradient
+// (backward), kernels::linear_gelu and matmul_dgelu. Saves x, gelu's input and output (as the
+// separate ops do); on the CPU the same bits as they give. Biases may be undefined.
+Variable gelu_mlp(const Variable& x, const Variable& w1, const Variable& b1, const Variable& w2, const Variable& b2);
+
 }  // namespace coil::autograd

@@ -5,8 +5,11 @@
 //   s_j = scale * q.k_j (j visible), p = softmax(s), o = sum_j p_j v_j
 //   dv_j += p_j do;  dp_j = do.v_j;  ds_j = p_j (dp_j - do.o);  dq = scale sum_j ds_j k_j;
 //   dk_j += scale ds_j q
-// The (batch, head) pairs run on the CPU threads; each writes only its own rows of the
-// outputs, so any thread count gives the same bits.
+// On the CPU threads: the forward's rows are independent; the backward takes one (batch, head)
+// pair at a time in two passes, the rows (probabilities p, ds = p (dp - do.o) scale and dq,
+// kept for the pair) and then the keys (dk, dv: sums over the rows in row order, the order
+// one thread would take). Each block writes only its own outputs, so any thread count gives
+// the same bits; one long sequence uses every thread.
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -65,22 +68,21 @@ void forward_impl(const AttentionProblem& pr, const void* qp, const void* kp, co
   View<const T> k{static_cast<const T*>(kp), S, H, D, pr.qkv_stride};
   View<const T> v{static_cast<const T*>(vp), S, H, D, pr.qkv_stride};
   View<T> out{static_cast<T*>(outp), S, H, D, H * D};
-  parallel_for(B * H, S * S * D, [&](int64_t pair_begin, int64_t pair_end) {
+  // Rows (b, h, t), t fastest.
+  parallel_for(B * H * S, S * D, [&](int64_t row_begin, int64_t row_end) {
     std::vector<double> p(S), acc(D);
-    for (int64_t pair = pair_begin; pair < pair_end; ++pair) {
-      const int64_t b = pair / H, h = pair % H;
-      for (int64_t t = 0; t < S; ++t) {
-        double l = row_softmax(pr, q, k, b, h, t, p);
-        lse[(b * H + h) * S + t] = float(l);
-        std::fill(acc.begin(), acc.end(), 0.0);
-        for (int64_t s = 0; s <= t; ++s) {
-          if (p[s] == 0) continue;
-          const T* vr = v.at(b, s, h);
-          for (int64_t d = 0; d < D; ++d) acc[d] += p[s] * double(vr[d]);
-        }
-        T* o = out.at(b, t, h);
-        for (int64_t d = 0; d < D; ++d) o[d] = T(acc[d]);
+    for (int64_t row = row_begin; row < row_end; ++row) {
+      const int64_t b = row / (H * S), h = row / S % H, t = row % S;
+      double l = row_softmax(pr, q, k, b, h, t, p);
+      lse[(b * H + h) * S + t] = float(l);
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t s = 0; s <= t; ++s) {
+        if (p[s] == 0) continue;
+        const T* vr = v.at(b, s, h);
+        for (int64_t d = 0; d < D; ++d) acc[d] += p[s] * double(vr[d]);
       }
+      T* o = out.at(b, t, h);
+      for (int64_t d = 0; d < D; ++d) o[d] = T(acc[d]);
     }
   });
 }
@@ -96,54 +98,66 @@ void backward_impl(const AttentionProblem& pr, const void* doutp, const void* qp
   View<T> dq{static_cast<T*>(dqp), S, H, D, pr.qkv_stride};
   View<T> dk{static_cast<T*>(dkp), S, H, D, pr.qkv_stride};
   View<T> dv{static_cast<T*>(dvp), S, H, D, pr.qkv_stride};
-  parallel_for(B * H, S * S * D, [&](int64_t pair_begin, int64_t pair_end) {
-    std::vector<double> p(S), dp(S), o(D), dqa(D), dka(size_t(S * D)), dva(size_t(S * D));
-    for (int64_t pair = pair_begin; pair < pair_end; ++pair) {
-      const int64_t b = pair / H, h = pair % H;
-      std::fill(dka.begin(), dka.end(), 0.0);
-      std::fill(dva.begin(), dva.end(), 0.0);
-      for (int64_t t = 0; t < S; ++t) {
-        row_softmax(pr, q, k, b, h, t, p);
-        const T* g = dout.at(b, t, h);
-        const T* qr = q.at(b, t, h);
-        // o = sum p v (recomputed in double), delta = do . o
-        std::fill(o.begin(), o.end(), 0.0);
-        for (int64_t s = 0; s <= t; ++s) {
-          if (p[s] == 0) continue;
-          const T* vr = v.at(b, s, h);
-          for (int64_t d = 0; d < D; ++d) o[d] += p[s] * double(vr[d]);
-        }
-        double delta = 0;
-        for (int64_t d = 0; d < D; ++d) delta += double(g[d]) * o[d];
-        std::fill(dqa.begin(), dqa.end(), 0.0);
-        for (int64_t s = 0; s <= t; ++s) {
-          if (p[s] == 0) continue;
-          const T* vr = v.at(b, s, h);
-          const T* kr = k.at(b, s, h);
-          double dps = 0;
-          for (int64_t d = 0; d < D; ++d) {
-            dps += double(g[d]) * double(vr[d]);
-            dva[s * D + d] += p[s] * double(g[d]);
+  // Row t's p and ds for keys s <= t, at t (t + 1) / 2 + s.
+  std::vector<double> p_all(size_t(S * (S + 1) / 2)), ds_all(p_all.size());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      parallel_for(S, S * D, [&](int64_t t_begin, int64_t t_end) {
+        std::vector<double> p(S), o(D), dqa(D);
+        for (int64_t t = t_begin; t < t_end; ++t) {
+          row_softmax(pr, q, k, b, h, t, p);
+          const T* g = dout.at(b, t, h);
+          // o = sum p v (recomputed in double), delta = do . o
+          std::fill(o.begin(), o.end(), 0.0);
+          for (int64_t s = 0; s <= t; ++s) {
+            if (p[s] == 0) continue;
+            const T* vr = v.at(b, s, h);
+            for (int64_t d = 0; d < D; ++d) o[d] += p[s] * double(vr[d]);
           }
-          double ds = p[s] * (dps - delta) * pr.scale;
+          double delta = 0;
+          for (int64_t d = 0; d < D; ++d) delta += double(g[d]) * o[d];
+          std::fill(dqa.begin(), dqa.end(), 0.0);
+          double* pt = p_all.data() + t * (t + 1) / 2;
+          double* dst = ds_all.data() + t * (t + 1) / 2;
+          for (int64_t s = 0; s <= t; ++s) {
+            pt[s] = p[s];
+            if (p[s] == 0) continue;
+            const T* vr = v.at(b, s, h);
+            const T* kr = k.at(b, s, h);
+            double dps = 0;
+            for (int64_t d = 0; d < D; ++d) dps += double(g[d]) * double(vr[d]);
+            dst[s] = p[s] * (dps - delta) * pr.scale;
+            for (int64_t d = 0; d < D; ++d) dqa[d] += dst[s] * double(kr[d]);
+          }
+          T* dqr = dq.at(b, t, h);
+          for (int64_t d = 0; d < D; ++d) dqr[d] = T(dqa[d]);
+        }
+      });
+      parallel_for(S, S * D, [&](int64_t s_begin, int64_t s_end) {
+        std::vector<double> dka(D), dva(D);
+        for (int64_t s = s_begin; s < s_end; ++s) {
+          std::fill(dka.begin(), dka.end(), 0.0);
+          std::fill(dva.begin(), dva.end(), 0.0);
+          for (int64_t t = s; t < S; ++t) {
+            const double pts = p_all[size_t(t * (t + 1) / 2 + s)];
+            if (pts == 0) continue;
+            const double ds = ds_all[size_t(t * (t + 1) / 2 + s)];
+            const T* g = dout.at(b, t, h);
+            const T* qr = q.at(b, t, h);
+            for (int64_t d = 0; d < D; ++d) {
+              dva[d] += pts * double(g[d]);
+              dka[d] += ds * double(qr[d]);
+            }
+          }
+          T* dkr = dk.at(b, s, h);
+          T* dvr = dv.at(b, s, h);
           for (int64_t d = 0; d < D; ++d) {
-            dqa[d] += ds * double(kr[d]);
-            dka[s * D + d] += ds * double(qr[d]);
+            dkr[d] = T(dka[d]);
+            dvr[d] = T(dva[d]);
           }
         }
-        T* dqr = dq.at(b, t, h);
-        for (int64_t d = 0; d < D; ++d) dqr[d] = T(dqa[d]);
-      }
-      for (int64_t s = 0; s < S; ++s) {
-        T* dkr = dk.at(b, s, h);
-        T* dvr = dv.at(b, s, h);
-        for (int64_t d = 0; d < D; ++d) {
-          dkr[d] = T(dka[s * D + d]);
-          dvr[d] = T(dva[s * D + d]);
-        }
-      }
+      });
     }
-  });
 }
 
 }  // namespace

@@ -121,4 +121,42 @@ void unary_backward(UnaryOp op, const Tensor& grad, const Tensor& x, const Tenso
   });
 }
 
+// out = a * silu(g) = a * (g * sigmoid(g)) for the halves (a | g) of each row of h (the same
+// operations, in the same order, as split + silu + mul: the same bits).
+void swiglu(const Tensor& h, const Tensor& out) {
+  dispatch_cpu_float("swiglu", h, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    const T* x = h.data<T>();
+    T* y = out.data<T>();
+    const int64_t n = out.size(-1);
+    parallel_for(out.numel(), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const T* row = x + (i / n) * 2 * n;
+        T a = row[i % n], g = row[n + i % n];
+        y[i] = a * (g * sigmoid_of(g));
+      }
+    });
+  });
+}
+
+// da = grad * silu(g); dg = (grad * a) * silu'(g), silu'(g) = s (1 + g (1 - s)), s = sigmoid(g)
+// (the same operations as the backwards of mul and silu).
+void swiglu_backward(const Tensor& grad, const Tensor& h, const Tensor& dh) {
+  dispatch_cpu_float("swiglu backward", h, [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    const T* gr = grad.data<T>();
+    const T* x = h.data<T>();
+    T* dx = dh.data<T>();
+    const int64_t n = grad.size(-1);
+    parallel_for(grad.numel(), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t a_at = (i / n) * 2 * n + i % n;
+        T a = x[a_at], g = x[a_at + n];
+        dx[a_at] = gr[i] * (g * sigmoid_of(g));
+        dx[a_at + n] = (gr[i] * a) * derivative(UnaryOp::silu, g);
+      }
+    });
+  });
+}
+
 }  // namespace coil::kernels::cpu

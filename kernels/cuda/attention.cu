@@ -19,33 +19,19 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 
 #include "core/cuda.h"
 #include "kernels/attention.h"
+#include "kernels/cuda/device_util.cuh"
 
 namespace coil::kernels::cuda {
 namespace {
 
-using bf16_t = __nv_bfloat16;
-constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 // ---------------------------------------------------------------------------------------------
-// PTX wrappers.
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte asynchronous copy global -> shared; src_bytes 0 fills the 16 bytes with zeros.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
-               "l"(gmem), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+// PTX wrappers of the tensor-core path (cp.async and ex2 come from device_util.cuh).
 
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -66,13 +52,6 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// 2^x through the special-function unit (ex2.approx; -inf gives +0).
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
@@ -256,7 +235,7 @@ __device__ __forceinline__ void softmax_step(float (&s)[BC / 8][4], float (&o)[D
   for (int r = 0; r < 2; ++r) {
     float m_new = fmaxf(m[r], quad_max(mx[r]) * p.scale_log2);
     m_use[r] = m_new == -INFINITY ? 0.f : m_new;
-    alpha[r] = fast_exp2(m[r] - m_use[r]);
+    alpha[r] = ex2(m[r] - m_use[r]);
     m[r] = m_new;
   }
   float rs[2] = {0.f, 0.f};
@@ -264,7 +243,7 @@ __device__ __forceinline__ void softmax_step(float (&s)[BC / 8][4], float (&o)[D
   for (int j = 0; j < BC / 8; ++j)
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
-      float e = fast_exp2(fmaf(s[j][c], p.scale_log2, -m_use[c >> 1]));
+      float e = ex2(fmaf(s[j][c], p.scale_log2, -m_use[c >> 1]));
       s[j][c] = e;
       rs[c >> 1] += e;
     }
@@ -422,8 +401,7 @@ __global__ void attention_bwd_delta_kernel(Params p, int64_t rows) {
     float2 c = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(gd + i));
     acc += a.x * c.x + a.y * c.y;
   }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  acc = warp_sum(acc);
   if (lane == 0) {
     int64_t bt = row / p.H;
     int h = int(row % p.H);
@@ -530,7 +508,7 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dkdv_kernel(Params p) {
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
         int ql = j * 8 + (lane & 3) * 2 + (c & 1);
-        float pr = fast_exp2(s[j][c] * p.scale_log2 - l_s[ql]);
+        float pr = ex2(s[j][c] * p.scale_log2 - l_s[ql]);
         if (masked) {
           int ki = kr_lo + (c >> 1) * 8;
           if (!(visible(q0 + ql, ki, T, p.window, f_s[ql]) && ki < T)) pr = 0.f;
@@ -643,7 +621,7 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dq_kernel(Params p) {
     for (int j = 0; j < BC / 8; ++j)
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
-        float pr = fast_exp2(s[j][c] * p.scale_log2 - lse2[c >> 1]);
+        float pr = ex2(s[j][c] * p.scale_log2 - lse2[c >> 1]);
         if (masked) {
           int qi = r_lo + (c >> 1) * 8, ki = k0 + j * 8 + (lane & 3) * 2 + (c & 1);
           if (!(visible(qi, ki, T, p.window, first[c >> 1]) && ki < T)) pr = 0.f;
@@ -668,18 +646,9 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dq_kernel(Params p) {
 
 // ---------------------------------------------------------------------------------------------
 // Launch configuration: warps per block (4 or 8) of each kernel and query rows per warp of the
-// forward (16 or 32). The defaults come from measurements on an H100 (docs/ATTENTION.md);
-// COIL_ATTN_FWD_WARPS, COIL_ATTN_FWD_ROWS, COIL_ATTN_DKDV_WARPS and COIL_ATTN_DQ_WARPS override
-// them (for tuning on other GPUs).
+// forward (16 or 32), from kernels::attention_launch() (defaults measured on an H100,
+// docs/ATTENTION.md; the environment overrides them, read once, at the first launch).
 //
-// The value of environment variable `env`: `alt` if it says so, `base` if it says anything
-// else, `fallback` if it is unset.
-int setting(const char* env, int fallback, int base, int alt) {
-  const char* v = std::getenv(env);
-  if (!v) return fallback;
-  return std::atoi(v) == alt ? alt : base;
-}
-int warps_setting(const char* env, int fallback) { return setting(env, fallback, 4, 8); }
 // Query tile of the dK/dV kernel: 64 at hd 64; 32 where the dK, dV accumulators take more
 // registers (hd 96, 128).
 template <int D>
@@ -746,14 +715,14 @@ void launch_forward(Params p, int B) {
 }
 
 template <int D>
-void forward_impl(Params p, int B) {
+void forward_impl(Params p, int B, const AttentionLaunch& launch) {
   // 32 rows per warp (4 warps) holds two O accumulators in registers: hd 64 and 96 only.
   // H100, causal T 2048-8192: 32 rows per warp is 5-12% faster than 16 (hd 64, 96; 4% slower
   // with window 512); with 16, 4 warps beat 8 by 7-28% at every head dim.
   if constexpr (D <= 96) {
-    if (setting("COIL_ATTN_FWD_ROWS", 32, 16, 32) == 32) return launch_forward<D, 4, 2>(p, B);
+    if (launch.fwd_rows == 32) return launch_forward<D, 4, 2>(p, B);
   }
-  if (warps_setting("COIL_ATTN_FWD_WARPS", 4) == 8) launch_forward<D, 8, 1>(p, B);
+  if (launch.fwd_warps == 8) launch_forward<D, 8, 1>(p, B);
   else launch_forward<D, 4, 1>(p, B);
 }
 
@@ -782,7 +751,7 @@ void launch_dq(Params p, int B, cudaStream_t stream) {
 }
 
 template <int D>
-void backward_impl(Params p, int B) {
+void backward_impl(Params p, int B, const AttentionLaunch& launch) {
   cudaStream_t stream = coil::cuda::compute_stream();
   {
     int64_t rows = int64_t(B) * p.T * p.H;
@@ -791,9 +760,9 @@ void backward_impl(Params p, int B) {
     COIL_CUDA_CHECK_LAUNCH("attention_bwd_delta", "B {} T {} H {} hd {}", B, p.T, p.H, D);
   }
   // H100: 4 warps for both backward kernels at every head dim (8 is 2-17% slower).
-  if (warps_setting("COIL_ATTN_DKDV_WARPS", 4) == 8) launch_dkdv<D, 8>(p, B, stream);
+  if (launch.dkdv_warps == 8) launch_dkdv<D, 8>(p, B, stream);
   else launch_dkdv<D, 4>(p, B, stream);
-  if (warps_setting("COIL_ATTN_DQ_WARPS", 4) == 8) launch_dq<D, 8>(p, B, stream);
+  if (launch.dq_warps == 8) launch_dq<D, 8>(p, B, stream);
   else launch_dq<D, 4>(p, B, stream);
 }
 
@@ -810,7 +779,8 @@ void attention_forward(const AttentionProblem& pr, const void* q, const void* k,
   p.v = static_cast<const bf16_t*>(v);
   p.out = static_cast<bf16_t*>(out);
   p.lse = lse;
-  dispatch_head_dim(pr.head_dim, [&](auto d) { forward_impl<decltype(d)::value>(p, int(pr.batch)); });
+  dispatch_head_dim(pr.head_dim,
+                    [&](auto d) { forward_impl<decltype(d)::value>(p, int(pr.batch), attention_launch()); });
 }
 
 void attention_backward(const AttentionProblem& pr, const void* dout, const void* q,
@@ -832,7 +802,7 @@ void attention_backward(const AttentionProblem& pr, const void* dout, const void
   p.lse = const_cast<float*>(lse);
   p.delta = delta.data<float>();
   dispatch_head_dim(pr.head_dim,
-                    [&](auto d) { backward_impl<decltype(d)::value>(p, int(pr.batch)); });
+                    [&](auto d) { backward_impl<decltype(d)::value>(p, int(pr.batch), attention_launch()); });
 }
 
 }  // namespace coil::kernels::cuda

@@ -6,6 +6,8 @@
 // cuBLASLt's "A" is our b and its "B" is our a, with the same transpose flags, and its D is
 // our C read as an [N, M] column-major matrix (leading dimension N). The bias epilogue adds a
 // vector along D's rows, which are our columns: exactly bias[n] added to every row of C.
+// The GELU epilogues (GemmEpilogue) read or write an aux matrix laid out as D (our [M, N],
+// leading dimension N): GELU_AUX(_BIAS) writes gelu's input there, DGELU reads it.
 //
 // Precision: bf16 A/B/C/D with CUBLAS_COMPUTE_32F (fp32 accumulation, fp32 alpha/beta), or
 // f32 with CUBLAS_COMPUTE_32F (no TF32: the fp32 path is the debugging reference).
@@ -40,8 +42,8 @@ namespace {
 
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;
 
-// (batch, M, N, K, ta, tb, dtype, bias, alignment of a, b, out, bias)
-using AlgoKey = std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool, int, bool, int, int, int, int>;
+// (batch, M, N, K, ta, tb, dtype, bias, epilogue, alignment of a, b, out, bias, aux)
+using AlgoKey = std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool, int, bool, int, int, int, int, int, int>;
 
 struct LtContext {
   cublasLtHandle_t handle = nullptr;
@@ -131,13 +133,19 @@ struct Preference {
 
 }  // namespace
 
-void matmul(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out, const GemmShape& g) {
+void matmul(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out, const GemmShape& g,
+            GemmEpilogue epilogue, const Tensor& aux) {
   const cudaDataType_t type = cuda_type(a);
   const int64_t M = g.M, N = g.N, K = g.K;
+  const char* epilogue_name = epilogue == GemmEpilogue::gelu_aux ? ", gelu" : epilogue == GemmEpilogue::dgelu ? ", dgelu" : "";
   auto what = [&] {
-    return fmt::format("matmul a {}{} @ b {}{}{} -> {}", describe(a), g.transpose_a ? "^T" : "", describe(b),
-                       g.transpose_b ? "^T" : "", bias.defined() ? " + bias" : "", describe(out));
+    return fmt::format("matmul a {}{} @ b {}{}{}{} -> {}", describe(a), g.transpose_a ? "^T" : "", describe(b),
+                       g.transpose_b ? "^T" : "", bias.defined() ? " + bias" : "", epilogue_name, describe(out));
   };
+  if (epilogue != GemmEpilogue::plain)
+    COIL_CHECK(g.batch == 1 && N % 8 == 0 && aux.defined() && aux.numel() == M * N && aux.dtype() == out.dtype(),
+               "{}: the GELU epilogues take 2-d products with N a multiple of 8 and aux [M, N] in the output's "
+               "dtype, got aux {}", what(), aux.defined() ? describe(aux) : std::string("undefined"));
   LtContext& ctx = context(a.device().index);
 
   OpDesc op;
@@ -146,11 +154,23 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& 
   cublasOperation_t op_b = g.transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
   op.set(CUBLASLT_MATMUL_DESC_TRANSA, op_a);
   op.set(CUBLASLT_MATMUL_DESC_TRANSB, op_b);
+  cublasLtEpilogue_t lt_epilogue = bias.defined() ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+  if (epilogue == GemmEpilogue::gelu_aux)
+    lt_epilogue = bias.defined() ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
+  if (epilogue == GemmEpilogue::dgelu) {
+    COIL_CHECK(!bias.defined(), "{}: the dgelu epilogue takes no bias", what());
+    lt_epilogue = CUBLASLT_EPILOGUE_DGELU;
+  }
+  if (lt_epilogue != CUBLASLT_EPILOGUE_DEFAULT) op.set(CUBLASLT_MATMUL_DESC_EPILOGUE, lt_epilogue);
   if (bias.defined()) {
-    op.set(CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
     const void* bias_ptr = bias.raw();
     op.set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias_ptr);
     op.set(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, type);
+  }
+  if (epilogue != GemmEpilogue::plain) {
+    const void* aux_ptr = aux.raw();
+    op.set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux_ptr);
+    op.set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, N);
   }
 
   // our b: [K, N] row-major = column-major [N, K] (ld N); transposed: [N, K] = col-major [K, N] (ld K).
@@ -162,8 +182,9 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& 
 
   int align_a = alignment(a.raw()), align_b = alignment(b.raw()), align_d = alignment(out.raw());
   int align_bias = bias.defined() ? alignment(bias.raw()) : 0;
-  AlgoKey key{g.batch, M, N, K, g.transpose_a, g.transpose_b, int(type), bias.defined(),
-              align_a, align_b, align_d, align_bias};
+  int align_aux = epilogue != GemmEpilogue::plain ? alignment(aux.raw()) : 0;
+  AlgoKey key{g.batch, M, N, K, g.transpose_a, g.transpose_b, int(type), bias.defined(), int(epilogue),
+              align_a, align_b, align_d, align_bias, align_aux};
   cublasLtMatmulAlgo_t algo;
   std::unique_lock<std::mutex> lock(ctx.algos_mutex);
   auto found = ctx.algos.find(key);
