@@ -1,6 +1,9 @@
 #include "kernels/attention.h"
 
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/documents.h"
 
@@ -105,6 +108,32 @@ bool attention_cuda_supports_head_dim(int64_t head_dim) {
   return head_dim == 64 || head_dim == 96 || head_dim == 128;
 }
 const char* attention_cuda_head_dims() { return "64, 96 and 128"; }
+
+namespace {
+AttentionForwardKernel forward_kernel_from_environment() {
+  const char* v = std::getenv("COIL_ATTN_FWD_KERNEL");
+  if (!v || std::strcmp(v, "auto") == 0) return AttentionForwardKernel::automatic;
+  if (std::strcmp(v, "hopper") == 0) return AttentionForwardKernel::hopper;
+  if (std::strcmp(v, "portable") == 0) return AttentionForwardKernel::portable;
+  fail("COIL_ATTN_FWD_KERNEL must be auto, hopper or portable, got '{}'", v);
+}
+std::atomic<AttentionForwardKernel>& forward_kernel_setting() {
+  static std::atomic<AttentionForwardKernel> setting{forward_kernel_from_environment()};
+  return setting;
+}
+}  // namespace
+
+AttentionForwardKernel attention_forward_kernel() { return forward_kernel_setting().load(); }
+void set_attention_forward_kernel(AttentionForwardKernel kernel) { forward_kernel_setting().store(kernel); }
+
+std::string attention_hopper_forward_unsupported(int64_t head_dim) {
+#ifdef COIL_CUDA
+  return cuda::attention_hopper_forward_unsupported(head_dim);
+#else
+  (void)head_dim;
+  return "coil was built without CUDA";
+#endif
+}
 
 AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const AttentionOptions& options) {
