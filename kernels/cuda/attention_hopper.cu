@@ -134,12 +134,18 @@ __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.a
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
 
-// Keeps the compiler from moving reads or writes of accumulator registers across the
-// asynchronous wgmma region (they are owned by the tensor cores until wgmma_wait_all).
+// Keeps the compiler from moving reads or writes of accumulator or A-fragment registers
+// across wgmma_fence and the asynchronous wgmma region (the tensor cores own them until
+// wgmma_wait_all).
 template <int N>
 __device__ __forceinline__ void fence_registers(float (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void fence_registers(uint32_t (&a)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(a[i])::"memory");
 }
 
 // Accumulator fragment of one m64n64 product, per thread (PTX ISA, "Matrix fragments for
@@ -365,6 +371,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbar_wait(&v_full[s], parity);
 #pragma unroll
     for (int blk = 0; blk < kDBlocks; ++blk) fence_registers(o[blk]);
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) fence_registers(pa[kk]);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BC / 16; ++kk)
