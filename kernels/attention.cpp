@@ -1,7 +1,9 @@
 #include "kernels/attention.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 
 #include "kernels/documents.h"
 
@@ -140,6 +142,33 @@ void set_attention_launch(const AttentionLaunch& l) {
   COIL_CHECK(l.fwd_rows == 16 || l.fwd_rows == 32,
              "set_attention_launch: forward rows per warp must be 16 or 32, got {}", l.fwd_rows);
   launch_settings() = l;
+}
+
+namespace {
+
+AttentionForwardKernel forward_kernel_from_environment() {
+  const char* v = std::getenv("COIL_ATTN_FWD_KERNEL");
+  if (!v || std::strcmp(v, "auto") == 0) return AttentionForwardKernel::automatic;
+  if (std::strcmp(v, "hopper") == 0) return AttentionForwardKernel::hopper;
+  if (std::strcmp(v, "portable") == 0) return AttentionForwardKernel::portable;
+  fail("COIL_ATTN_FWD_KERNEL must be auto, hopper or portable, got '{}'", v);
+}
+std::atomic<AttentionForwardKernel>& forward_kernel_setting() {
+  static std::atomic<AttentionForwardKernel> setting{forward_kernel_from_environment()};
+  return setting;
+}
+}  // namespace
+
+AttentionForwardKernel attention_forward_kernel() { return forward_kernel_setting().load(); }
+void set_attention_forward_kernel(AttentionForwardKernel kernel) { forward_kernel_setting().store(kernel); }
+
+std::string attention_hopper_forward_unsupported(int64_t head_dim) {
+#ifdef COIL_CUDA
+  return cuda::attention_hopper_forward_unsupported(head_dim);
+#else
+  (void)head_dim;
+  return "coil was built without CUDA";
+#endif
 }
 
 AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,

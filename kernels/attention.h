@@ -15,12 +15,15 @@
 // in earlier documents, so packed short documents cost less than one long one.
 //
 // Devices and dtypes: CPU reference in f32 and f64 (plain softmax attention, O(T^2) memory).
-// CUDA: bf16 is the fast path (mma.sync m16n8k16, fp32 accumulation and softmax); f32 inputs
+// CUDA: bf16 is the fast path (mma.sync m16n8k16, or on sm_90 a wgmma/TMA forward: see
+// AttentionForwardKernel below; fp32 accumulation and softmax); f32 inputs
 // are converted to bf16, computed there and the results converted back, so an f32 call has
 // bf16 accuracy. CUDA head dims: 64, 96 and 128; any sequence length >= 1.
 // Backward on the GPU is deterministic (no floating-point atomics): dK/dV and dQ are
 // computed by two separate passes.
 #pragma once
+#include <string>
+
 #include "core/tensor.h"
 
 namespace coil::kernels {
@@ -70,6 +73,21 @@ const AttentionLaunch& attention_launch();
 // Replaces them (tests and bench_attention --tune time every setting); values outside the
 // choices above are an error naming them.
 void set_attention_launch(const AttentionLaunch& launch);
+// Which CUDA forward kernel runs (the backward has one set of kernels).
+//   automatic: the Hopper kernel (kernels/cuda/attention_hopper.cu: wgmma, TMA, warp
+//              specialization) where it applies, else the portable mma.sync kernel;
+//   hopper:    the Hopper kernel, or an error saying why it cannot run;
+//   portable:  the mma.sync kernel (kernels/cuda/attention.cu) on every GPU.
+// The start value is the environment variable COIL_ATTN_FWD_KERNEL (auto, hopper or portable;
+// unset: auto; anything else is an error), read once at the first use; tests and benchmarks
+// switch with set_attention_forward_kernel.
+enum class AttentionForwardKernel { automatic, hopper, portable };
+AttentionForwardKernel attention_forward_kernel();
+void set_attention_forward_kernel(AttentionForwardKernel kernel);
+// Why the Hopper forward kernel cannot run at this head dim on the current device, in words
+// ("" when it can): no usable GPU, not an sm_90 GPU, a build without sm_90a code (configure with
+// -DCMAKE_CUDA_ARCHITECTURES=90a), a head dim other than 64 and 128, or a build without CUDA.
+std::string attention_hopper_forward_unsupported(int64_t head_dim);
 
 // Raw views shared by the CPU and CUDA implementations: q/k/v (and dq/dk/dv) are given by a
 // base pointer each and one token stride (elements between token t and t+1 of one batch row);
@@ -103,6 +121,11 @@ void attention_forward(const AttentionProblem& p, const void* q, const void* k, 
 void attention_backward(const AttentionProblem& p, const void* dout, const void* q,
                         const void* k, const void* v, const void* out, const float* lse,
                         void* dq, void* dk, void* dv);
+// The Hopper forward (kernels/cuda/attention_hopper.cu), same contract as attention_forward;
+// attention_forward calls it as attention_forward_kernel() says.
+std::string attention_hopper_forward_unsupported(int64_t head_dim);
+void attention_forward_hopper(const AttentionProblem& p, const void* q, const void* k,
+                              const void* v, void* out, float* lse);
 }  // namespace cuda
 
 }  // namespace coil::kernels

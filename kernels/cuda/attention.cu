@@ -24,6 +24,7 @@
 #include "core/cuda.h"
 #include "kernels/attention.h"
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/attention_tiles.cuh"
 
 namespace coil::kernels::cuda {
 namespace {
@@ -145,20 +146,6 @@ __device__ __forceinline__ void load_tile(bf16_t* s, const bf16_t* g, int64_t st
   }
 }
 
-// first: the start of q's document (0 without documents).
-__device__ __forceinline__ bool visible(int q, int k, int T, int window, int first) {
-  return k <= q && q < T && k >= first && (window <= 0 || q - k < window);
-}
-
-__device__ __forceinline__ float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(0xffffffffu, x, 1);
-  return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
-
 struct Params {
   const bf16_t* q;
   const bf16_t* k;
@@ -180,22 +167,6 @@ struct Params {
 // The start of the document of query q < T in the batch row at row_base (0 without documents).
 __device__ __forceinline__ int doc_first(const Params& p, int64_t row_base, int q) {
   return p.doc_start ? p.doc_start[row_base + q] : 0;
-}
-
-// Range of key tiles [lo, hi) that queries [q0, q0 + BR) can see; doc_lo: the start of q0's
-// document (keys before it lie in documents that no query of the tile belongs to).
-template <int BR, int BC>
-__device__ __forceinline__ void key_tile_range(int q0, int T, int window, int doc_lo, int& lo, int& hi) {
-  int q_last = min(T, q0 + BR) - 1;
-  hi = q_last / BC + 1;
-  lo = max(window > 0 ? max(0, q0 - window + 1) / BC : 0, doc_lo / BC);
-}
-// Whether some (query, key) pair of the tiles is masked (diagonal, window edge, sequence end,
-// or, with doc_hi the start of the last query's document, a document edge).
-template <int BR, int BC>
-__device__ __forceinline__ bool tile_needs_mask(int q0, int k0, int T, int window, int doc_hi) {
-  return k0 + BC - 1 > q0 || q0 + BR > T || k0 + BC > T ||
-         (window > 0 && q0 + BR - 1 - k0 >= window) || k0 < doc_hi;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -766,6 +737,17 @@ void backward_impl(Params p, int B, const AttentionLaunch& launch) {
   else launch_dq<D, 4>(p, B, stream);
 }
 
+// Whether the Hopper forward (kernels/cuda/attention_hopper.cu) runs this problem, as
+// attention_forward_kernel() says; a forced Hopper kernel that cannot run is an error there.
+bool use_hopper_forward(const AttentionProblem& pr) {
+  switch (attention_forward_kernel()) {
+    case AttentionForwardKernel::portable: return false;
+    case AttentionForwardKernel::hopper: return true;
+    case AttentionForwardKernel::automatic: break;
+  }
+  return attention_hopper_forward_unsupported(pr.head_dim).empty();
+}
+
 }  // namespace
 
 void attention_forward(const AttentionProblem& pr, const void* q, const void* k, const void* v,
@@ -773,6 +755,7 @@ void attention_forward(const AttentionProblem& pr, const void* q, const void* k,
   check_problem("attention_forward", pr, {q, k, v, out});
   COIL_CHECK(pr.dtype == DType::bf16, "attention_forward: the CUDA kernel takes bf16, got {}",
              dtype_name(pr.dtype));
+  if (use_hopper_forward(pr)) return attention_forward_hopper(pr, q, k, v, out, lse);
   Params p = make_params(pr);
   p.q = static_cast<const bf16_t*>(q);
   p.k = static_cast<const bf16_t*>(k);

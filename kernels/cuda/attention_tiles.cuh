@@ -1,0 +1,41 @@
+// The tile bookkeeping both CUDA attention forward kernels share (kernels/cuda/attention.cu,
+// the mma.sync kernels, and kernels/cuda/attention_hopper.cu, the wgmma kernel): which key
+// tiles a query block visits, which tiles need the element mask, the mask itself, and the
+// reductions over the four lanes that hold one row of an mma / wgmma accumulator fragment.
+#pragma once
+
+namespace coil::kernels::cuda {
+
+// Whether query q sees key k (causal, window, documents); first: the start of q's document
+// (0 without documents). Queries q >= T see nothing.
+__device__ __forceinline__ bool visible(int q, int k, int T, int window, int first) {
+  return k <= q && q < T && k >= first && (window <= 0 || q - k < window);
+}
+
+// Range of key tiles [lo, hi) that queries [q0, q0 + BR) can see; doc_lo: the start of q0's
+// document (keys before it lie in documents that no query of the tile belongs to).
+template <int BR, int BC>
+__device__ __forceinline__ void key_tile_range(int q0, int T, int window, int doc_lo, int& lo, int& hi) {
+  int q_last = min(T, q0 + BR) - 1;
+  hi = q_last / BC + 1;
+  lo = max(window > 0 ? max(0, q0 - window + 1) / BC : 0, doc_lo / BC);
+}
+// Whether some (query, key) pair of the tiles is masked (diagonal, window edge, sequence end,
+// or, with doc_hi the start of the last query's document, a document edge).
+template <int BR, int BC>
+__device__ __forceinline__ bool tile_needs_mask(int q0, int k0, int T, int window, int doc_hi) {
+  return k0 + BC - 1 > q0 || q0 + BR > T || k0 + BC > T ||
+         (window > 0 && q0 + BR - 1 - k0 >= window) || k0 < doc_hi;
+}
+
+// Max and sum over the 4 lanes (lane ^ 1, lane ^ 2) that hold one accumulator row.
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+}  // namespace coil::kernels::cuda

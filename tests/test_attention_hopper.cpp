@@ -1,0 +1,146 @@
+// The Hopper attention forward (kernels/cuda/attention_hopper.cu: wgmma, TMA) against the CPU
+// reference and against the portable CUDA forward (kernels/cuda/attention.cu), both forced
+// through set_attention_forward_kernel: awkward lengths, head dims 64 and 128, causal and
+// windowed, packed qkv, documents.
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "kernels/attention.h"
+#include "kernels/layout.h"
+#include "tests/catch.h"
+#include "tests/util.h"
+
+using namespace coil;
+using kernels::AttentionForwardKernel;
+using kernels::AttentionOptions;
+using kernels::AttentionOutput;
+using test::random_normal;
+using test::relative_error;
+
+namespace {
+
+// Restores the forward-kernel setting when a test ends, however it ends.
+struct ForwardKernelScope {
+  AttentionForwardKernel saved = kernels::attention_forward_kernel();
+  ~ForwardKernelScope() { kernels::set_attention_forward_kernel(saved); }
+};
+
+// Whether this GPU runs the Hopper kernel. On a GPU other than sm_90 it cannot (a warning
+// says so); on an sm_90 GPU it must, so a build without sm_90a code fails here.
+bool hopper_available() {
+  const std::string why = kernels::attention_hopper_forward_unsupported(64);
+  if (why.find("not sm_90") != std::string::npos) {
+    WARN("the Hopper attention forward is not tested: " << why);
+    return false;
+  }
+  INFO(why);
+  REQUIRE(why.empty());
+  return true;
+}
+
+// seq_idx (B, T) i32: documents whose lengths cycle through `lengths`, row b starting b
+// entries further into the cycle.
+Tensor cycling_documents(int64_t B, int64_t T, const std::vector<int64_t>& lengths) {
+  std::vector<int32_t> idx(size_t(B * T));
+  for (int64_t b = 0; b < B; ++b) {
+    int32_t doc = 0;
+    size_t next = size_t(b) % lengths.size();
+    int64_t left = lengths[next];
+    for (int64_t t = 0; t < T; ++t) {
+      if (left == 0) {
+        ++doc;
+        next = (next + 1) % lengths.size();
+        left = lengths[next];
+      }
+      idx[size_t(b * T + t)] = doc;
+      --left;
+    }
+  }
+  return Tensor::from_vector(idx, {B, T}, DType::i32);
+}
+
+struct HopperCase {
+  int64_t B, T, H, hd, window;
+  bool packed = false;
+  std::vector<int64_t> documents = {};  // document lengths (cycled); empty: none
+};
+
+AttentionOutput forward_on_gpu(AttentionForwardKernel kernel, const HopperCase& c, const Tensor& q,
+                               const Tensor& k, const Tensor& v, const AttentionOptions& o) {
+  kernels::set_attention_forward_kernel(kernel);
+  if (!c.packed) return kernels::attention_forward(q, k, v, o);
+  const Shape s1{c.B, c.T, 1, c.H, c.hd};
+  return kernels::attention_forward_packed(kernels::concat({q.reshape(s1), k.reshape(s1), v.reshape(s1)}, 2), o);
+}
+
+void compare_hopper(const HopperCase& c, uint64_t seed) {
+  INFO("B " << c.B << " T " << c.T << " H " << c.H << " hd " << c.hd << " window " << c.window
+            << (c.packed ? " packed" : " separate") << (c.documents.empty() ? "" : " documents"));
+  const Shape s{c.B, c.T, c.H, c.hd};
+  const Device gpu = Device::cuda();
+  Tensor q = random_normal(s, seed, DType::bf16, gpu, 1.3), k = random_normal(s, seed + 1, DType::bf16, gpu, 1.3),
+         v = random_normal(s, seed + 2, DType::bf16, gpu);
+  AttentionOptions o;
+  o.window = c.window;
+  if (!c.documents.empty()) o.seq_idx = cycling_documents(c.B, c.T, c.documents);
+  AttentionOutput ref = kernels::attention_forward(q.to(Device::cpu(), DType::f32), k.to(Device::cpu(), DType::f32),
+                                                   v.to(Device::cpu(), DType::f32), o);
+  AttentionOptions od = o;
+  if (o.seq_idx.defined()) od.seq_idx = o.seq_idx.to(gpu);
+  AttentionOutput hopper = forward_on_gpu(AttentionForwardKernel::hopper, c, q, k, v, od);
+  AttentionOutput portable = forward_on_gpu(AttentionForwardKernel::portable, c, q, k, v, od);
+  REQUIRE(hopper.out.shape() == ref.out.shape());
+  REQUIRE(hopper.out.dtype() == DType::bf16);
+  const double tol = 1.5e-2;  // bf16 products and a bf16 output
+  CHECK(relative_error(hopper.out, ref.out) < tol);
+  CHECK(relative_error(hopper.lse, ref.lse) < 1e-3);
+  CHECK(relative_error(hopper.out, portable.out) < tol);
+  CHECK(relative_error(hopper.lse, portable.lse) < 1e-3);
+  CHECK(relative_error(portable.out, ref.out) < tol);
+}
+
+}  // namespace
+
+TEST_CASE("attention CUDA Hopper forward matches the CPU reference and the portable kernel", "[attention][cuda]") {
+  ForwardKernelScope scope;
+  if (!hopper_available()) return;
+  uint64_t seed = 5000;
+  for (int64_t hd : {64, 128})
+    for (int64_t T : {1, 7, 65, 1000, 4097})
+      for (int64_t window : {int64_t(0), T / 3 + 1}) {
+        const int64_t B = T > 1000 ? 1 : 2, H = T > 1000 ? 1 : 3;
+        compare_hopper({B, T, H, hd, window}, seed += 10);
+      }
+}
+
+TEST_CASE("attention CUDA Hopper forward: packed qkv, documents, windows at tile edges", "[attention][cuda]") {
+  ForwardKernelScope scope;
+  if (!hopper_available()) return;
+  // Document lengths put starts at and beside the 64/128-row tile edges; length-1 documents
+  // leave rows that see only themselves.
+  const std::vector<int64_t> edges = {1, 63, 64, 65, 127, 129, 300, 5, 128};
+  const HopperCase cases[] = {
+      {2, 1000, 2, 64, 0, true},        {1, 333, 3, 128, 50, true},        {2, 1000, 2, 64, 0, false, edges},
+      {1, 4097, 1, 128, 300, false, edges}, {2, 65, 2, 128, 7, true, edges}, {1, 7, 2, 64, 0, false, {1}},
+      {1, 700, 2, 128, 0, true, {500}}, {2, 257, 2, 64, 128, false},     {1, 256, 2, 128, 1, false},
+      {1, 2048, 2, 64, 129, true, {1000, 24}}};
+  uint64_t seed = 6000;
+  for (const HopperCase& c : cases) compare_hopper(c, seed += 10);
+}
+
+TEST_CASE("attention CUDA Hopper forward: a forced Hopper kernel that cannot run is an error", "[attention][cuda]") {
+  ForwardKernelScope scope;
+  if (!hopper_available()) return;
+  kernels::set_attention_forward_kernel(AttentionForwardKernel::hopper);
+  REQUIRE(kernels::attention_forward_kernel() == AttentionForwardKernel::hopper);
+  Tensor q96 = random_normal({1, 8, 2, 96}, 1, DType::bf16, Device::cuda());
+  REQUIRE_THROWS_WITH(kernels::attention_forward(q96, q96, q96),
+                      Catch::Matchers::Contains("Hopper kernel cannot run: head dim 96"));
+  // Automatic selection runs hd 96 on the portable kernel.
+  kernels::set_attention_forward_kernel(AttentionForwardKernel::automatic);
+  AttentionOutput r = kernels::attention_forward(q96, q96, q96);
+  CHECK(relative_error(r.out, kernels::attention_forward(q96.to(Device::cpu(), DType::f32), q96.to(Device::cpu(), DType::f32),
+                                                         q96.to(Device::cpu(), DType::f32))
+                                  .out) < 1.5e-2);
+}
