@@ -20,6 +20,14 @@ Tensor matmul_reference(const Tensor& a, const Tensor& b, bool transpose_a = fal
 // x [..., in] @ weight [out, in]^T (+ bias [out]) -> [..., out]
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
 
+// out = op(a) @ op(b) into an existing 2-d tensor (a slice of a larger one may do), or, with
+// accumulate, out += op(a) @ op(b). On the GPU one cuBLASLt call (beta = 1 to accumulate);
+// out may be f32 while a and b are bf16 (an fp32 sum of bf16 products, nothing rounded to bf16
+// in between). On the CPU (a, b and out of one dtype) the product goes to a temporary that is
+// then added: the same bits as a product followed by kernels::accumulate.
+void matmul_into(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b, const Tensor& out,
+                 bool accumulate = false);
+
 // The shapes of one product, resolved by the dispatcher.
 struct GemmShape {
   int64_t batch = 1, M = 0, N = 0, K = 0;
@@ -35,8 +43,10 @@ void matmul_reference(const Tensor& a, const Tensor& b, const Tensor& bias, cons
 std::string blas_name();
 }
 namespace cuda {
-// out (already allocated, [batch,] M x N) = op(a) @ op(b) (+ bias). On the compute stream.
-void matmul(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out, const GemmShape& g);
+// out (already allocated, [batch,] M x N) = op(a) @ op(b) (+ bias), or with accumulate
+// out += op(a) @ op(b) (no bias). out is a's dtype, or f32 for bf16 a and b. On the compute stream.
+void matmul(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out, const GemmShape& g,
+            bool accumulate = false);
 }
 
 }  // namespace coil::kernels

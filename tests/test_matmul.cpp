@@ -1,5 +1,7 @@
 #include "autograd/functions/matmul.h"
 #include "autograd/gradcheck.h"
+#include "kernels/accumulate.h"
+#include "kernels/elementwise.h"
 #include "kernels/matmul.h"
 #include "tests/catch.h"
 #include "tests/util.h"
@@ -104,6 +106,38 @@ TEST_CASE("linear: gradcheck with and without bias", "[matmul][gradcheck]") {
   REQUIRE_FALSE(xv.grad().defined());
 }
 
+TEST_CASE("matmul_into: a product written into, or added to, an existing tensor", "[matmul]") {
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      INFO("ta " << ta << " tb " << tb);
+      Tensor a = test::random_normal(stored(0, 70, 33, ta), 1), b = test::random_normal(stored(0, 33, 9, tb), 2);
+      Tensor product = kernels::matmul(a, b, ta, tb);
+      // Into rows [2, 72) of a bigger tensor: the other rows keep their values.
+      Tensor big = test::random_normal({75, 9}, 3), before = big.clone();
+      Tensor rows = big.narrow0(2, 72);
+      kernels::matmul_into(a, b, ta, tb, rows);
+      REQUIRE(test::bitwise_equal(rows, product));
+      REQUIRE(test::bitwise_equal(big.narrow0(0, 2), before.narrow0(0, 2)));
+      REQUIRE(test::bitwise_equal(big.narrow0(72, 75), before.narrow0(72, 75)));
+      // Accumulating: the bits of a product followed by an add.
+      Tensor sum = before.narrow0(2, 72).clone(), expect = sum.clone();
+      kernels::accumulate(expect, product);
+      kernels::matmul_into(a, b, ta, tb, sum, /*accumulate=*/true);
+      REQUIRE(test::bitwise_equal(sum, expect));
+    }
+  // An empty inner dim: zeros, or nothing added.
+  Tensor out = Tensor::full({2, 3}, 5.0);
+  kernels::matmul_into(Tensor::zeros({2, 0}), Tensor::zeros({0, 3}), false, false, out, true);
+  REQUIRE(out.to_vector<float>() == std::vector<float>(6, 5.0f));
+  kernels::matmul_into(Tensor::zeros({2, 0}), Tensor::zeros({0, 3}), false, false, out);
+  REQUIRE(out.to_vector<float>() == std::vector<float>(6, 0.0f));
+  REQUIRE_THROWS_WITH(kernels::matmul_into(Tensor::zeros({2, 3}), Tensor::zeros({3, 4}), false, false, Tensor::zeros({2, 5})),
+                      Contains("matmul_into: a f32[2, 3] cpu @ b f32[3, 4] cpu does not give out f32[2, 5] cpu"));
+  REQUIRE_THROWS_WITH(kernels::matmul_into(Tensor::zeros({2, 3}), Tensor::zeros({3, 4}), false, false,
+                                           Tensor::zeros({2, 4}, DType::f64)),
+                      Contains("out f64[2, 4] cpu must have the operands' dtype f32"));
+}
+
 TEST_CASE("matmul: bad inputs give clear errors", "[matmul][errors]") {
   Tensor a = Tensor::zeros({2, 3}), b = Tensor::zeros({4, 5});
   REQUIRE_THROWS_WITH(kernels::matmul(a, b), Contains("matmul: inner dims differ: a f32[2, 3] cpu has 3, b f32[4, 5] cpu has 4"));
@@ -147,6 +181,37 @@ TEST_CASE("matmul: GPU (cuBLASLt) matches CPU, forward and backward", "[matmul][
           REQUIRE(test::relative_error(bd.grad(), bc.grad()) <= tol);
         }
   }
+}
+
+TEST_CASE("matmul_into: GPU matches CPU, bf16 products summed in an f32 tensor", "[matmul][cuda]") {
+  Device gpu = Device::cuda(0);
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      INFO("ta " << ta << " tb " << tb);
+      // Rounded to bf16 first, so that the CPU's f32 product is the exact reference.
+      Tensor a = test::random_normal(stored(0, 257, 1000, ta), 1).to(DType::bf16).to(DType::f32);
+      Tensor b = test::random_normal(stored(0, 1000, 300, tb), 2).to(DType::bf16).to(DType::f32);
+      Tensor start = test::random_normal({257, 300}, 3);
+      Tensor expect = start.clone();
+      kernels::matmul_into(a, b, ta, tb, expect, true);
+      kernels::matmul_into(a, b, ta, tb, expect, true);  // twice: start + 2 a b
+      Tensor sum = start.to(gpu);
+      Tensor ad = a.to(gpu, DType::bf16), bd = b.to(gpu, DType::bf16);
+      kernels::matmul_into(ad, bd, ta, tb, sum, true);
+      kernels::matmul_into(ad, bd, ta, tb, sum, true);
+      REQUIRE(sum.dtype() == DType::f32);
+      REQUIRE(test::relative_error(sum, expect) <= 1e-5);
+      // bf16 out, accumulated into rows of a bigger tensor.
+      Tensor big = Tensor::zeros({259, 300}, DType::bf16, gpu);
+      kernels::matmul_into(ad, bd, ta, tb, big.narrow0(1, 258));
+      kernels::matmul_into(ad, bd, ta, tb, big.narrow0(1, 258), true);
+      Tensor twice = kernels::scale(kernels::matmul(a, b, ta, tb), 2.0);
+      REQUIRE(test::relative_error(big.narrow0(1, 258), twice) <= 1e-2);
+      REQUIRE(big.narrow0(0, 1).to(DType::f32).to_vector<float>() == std::vector<float>(300, 0.0f));
+    }
+  REQUIRE_THROWS_WITH(kernels::matmul_into(Tensor::zeros({2, 3}, DType::f32, gpu), Tensor::zeros({3, 4}, DType::f32, gpu),
+                                           false, false, Tensor::zeros({2, 4}, DType::bf16, gpu)),
+                      Contains("must have the operands' dtype f32"));
 }
 
 TEST_CASE("linear: GPU bias epilogue matches CPU, with misaligned views", "[matmul][cuda]") {
