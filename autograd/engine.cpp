@@ -31,6 +31,22 @@ void add_into(Tensor& slot, Tensor grad) {
   }
 }
 
+// For each input of `node`: the sum of its gradient so far, where no other tensor views it
+// (Node::backward_into may add into it), else an undefined tensor. The handles are released
+// once backward_into returns.
+Grads sums_to_add_into(const Node& node, const std::unordered_map<Node*, Grads>& buffers) {
+  Grads sums(node.next_edges.size());
+  for (size_t i = 0; i < sums.size(); ++i) {
+    const Edge& e = node.next_edges[i];
+    if (!e.node) continue;
+    auto it = buffers.find(e.node.get());
+    if (it == buffers.end() || size_t(e.input_nr) >= it->second.size()) continue;
+    const Tensor& sum = it->second[size_t(e.input_nr)];
+    if (sum.defined() && sole_owner(sum)) sums[i] = sum;
+  }
+  return sums;
+}
+
 void check_grad(const Node& producer, int output_nr, const Tensor& grad, const std::string& consumer) {
   const OutputMeta& meta = producer.outputs[size_t(output_nr)];
   COIL_CHECK(grad.shape() == meta.shape && grad.dtype() == meta.dtype && grad.device() == meta.device,
@@ -92,7 +108,7 @@ void run_backward(const std::vector<Variable>& roots, const std::vector<Tensor>&
           const OutputMeta& m = node->outputs[i];
           grads[i] = Tensor::zeros(m.shape, m.dtype, m.device);
         }
-      input_grads = node->backward(grads);
+      input_grads = node->backward_into(grads, sums_to_add_into(*node, buffers));
       COIL_CHECK(input_grads.size() == node->next_edges.size(),
                  "backward of '{}' returned {} gradients for {} inputs", node->name, input_grads.size(),
                  node->next_edges.size());

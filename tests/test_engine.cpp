@@ -5,6 +5,8 @@
 #include "autograd/functions/layout.h"
 #include "autograd/functions/matmul.h"
 #include "autograd/functions/reduce.h"
+#include "kernels/accumulate.h"
+#include "kernels/matmul.h"
 #include "tests/catch.h"
 #include "tests/util.h"
 
@@ -224,4 +226,31 @@ TEST_CASE("engine: a leaf takes over a gradient no other tensor holds, and copie
   ag::sum_all(use).backward();
   REQUIRE(grad_of(y) == std::vector<double>{5.0, 6.0});
   REQUIRE(y.grad().raw() == fresh);  // taken over, not copied
+}
+
+TEST_CASE("engine: a linear adds its input's gradient into the sum the engine holds", "[engine]") {
+  // x feeds a linear (recorded first, so it runs last) and a fresh-gradient op: when the linear
+  // runs, x's slot holds the other gradient alone, and the linear's product adds into it.
+  Tensor xv = test::random_normal({4, 3}, 1), wv = test::random_normal({5, 3}, 2);
+  Tensor other = test::random_normal({4, 3}, 3), gy = test::random_normal({4, 5}, 4);
+  const void* fresh = nullptr;
+  auto fresh_grad = [&](const ag::Variable& x) {
+    return ag::record_fn("fresh_grad", {x}, x.value().clone(), [&fresh, other](const ag::Grads&) {
+      Tensor g = other.clone();
+      fresh = g.raw();
+      return ag::Grads{g};
+    });
+  };
+  ag::Variable x(xv.clone(), true), w(wv.clone(), true);
+  ag::Variable y = ag::linear(x, w);
+  ag::Variable z = fresh_grad(x);
+  ag::add(ag::sum_all(ag::mul(y, ag::Variable(gy))), ag::sum_all(z)).backward();
+  // The same bits as the two gradients computed apart and added.
+  ag::Variable x_alone(xv.clone(), true);
+  ag::linear(x_alone, ag::Variable(wv.clone())).backward(gy);
+  Tensor expect = other.clone();
+  kernels::accumulate(expect, x_alone.grad());
+  REQUIRE(test::bitwise_equal(x.grad(), expect));
+  REQUIRE(x.grad().raw() == fresh);  // summed where the other gradient was, then taken over
+  REQUIRE(test::relative_error(w.grad(), kernels::matmul(gy, xv, true, false)) <= 1e-6);
 }

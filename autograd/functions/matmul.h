@@ -11,4 +11,12 @@ Variable matmul(const Variable& a, const Variable& b, bool transpose_a = false, 
 // added in the cuBLASLt epilogue on the GPU. bias may be undefined.
 Variable linear(const Variable& x, const Variable& weight, const Variable& bias = Variable());
 
+// linear(x, weight, bias) split along its last dim into pieces of the given sizes, one product
+// per block of the weight's rows (Mamba's in_proj into x and z): separate outputs, so nothing
+// is copied to split them. The backward sums x's gradient in the products themselves (the
+// second and later ones accumulate into the first's output) and writes each block's weight
+// gradient into its rows of one gradient: no add or concat kernels.
+std::vector<Variable> linear_split(const Variable& x, const Variable& weight, const Variable& bias,
+                                   const std::vector<int64_t>& sizes);
+
 }  // namespace coil::autograd
