@@ -101,8 +101,6 @@ __global__ void scale_kernel(const T* x, const float* s, T* out, int64_t n) {
     out[i] = from_f<T>(to_f(x[i]) * f);
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
 int grid_for(int64_t n) { return int(std::min<int64_t>(std::max<int64_t>((n + 255) / 256, 1), 8192)); }
 
 // The per-device error record {position, target, V, -}: allocated once, never freed.
