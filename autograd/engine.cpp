@@ -5,6 +5,7 @@
 #include <unordered_set>
 
 #include "kernels/accumulate.h"
+#include "kernels/elementwise.h"
 
 namespace coil::autograd {
 namespace {
@@ -13,16 +14,37 @@ struct LaterFirst {
   bool operator()(const Node* a, const Node* b) const { return a->sequence_nr < b->sequence_nr; }
 };
 
-// Adds `grad` into slot `slot`: the first gradient is kept as it is, later ones are summed
-// into a fresh tensor (a gradient may be shared with other nodes, so never in place).
-void add_into(Tensor& slot, const Tensor& grad) {
+// Adds `grad` into slot `slot`, as libtorch's InputBuffer does: the first gradient is kept as
+// it is; a later one is summed in place into whichever of the two no other tensor shares (the
+// sum is the same either way: a + b rounds as b + a), else into a fresh tensor. Gradients are
+// shared where a node passes its incoming gradient on (reshape, add) or keeps it saved.
+void add_into(Tensor& slot, Tensor grad) {
   if (!slot.defined()) {
-    slot = grad;
-    return;
+    slot = std::move(grad);
+  } else if (sole_owner(slot)) {
+    kernels::accumulate(slot, grad);
+  } else if (sole_owner(grad)) {
+    kernels::accumulate(grad, slot);
+    slot = std::move(grad);
+  } else {
+    slot = kernels::add(slot, grad);
   }
-  Tensor sum = slot.clone();
-  kernels::accumulate(sum, grad);
-  slot = sum;
+}
+
+// For each input of `node`: the sum of its gradient so far, where no other tensor views it
+// (Node::backward_into may add into it), else an undefined tensor. The handles are released
+// once backward_into returns.
+Grads sums_to_add_into(const Node& node, const std::unordered_map<Node*, Grads>& buffers) {
+  Grads sums(node.next_edges.size());
+  for (size_t i = 0; i < sums.size(); ++i) {
+    const Edge& e = node.next_edges[i];
+    if (!e.node) continue;
+    auto it = buffers.find(e.node.get());
+    if (it == buffers.end() || size_t(e.input_nr) >= it->second.size()) continue;
+    const Tensor& sum = it->second[size_t(e.input_nr)];
+    if (sum.defined() && sole_owner(sum)) sums[i] = sum;
+  }
+  return sums;
 }
 
 void check_grad(const Node& producer, int output_nr, const Tensor& grad, const std::string& consumer) {
@@ -86,7 +108,7 @@ void run_backward(const std::vector<Variable>& roots, const std::vector<Tensor>&
           const OutputMeta& m = node->outputs[i];
           grads[i] = Tensor::zeros(m.shape, m.dtype, m.device);
         }
-      input_grads = node->backward(grads);
+      input_grads = node->backward_into(grads, sums_to_add_into(*node, buffers));
       COIL_CHECK(input_grads.size() == node->next_edges.size(),
                  "backward of '{}' returned {} gradients for {} inputs", node->name, input_grads.size(),
                  node->next_edges.size());
@@ -104,7 +126,7 @@ void run_backward(const std::vector<Variable>& roots, const std::vector<Tensor>&
       buffer.resize(e.node->outputs.size());
       if (input_grads[i].defined()) {
         check_grad(*e.node, e.input_nr, input_grads[i], node->name);
-        add_into(buffer[size_t(e.input_nr)], input_grads[i]);
+        add_into(buffer[size_t(e.input_nr)], std::move(input_grads[i]));
       }
       if (--dependencies[e.node.get()] == 0) ready.push(e.node.get());
     }

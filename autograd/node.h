@@ -38,6 +38,14 @@ struct Node {
   // grad_outputs holds one defined gradient per output. Returns one gradient per input, in
   // the order of next_edges; an entry may be undefined where that input needs none.
   virtual Grads backward(const Grads& grad_outputs) = 0;
+  // backward, told for each input the engine's sum of that input's gradient so far where no
+  // other tensor views it (else an undefined tensor): a node may add its gradient for such an
+  // input into that sum itself (a matrix product with beta = 1 instead of a product and an
+  // add kernel) and return none for it. By default the sums are not used.
+  virtual Grads backward_into(const Grads& grad_outputs, const Grads& sums) {
+    (void)sums;
+    return backward(grad_outputs);
+  }
   // Frees what the node saved; the engine calls it once the node has run, unless the graph is
   // retained. A later backward through the node is an error.
   virtual void release_saved() = 0;

@@ -21,7 +21,7 @@ struct AccumulateGrad : Node {
     const Tensor& g = grad_outputs[0];
     Variable::Impl& v = *leaf;
     if (!v.grad.defined())
-      v.grad = g.clone();
+      v.grad = sole_owner(g) ? g : g.clone();
     else
       kernels::accumulate(v.grad, g);
     for (auto& hook : v.grad_ready_hooks) hook();

@@ -2,7 +2,6 @@
 
 #include <atomic>
 
-#include "kernels/accumulate.h"
 #include "kernels/matmul.h"
 
 namespace coil::kernels {
@@ -75,24 +74,6 @@ Tensor mean_loss(const Tensor& row_loss, const Tensor& count) {
 #endif
 }
 
-// out = op(a) @ op(b), written into an existing tensor (a chunk's slice of a gradient).
-void gemm_into(const Tensor& a, const Tensor& b, bool ta, bool tb, const Tensor& out) {
-  GemmShape g;
-  g.transpose_a = ta;
-  g.transpose_b = tb;
-  g.M = ta ? a.size(1) : a.size(0);
-  g.K = ta ? a.size(0) : a.size(1);
-  g.N = tb ? b.size(0) : b.size(1);
-  if (out.numel() == 0) return;
-  if (g.K == 0) return Tensor(out).zero_();
-  if (a.device().is_cpu()) return cpu::matmul(a, b, Tensor(), out, g);
-#ifdef COIL_CUDA
-  cuda::matmul(a, b, Tensor(), out, g);
-#else
-  no_cuda("linear_cross_entropy", a);
-#endif
-}
-
 }  // namespace
 
 int64_t linear_cross_entropy_chunk_rows() { return chunk_rows_setting.load(); }
@@ -162,36 +143,28 @@ LinearCrossEntropyForward linear_cross_entropy_forward(const Tensor& hidden, con
   Tensor count = count_targets(targets, ignore_index, V, ldt);
   Tensor row_loss = Tensor::empty({N}, ldt, dev);
   const int64_t chunks = (N + chunk_rows - 1) / chunk_rows;
-  // One chunk: its weight gradient is the answer. Several: summed in fp32 (or f64).
-  Tensor acc, dw_chunk;
+  // One chunk: its weight gradient is the answer. Several: summed over the chunks in fp32 (or
+  // f64) by the products themselves (matmul_into accumulating; on the GPU with no bf16 rounding
+  // of each chunk's part).
+  Tensor dw;
   if (compute_grads) {
     out.grad_hidden = Tensor::empty({N, d}, hidden.dtype(), dev);
-    if (chunks > 1) acc = Tensor::zeros({V, d}, ldt, dev);
-    dw_chunk = Tensor::empty({V, d}, hidden.dtype(), dev);
-    if (chunks == 0) dw_chunk.zero_();
+    dw = chunks > 1 ? Tensor::zeros({V, d}, ldt, dev) : Tensor::empty({V, d}, hidden.dtype(), dev);
+    if (chunks == 0) dw.zero_();
   }
   for (int64_t c0 = 0; c0 < N; c0 += chunk_rows) {
     const int64_t c1 = std::min(N, c0 + chunk_rows);
     Tensor h = hidden.narrow0(c0, c1);
     Tensor logits = Tensor::empty({c1 - c0, V}, hidden.dtype(), dev);
-    gemm_into(h, weight, false, true, logits);
+    matmul_into(h, weight, false, true, logits);
     // logits := d loss / d logits (scaled by 1 / count), row losses into row_loss[c0:c1].
     rows(logits, targets.narrow0(c0, c1), ignore_index, c0, count, Tensor(), Tensor(), false,
          row_loss.narrow0(c0, c1), compute_grads ? logits : Tensor());
     if (!compute_grads) continue;
-    gemm_into(logits, weight, false, false, out.grad_hidden.narrow0(c0, c1));
-    gemm_into(logits, h, true, false, dw_chunk);
-    if (!acc.defined()) break;
-    if (dev.is_cpu()) {
-      accumulate(acc, dw_chunk);
-    } else {
-#ifdef COIL_CUDA
-      cuda::add_into_f32(acc, dw_chunk);
-#endif
-    }
+    matmul_into(logits, weight, false, false, out.grad_hidden.narrow0(c0, c1));
+    matmul_into(logits, h, true, false, dw, /*accumulate=*/chunks > 1);
   }
-  if (compute_grads)
-    out.grad_weight = acc.defined() ? (acc.dtype() == weight.dtype() ? acc : acc.to(weight.dtype())) : dw_chunk;
+  if (compute_grads) out.grad_weight = dw.dtype() == weight.dtype() ? dw : dw.to(weight.dtype());
   out.loss = mean_loss(row_loss, count);
   return out;
 }

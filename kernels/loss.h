@@ -80,7 +80,6 @@ void cross_entropy_rows(const Tensor& logits, const Tensor& targets, int64_t ign
 void cross_entropy_count(const Tensor& targets, int64_t ignore_index, const Tensor& count);
 void cross_entropy_mean(const Tensor& row_loss, const Tensor& count, const Tensor& loss);
 void scale_by_scalar(const Tensor& x, const Tensor& s, const Tensor& out);
-void add_into_f32(const Tensor& acc, const Tensor& src);  // acc (f32) += src (f32 or bf16)
 void check_targets(int device);
 }  // namespace cuda
 

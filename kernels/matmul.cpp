@@ -1,5 +1,6 @@
 #include "kernels/matmul.h"
 
+#include "kernels/accumulate.h"
 #include "kernels/elementwise.h"
 
 namespace coil::kernels {
@@ -85,6 +86,46 @@ Tensor matmul_reference(const Tensor& a, const Tensor& b, bool transpose_a, bool
   COIL_CHECK(a.device().is_cpu() && b.device().is_cpu(), "matmul_reference: runs on the CPU, got a {} and b {}",
              describe(a), describe(b));
   return product(a, b, transpose_a, transpose_b, bias, cpu::matmul_reference);
+}
+
+void matmul_into(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b, const Tensor& out,
+                 bool accumulate) {
+  const char* op = "matmul_into";
+  check_defined(op, a, "a");
+  check_defined(op, b, "b");
+  check_defined(op, out, "out");
+  check_same_device(op, a, b);
+  check_same_device(op, a, out);
+  check_same_dtype(op, a, b);
+  COIL_CHECK(a.dim() == 2 && b.dim() == 2 && out.dim() == 2, "{}: expects 2-d a, b and out, got a {}, b {}, out {}",
+             op, describe(a), describe(b), describe(out));
+  GemmShape g;
+  g.transpose_a = transpose_a;
+  g.transpose_b = transpose_b;
+  g.M = transpose_a ? a.size(1) : a.size(0);
+  g.K = transpose_a ? a.size(0) : a.size(1);
+  g.N = transpose_b ? b.size(0) : b.size(1);
+  const int64_t kb = transpose_b ? b.size(1) : b.size(0);
+  COIL_CHECK(g.K == kb && out.size(0) == g.M && out.size(1) == g.N,
+             "{}: a {}{} @ b {}{} does not give out {}", op, describe(a), transpose_a ? "^T" : "", describe(b),
+             transpose_b ? "^T" : "", describe(out));
+  const bool f32_sum = a.dtype() == DType::bf16 && out.dtype() == DType::f32 && out.device().is_cuda();
+  COIL_CHECK(out.dtype() == a.dtype() || f32_sum,
+             "{}: out {} must have the operands' dtype {} (or be f32 for bf16 operands on the GPU)", op,
+             describe(out), dtype_name(a.dtype()));
+  if (out.numel() == 0 || (g.K == 0 && accumulate)) return;
+  if (g.K == 0) return Tensor(out).zero_();
+  if (a.device().is_cpu()) {
+    if (!accumulate) return cpu::matmul(a, b, Tensor(), out, g);
+    Tensor product = Tensor::empty(out.shape(), out.dtype(), out.device());
+    cpu::matmul(a, b, Tensor(), product, g);
+    return kernels::accumulate(out, product);
+  }
+#ifdef COIL_CUDA
+  cuda::matmul(a, b, Tensor(), out, g, cuda::GemmEpilogue::plain, Tensor(), accumulate);
+#else
+  fail("{}: {} is on a GPU, but coil was built without CUDA", op, describe(a));
+#endif
 }
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {

@@ -33,6 +33,14 @@ LinearGelu linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias
 // output gradient (the next linear's dx).
 Tensor matmul_dgelu(const Tensor& a, const Tensor& b, const Tensor& pre);
 
+// out = op(a) @ op(b) into an existing 2-d tensor (a slice of a larger one may do), or, with
+// accumulate, out += op(a) @ op(b). On the GPU one cuBLASLt call (beta = 1 to accumulate);
+// out may be f32 while a and b are bf16 (an fp32 sum of bf16 products, nothing rounded to bf16
+// in between). On the CPU (a, b and out of one dtype) the product goes to a temporary that is
+// then added: the same bits as a product followed by kernels::accumulate.
+void matmul_into(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b, const Tensor& out,
+                 bool accumulate = false);
+
 // The shapes of one product, resolved by the dispatcher.
 struct GemmShape {
   int64_t batch = 1, M = 0, N = 0, K = 0;
@@ -52,10 +60,11 @@ namespace cuda {
 // op(b) + bias) and aux = its input; dgelu: out = (op(a) op(b)) * gelu'(aux). aux [M, N], 2-d
 // products with N a multiple of 8 only.
 enum class GemmEpilogue { plain, gelu_aux, dgelu };
-// out (already allocated, [batch,] M x N) = op(a) @ op(b) (+ bias), then the epilogue. On the
-// compute stream.
+// out (already allocated, [batch,] M x N) = op(a) @ op(b) (+ bias), then the epilogue; or, with
+// accumulate, out += op(a) @ op(b) (plain, no bias). out is a's dtype, or f32 for bf16 a and b
+// (plain only). On the compute stream.
 void matmul(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out, const GemmShape& g,
-            GemmEpilogue epilogue = GemmEpilogue::plain, const Tensor& aux = Tensor());
+            GemmEpilogue epilogue = GemmEpilogue::plain, const Tensor& aux = Tensor(), bool accumulate = false);
 }
 
 }  // namespace coil::kernels

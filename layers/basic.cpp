@@ -31,12 +31,7 @@ Variable Linear::forward_no_bias(const Variable& x) const {
 
 std::vector<Variable> Linear::forward_split(const Variable& x, const std::vector<int64_t>& sizes) const {
   DType cd = compute_dtype();
-  Variable xc = to_compute(x);
-  std::vector<Variable> w = autograd::split(weight->compute(cd), sizes, 0);
-  std::vector<Variable> b = bias ? autograd::split(bias->compute(cd), sizes, 0) : std::vector<Variable>(sizes.size());
-  std::vector<Variable> out;
-  for (size_t i = 0; i < sizes.size(); ++i) out.push_back(autograd::linear(xc, w[i], b[i]));
-  return out;
+  return autograd::linear_split(to_compute(x), weight->compute(cd), bias ? bias->compute(cd) : Variable(), sizes);
 }
 
 Embedding::Embedding(int64_t num, int64_t dim, Generator& gen, double std, DType param_dtype)

@@ -26,8 +26,8 @@ class Linear : public Module {
   Variable forward(const Variable& x) const;           // in the compute dtype
   Variable forward_no_bias(const Variable& x) const;  // the weight alone (dt_proj)
   // forward(x) split along its last dim into pieces of the given sizes, computed as one
-  // product per block of the weight's rows: the pieces are separate tensors, so no copy of the
-  // output is made to split it (Mamba's in_proj into x and z).
+  // product per block of the weight's rows (autograd::linear_split): the pieces are separate
+  // tensors, so no copy of the output is made to split it (Mamba's in_proj into x and z).
   std::vector<Variable> forward_split(const Variable& x, const std::vector<int64_t>& sizes) const;
   int64_t in_features, out_features;
   std::shared_ptr<Parameter> weight, bias;  // bias null when absent

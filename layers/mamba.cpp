@@ -98,11 +98,11 @@ Variable kernel_param(const Parameter& p, const Variable& like) {
 MambaMixer::SsmParameters MambaMixer::ssm_parameters(const Variable& xs) const {
   const int64_t Bn = xs.size(0), L = xs.size(1);
   if (selective) {
-    Variable x_dbl = x_proj->forward(autograd::reshape(xs, {Bn * L, d_inner}));
-    auto dbc = autograd::split(x_dbl, {dt_rank, d_state, d_state}, 1);
-    return {autograd::reshape(dt_proj->forward_no_bias(dbc[0]), {Bn, L, d_inner}),
-            kernel_param(*dt_proj->bias, xs), autograd::reshape(dbc[1], {Bn, L, d_state}),
-            autograd::reshape(dbc[2], {Bn, L, d_state})};
+    // x_proj takes xs itself (B, L, di), no reshape between them: its backward then adds its
+    // gradient for xs into the scan's in the product (autograd::linear, backward_into).
+    Variable x_dbl = x_proj->forward(xs);  // (B, L, dt_rank + 2 d_state)
+    auto dbc = autograd::split(x_dbl, {dt_rank, d_state, d_state}, 2);
+    return {dt_proj->forward_no_bias(dbc[0]), kernel_param(*dt_proj->bias, xs), dbc[1], dbc[2]};
   }
   // The scan takes B and C per position: the parameters added to zeros, which broadcasts them
   // (and sums their gradients back over batch and time).

@@ -1,5 +1,6 @@
 #include "optim/adamw.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -133,7 +134,13 @@ void AdamW::step() {
   pending_clip_ = Tensor();
 }
 
+// One fill of the flat buffer when it holds every gradient (the usual case: ~240 parameters of
+// a 130M Mamba, one launch instead of one each), else one fill a parameter.
 void AdamW::zero_grad() {
+  const bool all_in_flat = grad_flat_.defined() && std::all_of(params_.begin(), params_.end(), [&](const Variable& p) {
+                             return p.impl()->grad_bound && p.grad().same_buffer(grad_flat_);
+                           });
+  if (all_in_flat) return grad_flat_.zero_();
   for (Variable& p : params_) p.zero_grad();
 }
 

@@ -4,6 +4,7 @@
 #include "autograd/functions/layout.h"
 #include "autograd/functions/reduce.h"
 #include "autograd/gradcheck.h"
+#include "kernels/accumulate.h"
 #include "kernels/elementwise.h"
 #include "tests/catch.h"
 #include "tests/util.h"
@@ -238,6 +239,22 @@ TEST_CASE("swiglu: GPU matches CPU, 16-byte packs and single elements", "[elemen
       compare(kernels::swiglu(hd), kernels::swiglu(h), dtype, "swiglu");
       compare(kernels::swiglu_backward(gd, hd), kernels::swiglu_backward(g, h), dtype, "swiglu backward");
     }
+}
+
+TEST_CASE("accumulate: GPU matches CPU bitwise, in 16-byte packs and one element at a time", "[elementwise][cuda]") {
+  Device gpu = Device::cuda(0);
+  for (DType dtype : {DType::f32, DType::bf16})
+    for (int64_t n : {int64_t(1), int64_t(7), int64_t(8), int64_t(4099), int64_t(1) << 20})
+      for (int64_t offset : {0, 1}) {  // 1: views one element in, not 16-byte aligned
+        INFO(dtype_name(dtype) << " n " << n << " offset " << offset);
+        const size_t at = size_t(offset) * dtype_size(dtype);
+        Tensor dst_all = test::random_normal({n + offset}, 1, dtype), src_all = test::random_normal({n + offset}, 2, dtype);
+        Tensor dst = dst_all.view_bytes(at, {n}, dtype), src = src_all.view_bytes(at, {n}, dtype);
+        Tensor dst_gpu = dst_all.to(gpu).view_bytes(at, {n}, dtype), src_gpu = src_all.to(gpu).view_bytes(at, {n}, dtype);
+        kernels::accumulate(dst, src);
+        kernels::accumulate(dst_gpu, src_gpu);
+        REQUIRE(test::bitwise_equal(dst_gpu, dst));
+      }
 }
 
 TEST_CASE("element-wise ops: autograd on the GPU, broadcast gradient", "[elementwise][cuda]") {

@@ -5,6 +5,8 @@
 #include "autograd/functions/layout.h"
 #include "autograd/functions/matmul.h"
 #include "autograd/functions/reduce.h"
+#include "kernels/accumulate.h"
+#include "kernels/matmul.h"
 #include "tests/catch.h"
 #include "tests/util.h"
 
@@ -161,4 +163,94 @@ TEST_CASE("engine: inputs that need no gradient get none", "[engine]") {
   REQUIRE_FALSE(c.grad().defined());
   REQUIRE(grad_of(x)[0] == Approx(1.0 / 3));
   REQUIRE_THROWS_WITH(ag::Variable(Tensor::zeros({2}, DType::i64), true), Contains("not a floating tensor"));
+}
+
+namespace {
+
+// An op on x whose backward hands back `grad`, whatever flows in (a gradient the test may
+// also hold, like a node that passes its incoming gradient on).
+ag::Variable with_grad(const ag::Variable& x, Tensor grad) {
+  return ag::record_fn("with_grad", {x}, x.value().clone(), [grad](const ag::Grads&) { return ag::Grads{grad}; });
+}
+
+Tensor f64s(std::vector<double> v) { return Tensor::from_vector<double>(v, {int64_t(v.size())}, DType::f64); }
+
+}  // namespace
+
+TEST_CASE("engine: sums in place only into gradients no other tensor holds", "[engine]") {
+  // Three uses of x: the engine sums their gradients in x's slot. `kept` is held by the test
+  // throughout (it must not change); the others are fresh (the engine may add into them).
+  // Nodes run newest first, so each order puts a kept gradient first, last, or between.
+  Tensor kept = f64s({1.0, 2.0});
+  const std::vector<double> kept_before = kept.to_vector<double>();
+  for (int kept_at = 0; kept_at < 3; ++kept_at) {
+    ag::Variable x = leaf({0.0, 0.0});
+    ag::Variable sum;
+    for (int i = 0; i < 3; ++i) {
+      ag::Variable use = with_grad(x, i == kept_at ? kept : f64s({10.0 * (i + 1), 100.0 * (i + 1)}));
+      sum = sum.defined() ? ag::add(sum, ag::sum_all(use)) : ag::sum_all(use);
+    }
+    sum.backward();
+    std::vector<double> expect{1.0, 2.0};
+    for (int i = 0; i < 3; ++i)
+      if (i != kept_at) expect[0] += 10.0 * (i + 1), expect[1] += 100.0 * (i + 1);
+    REQUIRE(grad_of(x) == expect);
+    REQUIRE(kept.to_vector<double>() == kept_before);
+    REQUIRE_FALSE(x.grad().same_buffer(kept));
+  }
+  // Two kept gradients: their sum goes to a fresh tensor.
+  Tensor other = f64s({5.0, 7.0});
+  ag::Variable x = leaf({0.0, 0.0});
+  ag::add(ag::sum_all(with_grad(x, kept)), ag::sum_all(with_grad(x, other))).backward();
+  REQUIRE(grad_of(x) == std::vector<double>{6.0, 9.0});
+  REQUIRE(kept.to_vector<double>() == kept_before);
+  REQUIRE(other.to_vector<double>() == std::vector<double>{5.0, 7.0});
+}
+
+TEST_CASE("engine: a leaf takes over a gradient no other tensor holds, and copies a held one", "[engine]") {
+  Tensor kept = f64s({3.0, 4.0});
+  ag::Variable x = leaf({0.0, 0.0});
+  ag::sum_all(with_grad(x, kept)).backward();
+  REQUIRE(grad_of(x) == std::vector<double>{3.0, 4.0});
+  REQUIRE_FALSE(x.grad().same_buffer(kept));
+  ag::sum_all(x).backward();  // accumulates into the leaf's own copy
+  REQUIRE(kept.to_vector<double>() == std::vector<double>{3.0, 4.0});
+
+  ag::Variable y = leaf({0.0, 0.0});
+  const void* fresh = nullptr;
+  ag::Variable use = ag::record_fn("fresh_grad", {y}, y.value().clone(), [&fresh](const ag::Grads&) {
+    Tensor g = f64s({5.0, 6.0});
+    fresh = g.raw();
+    return ag::Grads{g};
+  });
+  ag::sum_all(use).backward();
+  REQUIRE(grad_of(y) == std::vector<double>{5.0, 6.0});
+  REQUIRE(y.grad().raw() == fresh);  // taken over, not copied
+}
+
+TEST_CASE("engine: a linear adds its input's gradient into the sum the engine holds", "[engine]") {
+  // x feeds a linear (recorded first, so it runs last) and a fresh-gradient op: when the linear
+  // runs, x's slot holds the other gradient alone, and the linear's product adds into it.
+  Tensor xv = test::random_normal({4, 3}, 1), wv = test::random_normal({5, 3}, 2);
+  Tensor other = test::random_normal({4, 3}, 3), gy = test::random_normal({4, 5}, 4);
+  const void* fresh = nullptr;
+  auto fresh_grad = [&](const ag::Variable& x) {
+    return ag::record_fn("fresh_grad", {x}, x.value().clone(), [&fresh, other](const ag::Grads&) {
+      Tensor g = other.clone();
+      fresh = g.raw();
+      return ag::Grads{g};
+    });
+  };
+  ag::Variable x(xv.clone(), true), w(wv.clone(), true);
+  ag::Variable y = ag::linear(x, w);
+  ag::Variable z = fresh_grad(x);
+  ag::add(ag::sum_all(ag::mul(y, ag::Variable(gy))), ag::sum_all(z)).backward();
+  // The same bits as the two gradients computed apart and added.
+  ag::Variable x_alone(xv.clone(), true);
+  ag::linear(x_alone, ag::Variable(wv.clone())).backward(gy);
+  Tensor expect = other.clone();
+  kernels::accumulate(expect, x_alone.grad());
+  REQUIRE(test::bitwise_equal(x.grad(), expect));
+  REQUIRE(x.grad().raw() == fresh);  // summed where the other gradient was, then taken over
+  REQUIRE(test::relative_error(w.grad(), kernels::matmul(gy, xv, true, false)) <= 1e-6);
 }

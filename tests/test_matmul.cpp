@@ -2,8 +2,11 @@
 #include <vector>
 
 #include "autograd/functions/elementwise.h"
+#include "autograd/functions/layout.h"
 #include "autograd/functions/matmul.h"
+#include "autograd/functions/reduce.h"
 #include "autograd/gradcheck.h"
+#include "kernels/accumulate.h"
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
 #include "tests/catch.h"
@@ -145,6 +148,77 @@ TEST_CASE("gelu_mlp: the same bits as linear + gelu + linear on the CPU; gradche
                       Contains("matmul_dgelu: expects a [M, K], b [K, N] and pre [M, N]") && Contains("pre f32[2, 5] cpu"));
 }
 
+TEST_CASE("matmul_into: a product written into, or added to, an existing tensor", "[matmul]") {
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      INFO("ta " << ta << " tb " << tb);
+      Tensor a = test::random_normal(stored(0, 70, 33, ta), 1), b = test::random_normal(stored(0, 33, 9, tb), 2);
+      Tensor product = kernels::matmul(a, b, ta, tb);
+      // Into rows [2, 72) of a bigger tensor: the other rows keep their values.
+      Tensor big = test::random_normal({75, 9}, 3), before = big.clone();
+      Tensor rows = big.narrow0(2, 72);
+      kernels::matmul_into(a, b, ta, tb, rows);
+      REQUIRE(test::bitwise_equal(rows, product));
+      REQUIRE(test::bitwise_equal(big.narrow0(0, 2), before.narrow0(0, 2)));
+      REQUIRE(test::bitwise_equal(big.narrow0(72, 75), before.narrow0(72, 75)));
+      // Accumulating: the bits of a product followed by an add.
+      Tensor sum = before.narrow0(2, 72).clone(), expect = sum.clone();
+      kernels::accumulate(expect, product);
+      kernels::matmul_into(a, b, ta, tb, sum, /*accumulate=*/true);
+      REQUIRE(test::bitwise_equal(sum, expect));
+    }
+  // An empty inner dim: zeros, or nothing added.
+  Tensor out = Tensor::full({2, 3}, 5.0);
+  kernels::matmul_into(Tensor::zeros({2, 0}), Tensor::zeros({0, 3}), false, false, out, true);
+  REQUIRE(out.to_vector<float>() == std::vector<float>(6, 5.0f));
+  kernels::matmul_into(Tensor::zeros({2, 0}), Tensor::zeros({0, 3}), false, false, out);
+  REQUIRE(out.to_vector<float>() == std::vector<float>(6, 0.0f));
+  REQUIRE_THROWS_WITH(kernels::matmul_into(Tensor::zeros({2, 3}), Tensor::zeros({3, 4}), false, false, Tensor::zeros({2, 5})),
+                      Contains("matmul_into: a f32[2, 3] cpu @ b f32[3, 4] cpu does not give out f32[2, 5] cpu"));
+  REQUIRE_THROWS_WITH(kernels::matmul_into(Tensor::zeros({2, 3}), Tensor::zeros({3, 4}), false, false,
+                                           Tensor::zeros({2, 4}, DType::f64)),
+                      Contains("out f64[2, 4] cpu must have the operands' dtype f32"));
+}
+
+TEST_CASE("linear_split: the pieces of linear, gradients summed in the products", "[matmul]") {
+  Tensor x = test::random_normal({2, 7, 6}, 1), w = test::random_normal({9, 6}, 2), b = test::random_normal({9}, 3);
+  // The reference: what Linear::forward_split did before, a linear per block of the weight's
+  // rows (the engine then adds the x gradients, newest first, and concatenates the weight's).
+  for (const std::vector<int64_t>& sizes : {std::vector<int64_t>{4, 5}, std::vector<int64_t>{3, 5, 1}})
+    for (bool bias : {false, true}) {
+      INFO("pieces " << sizes.size() << " bias " << bias);
+      ag::Variable x1(x, true), w1(w, true), b1(b, true), x2(x, true), w2(w, true), b2(b, true);
+      std::vector<ag::Variable> pieces = ag::linear_split(x1, w1, bias ? b1 : ag::Variable(), sizes);
+      std::vector<ag::Variable> w_rows = ag::split(w2, sizes, 0), b_rows = ag::split(b2, sizes, 0);
+      ag::Variable loss, loss_ref;
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        ag::Variable reference = ag::linear(x2, w_rows[i], bias ? b_rows[i] : ag::Variable());
+        REQUIRE(test::bitwise_equal(pieces[i].value(), reference.value()));
+        ag::Variable g(test::random_normal(reference.shape(), 10 + i));
+        ag::Variable term = ag::sum_all(ag::mul(pieces[i], g)), term_ref = ag::sum_all(ag::mul(reference, g));
+        loss = loss.defined() ? ag::add(loss, term) : term;
+        loss_ref = loss_ref.defined() ? ag::add(loss_ref, term_ref) : term_ref;
+      }
+      loss.backward();
+      loss_ref.backward();
+      // Two pieces: the same bits (a + b rounds as b + a); three: the sum in another order.
+      if (sizes.size() == 2)
+        REQUIRE(test::bitwise_equal(x1.grad(), x2.grad()));
+      else
+        REQUIRE(test::relative_error(x1.grad(), x2.grad()) <= 1e-6);
+      REQUIRE(test::bitwise_equal(w1.grad(), w2.grad()));
+      if (bias) REQUIRE(test::bitwise_equal(b1.grad(), b2.grad()));
+    }
+  const std::vector<int64_t> sizes{3, 5, 1};
+  auto f = [&](const std::vector<ag::Variable>& v) {
+    return ag::concat(ag::linear_split(v[0], v[1], v.size() > 2 ? v[2] : ag::Variable(), sizes), -1);
+  };
+  test::require_gradcheck(f, {x.to(DType::f64), w.to(DType::f64), b.to(DType::f64)});
+  test::require_gradcheck(f, {x.to(DType::f64), w.to(DType::f64)});
+  REQUIRE_THROWS_WITH(ag::linear_split(ag::Variable(x), ag::Variable(w), ag::Variable(), {3, 5}),
+                      Contains("linear_split: the pieces add up to 8 rows, but the weight is f32[9, 6] cpu"));
+}
+
 TEST_CASE("matmul: bad inputs give clear errors", "[matmul][errors]") {
   Tensor a = Tensor::zeros({2, 3}), b = Tensor::zeros({4, 5});
   REQUIRE_THROWS_WITH(kernels::matmul(a, b), Contains("matmul: inner dims differ: a f32[2, 3] cpu has 3, b f32[4, 5] cpu has 4"));
@@ -188,6 +262,60 @@ TEST_CASE("matmul: GPU (cuBLASLt) matches CPU, forward and backward", "[matmul][
           REQUIRE(test::relative_error(bd.grad(), bc.grad()) <= tol);
         }
   }
+}
+
+TEST_CASE("matmul_into: GPU matches CPU, bf16 products summed in an f32 tensor", "[matmul][cuda]") {
+  Device gpu = Device::cuda(0);
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      INFO("ta " << ta << " tb " << tb);
+      // Rounded to bf16 first, so that the CPU's f32 product is the exact reference.
+      Tensor a = test::random_normal(stored(0, 257, 1000, ta), 1).to(DType::bf16).to(DType::f32);
+      Tensor b = test::random_normal(stored(0, 1000, 300, tb), 2).to(DType::bf16).to(DType::f32);
+      Tensor start = test::random_normal({257, 300}, 3);
+      Tensor expect = start.clone();
+      kernels::matmul_into(a, b, ta, tb, expect, true);
+      kernels::matmul_into(a, b, ta, tb, expect, true);  // twice: start + 2 a b
+      Tensor sum = start.to(gpu);
+      Tensor ad = a.to(gpu, DType::bf16), bd = b.to(gpu, DType::bf16);
+      kernels::matmul_into(ad, bd, ta, tb, sum, true);
+      kernels::matmul_into(ad, bd, ta, tb, sum, true);
+      REQUIRE(sum.dtype() == DType::f32);
+      REQUIRE(test::relative_error(sum, expect) <= 1e-5);
+      // bf16 out, accumulated into rows of a bigger tensor.
+      Tensor big = Tensor::zeros({259, 300}, DType::bf16, gpu);
+      kernels::matmul_into(ad, bd, ta, tb, big.narrow0(1, 258));
+      kernels::matmul_into(ad, bd, ta, tb, big.narrow0(1, 258), true);
+      Tensor twice = kernels::scale(kernels::matmul(a, b, ta, tb), 2.0);
+      REQUIRE(test::relative_error(big.narrow0(1, 258), twice) <= 1e-2);
+      REQUIRE(big.narrow0(0, 1).to(DType::f32).to_vector<float>() == std::vector<float>(300, 0.0f));
+    }
+  REQUIRE_THROWS_WITH(kernels::matmul_into(Tensor::zeros({2, 3}, DType::f32, gpu), Tensor::zeros({3, 4}, DType::f32, gpu),
+                                           false, false, Tensor::zeros({2, 4}, DType::bf16, gpu)),
+                      Contains("must have the operands' dtype f32"));
+}
+
+TEST_CASE("linear_split: GPU matches CPU, forward and backward", "[matmul][cuda]") {
+  Device gpu = Device::cuda(0);
+  const std::vector<int64_t> sizes{1536, 1536};
+  Tensor x = test::random_normal({2, 97, 768}, 4).to(DType::bf16).to(DType::f32);
+  Tensor w = test::random_normal({3072, 768}, 5, DType::f32, Device::cpu(), 0.05).to(DType::bf16).to(DType::f32);
+  ag::Variable xc(x, true), wc(w, true), xd(x.to(gpu, DType::bf16), true), wd(w.to(gpu, DType::bf16), true);
+  std::vector<ag::Variable> yc = ag::linear_split(xc, wc, ag::Variable(), sizes);
+  std::vector<ag::Variable> yd = ag::linear_split(xd, wd, ag::Variable(), sizes);
+  ag::Variable lc, ld;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    REQUIRE(test::relative_error(yd[i].value(), yc[i].value()) <= 1e-2);
+    Tensor g = test::random_normal(yc[i].shape(), 6 + i).to(DType::bf16).to(DType::f32);
+    ag::Variable tc = ag::sum_all(ag::mul(yc[i], ag::Variable(g)));
+    ag::Variable td = ag::sum_all(ag::mul(yd[i], ag::Variable(g.to(gpu, DType::bf16))));
+    lc = lc.defined() ? ag::add(lc, tc) : tc;
+    ld = ld.defined() ? ag::add(ld, td) : td;
+  }
+  lc.backward();
+  ld.backward();
+  REQUIRE(test::relative_error(xd.grad(), xc.grad()) <= 1e-2);
+  REQUIRE(test::relative_error(wd.grad(), wc.grad()) <= 1e-2);
 }
 
 TEST_CASE("linear: GPU bias epilogue matches CPU, with misaligned views", "[matmul][cuda]") {

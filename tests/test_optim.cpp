@@ -89,6 +89,23 @@ TEST_CASE("AdamW class: decay by group, state, clipping, zero_grad", "[optim]") 
   REQUIRE_THROWS_WITH(opt.load_state_tensors(saved), Catch::Matchers::Contains("no 'exp_avg_sq/fc.bias'"));
 }
 
+TEST_CASE("AdamW::zero_grad zeros every gradient, in the flat buffer or bound elsewhere", "[optim]") {
+  for (bool own_buffer : {false, true}) {
+    INFO("b bound to its own buffer: " << own_buffer);
+    Variable w(Tensor::from_vector<float>({1, 2, 3, 4}, {2, 2}), true), b(Tensor::from_vector<float>({1, -1}, {2}), true);
+    Tensor own = Tensor::zeros({2});
+    if (own_buffer) b.set_grad(own);
+    AdamW opt(groups_by_name({{"fc.weight", w}, {"fc.bias", b}}, 0.5), {0.1, 0.9, 0.999, 1e-8});
+    REQUIRE(b.grad().same_buffer(w.grad()) == !own_buffer);  // one flat buffer, or b's own
+    Tensor(w.grad()).copy_(Tensor::from_vector<float>({3, 5, 7, 4}, {2, 2}));
+    Tensor(b.grad()).copy_(Tensor::from_vector<float>({2, 12}, {2}));
+    opt.zero_grad();
+    REQUIRE(w.grad().to_vector<float>() == std::vector<float>{0, 0, 0, 0});
+    REQUIRE(b.grad().to_vector<float>() == std::vector<float>{0, 0});
+    REQUIRE(b.grad().same_buffer(own) == own_buffer);  // still bound where it was
+  }
+}
+
 TEST_CASE("AdamW class minimizes a quadratic; compute copies follow the masters", "[optim]") {
   Variable p(Tensor::from_vector<float>({5, -3, 2}, {3}), true);
   AdamW opt({ParamGroup{"all", {"p"}, {p}, 0.0}}, {0.1, 0.9, 0.999, 1e-8});

@@ -17,4 +17,12 @@ Variable linear(const Variable& x, const Variable& weight, const Variable& bias 
 // separate ops do); on the CPU the same bits as they give. Biases may be undefined.
 Variable gelu_mlp(const Variable& x, const Variable& w1, const Variable& b1, const Variable& w2, const Variable& b2);
 
+// linear(x, weight, bias) split along its last dim into pieces of the given sizes, one product
+// per block of the weight's rows (Mamba's in_proj into x and z): separate outputs, so nothing
+// is copied to split them. The backward sums x's gradient in the products themselves (the
+// second and later ones accumulate into the first's output) and writes each block's weight
+// gradient into its rows of one gradient: no add or concat kernels.
+std::vector<Variable> linear_split(const Variable& x, const Variable& weight, const Variable& bias,
+                                   const std::vector<int64_t>& sizes);
+
 }  // namespace coil::autograd

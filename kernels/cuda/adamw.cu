@@ -1,13 +1,9 @@
-#include <cuda_bf16.h>
-
 #include "core/cuda.h"
 #include "kernels/cuda/block_reduce.cuh"
 #include "kernels/adamw.h"
 
 namespace coil::kernels::cuda {
 namespace {
-
-using bf16_t = __nv_bfloat16;
 
 // One slot as the kernels read it (built on the host, copied to the device once per plan).
 struct alignas(8) DeviceSlot {
@@ -27,7 +23,7 @@ constexpr int kThreads = 512;
 constexpr int kUnroll = 4;  // independent elements in flight per thread
 
 __device__ __forceinline__ float load_grad(const DeviceSlot& s, int64_t i) {
-  return s.grad_bf16 ? __bfloat162float(static_cast<const bf16_t*>(s.grad)[i]) : static_cast<const float*>(s.grad)[i];
+  return s.grad_bf16 ? load(static_cast<const bf16_t*>(s.grad), i) : load(static_cast<const float*>(s.grad), i);
 }
 
 // One block per (slot, chunk of 65536 elements). Per element: read p, g, m, v (16 bytes with
@@ -66,7 +62,7 @@ __global__ void adamw_kernel(const DeviceSlot* slots, const int2* chunks, const 
         s.param[i] = pu;
         s.m[i] = mu;
         s.v[i] = vu;
-        if (s.copy) s.copy[i] = __float2bfloat16(pu);
+        if (s.copy) store(s.copy, i, pu);
       }
     }
   }
@@ -94,7 +90,7 @@ __global__ void sumsq_finish_kernel(const float* partial, int n, double* total_o
   __shared__ double smem[32];
   double acc = 0;
   for (int i = threadIdx.x; i < n; i += blockDim.x) acc += partial[i];
-  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  acc = warp_sum(acc);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) smem[warp] = acc;
   __syncthreads();
@@ -124,7 +120,7 @@ __global__ void scale_kernel(const DeviceSlot* slots, const int2* chunks, const 
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
     if (s.grad_bf16) {
       bf16_t* g = static_cast<bf16_t*>(const_cast<void*>(s.grad));
-      g[i] = __float2bfloat16(__bfloat162float(g[i]) * f);
+      store(g, i, to_f(g[i]) * f);
     } else {
       float* g = static_cast<float*>(const_cast<void*>(s.grad));
       g[i] *= f;

@@ -13,25 +13,17 @@
 // each kernel (kStream), with less unrolling to keep its registers near the plain one's; the
 // plain instance is the kernel as it is without them. The initial
 // state fills the window of the first segment; the last segment writes the final state.
-#include <cuda_bf16.h>
-
 #include "core/cuda.h"
 #include "kernels/conv1d.h"
+#include "kernels/cuda/device_util.cuh"
 #include "kernels/documents.h"
 
 namespace coil::kernels::cuda {
 namespace {
 
-using bf16_t = __nv_bfloat16;
 constexpr int kThreads = 128;
 constexpr int kSeg = 128;
 constexpr int kMaxK = int(kConv1dMaxWidth);
-
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(bf16_t x) { return __bfloat162float(x); }
-template <class T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ bf16_t from_f<bf16_t>(float x) { return __float2bfloat16(x); }
 
 // The thread's channel, segment and batch row: x[base + t * D] is x[b, t, d].
 struct Lane {

@@ -51,7 +51,9 @@ __device__ __forceinline__ float ex2(float x) {
 }
 
 // ---- sums --------------------------------------------------------------------------------
-__device__ __forceinline__ float warp_sum(float v) {
+// Sum over the warp (float or double); every lane receives it.
+template <class T>
+__device__ __forceinline__ T warp_sum(T v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }

@@ -101,15 +101,6 @@ __global__ void scale_kernel(const T* x, const float* s, T* out, int64_t n) {
     out[i] = from_f<T>(to_f(x[i]) * f);
 }
 
-// acc (f32) += src: read 2n, write n.
-template <class T>
-__global__ void add_into_kernel(float* acc, const T* src, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    acc[i] += to_f(src[i]);
-}
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
 int grid_for(int64_t n) { return int(std::min<int64_t>(std::max<int64_t>((n + 255) / 256, 1), 8192)); }
 
 // The per-device error record {position, target, V, -}: allocated once, never freed.
@@ -198,16 +189,6 @@ void scale_by_scalar(const Tensor& x, const Tensor& s, const Tensor& out) {
     default: fail("scale_by_scalar: the GPU takes f32 or bf16, got {}", describe(x));
   }
   COIL_CUDA_CHECK_LAUNCH("scale_by_scalar", "x {}", describe(x));
-}
-
-void add_into_f32(const Tensor& acc, const Tensor& src) {
-  const int64_t n = acc.numel();
-  cudaStream_t stream = coil::cuda::compute_stream();
-  if (src.dtype() == DType::f32)
-    add_into_kernel<<<grid_for(n), 256, 0, stream>>>(acc.data<float>(), src.data<float>(), n);
-  else
-    add_into_kernel<<<grid_for(n), 256, 0, stream>>>(acc.data<float>(), static_cast<const bf16_t*>(src.raw()), n);
-  COIL_CUDA_CHECK_LAUNCH("add_into_f32", "acc {}, src {}", describe(acc), describe(src));
 }
 
 void check_targets(int device) {

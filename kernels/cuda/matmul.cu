@@ -10,7 +10,10 @@
 // leading dimension N): GELU_AUX(_BIAS) writes gelu's input there, DGELU reads it.
 //
 // Precision: bf16 A/B/C/D with CUBLAS_COMPUTE_32F (fp32 accumulation, fp32 alpha/beta), or
-// f32 with CUBLAS_COMPUTE_32F (no TF32: the fp32 path is the debugging reference).
+// f32 with CUBLAS_COMPUTE_32F (no TF32: the fp32 path is the debugging reference), or bf16 A/B
+// with f32 C/D (a sum of products kept in fp32, e.g. a weight gradient over chunks of rows).
+// Accumulating (beta = 1) reads C = D before writing D: the sum costs one extra read of the
+// output instead of a separate add kernel (which reads both and writes one).
 //
 // One cuBLASLt handle and one 32 MiB workspace per device, created on first use and kept for
 // the life of the process; the algorithm chosen by the heuristic is cached per problem
@@ -42,8 +45,8 @@ namespace {
 
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;
 
-// (batch, M, N, K, ta, tb, dtype, bias, epilogue, alignment of a, b, out, bias, aux)
-using AlgoKey = std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool, int, bool, int, int, int, int, int, int>;
+// (batch, M, N, K, ta, tb, dtype, out dtype, bias, epilogue, alignment of a, b, out, bias, aux)
+using AlgoKey = std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool, int, int, bool, int, int, int, int, int, int>;
 
 struct LtContext {
   cublasLtHandle_t handle = nullptr;
@@ -134,13 +137,22 @@ struct Preference {
 }  // namespace
 
 void matmul(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out, const GemmShape& g,
-            GemmEpilogue epilogue, const Tensor& aux) {
-  const cudaDataType_t type = cuda_type(a);
+            GemmEpilogue epilogue, const Tensor& aux, bool accumulate) {
+  const cudaDataType_t type = cuda_type(a), out_type = cuda_type(out);
+  COIL_CHECK(out_type == type || (type == CUDA_R_16BF && out_type == CUDA_R_32F),
+             "matmul: out {} must be {}'s dtype, or f32 for bf16 operands", describe(out), describe(a));
+  COIL_CHECK(!(bias.defined() && (accumulate || out_type != type)),
+             "matmul: a bias goes with a plain product of out's dtype, not with accumulate or an f32 out {}",
+             describe(out));
+  COIL_CHECK(epilogue == GemmEpilogue::plain || (!accumulate && out_type == type),
+             "matmul: the GELU epilogues go with a product of out's dtype, not with accumulate or an f32 out {}",
+             describe(out));
   const int64_t M = g.M, N = g.N, K = g.K;
   const char* epilogue_name = epilogue == GemmEpilogue::gelu_aux ? ", gelu" : epilogue == GemmEpilogue::dgelu ? ", dgelu" : "";
   auto what = [&] {
-    return fmt::format("matmul a {}{} @ b {}{}{}{} -> {}", describe(a), g.transpose_a ? "^T" : "", describe(b),
-                       g.transpose_b ? "^T" : "", bias.defined() ? " + bias" : "", epilogue_name, describe(out));
+    return fmt::format("matmul a {}{} @ b {}{}{}{} {} {}", describe(a), g.transpose_a ? "^T" : "", describe(b),
+                       g.transpose_b ? "^T" : "", bias.defined() ? " + bias" : "", epilogue_name,
+                       accumulate ? "+=" : "->", describe(out));
   };
   if (epilogue != GemmEpilogue::plain)
     COIL_CHECK(g.batch == 1 && N % 8 == 0 && aux.defined() && aux.numel() == M * N && aux.dtype() == out.dtype(),
@@ -178,13 +190,13 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& 
   // our a: [M, K] row-major = column-major [K, M] (ld K); transposed: [K, M] = col-major [M, K] (ld M).
   Layout lb(type, g.transpose_a ? M : K, g.transpose_a ? K : M, g.transpose_a ? M : K, g.batch, M * K);
   // our out: [M, N] row-major = column-major [N, M] (ld N).
-  Layout ld(type, N, M, N, g.batch, M * N);
+  Layout ld(out_type, N, M, N, g.batch, M * N);
 
   int align_a = alignment(a.raw()), align_b = alignment(b.raw()), align_d = alignment(out.raw());
   int align_bias = bias.defined() ? alignment(bias.raw()) : 0;
   int align_aux = epilogue != GemmEpilogue::plain ? alignment(aux.raw()) : 0;
-  AlgoKey key{g.batch, M, N, K, g.transpose_a, g.transpose_b, int(type), bias.defined(), int(epilogue),
-              align_a, align_b, align_d, align_bias, align_aux};
+  AlgoKey key{g.batch, M, N, K, g.transpose_a, g.transpose_b, int(type), int(out_type), bias.defined(),
+              int(epilogue), align_a, align_b, align_d, align_bias, align_aux};
   cublasLtMatmulAlgo_t algo;
   std::unique_lock<std::mutex> lock(ctx.algos_mutex);
   auto found = ctx.algos.find(key);
@@ -210,7 +222,7 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& 
   }
   lock.unlock();
 
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   COIL_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, op.desc, &alpha, b.raw(), la.desc, a.raw(), lb.desc, &beta,
                                    out.raw(), ld.desc, out.raw(), ld.desc, &algo, ctx.workspace,
                                    kWorkspaceBytes, coil::cuda::compute_stream()),

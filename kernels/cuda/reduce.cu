@@ -3,8 +3,6 @@
 // sums its segment in a fixed order and tree, partial sums go to an fp32 buffer [A, S, C],
 // and a second pass adds the S partials in order. Memory traffic: one read of x (plus
 // A*S*C*4 bytes of partials, small), one write of out.
-#include <cuda_bf16.h>
-
 #include "core/cuda.h"
 #include "kernels/cuda/float_access.cuh"
 #include "kernels/reduce.h"
@@ -25,7 +23,7 @@ __global__ void row_sum_kernel(const In* x, Out* out, int64_t R, int64_t S, int6
   const In* row = x + a * R;
   float acc = 0.0f;
   for (int64_t r = begin + threadIdx.x; r < end; r += kRowThreads) acc += load(row, r);
-  for (int offset = 16; offset > 0; offset >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+  acc = warp_sum(acc);
   __shared__ float warp_sums[kRowThreads / 32];
   if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = acc;
   __syncthreads();

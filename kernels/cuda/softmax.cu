@@ -73,8 +73,6 @@ __global__ void __launch_bounds__(kRowThreads, 2)
   });
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
 template <class T, int N>
 void forward_units(const T* xp, T* yp, int64_t rows, int64_t cols, bool log) {
   const int64_t units = cols / N, cached = row_cached_units(units, sizeof(Pack<T, N>), 1);
