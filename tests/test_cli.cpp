@@ -16,8 +16,8 @@
 #include "tests/catch.h"
 #include "tests/files.h"
 #include "train/checkpoint.h"
-#include "train/report.h"
-#include "train/sweep.h"
+#include "scaling/report.h"
+#include "scaling/sweep.h"
 
 using namespace coil;
 using namespace coil::data;

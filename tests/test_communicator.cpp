@@ -6,8 +6,8 @@
 #include "core/cuda.h"
 #include "tests/catch.h"
 #include "tests/roles.h"
-#include "train/communicator.h"
-#include "train/launch.h"
+#include "dist/communicator.h"
+#include "dist/launch.h"
 
 using namespace coil;
 using namespace coil::train;

@@ -137,7 +137,7 @@ TEST_CASE("every config under configs/ parses", "[config]") {
   int n = 0;
   for (auto& entry : fs::recursive_directory_iterator(dir)) {
     if (entry.path().extension() != ".yaml") continue;
-    // Sweep files (train/sweep.h) expand into configs; they are not configs themselves.
+    // Sweep files (scaling/sweep.h) expand into configs; they are not configs themselves.
     std::ifstream in(entry.path());
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     if (text.find("\naxes:") != std::string::npos || text.rfind("axes:", 0) == 0) continue;

@@ -22,8 +22,8 @@
 #include "tests/catch.h"
 #include "tests/roles.h"
 #include "train/checkpoint.h"
-#include "train/distributed.h"
-#include "train/launch.h"
+#include "dist/distributed.h"
+#include "dist/launch.h"
 #include "train/trainer.h"
 
 using namespace coil;

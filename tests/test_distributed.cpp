@@ -3,7 +3,7 @@
 #include <thread>
 
 #include "tests/catch.h"
-#include "train/distributed.h"
+#include "dist/distributed.h"
 
 using namespace coil::train;
 
@@ -162,7 +162,7 @@ TEST_CASE("gradient buckets fill from the last parameter backwards", "[distribut
 }
 
 #include "autograd/variable.h"
-#include "train/grad_reducer.h"
+#include "dist/grad_reducer.h"
 
 namespace {
 using coil::Tensor;
@@ -228,7 +228,7 @@ TEST_CASE("buckets whose parameters got no gradient are still reduced, in order"
   REQUIRE(sizes.size() == 3);
 }
 
-#include "train/launch.h"
+#include "dist/launch.h"
 
 TEST_CASE("launch starts every rank with its environment and reports a failing one", "[distributed]") {
   LaunchOptions options;

@@ -2,7 +2,7 @@
 #include <random>
 
 #include "tests/catch.h"
-#include "train/power_law.h"
+#include "scaling/power_law.h"
 
 using namespace coil::train;
 

@@ -8,8 +8,8 @@
 #include "tests/catch.h"
 #include "tests/files.h"
 #include "train/config.h"
-#include "train/report.h"
-#include "train/sweep.h"
+#include "scaling/report.h"
+#include "scaling/sweep.h"
 #include "train/trainer.h"
 
 using namespace coil;

@@ -2,7 +2,7 @@
 #include <fstream>
 
 #include "tests/catch.h"
-#include "train/sweep.h"
+#include "scaling/sweep.h"
 
 using namespace coil::train;
 namespace fs = std::filesystem;

@@ -9,8 +9,8 @@
 
 #include "optim/adamw.h"
 #include "tests/catch.h"
-#include "train/grad_reducer.h"
-#include "train/zero.h"
+#include "dist/grad_reducer.h"
+#include "dist/zero.h"
 
 using namespace coil;
 using namespace coil::train;

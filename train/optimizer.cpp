@@ -5,7 +5,7 @@
 #include <set>
 
 #include "optim/adamw.h"
-#include "train/zero.h"
+#include "dist/zero.h"
 
 namespace coil::train {
 

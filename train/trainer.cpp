@@ -26,13 +26,13 @@
 #include "train/atomic_file.h"
 #include "train/carried_state.h"
 #include "train/checkpoint.h"
-#include "train/communicator.h"
-#include "train/distributed.h"
-#include "train/grad_reducer.h"
+#include "dist/communicator.h"
+#include "dist/distributed.h"
+#include "dist/grad_reducer.h"
 #include "train/hf_interop.h"
 #include "train/metrics_log.h"
 #include "train/optimizer.h"
-#include "train/process.h"
+#include "dist/process.h"
 #include "train/tensorboard.h"
 
 namespace coil::train {
@@ -87,7 +87,7 @@ Device resolve_device(const std::string& name) {
   return d;
 }
 
-// With several ranks, each uses the GPU of its local rank (train/distributed.h: choose_gpu).
+// With several ranks, each uses the GPU of its local rank (dist/distributed.h: choose_gpu).
 Device rank_device(const std::string& name, const DistEnv& env) {
   if (env.world_size == 1) return resolve_device(name);
   COIL_CHECK(name == "auto" || name == "cuda",

@@ -83,7 +83,7 @@ struct EvalResult {
 EvalResult evaluate(const Config& config, const std::string& checkpoint = "",
                     const std::function<void(const std::string&)>& print = nullptr);
 
-// ---- the pieces of an evaluation (the length sweep, train/length_eval.h, uses them too) ----
+// ---- the pieces of an evaluation (the length sweep, scaling/length_eval.h, uses them too) ----
 
 // The data a config describes (train.seq_len windows), as rank `rank` of `world` draws it.
 data::DataOptions data_options(const Config& config, int rank = 0, int world = 1);

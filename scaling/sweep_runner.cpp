@@ -1,4 +1,4 @@
-#include "train/sweep_runner.h"
+#include "scaling/sweep_runner.h"
 
 #include <fmt/format.h>
 #include <signal.h>
@@ -13,8 +13,8 @@
 #include <thread>
 
 #include "core/error.h"
-#include "train/process.h"
-#include "train/report.h"
+#include "dist/process.h"
+#include "scaling/report.h"
 #include "train/trainer.h"
 
 namespace coil::train {

@@ -1,4 +1,4 @@
-#include "train/length_eval.h"
+#include "scaling/length_eval.h"
 
 #include <fmt/format.h>
 
@@ -11,7 +11,7 @@
 #include "core/allocator.h"
 #include "core/error.h"
 #include "data/loader.h"
-#include "train/report.h"
+#include "scaling/report.h"
 #include "train/trainer.h"
 
 namespace coil::train {

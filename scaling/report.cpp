@@ -1,4 +1,4 @@
-#include "train/report.h"
+#include "scaling/report.h"
 
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
@@ -16,8 +16,8 @@
 #include "core/error.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
-#include "train/plot.h"
-#include "train/sweep.h"
+#include "scaling/plot.h"
+#include "scaling/sweep.h"
 #include "train/trainer.h"
 
 namespace coil::train {
@@ -611,7 +611,7 @@ ReportResult write_report(const std::vector<std::string>& run_dirs, const std::s
                         md_text(f.problem));
   }
   md += "\nIntervals: least squares on log loss against log FLOPs, Student's t on runs - 2 degrees of freedom "
-        "(train/power_law.h); one seed a run, so they measure the scatter of the runs about the line, not the "
+        "(scaling/power_law.h); one seed a run, so they measure the scatter of the runs about the line, not the "
         "spread over seeds.\n";
   if (!res.crossovers.empty()) {
     md += "\n## Crossover\n\n";

@@ -19,12 +19,12 @@
 #include "train/config.h"
 #include "train/generate.h"
 #include "train/hf_interop.h"
-#include "train/launch.h"
-#include "train/length_eval.h"
-#include "train/plot.h"
-#include "train/report.h"
-#include "train/sweep.h"
-#include "train/sweep_runner.h"
+#include "dist/launch.h"
+#include "scaling/length_eval.h"
+#include "scaling/plot.h"
+#include "scaling/report.h"
+#include "scaling/sweep.h"
+#include "scaling/sweep_runner.h"
 #include "train/trainer.h"
 
 using namespace coil;
