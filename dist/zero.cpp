@@ -2,8 +2,8 @@
 
 #include <map>
 
-#include "kernels/adamw.h"
 #include "dist/grad_reducer.h"
+#include "kernels/adamw.h"
 
 namespace coil::train {
 

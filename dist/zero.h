@@ -22,9 +22,9 @@
 #include <vector>
 
 #include "autograd/variable.h"
-#include "optim/adamw.h"
 #include "dist/collectives.h"
 #include "dist/distributed.h"
+#include "optim/adamw.h"
 
 namespace coil::train {
 

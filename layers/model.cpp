@@ -7,6 +7,7 @@
 #include "autograd/functions/loss.h"
 #include "autograd/functions/matmul.h"
 #include "kernels/documents.h"
+#include "layers/model_facts.h"
 
 namespace coil::layers {
 
@@ -211,17 +212,7 @@ int64_t LanguageModel::matmul_parameters() const {
 }
 
 double LanguageModel::flops_per_token(int64_t seq_len) const {
-  double flops = 6.0 * double(matmul_parameters());
-  for (auto& b : backbone->blocks) {
-    if (b->mixer_kind == "attention") {
-      double ctx = double(seq_len);
-      if (cfg_.attention.window > 0) ctx = std::min(ctx, double(cfg_.attention.window));
-      flops += 12.0 * double(cfg_.d_model) * ctx;
-    } else {
-      flops += 3.0 * (9.0 * double(cfg_.d_inner()) * double(cfg_.mamba.d_state) + 2.0 * double(cfg_.d_inner()));
-    }
-  }
-  return flops;
+  return training_flops_per_token(cfg_, seq_len);
 }
 
 }  // namespace coil::layers

@@ -126,10 +126,8 @@ class LanguageModel : public Module {
   // Weights that take part in matrix products, the head included (the conv1d weights count
   // too: each is used once per token, like a matmul weight).
   int64_t matmul_parameters() const;
-  // Training FLOPs per token (forward + backward): 6 * matmul_parameters()
-  //   + 12 * n_attention_layers * d_model * seq_len      (QK^T and AV, Kaplan/Chinchilla)
-  //   + 3 * n_mamba_layers * (9 * d_inner * d_state + 2 * d_inner)   (the scan; mamba_ssm's
-  //     selective_scan_flop_jit: 9 BLDN, + BDL for D and for z, forward; backward ~2x)
+  // Training FLOPs per token (forward + backward): layers::training_flops_per_token
+  // (layers/model_facts.h) of the config.
   double flops_per_token(int64_t seq_len) const;
 
   // Moves the parameters and sets the compute dtype the config asks for on that device

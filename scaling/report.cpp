@@ -14,11 +14,11 @@
 #include <sstream>
 
 #include "core/error.h"
-#include "train/checkpoint.h"
-#include "train/config.h"
 #include "scaling/plot.h"
 #include "scaling/sweep.h"
-#include "train/trainer.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/info.h"
 
 namespace coil::train {
 namespace fs = std::filesystem;

@@ -19,11 +19,11 @@
 #include <sstream>
 #include <thread>
 
+#include "dist/distributed.h"
+#include "dist/launch.h"
 #include "tests/catch.h"
 #include "tests/roles.h"
 #include "train/checkpoint.h"
-#include "dist/distributed.h"
-#include "dist/launch.h"
 #include "train/trainer.h"
 
 using namespace coil;

@@ -2,8 +2,8 @@
 #include <memory>
 #include <thread>
 
-#include "tests/catch.h"
 #include "dist/distributed.h"
+#include "tests/catch.h"
 
 using namespace coil::train;
 
@@ -253,6 +253,7 @@ TEST_CASE("launch starts every rank with its environment and reports a failing o
 #include "data/loader.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
+#include "train/info.h"
 #include "train/trainer.h"
 
 namespace {

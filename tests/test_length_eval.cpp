@@ -9,9 +9,9 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "scaling/length_eval.h"
 #include "tests/catch.h"
 #include "tests/files.h"
-#include "scaling/length_eval.h"
 #include "train/trainer.h"
 
 using namespace coil;

@@ -1,8 +1,8 @@
 #include <cmath>
 #include <random>
 
-#include "tests/catch.h"
 #include "scaling/power_law.h"
+#include "tests/catch.h"
 
 using namespace coil::train;
 

@@ -15,10 +15,10 @@
 #include <mutex>
 #include <thread>
 
-#include "tests/catch.h"
 #include "dist/net.h"
 #include "dist/rendezvous.h"
 #include "dist/tcp_store.h"
+#include "tests/catch.h"
 
 using namespace coil;
 using namespace coil::train;

@@ -10,10 +10,12 @@
 #include "data/prepare.h"
 #include "data/token_file.h"
 #include "layers/model.h"
+#include "layers/model_facts.h"
 #include "tests/catch.h"
 #include "tests/files.h"
 #include "train/checkpoint.h"
 #include "train/hf_interop.h"
+#include "train/info.h"
 #include "train/safetensors.h"
 #include "train/trainer.h"
 
@@ -549,7 +551,7 @@ TEST_CASE("eval, info and export", "[trainer]") {
     REQUIRE(info.flops_per_token == Approx(m.flops_per_token(128)));
     std::map<std::string, Shape> built;
     for (auto& [n, prm] : m.named_parameters()) built[n] = prm->shape();
-    auto shapes = parameter_shapes(p.model.config);
+    auto shapes = layers::parameter_shapes(p.model.config);
     REQUIRE(shapes.size() == built.size());
     for (auto& [n, s] : shapes) REQUIRE(built[n] == s);
   }

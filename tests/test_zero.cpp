@@ -7,10 +7,10 @@
 #include <random>
 #include <thread>
 
-#include "optim/adamw.h"
-#include "tests/catch.h"
 #include "dist/grad_reducer.h"
 #include "dist/zero.h"
+#include "optim/adamw.h"
+#include "tests/catch.h"
 
 using namespace coil;
 using namespace coil::train;

@@ -621,6 +621,13 @@ Config parse_config(const std::string& yaml_text, const std::string& source, con
   return config;
 }
 
+Config load_run_config(const std::string& run_dir, const std::vector<std::string>& overrides) {
+  std::string path = (std::filesystem::path(run_dir) / "config.yaml").string();
+  if (!std::filesystem::exists(path))
+    fail("'{}' is not a run directory: it has no config.yaml (start a run with `coil train CONFIG`)", run_dir);
+  return load_config(path, overrides);
+}
+
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "layers/model_config.h"
+#include "optim/defaults.h"
 
 namespace coil::train {
 
@@ -62,10 +63,10 @@ struct TrainSection {
 };
 
 struct OptimSection {
-  double lr = 6e-4;
-  std::vector<double> betas = {0.9, 0.95};
+  double lr = optim::kDefaultLr;
+  std::vector<double> betas = {optim::kDefaultBeta1, optim::kDefaultBeta2};
   double weight_decay = 0.1;
-  double eps = 1e-8;
+  double eps = optim::kDefaultEps;
   double grad_clip = 1.0;  // 0: no clipping
   std::string schedule = "cosine";  // cosine | constant | linear
   double warmup = 0.1;     // < 1: a fraction of the steps; >= 1: a number of steps
@@ -112,6 +113,8 @@ struct Config {
 Config parse_config(const std::string& yaml_text, const std::string& source,
                     const std::vector<std::string>& overrides = {});
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// Reads a run directory's config.yaml.
+Config load_run_config(const std::string& run_dir, const std::vector<std::string>& overrides = {});
 // Applies one "key.path=value" override.
 void apply_override(Config& config, const std::string& assignment);
 

@@ -5,7 +5,7 @@
 #include <map>
 #include <set>
 
-#include "train/trainer.h"
+#include "layers/model_facts.h"
 
 namespace coil::train {
 namespace {
@@ -666,7 +666,7 @@ nlohmann::ordered_json model_config_to_json(Family f, const layers::ModelConfig&
 
 std::vector<TensorLink> tensor_links(Family f, const layers::ModelConfig& config) {
   std::vector<TensorLink> links;
-  for (auto& [name, shape] : parameter_shapes(config)) {
+  for (auto& [name, shape] : layers::parameter_shapes(config)) {
     Rename r = stored_names(f, name);
     TensorLink link{name, shape, r.names, {}, r.transposed};
     for (size_t k = 0; k < r.names.size(); ++k) {

@@ -4,8 +4,8 @@
 #include <map>
 #include <set>
 
-#include "optim/adamw.h"
 #include "dist/zero.h"
+#include "optim/adamw.h"
 
 namespace coil::train {
 

@@ -17,22 +17,24 @@
 #include "core/determinism.h"
 #include "core/version.h"
 #include "data/loader.h"
+#include "dist/communicator.h"
+#include "dist/distributed.h"
+#include "dist/grad_reducer.h"
+#include "dist/process.h"
 #include "kernels/accumulate.h"
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "kernels/loss.h"
 #include "layers/model.h"
+#include "layers/model_facts.h"
 #include "optim/schedule.h"
 #include "train/atomic_file.h"
 #include "train/carried_state.h"
 #include "train/checkpoint.h"
-#include "dist/communicator.h"
-#include "dist/distributed.h"
-#include "dist/grad_reducer.h"
 #include "train/hf_interop.h"
+#include "train/info.h"
 #include "train/metrics_log.h"
 #include "train/optimizer.h"
-#include "dist/process.h"
 #include "train/tensorboard.h"
 
 namespace coil::train {
@@ -258,7 +260,7 @@ Checkpoint make_checkpoint(const layers::LanguageModel& model, const Optimizer& 
 void check_same_model(const Checkpoint& c, const layers::ModelConfig& m) {
   std::map<std::string, Shape> stored;
   for (auto& [name, t] : c.params) stored[name] = t.shape();
-  auto expected = parameter_shapes(m);
+  auto expected = layers::parameter_shapes(m);
   for (auto& [name, shape] : expected) {
     auto it = stored.find(name);
     if (it == stored.end())
@@ -284,12 +286,6 @@ void load_into(layers::LanguageModel& model, Optimizer& opt, const Checkpoint& c
 
 }  // namespace
 
-Config load_run_config(const std::string& run_dir, const std::vector<std::string>& overrides) {
-  std::string path = (fs::path(run_dir) / "config.yaml").string();
-  if (!fs::exists(path))
-    fail("'{}' is not a run directory: it has no config.yaml (start a run with `coil train CONFIG`)", run_dir);
-  return load_config(path, overrides);
-}
 
 TrainResult run_training(Config config, const TrainOptions& options) {
   const auto call_start = Clock::now();  // time_limit_s counts from here
@@ -437,9 +433,7 @@ TrainResult run_training(Config config, const TrainOptions& options) {
   };
 
   const double flops_per_token = model.flops_per_token(L);
-  double peak_flops = 0;
-  if (const char* e = std::getenv("COIL_PEAK_TFLOPS")) peak_flops = std::atof(e) * 1e12;
-  else if (device.is_cuda()) peak_flops = config.train.dtype == "bf16" ? 989e12 : 67e12;  // H100 SXM dense
+  const double peak = peak_flops(device, config.train.dtype);
   say(fmt::format("run {} -> {}", config.run.name, run_dir));
   say(fmt::format("model {}: {} parameters, {} FLOPs/token; {} {}", config.model.preset,
                   format_count(double(model.num_parameters())), format_count(flops_per_token), device.str(),
@@ -638,7 +632,7 @@ TrainResult run_training(Config config, const TrainOptions& options) {
       double step_s = dt / double(std::max<int64_t>(steps_at_log, 1));
       double eta = step_s * double(config.train.steps - state.step);
       // Unknown without a peak to compare with (the CPU, unless COIL_PEAK_TFLOPS): NaN, logged as null.
-      double mfu = peak_flops > 0 ? tok_s * flops_per_token / (peak_flops * env.world_size) : NAN;
+      double mfu = peak > 0 ? tok_s * flops_per_token / (peak * env.world_size) : NAN;
       double mem = device.is_cuda() ? double(memory_stats(device).peak_in_use) : double(host_rss_bytes());
       double loss_avg = loss_count > 0 ? loss_sum / loss_count : NAN;
       double gnorm_avg = gnorm_count_log ? gnorm_sum_log / double(gnorm_count_log) : NAN;
@@ -746,145 +740,6 @@ EvalResult evaluate(const Config& config_in, const std::string& checkpoint,
   for (auto& b : batches) r.windows += b.second;
   r.targets = t.targets;
   return r;
-}
-
-// ---- info ----
-
-std::vector<std::pair<std::string, Shape>> parameter_shapes(const layers::ModelConfig& m) {
-  std::vector<std::pair<std::string, Shape>> out;
-  const int64_t d = m.d_model, V = m.padded_vocab_size(), di = m.d_inner(), N = m.mamba.d_state, R = m.dt_rank();
-  const bool ln = m.norm == "layernorm";
-  auto norm = [&](const std::string& p) {
-    out.push_back({p + ".weight", {d}});
-    if (ln) out.push_back({p + ".bias", {d}});
-  };
-  auto linear = [&](const std::string& p, int64_t o, int64_t i, bool bias) {
-    out.push_back({p + ".weight", {o, i}});
-    if (bias) out.push_back({p + ".bias", {o}});
-  };
-  out.push_back({"backbone.embedding.weight", {V, d}});
-  if (m.attention.positions == "learned" && m.has_attention())
-    out.push_back({"backbone.pos_embedding.weight", {m.attention.max_seq_len, d}});
-  auto mixers = m.layer_mixers();
-  for (size_t i = 0; i < mixers.size(); ++i) {
-    std::string p = fmt::format("backbone.layers.{}.", i);
-    norm(p + "norm");
-    if (mixers[i] == "mamba") {
-      out.push_back({p + "mixer.A_log", {di, N}});
-      out.push_back({p + "mixer.D", {di}});
-      if (!m.mamba.selective) {
-        out.push_back({p + "mixer.dt_bias", {di}});
-        out.push_back({p + "mixer.B", {N}});
-        out.push_back({p + "mixer.C", {N}});
-      }
-      linear(p + "mixer.in_proj", 2 * di, d, m.bias);
-      out.push_back({p + "mixer.conv1d.weight", {di, 1, m.mamba.d_conv}});
-      if (m.mamba.conv_bias) out.push_back({p + "mixer.conv1d.bias", {di}});
-      if (m.mamba.selective) {
-        linear(p + "mixer.x_proj", R + 2 * N, di, false);
-        linear(p + "mixer.dt_proj", di, R, true);
-      }
-      linear(p + "mixer.out_proj", d, di, m.bias);
-    } else {
-      linear(p + "mixer.in_proj", 3 * d, d, m.bias);
-      linear(p + "mixer.out_proj", d, d, m.bias);
-    }
-    if (m.mlp != "none") {
-      norm(p + "norm2");
-      int64_t h = m.mlp_hidden_size();
-      linear(p + "mlp.fc1", m.mlp == "swiglu" ? 2 * h : h, d, m.bias);
-      linear(p + "mlp.fc2", d, h, m.bias);
-    }
-  }
-  norm("backbone.norm_f");
-  if (!m.tie_embeddings) out.push_back({"lm_head.weight", {V, d}});
-  return out;
-}
-
-ModelInfo model_info(const Config& config, int world_size) {
-  const auto& m = config.model.config;
-  ModelInfo info;
-  int64_t embed = 0;
-  for (auto& [name, shape] : parameter_shapes(m)) {
-    int64_t n = numel(shape);
-    info.parameters += n;
-    if (name == "backbone.embedding.weight" || name == "backbone.pos_embedding.weight" || name == "lm_head.weight")
-      embed += n;
-    bool matmul = shape.size() >= 2 && name.find("A_log") == std::string::npos &&
-                  name.find("embedding") == std::string::npos && name != "lm_head.weight";
-    if (matmul) info.matmul_parameters += n;
-  }
-  info.matmul_parameters += m.padded_vocab_size() * m.d_model;  // the head (tied or not)
-  info.non_embedding_parameters = info.parameters - embed;
-  // Training FLOPs per token, as LanguageModel::flops_per_token.
-  const int64_t L = config.train.seq_len, d = m.d_model, di = m.d_inner(), N = m.mamba.d_state;
-  double flops = 6.0 * double(info.matmul_parameters);
-  int64_t n_attn = 0, n_mamba = 0;
-  for (auto& k : m.layer_mixers()) (k == "attention" ? n_attn : n_mamba) += 1;
-  double ctx = m.attention.window > 0 ? std::min<double>(double(L), double(m.attention.window)) : double(L);
-  flops += double(n_attn) * 12.0 * double(d) * ctx;
-  flops += double(n_mamba) * 3.0 * (9.0 * double(di) * double(N) + 2.0 * double(di));
-  info.flops_per_token = flops;
-  info.grad_accum = config.grad_accum(world_size);
-  info.tokens_per_step = info.grad_accum * config.train.micro_batch * L * world_size;
-  info.flops_per_step = flops * double(info.tokens_per_step);
-  // Memory per GPU: fp32 master weights and gradients, AdamW's two fp32 moments, and the
-  // activations saved for backward of one micro-batch. The activation figure is an estimate:
-  // per token and layer, the tensors a layer saves (in the compute dtype; the residual stream
-  // and norm statistics in fp32), not counting the allocator's slack.
-  double act_bytes = config.train.dtype == "f32" ? 4 : 2;
-  double P = double(info.parameters);
-  info.weights_bytes = 4 * P + (act_bytes == 2 ? 2 * P : 0);  // + the bf16 compute copy
-  info.gradient_bytes = 4 * P;
-  info.optimizer_shards = config.train.zero == 1 && world_size > 1 ? world_size : 1;
-  info.optimizer_bytes = 8 * P / info.optimizer_shards;  // ZeRO-1: this rank's shard
-  double per_token = 0;
-  const int64_t R = m.dt_rank(), h = m.mlp_hidden_size();
-  for (auto& k : m.layer_mixers()) {
-    double elems = 0;
-    if (k == "mamba")  // norm out, in_proj out (x, z), conv out, x_proj out, delta, scan out
-      elems = double(d + 2 * di + di + (R + 2 * N) + di + di);
-    else  // norm out, q k v, attention out (+ logsumexp)
-      elems = double(d + 3 * d + d) + double(m.attention.n_head);
-    if (m.mlp == "swiglu") elems += double(d + 2 * h + h);
-    if (m.mlp == "gelu") elems += double(d + 2 * h);
-    per_token += elems * act_bytes + 4.0 * double(d) * (m.mlp != "none" ? 2 : 1);  // + fp32 residual
-  }
-  per_token += 4.0 * double(d) + act_bytes * double(d);  // final norm; the loss is chunked
-  info.activation_bytes = per_token * double(config.train.micro_batch * L);
-  return info;
-}
-
-std::string format_info(const Config& config, const ModelInfo& info) {
-  const auto& m = config.model.config;
-  auto gib = [](double b) { return fmt::format("{:.2f} GiB", b / double(1ull << 30)); };
-  std::string layers;
-  int64_t n_attn = 0, n_mamba = 0;
-  for (auto& k : m.layer_mixers()) (k == "attention" ? n_attn : n_mamba) += 1;
-  if (n_mamba) layers += fmt::format("{} mamba", n_mamba);
-  if (n_attn) layers += fmt::format("{}{} attention", layers.empty() ? "" : " + ", n_attn);
-  std::string out;
-  out += fmt::format("model        {} (from preset {}; {} layers: {}; d_model {}; vocab {} padded to {})\n",
-                     config.run.name, config.model.preset.empty() ? "none" : config.model.preset, m.n_layer, layers,
-                     m.d_model, m.vocab_size, m.padded_vocab_size());
-  out += fmt::format("parameters   {} ({:.1f}M); without embeddings {} ({:.1f}M)\n", info.parameters,
-                     double(info.parameters) / 1e6, info.non_embedding_parameters,
-                     double(info.non_embedding_parameters) / 1e6);
-  out += fmt::format("FLOPs/token  {:.4g} (training: forward + backward; 6 x {:.1f}M matmul weights + mixers)\n",
-                     info.flops_per_token, double(info.matmul_parameters) / 1e6);
-  out += fmt::format("step         {} tokens = {} x {} x {} accumulation; {:.4g} FLOPs\n", info.tokens_per_step,
-                     config.train.micro_batch, config.train.seq_len, info.grad_accum, info.flops_per_step);
-  out += fmt::format("run          {} steps, {:.4g} tokens, {:.4g} FLOPs\n", config.train.steps,
-                     double(info.tokens_per_step) * double(config.train.steps),
-                     info.flops_per_step * double(config.train.steps));
-  out += fmt::format("memory       {} total (estimate, per GPU, {}): weights {}, gradients {}, AdamW {}{}, "
-                     "activations {} (micro-batch {} x {})\n",
-                     gib(info.total_bytes()), config.train.dtype == "f32" ? "f32" : "bf16 compute",
-                     gib(info.weights_bytes), gib(info.gradient_bytes), gib(info.optimizer_bytes),
-                     info.optimizer_shards > 1 ? fmt::format(" (ZeRO-1: 1/{} of the moments)", info.optimizer_shards)
-                                               : "",
-                     gib(info.activation_bytes), config.train.micro_batch, config.train.seq_len);
-  return out;
 }
 
 }  // namespace coil::train

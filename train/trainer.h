@@ -67,9 +67,6 @@ struct TrainResult {
 // a run directory holding a different run, or too many non-finite losses.
 TrainResult run_training(Config config, const TrainOptions& options = {});
 
-// Reads a run directory's config.yaml.
-Config load_run_config(const std::string& run_dir, const std::vector<std::string>& overrides = {});
-
 struct EvalResult {
   double loss = 0, perplexity = 0, accuracy = -1;  // accuracy -1: the data has none
   double bits_per_byte = -1;    // byte-level token files: loss / ln 2 (-1: bytes per token unknown)
@@ -118,23 +115,5 @@ struct EvalModel {
 };
 EvalModel load_eval_model(const Config& config, const std::string& checkpoint = "",
                           const std::function<void(const std::string&)>& print = nullptr);
-
-// `coil info`: sizes and costs of the config's model and run.
-struct ModelInfo {
-  int64_t parameters = 0, non_embedding_parameters = 0, matmul_parameters = 0;
-  double flops_per_token = 0;   // training (forward + backward)
-  double flops_per_step = 0;
-  int64_t tokens_per_step = 0, grad_accum = 1;
-  double weights_bytes = 0, optimizer_bytes = 0, gradient_bytes = 0, activation_bytes = 0;
-  int optimizer_shards = 1;  // train.zero 1 with several ranks: the moments are split over them
-  double total_bytes() const { return weights_bytes + optimizer_bytes + gradient_bytes + activation_bytes; }
-};
-// Computed from the config alone (the model is not built, so any size is instant).
-ModelInfo model_info(const Config& config, int world_size = 1);
-std::string format_info(const Config& config, const ModelInfo& info);
-
-// The parameter names and shapes of a model config, in the order named_parameters() lists
-// them, computed without building it (used by model_info, checked against the model in tests).
-std::vector<std::pair<std::string, coil::Shape>> parameter_shapes(const layers::ModelConfig& config);
 
 }  // namespace coil::train
