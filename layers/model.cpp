@@ -14,7 +14,7 @@ namespace coil::layers {
 InitPlan init_plan(const ModelConfig& cfg) {
   InitPlan p;
   p.embedding_std = cfg.init_std;
-  if (cfg.init == "gpt2") {
+  if (cfg.init == InitScheme::gpt2) {
     p.linear = LinearInit{cfg.init_std, 1.0};
     p.residual = LinearInit{cfg.init_std, 1.0};
     if (cfg.rescale_prenorm_residual) p.residual.scale = 1.0 / std::sqrt(2.0 * double(cfg.n_layer));
@@ -23,25 +23,23 @@ InitPlan init_plan(const ModelConfig& cfg) {
     // and fc2.weight are redrawn (kaiming uniform) and divided by sqrt(n_residuals * n_layer).
     p.linear = LinearInit{0.0, 1.0};
     p.residual = LinearInit{0.0, 1.0};
-    int n_res = cfg.mlp == "none" ? 1 : 2;
+    int n_res = cfg.mlp == MlpKind::none ? 1 : 2;
     if (cfg.rescale_prenorm_residual) p.residual.scale = 1.0 / std::sqrt(double(n_res * cfg.n_layer));
   }
   return p;
 }
 
-Block::Block(const ModelConfig& cfg, const std::string& kind, Generator& gen, DType param_dtype)
+Block::Block(const ModelConfig& cfg, MixerKind kind, Generator& gen, DType param_dtype)
     : mixer_kind(kind), residual_in_fp32(cfg.residual_in_fp32) {
   InitPlan plan = init_plan(cfg);
   norm = register_module("norm", std::make_shared<Norm>(cfg.norm, cfg.d_model, cfg.norm_eps, param_dtype));
-  if (kind == "mamba")
+  if (kind == MixerKind::mamba)
     mixer = register_module("mixer", std::make_shared<MambaMixer>(cfg, gen, plan.linear, plan.residual,
                                                                   param_dtype));
-  else if (kind == "attention")
+  else
     mixer = register_module("mixer", std::make_shared<Attention>(cfg, gen, plan.linear, plan.residual,
                                                                  param_dtype));
-  else
-    fail("Block: unknown mixer \"{}\" (mamba or attention)", kind);
-  if (cfg.mlp != "none") {
+  if (cfg.mlp != MlpKind::none) {
     norm2 = register_module("norm2", std::make_shared<Norm>(cfg.norm, cfg.d_model, cfg.norm_eps, param_dtype));
     mlp = register_module("mlp", std::make_shared<MLP>(cfg, gen, plan.linear, plan.residual, param_dtype));
   }
@@ -76,12 +74,12 @@ Backbone::Backbone(const ModelConfig& cfg, Generator& gen, DType param_dtype) {
   InitPlan plan = init_plan(cfg);
   embedding = register_module("embedding", std::make_shared<Embedding>(cfg.padded_vocab_size(), cfg.d_model,
                                                                        gen, plan.embedding_std, param_dtype));
-  if (cfg.attention.positions == "learned" && cfg.has_attention())
+  if (cfg.learned_positions())
     pos_embedding = register_module(
         "pos_embedding", std::make_shared<Embedding>(cfg.attention.max_seq_len, cfg.d_model, gen,
                                                      plan.embedding_std, param_dtype));
   layers = register_module("layers", std::make_shared<ModuleList>());
-  for (auto& kind : cfg.layer_mixers())
+  for (MixerKind kind : cfg.layer_mixers())
     blocks.push_back(layers->push_back(std::make_shared<Block>(cfg, kind, gen, param_dtype)));
   norm_f = register_module("norm_f", std::make_shared<Norm>(cfg.norm, cfg.d_model, cfg.norm_eps, param_dtype));
 }

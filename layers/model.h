@@ -67,7 +67,7 @@ InitPlan init_plan(const ModelConfig& cfg);
 
 class Block : public Module {
  public:
-  Block(const ModelConfig& cfg, const std::string& mixer_kind, Generator& gen, DType param_dtype);
+  Block(const ModelConfig& cfg, MixerKind mixer_kind, Generator& gen, DType param_dtype);
   // (hidden, residual) -> (hidden', residual'); residual undefined for the first block.
   std::pair<Variable, Variable> forward(const Variable& hidden, const Variable& residual,
                                         const MixerContext& context = {}) const;
@@ -77,7 +77,7 @@ class Block : public Module {
                                         const std::function<Variable(const Variable&)>& mix) const;
   int64_t matmul_parameters() const;
 
-  std::string mixer_kind;
+  MixerKind mixer_kind;
   bool residual_in_fp32;
   std::shared_ptr<Norm> norm, norm2;  // norm2 null without an MLP
   std::shared_ptr<Mixer> mixer;

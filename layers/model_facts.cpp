@@ -9,7 +9,7 @@ namespace coil::layers {
 std::vector<std::pair<std::string, Shape>> parameter_shapes(const ModelConfig& m) {
   std::vector<std::pair<std::string, Shape>> out;
   const int64_t d = m.d_model, V = m.padded_vocab_size(), di = m.d_inner(), N = m.mamba.d_state, R = m.dt_rank();
-  const bool ln = m.norm == "layernorm";
+  const bool ln = m.norm == NormKind::layernorm;
   auto norm = [&](const std::string& p) {
     out.push_back({p + ".weight", {d}});
     if (ln) out.push_back({p + ".bias", {d}});
@@ -19,13 +19,13 @@ std::vector<std::pair<std::string, Shape>> parameter_shapes(const ModelConfig& m
     if (bias) out.push_back({p + ".bias", {o}});
   };
   out.push_back({"backbone.embedding.weight", {V, d}});
-  if (m.attention.positions == "learned" && m.has_attention())
+  if (m.learned_positions())
     out.push_back({"backbone.pos_embedding.weight", {m.attention.max_seq_len, d}});
   auto mixers = m.layer_mixers();
   for (size_t i = 0; i < mixers.size(); ++i) {
     std::string p = fmt::format("backbone.layers.{}.", i);
     norm(p + "norm");
-    if (mixers[i] == "mamba") {
+    if (mixers[i] == MixerKind::mamba) {
       out.push_back({p + "mixer.A_log", {di, N}});
       out.push_back({p + "mixer.D", {di}});
       if (!m.mamba.selective) {
@@ -45,10 +45,10 @@ std::vector<std::pair<std::string, Shape>> parameter_shapes(const ModelConfig& m
       linear(p + "mixer.in_proj", 3 * d, d, m.bias);
       linear(p + "mixer.out_proj", d, d, m.bias);
     }
-    if (m.mlp != "none") {
+    if (m.mlp != MlpKind::none) {
       norm(p + "norm2");
       int64_t h = m.mlp_hidden_size();
-      linear(p + "mlp.fc1", m.mlp == "swiglu" ? 2 * h : h, d, m.bias);
+      linear(p + "mlp.fc1", m.mlp == MlpKind::swiglu ? 2 * h : h, d, m.bias);
       linear(p + "mlp.fc2", d, h, m.bias);
     }
   }
@@ -76,8 +76,8 @@ ParameterCounts parameter_counts(const ModelConfig& m) {
 
 double training_flops_per_token(const ModelConfig& m, int64_t seq_len) {
   double flops = 6.0 * double(parameter_counts(m).matmul);
-  for (auto& kind : m.layer_mixers()) {
-    if (kind == "attention") {
+  for (MixerKind kind : m.layer_mixers()) {
+    if (kind == MixerKind::attention) {
       double ctx = double(seq_len);
       if (m.attention.window > 0) ctx = std::min(ctx, double(m.attention.window));
       flops += 12.0 * double(m.d_model) * ctx;
@@ -97,15 +97,15 @@ MemoryEstimate memory_estimate(const ModelConfig& m, const TrainingShape& shape)
   e.optimizer_bytes = 8 * P / shape.optimizer_shards;  // ZeRO-1: this rank's shard
   const int64_t d = m.d_model, di = m.d_inner(), N = m.mamba.d_state, R = m.dt_rank(), h = m.mlp_hidden_size();
   double per_token = 0;
-  for (auto& kind : m.layer_mixers()) {
+  for (MixerKind kind : m.layer_mixers()) {
     double elems = 0;
-    if (kind == "mamba")  // norm out, in_proj out (x, z), conv out, x_proj out, delta, scan out
+    if (kind == MixerKind::mamba)  // norm out, in_proj out (x, z), conv out, x_proj out, delta, scan out
       elems = double(d + 2 * di + di + (R + 2 * N) + di + di);
     else  // norm out, q k v, attention out (+ logsumexp)
       elems = double(d + 3 * d + d) + double(m.attention.n_head);
-    if (m.mlp == "swiglu") elems += double(d + 2 * h + h);
-    if (m.mlp == "gelu") elems += double(d + 2 * h);
-    per_token += elems * act_bytes + 4.0 * double(d) * (m.mlp != "none" ? 2 : 1);  // + fp32 residual
+    if (m.mlp == MlpKind::swiglu) elems += double(d + 2 * h + h);
+    if (m.mlp == MlpKind::gelu) elems += double(d + 2 * h);
+    per_token += elems * act_bytes + 4.0 * double(d) * (m.mlp != MlpKind::none ? 2 : 1);  // + fp32 residual
   }
   per_token += 4.0 * double(d) + act_bytes * double(d);  // final norm; the loss is chunked
   e.activation_bytes = per_token * double(shape.micro_batch * shape.seq_len);

@@ -304,9 +304,12 @@ ArchitectureCrossover cross_architectures(const ArchitectureFit& f, const Archit
 std::string architecture_name(const layers::ModelConfig& m) {
   bool mamba = m.has_mamba(), attn = m.has_attention();
   if (mamba && attn) return "hybrid";
-  if (mamba) return m.mlp == "none" ? "mamba" : "mamba+mlp";
-  if (m.mlp == "swiglu" && m.attention.positions == "rope" && m.norm == "rmsnorm") return "transformer++";
-  if (m.mlp == "gelu" && m.attention.positions == "learned" && m.norm == "layernorm") return "gpt2";
+  if (mamba) return m.mlp == layers::MlpKind::none ? "mamba" : "mamba+mlp";
+  using layers::MlpKind, layers::NormKind, layers::Positions;
+  if (m.mlp == MlpKind::swiglu && m.attention.positions == Positions::rope && m.norm == NormKind::rmsnorm)
+    return "transformer++";
+  if (m.mlp == MlpKind::gelu && m.attention.positions == Positions::learned && m.norm == NormKind::layernorm)
+    return "gpt2";
   return "transformer";
 }
 

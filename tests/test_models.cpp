@@ -35,7 +35,7 @@ ModelConfig micro(const std::string& family) {
   c.mamba.dt_rank = 2;
   c.attention.n_head = 2;
   c.attention.max_seq_len = 8;
-  c.mlp_hidden = c.mlp == "none" ? 0 : 8;
+  c.mlp_hidden = c.mlp == layers::MlpKind::none ? 0 : 8;
   c.n_layer = family == "hybrid-tiny" ? 2 : 1;
   c.dtype = "f64";
   return c;

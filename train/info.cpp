@@ -37,7 +37,7 @@ std::string format_info(const Config& config, const ModelInfo& info) {
   auto gib = [](double b) { return fmt::format("{:.2f} GiB", b / double(1ull << 30)); };
   std::string layers;
   int64_t n_attn = 0, n_mamba = 0;
-  for (auto& k : m.layer_mixers()) (k == "attention" ? n_attn : n_mamba) += 1;
+  for (layers::MixerKind k : m.layer_mixers()) (k == layers::MixerKind::attention ? n_attn : n_mamba) += 1;
   if (n_mamba) layers += fmt::format("{} mamba", n_mamba);
   if (n_attn) layers += fmt::format("{}{} attention", layers.empty() ? "" : " + ", n_attn);
   std::string out;

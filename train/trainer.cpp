@@ -120,6 +120,7 @@ void resolve(Config& c, Device device, int world_size = 1) {
   if (device.is_cpu() && !bf16.empty())
     fail("{} is bf16, which needs a GPU, but train.device {} runs on the CPU ({}): use f32 (or auto: f32 on the CPU)",
          bf16, asked, cuda_available() ? "asked for" : cuda_unavailable_reason());
+  if (device.is_cuda()) c.model.config.check_cuda_limits();
 }
 
 }  // namespace
