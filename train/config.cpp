@@ -13,6 +13,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/cuda.h"
 #include "core/error.h"
 
 namespace coil::train {
@@ -676,6 +677,26 @@ std::vector<std::string> config_differences(const Config& a, const Config& b, bo
     if (va != vb) out.push_back(fmt::format("{}: {} -> {}", path, va, vb));
   }
   return out;
+}
+
+Device resolve_device(const std::string& name) {
+  if (name == "auto") return cuda_available() ? Device::cuda(0) : Device::cpu();
+  Device d = parse_device(name);
+  if (d.is_cuda() && !cuda_available())
+    fail("train.device is {} but no GPU is usable: {}", name, cuda_unavailable_reason());
+  return d;
+}
+
+void resolve_for_device(Config& c, Device device, int world_size) {
+  const std::string asked = c.train.device;
+  c.train.device = world_size > 1 ? "cuda" : device.str();
+  if (c.train.dtype == "auto") c.train.dtype = device.is_cuda() ? "bf16" : "f32";
+  if (c.model.config.dtype == "auto") c.model.config.dtype = c.train.dtype;
+  const std::string bf16 = bf16_dtype_key(c);
+  if (device.is_cpu() && !bf16.empty())
+    fail("{} is bf16, which needs a GPU, but train.device {} runs on the CPU ({}): use f32 (or auto: f32 on the CPU)",
+         bf16, asked, cuda_available() ? "asked for" : cuda_unavailable_reason());
+  if (device.is_cuda()) c.model.config.check_cuda_limits();
 }
 
 std::string bf16_dtype_key(const Config& c) {

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/device.h"
 #include "layers/model_config.h"
 #include "optim/defaults.h"
 
@@ -133,6 +134,15 @@ std::vector<std::string> config_differences(const Config& a, const Config& b, bo
 // model.dtype, that asks for bf16, or "" when neither does. Configs check it for train.device
 // cpu; the trainer once train.device auto has chosen the CPU.
 std::string bf16_dtype_key(const Config& config);
+
+// ---- the config as a run executes it ----
+// The device train.device names (auto: the first GPU when one is usable, else the CPU); an
+// error when it names a GPU and none is usable.
+Device resolve_device(const std::string& name);
+// Resolves train.device and the dtypes for `device` (several ranks: "cuda", each rank on the
+// GPU of its local rank) and checks what that device cannot run: bf16 on the CPU, and on a GPU
+// the CUDA kernels' limits (ModelConfig::check_cuda_limits).
+void resolve_for_device(Config& config, Device device, int world_size = 1);
 
 // Every key path with its default, for --help and docs.
 std::vector<std::pair<std::string, std::string>> config_keys();
