@@ -1,5 +1,6 @@
 #include "kernels/matmul.h"
 
+#include "kernels/dispatch.h"
 #include "kernels/elementwise.h"
 
 namespace coil::kernels {
@@ -47,16 +48,8 @@ Tensor product(const Tensor& a, const Tensor& b, bool transpose_a, bool transpos
     out.zero_();
     return bias.defined() ? add(out, bias) : out;
   }
-  if (a.device().is_cpu()) {
-    cpu_product(a, b, bias, out, g);
-    return out;
-  }
-#ifdef COIL_CUDA
-  cuda::matmul(a, b, bias, out, g);
+  COIL_DISPATCH(op, a.device(), cpu_product(a, b, bias, out, g), cuda::matmul(a, b, bias, out, g));
   return out;
-#else
-  fail("{}: {} is on a GPU, but coil was built without CUDA", op, describe(a));
-#endif
 }
 
 }  // namespace
