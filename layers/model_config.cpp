@@ -104,45 +104,36 @@ std::vector<std::string> ModelConfig::preset_names() {
 }
 
 ModelConfig ModelConfig::preset(const std::string& name) {
-  auto mamba_cfg = [](int64_t d, int64_t n) {
-    ModelConfig c;
-    c.d_model = d;
-    c.n_layer = n;
-    c.vocab_size = 50277;
-    c.mixer = MixerKind::mamba;
-    c.mlp = MlpKind::none;
-    c.norm = NormKind::rmsnorm;
-    c.bias = false;
-    c.residual_in_fp32 = true;
-    return c;
+  // The three families, as the fields in which they differ; then a size of one.
+  struct Family {
+    int64_t vocab_size;
+    MixerKind mixer;
+    MlpKind mlp;
+    NormKind norm;
+    bool bias;
+    Positions positions;
+    int64_t max_seq_len;
+    InitScheme init;
   };
-  auto tpp_cfg = [](int64_t d, int64_t n, int64_t heads) {
+  const Family mamba{50277, MixerKind::mamba, MlpKind::none, NormKind::rmsnorm, false, Positions::rope, 2048,
+                     InitScheme::mamba};
+  const Family transformer_pp{50277, MixerKind::attention, MlpKind::swiglu, NormKind::rmsnorm, false, Positions::rope,
+                              2048, InitScheme::mamba};
+  const Family gpt2{50257, MixerKind::attention, MlpKind::gelu, NormKind::layernorm, true, Positions::learned, 1024,
+                    InitScheme::gpt2};
+  auto sized = [](const Family& f, int64_t d, int64_t n, int64_t heads = AttentionConfig().n_head) {
     ModelConfig c;
     c.d_model = d;
     c.n_layer = n;
-    c.vocab_size = 50277;
-    c.mixer = MixerKind::attention;
-    c.mlp = MlpKind::swiglu;
-    c.norm = NormKind::rmsnorm;
-    c.bias = false;
+    c.vocab_size = f.vocab_size;
+    c.mixer = f.mixer;
+    c.mlp = f.mlp;
+    c.norm = f.norm;
+    c.bias = f.bias;
     c.attention.n_head = heads;
-    c.attention.positions = Positions::rope;
-    c.attention.max_seq_len = 2048;
-    return c;
-  };
-  auto gpt2_cfg = [](int64_t d, int64_t n, int64_t heads) {
-    ModelConfig c;
-    c.d_model = d;
-    c.n_layer = n;
-    c.vocab_size = 50257;
-    c.mixer = MixerKind::attention;
-    c.mlp = MlpKind::gelu;
-    c.norm = NormKind::layernorm;
-    c.bias = true;
-    c.attention.n_head = heads;
-    c.attention.positions = Positions::learned;
-    c.attention.max_seq_len = 1024;
-    c.init = InitScheme::gpt2;
+    c.attention.positions = f.positions;
+    c.attention.max_seq_len = f.max_seq_len;
+    c.init = f.init;
     return c;
   };
   // Tiny models train in seconds on a CPU; head_dim 64, one of the head dims the CUDA
@@ -157,24 +148,24 @@ ModelConfig ModelConfig::preset(const std::string& name) {
     return c;
   };
   ModelConfig c;
-  if (name == "mamba-130m") c = mamba_cfg(768, 24);
-  else if (name == "mamba-370m") c = mamba_cfg(1024, 48);
-  else if (name == "mamba-790m") c = mamba_cfg(1536, 48);
-  else if (name == "mamba-1.4b") c = mamba_cfg(2048, 48);
-  else if (name == "mamba-2.8b") c = mamba_cfg(2560, 64);
-  else if (name == "transformer++-125m") c = tpp_cfg(768, 12, 12);
-  else if (name == "transformer++-350m") c = tpp_cfg(1024, 24, 16);
-  else if (name == "transformer++-760m") c = tpp_cfg(1536, 24, 16);
-  else if (name == "transformer++-1.3b") c = tpp_cfg(2048, 24, 32);
-  else if (name == "gpt2-124m") c = gpt2_cfg(768, 12, 12);
-  else if (name == "gpt2-350m") c = gpt2_cfg(1024, 24, 16);
-  else if (name == "gpt2-774m") c = gpt2_cfg(1280, 36, 20);
-  else if (name == "gpt2-1.5b") c = gpt2_cfg(1600, 48, 25);
-  else if (name == "mamba-tiny") c = tiny(mamba_cfg(128, 2));
-  else if (name == "transformer++-tiny") c = tiny(tpp_cfg(128, 2, 2));
-  else if (name == "gpt2-tiny") c = tiny(gpt2_cfg(128, 2, 2));
+  if (name == "mamba-130m") c = sized(mamba, 768, 24);
+  else if (name == "mamba-370m") c = sized(mamba, 1024, 48);
+  else if (name == "mamba-790m") c = sized(mamba, 1536, 48);
+  else if (name == "mamba-1.4b") c = sized(mamba, 2048, 48);
+  else if (name == "mamba-2.8b") c = sized(mamba, 2560, 64);
+  else if (name == "transformer++-125m") c = sized(transformer_pp, 768, 12, 12);
+  else if (name == "transformer++-350m") c = sized(transformer_pp, 1024, 24, 16);
+  else if (name == "transformer++-760m") c = sized(transformer_pp, 1536, 24, 16);
+  else if (name == "transformer++-1.3b") c = sized(transformer_pp, 2048, 24, 32);
+  else if (name == "gpt2-124m") c = sized(gpt2, 768, 12, 12);
+  else if (name == "gpt2-350m") c = sized(gpt2, 1024, 24, 16);
+  else if (name == "gpt2-774m") c = sized(gpt2, 1280, 36, 20);
+  else if (name == "gpt2-1.5b") c = sized(gpt2, 1600, 48, 25);
+  else if (name == "mamba-tiny") c = tiny(sized(mamba, 128, 2));
+  else if (name == "transformer++-tiny") c = tiny(sized(transformer_pp, 128, 2, 2));
+  else if (name == "gpt2-tiny") c = tiny(sized(gpt2, 128, 2, 2));
   else if (name == "hybrid-tiny") {
-    c = tiny(mamba_cfg(128, 4));
+    c = tiny(sized(mamba, 128, 4));
     c.n_layer = 4;
     c.attention_every = 2;  // mamba, attention, mamba, attention
     c.attention.positions = Positions::rope;

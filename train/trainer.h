@@ -1,4 +1,5 @@
-// The training loop (docs/CONFIG.md describes the run directory):
+// The training loop (docs/CONFIG.md describes the run directory; train/trainer.cpp's Trainer
+// runs it in phases: docs/ARCHITECTURE.md, "The training run"):
 //
 //   for each step: draw accumulation x micro-batches; forward + backward each, the gradient
 //   weighted by its share of the step's targets; (data parallel: average over ranks); clip by
