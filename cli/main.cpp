@@ -570,7 +570,7 @@ int cmd_info(int argc, char** argv) {
   need(a, 1, kInfoHelp);
   Config config = fs::is_directory(a.positional[0]) ? load_run_config(a.positional[0], a.sets)
                                                     : load_config(a.positional[0], a.sets);
-  if (config.train.dtype == "auto") config.train.dtype = "bf16";
+  if (config.train.dtype == layers::ComputeDType::automatic) config.train.dtype = layers::ComputeDType::bf16;
   int world = a.options.count("world") ? int(parse_count(a.options["world"], "--world", 1, 1 << 20)) : 1;
   std::fputs(format_info(config, model_info(config, world)).c_str(), stdout);
   return 0;

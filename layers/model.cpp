@@ -98,19 +98,19 @@ Head::Head(const ModelConfig& cfg, const std::shared_ptr<Parameter>& tied, Gener
 }
 
 DType resolve_compute_dtype(const ModelConfig& cfg, Device device) {
-  if (cfg.dtype == "f64") {
+  if (cfg.dtype == ComputeDType::f64) {
     COIL_CHECK(device.is_cpu(), "model.dtype f64 is CPU-only (for gradient checks), got device {}",
                device.str());
     return DType::f64;
   }
-  if (cfg.dtype == "f32") return DType::f32;
-  if (cfg.dtype == "bf16") return DType::bf16;
+  if (cfg.dtype == ComputeDType::f32) return DType::f32;
+  if (cfg.dtype == ComputeDType::bf16) return DType::bf16;
   return device.is_cuda() ? DType::bf16 : DType::f32;
 }
 
 LanguageModel::LanguageModel(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
   cfg_.validate();
-  DType param_dtype = cfg_.dtype == "f64" ? DType::f64 : DType::f32;
+  DType param_dtype = cfg_.dtype == ComputeDType::f64 ? DType::f64 : DType::f32;
   Generator gen(seed);
   backbone = register_module("backbone", std::make_shared<Backbone>(cfg_, gen, param_dtype));
   lm_head = register_module("lm_head",

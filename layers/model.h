@@ -104,7 +104,7 @@ class Head : public Module {
 class LanguageModel : public Module {
  public:
   // Builds on the CPU with parameters drawn from Generator(seed) (the same on every device);
-  // validates the config first. Parameters are f32 (f64 when config.dtype is "f64").
+  // validates the config first. Parameters are f32 (f64 when config.dtype is f64).
   explicit LanguageModel(const ModelConfig& cfg, uint64_t seed = 0);
 
   // tokens [B, T] (i32 or i64) -> the final normed hidden states [B, T, d]. With documents

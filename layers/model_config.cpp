@@ -42,7 +42,7 @@ bool ModelConfig::has_mamba() const {
 namespace {
 
 // The ranges of visit_model_keys, checked on a config built in code (the config loader checks
-// them as it reads).
+// them as it reads; a choice is an enum, so it is always one).
 struct RangeCheck {
   void integer(const char* path, int64_t v, int64_t min) const {
     if (v < min) fail("model config: {} must be >= {}, got {}", path, min, v);
@@ -55,14 +55,6 @@ struct RangeCheck {
   void choice(const char*, E) const {}
   template <class E>
   void choice_list(const char*, const std::vector<E>&) const {}
-  void one_of(const char* path, const std::string& v, std::initializer_list<const char*> names) const {
-    std::string list;
-    for (const char* n : names) {
-      if (v == n) return;
-      list += (list.empty() ? "" : ", ") + std::string(n);
-    }
-    fail("model config: {} must be one of {}, got \"{}\"", path, list, v);
-  }
 };
 
 }  // namespace

@@ -34,8 +34,8 @@
 // "model.attention.n_head"). Each key is described once, in visit_model_keys below: its path,
 // its member (whose initializer is its one default) and its range; the config loader
 // (train/config.cpp) reads and writes the section through it and validate() checks the same
-// ranges. The choices (mixer, mlp, norm, positions, init) are enums, parsed once when a config
-// loads. Adding a model option: docs/ARCHITECTURE.md, "Adding a model option".
+// ranges. The choices (mixer, mlp, norm, positions, init, dtype) are enums, parsed once when
+// a config loads. Adding a model option: docs/ARCHITECTURE.md, "Adding a model option".
 #pragma once
 #include <fmt/format.h>
 
@@ -55,6 +55,9 @@ enum class MlpKind { none, swiglu, gelu };
 enum class NormKind { rmsnorm, layernorm };
 enum class Positions { rope, learned, none };
 enum class InitScheme { mamba, gpt2 };
+// The compute dtype a config asks for (model.dtype, train.dtype): automatic is bf16 on a GPU
+// and f32 on the CPU; f64 is CPU-only, for gradient checks.
+enum class ComputeDType { automatic, f32, bf16, f64 };
 
 // Choices<E>::names: every value of E with the name configs use for it.
 template <class E>
@@ -83,6 +86,12 @@ template <>
 struct Choices<InitScheme> {
   static constexpr std::array<std::pair<InitScheme, const char*>, 2> names{
       {{InitScheme::mamba, "mamba"}, {InitScheme::gpt2, "gpt2"}}};
+};
+template <>
+struct Choices<ComputeDType> {
+  static constexpr std::array<std::pair<ComputeDType, const char*>, 4> names{
+      {{ComputeDType::automatic, "auto"}, {ComputeDType::f32, "f32"}, {ComputeDType::bf16, "bf16"},
+       {ComputeDType::f64, "f64"}}};
 };
 
 // The name of a choice ("swiglu").
@@ -161,7 +170,7 @@ struct ModelConfig {
   double init_std = 0.02;
   bool rescale_prenorm_residual = true;
   InitScheme init = InitScheme::mamba;
-  std::string dtype = "auto";  // "auto" | "f32" | "bf16" | "f64" (f64: CPU only, for gradcheck)
+  ComputeDType dtype = ComputeDType::automatic;
 
   MambaConfig mamba;
   AttentionConfig attention;
@@ -205,7 +214,6 @@ struct ModelConfig {
 //   keys.boolean(path, member)
 //   keys.choice(path, member)             an enum, by the names of Choices<E>
 //   keys.choice_list(path, member)        a list of them
-//   keys.one_of(path, member, {names})    a string among names
 // `M` is ModelConfig or const ModelConfig.
 template <class M, class Keys>
 void visit_model_keys(M& m, Keys& keys) {
@@ -227,7 +235,7 @@ void visit_model_keys(M& m, Keys& keys) {
   keys.positive("model.init_std", m.init_std);
   keys.boolean("model.rescale_prenorm_residual", m.rescale_prenorm_residual);
   keys.choice("model.init", m.init);
-  keys.one_of("model.dtype", m.dtype, {"auto", "f32", "bf16", "f64"});
+  keys.choice("model.dtype", m.dtype);
   keys.integer("model.mamba.d_state", m.mamba.d_state, 1);
   keys.integer("model.mamba.expand", m.mamba.expand, 1);
   keys.integer("model.mamba.d_conv", m.mamba.d_conv, 1);

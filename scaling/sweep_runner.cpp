@@ -60,8 +60,9 @@ int wait_child(pid_t pid, Clock::time_point deadline, bool has_deadline, SweepRe
 std::vector<std::string> differences(const std::string& run_dir, Config wanted) {
   Config existing = load_run_config(run_dir);
   if (wanted.train.device == "auto") wanted.train.device = existing.train.device;
-  if (wanted.train.dtype == "auto") wanted.train.dtype = existing.train.dtype;
-  if (wanted.model.config.dtype == "auto") wanted.model.config.dtype = existing.model.config.dtype;
+  using layers::ComputeDType;
+  if (wanted.train.dtype == ComputeDType::automatic) wanted.train.dtype = existing.train.dtype;
+  if (wanted.model.config.dtype == ComputeDType::automatic) wanted.model.config.dtype = existing.model.config.dtype;
   auto diffs = config_differences(existing, wanted, true);
   if (existing.train.steps != wanted.train.steps)
     diffs.push_back(fmt::format("train.steps: {} -> {}", existing.train.steps, wanted.train.steps));

@@ -88,6 +88,12 @@ TEST_CASE("config errors name the key path and the line", "[config]") {
   REQUIRE_THAT(error_of("train:\n  micro_batch: 0\n"), Contains("test.yaml:2: train.micro_batch: must be >= 1, got 0"));
   REQUIRE_THAT(error_of("trian:\n  steps: 3\n"), Contains("test.yaml:1: unknown section 'trian'"));
   REQUIRE_THAT(error_of("train:\n  dtype: fp16\n"), Contains("test.yaml:2: train.dtype: must be one of auto, bf16, f32"));
+  // The model's choices are parsed once, by the names of their enums (layers/model_config.h).
+  REQUIRE_THAT(error_of("train:\n  dtype: f64\n"), Contains("test.yaml:2: train.dtype: must be one of auto, bf16, f32, got 'f64'"));
+  REQUIRE_THAT(error_of("model: {mlp: relu}\n"), Contains("test.yaml:1: model.mlp: must be one of none, swiglu, gelu, got 'relu'"));
+  REQUIRE_THAT(error_of("model: {dtype: fp8}\n"), Contains("model.dtype: must be one of auto, f32, bf16, f64, got 'fp8'"));
+  REQUIRE_THAT(error_of("", {"model.layers=[mamba, mlp]"}),
+               Contains("--set model.layers=[mamba, mlp]: model.layers[1]: must be one of mamba, attention, got 'mlp'"));
   REQUIRE_THAT(error_of("log:\n  tensorboard: maybe\n"), Contains("test.yaml:2: log.tensorboard: expected true or false"));
   REQUIRE_THAT(error_of("model:\n  mamba:\n    d_stat: 4\n"), Contains("test.yaml:3: unknown key 'model.mamba.d_stat'"));
   REQUIRE_THAT(error_of("model:\n  preset: mamba-9t\n"), Contains("test.yaml:2: model config: unknown model.preset"));

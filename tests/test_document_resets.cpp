@@ -457,7 +457,7 @@ ModelConfig small_model(const std::string& family) {
   ModelConfig c = ModelConfig::preset(family);
   c.d_model = 16;  // 2 heads of 8
   c.vocab_size = 29;
-  c.dtype = "f64";
+  c.dtype = layers::ComputeDType::f64;
   return c;
 }
 

@@ -50,7 +50,7 @@ ModelConfig small_config() {
   c.mamba.dt_rank = 2;
   c.attention.n_head = 2;
   c.attention.max_seq_len = 16;
-  c.dtype = "f64";
+  c.dtype = ComputeDType::f64;
   return c;
 }
 

@@ -464,8 +464,8 @@ TEST_CASE("bf16 compute on the CPU is refused before anything runs; --set train.
   // A run's config.yaml names both dtypes; overriding one (coil eval RUN --set
   // train.dtype=bf16) is not a disagreement.
   Config run = parse_config("model: {dtype: f32}\ntrain: {dtype: f32}\n", "config.yaml", {"train.dtype=bf16"});
-  REQUIRE(run.train.dtype == "bf16");
-  REQUIRE(run.model.config.dtype == "auto");
+  REQUIRE(run.train.dtype == layers::ComputeDType::bf16);
+  REQUIRE(run.model.config.dtype == layers::ComputeDType::automatic);
 }
 
 TEST_CASE("on a GPU, an f32 run evaluates in bf16 when asked", "[cuda]") {

@@ -19,6 +19,8 @@
 namespace coil::train {
 namespace {
 
+using layers::ComputeDType;
+
 constexpr int64_t kMaxInt = std::numeric_limits<int64_t>::max();
 
 // Where a value came from, for error messages: "file:line" or "--set key=value".
@@ -229,6 +231,23 @@ class Fields {
         [&v, path](const YAML::Node& n, const std::string& w) { v = parse_enum<E>(n, w, path); },
         [&v](YAML::Emitter& e) { e << layers::name(v); });
   }
+  // The same, among some of the enum's values only.
+  template <class E>
+  void choice(const std::string& path, E& v, std::vector<E> allowed) {
+    std::vector<std::string> names;
+    for (E a : allowed) names.push_back(layers::name(a));
+    add(path, "one of " + join(names, " | "),
+        [&v, path, allowed, names](const YAML::Node& n, const std::string& w) {
+          std::string s = parse_string(n, w, path);
+          for (E a : allowed)
+            if (s == layers::name(a)) {
+              v = a;
+              return;
+            }
+          bad(w, path, fmt::format("must be one of {}, got '{}'", join(names), s));
+        },
+        [&v](YAML::Emitter& e) { e << layers::name(v); });
+  }
   template <class E>
   void choice_list(const std::string& path, std::vector<E>& v) {
     add(path, "a list of " + layers::choice_names<E>(" | "),
@@ -249,9 +268,6 @@ class Fields {
         });
   }
   void positive(const std::string& path, double& v) { number(path, v, 0, INFINITY, true); }
-  void one_of(const std::string& path, std::string& v, std::initializer_list<const char*> names) {
-    choice(path, v, std::vector<std::string>(names.begin(), names.end()));
-  }
 
   const Field* find(const std::string& path) const {
     for (auto& f : list)
@@ -293,7 +309,7 @@ Fields all_fields(Config& c) {
   f.integer("train.micro_batch", c.train.micro_batch, 1);
   f.integer("train.tokens_per_step", c.train.tokens_per_step, 0);
   f.integer("train.steps", c.train.steps, 1);
-  f.choice("train.dtype", c.train.dtype, {"auto", "bf16", "f32"});
+  f.choice("train.dtype", c.train.dtype, {ComputeDType::automatic, ComputeDType::bf16, ComputeDType::f32});
   f.device("train.device", c.train.device);
   f.integer("train.seed", c.train.seed, 0);
   f.boolean("train.deterministic", c.train.deterministic);
@@ -502,7 +518,7 @@ void validate(const Config& c, const Origins& o) {
   if (m.learned_positions() && c.train.seq_len > m.attention.max_seq_len)
     fail("{}: train.seq_len ({}) is longer than model.attention.max_seq_len ({}), the learned position table",
          at("train.seq_len"), c.train.seq_len, m.attention.max_seq_len);
-  if (m.dtype != "auto" && c.train.dtype != "auto" && m.dtype != c.train.dtype)
+  if (m.dtype != ComputeDType::automatic && c.train.dtype != ComputeDType::automatic && m.dtype != c.train.dtype)
     fail("{}: model.dtype ({}) and train.dtype ({}) disagree; set one of them", at("model.dtype"), m.dtype,
          c.train.dtype);
   const std::string bf16 = bf16_dtype_key(c);
@@ -593,7 +609,7 @@ Config parse_config(const std::string& yaml_text, const std::string& source, con
   // The two dtypes must agree, and a run's config.yaml names both: --set train.dtype alone
   // (coil eval RUN --set train.dtype=bf16) takes the model with it.
   if (origins.overrides.count("train.dtype") && !origins.overrides.count("model.dtype"))
-    config.model.config.dtype = "auto";
+    config.model.config.dtype = ComputeDType::automatic;
   validate(config, origins);
   return config;
 }
@@ -679,19 +695,19 @@ std::vector<std::string> config_differences(const Config& a, const Config& b, bo
   return out;
 }
 
-Device resolve_device(const std::string& name) {
+Device resolve_device(const std::string& name, const std::string& key) {
   if (name == "auto") return cuda_available() ? Device::cuda(0) : Device::cpu();
   Device d = parse_device(name);
-  if (d.is_cuda() && !cuda_available())
-    fail("train.device is {} but no GPU is usable: {}", name, cuda_unavailable_reason());
+  if (d.is_cuda() && !cuda_available()) fail("{} is {} but no GPU is usable: {}", key, name, cuda_unavailable_reason());
   return d;
 }
 
 void resolve_for_device(Config& c, Device device, int world_size) {
   const std::string asked = c.train.device;
   c.train.device = world_size > 1 ? "cuda" : device.str();
-  if (c.train.dtype == "auto") c.train.dtype = device.is_cuda() ? "bf16" : "f32";
-  if (c.model.config.dtype == "auto") c.model.config.dtype = c.train.dtype;
+  if (c.train.dtype == ComputeDType::automatic)
+    c.train.dtype = device.is_cuda() ? ComputeDType::bf16 : ComputeDType::f32;
+  if (c.model.config.dtype == ComputeDType::automatic) c.model.config.dtype = c.train.dtype;
   const std::string bf16 = bf16_dtype_key(c);
   if (device.is_cpu() && !bf16.empty())
     fail("{} is bf16, which needs a GPU, but train.device {} runs on the CPU ({}): use f32 (or auto: f32 on the CPU)",
@@ -700,8 +716,8 @@ void resolve_for_device(Config& c, Device device, int world_size) {
 }
 
 std::string bf16_dtype_key(const Config& c) {
-  if (c.train.dtype == "bf16") return "train.dtype";
-  if (c.model.config.dtype == "bf16") return "model.dtype";
+  if (c.train.dtype == ComputeDType::bf16) return "train.dtype";
+  if (c.model.config.dtype == ComputeDType::bf16) return "model.dtype";
   return "";
 }
 

@@ -52,7 +52,7 @@ struct TrainSection {
   int64_t micro_batch = 8;
   int64_t tokens_per_step = 0;  // 0: one micro-batch per rank (no accumulation)
   int64_t steps = 1000;
-  std::string dtype = "auto";   // auto (bf16 on GPU, f32 on CPU) | bf16 | f32
+  layers::ComputeDType dtype = layers::ComputeDType::automatic;  // auto (bf16 on GPU, f32 on CPU) | bf16 | f32
   std::string device = "auto";  // auto | cpu | cuda | cuda:N
   int64_t seed = 0;
   bool deterministic = false;   // deterministic kernels where there is a choice
@@ -136,9 +136,9 @@ std::vector<std::string> config_differences(const Config& a, const Config& b, bo
 std::string bf16_dtype_key(const Config& config);
 
 // ---- the config as a run executes it ----
-// The device train.device names (auto: the first GPU when one is usable, else the CPU); an
-// error when it names a GPU and none is usable.
-Device resolve_device(const std::string& name);
+// The device `name` names (auto: the first GPU when one is usable, else the CPU); an error,
+// naming `key`, when it names a GPU and none is usable.
+Device resolve_device(const std::string& name, const std::string& key = "train.device");
 // Resolves train.device and the dtypes for `device` (several ranks: "cuda", each rank on the
 // GPU of its local rank) and checks what that device cannot run: bf16 on the CPU, and on a GPU
 // the CUDA kernels' limits (ModelConfig::check_cuda_limits).

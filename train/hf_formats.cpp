@@ -114,7 +114,7 @@ ModelConfig base_config(layers::MixerKind mixer) {
   c.mixer = mixer;
   c.attention_every = 0;
   c.layers.clear();
-  c.dtype = "auto";
+  c.dtype = layers::ComputeDType::automatic;
   return c;
 }
 

@@ -22,7 +22,7 @@ ModelInfo model_info(const Config& config, int world_size) {
   layers::TrainingShape shape;
   shape.micro_batch = config.train.micro_batch;
   shape.seq_len = L;
-  shape.bf16_compute = config.train.dtype != "f32";
+  shape.bf16_compute = config.train.dtype != layers::ComputeDType::f32;
   shape.optimizer_shards = info.optimizer_shards;
   const layers::MemoryEstimate memory = layers::memory_estimate(m, shape);
   info.weights_bytes = memory.weights_bytes;
@@ -56,7 +56,7 @@ std::string format_info(const Config& config, const ModelInfo& info) {
                      info.flops_per_step * double(config.train.steps));
   out += fmt::format("memory       {} total (estimate, per GPU, {}): weights {}, gradients {}, AdamW {}{}, "
                      "activations {} (micro-batch {} x {})\n",
-                     gib(info.total_bytes()), config.train.dtype == "f32" ? "f32" : "bf16 compute",
+                     gib(info.total_bytes()), config.train.dtype == layers::ComputeDType::f32 ? "f32" : "bf16 compute",
                      gib(info.weights_bytes), gib(info.gradient_bytes), gib(info.optimizer_bytes),
                      info.optimizer_shards > 1 ? fmt::format(" (ZeRO-1: 1/{} of the moments)", info.optimizer_shards)
                                                : "",
@@ -64,10 +64,10 @@ std::string format_info(const Config& config, const ModelInfo& info) {
   return out;
 }
 
-double peak_flops(Device device, const std::string& compute_dtype) {
+double peak_flops(Device device, layers::ComputeDType compute_dtype) {
   constexpr double kHopperBf16DenseFlops = 989e12, kHopperF32Flops = 67e12;  // H100/H200 SXM
   if (const char* e = std::getenv("COIL_PEAK_TFLOPS")) return std::atof(e) * 1e12;
-  if (device.is_cuda()) return compute_dtype == "bf16" ? kHopperBf16DenseFlops : kHopperF32Flops;
+  if (device.is_cuda()) return compute_dtype == layers::ComputeDType::bf16 ? kHopperBf16DenseFlops : kHopperF32Flops;
   return 0;
 }
 

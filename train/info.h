@@ -25,6 +25,6 @@ std::string format_info(const Config& config, const ModelInfo& info);
 // Dense peak FLOP/s of one device, the denominator of MFU: COIL_PEAK_TFLOPS (in TFLOP/s) when
 // set; on a GPU the H100/H200 SXM figures (989 TFLOP/s bf16, 67 TFLOP/s f32); 0 on the CPU
 // (MFU unknown: logged as null).
-double peak_flops(Device device, const std::string& compute_dtype);
+double peak_flops(Device device, layers::ComputeDType compute_dtype);
 
 }  // namespace coil::train
