@@ -108,6 +108,7 @@ void run_backward(const std::vector<Variable>& roots, const std::vector<Tensor>&
           const OutputMeta& m = node->outputs[i];
           grads[i] = Tensor::zeros(m.shape, m.dtype, m.device);
         }
+      node->check_seen_versions();
       input_grads = node->backward_into(grads, sums_to_add_into(*node, buffers));
       COIL_CHECK(input_grads.size() == node->next_edges.size(),
                  "backward of '{}' returned {} gradients for {} inputs", node->name, input_grads.size(),

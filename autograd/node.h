@@ -54,6 +54,23 @@ struct Node {
 
   bool needs_input_grad(size_t i) const { return i < next_edges.size() && next_edges[i].node; }
 
+  // The tensors the op may have saved for backward, its inputs and outputs, with the version
+  // of their buffers when it was recorded (Storage::version). The engine checks them before it
+  // runs the node: an in-place write to one of them since is an error, as in libtorch (a
+  // little stricter: a node's closure is opaque, so every input and output counts as saved).
+  // The buffers are not kept alive for it: one that is gone cannot have been written.
+  struct SeenTensor {
+    std::weak_ptr<Storage> storage;
+    uint64_t version = 0;
+    std::string what;  // "input 1", "output 0"
+  };
+  std::vector<SeenTensor> seen;
+  void see(const Tensor& t, std::string what) {
+    if (t.defined()) seen.push_back({t.storage(), t.version(), std::move(what)});
+  }
+  // Raises the error for a tensor written in place since the node was recorded.
+  void check_seen_versions() const;
+
   const std::string name;
   const uint64_t sequence_nr;  // creation order: the engine runs later nodes first
   std::vector<Edge> next_edges;

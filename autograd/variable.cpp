@@ -36,6 +36,17 @@ struct AccumulateGrad : Node {
 
 Node::Node(std::string name) : name(std::move(name)), sequence_nr(next_sequence_nr++) {}
 
+void Node::check_seen_versions() const {
+  for (const SeenTensor& t : seen) {
+    std::shared_ptr<Storage> storage = t.storage.lock();
+    if (storage && storage->version != t.version)
+      fail("backward through '{}': its {} was modified in place after the op used it (the buffer's version is {}, "
+           "it was {} when '{}' ran), so what it saved for backward may no longer be what the forward saw; write "
+           "into a copy (clone()) instead, or run backward before the in-place write",
+           name, t.what, storage->version, t.version, name);
+  }
+}
+
 Variable::Variable(Tensor value, bool requires_grad) : impl_(std::make_shared<Impl>()) {
   impl_->value = std::move(value);
   set_requires_grad(requires_grad);
@@ -140,6 +151,9 @@ std::vector<Variable> record(std::shared_ptr<Node> node, const std::vector<Varia
   for (const Tensor& t : outputs) result.emplace_back(t);
   if (!any_requires_grad(inputs)) return result;
   for (const Variable& v : inputs) node->next_edges.push_back(v.defined() ? v.gradient_edge() : Edge{});
+  for (size_t i = 0; i < inputs.size(); ++i)
+    if (inputs[i].defined()) node->see(inputs[i].value(), fmt::format("input {}", i));
+  for (size_t i = 0; i < outputs.size(); ++i) node->see(outputs[i], fmt::format("output {}", i));
   for (size_t i = 0; i < outputs.size(); ++i) {
     const Tensor& t = outputs[i];
     node->outputs.push_back({t.shape(), t.dtype(), t.device()});

@@ -91,7 +91,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> summary;
     for (const Job& job : jobs) {
       layers::ModelConfig cfg = train::load_config(job.config).model.config;
-      cfg.dtype = "auto";
+      cfg.dtype = layers::ComputeDType::automatic;
       layers::LanguageModel model(cfg, 0);
       model.to(gpu);
       model.eval();

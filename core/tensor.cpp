@@ -134,6 +134,7 @@ Tensor Tensor::clone() const { return to(device(), dtype_); }
 // destination lives, so a conversion never needs both devices at once.
 void Tensor::copy_(const Tensor& src) {
   check_defined("copy_", src, "source");
+  mark_modified();
   COIL_CHECK(src.numel() == numel(), "copy_: {} into {}: element counts differ", describe(src),
              describe(*this));
   if (src.device() == device()) {
@@ -155,8 +156,11 @@ void Tensor::copy_(const Tensor& src) {
     cuda::memcpy_device_to_device(raw(), src.raw(), nbytes());
 }
 
-void Tensor::fill_(double value) { fill_same_device(*this, value); }
-void Tensor::zero_() { fill_same_device(*this, 0.0); }
+void Tensor::fill_(double value) {
+  mark_modified();
+  fill_same_device(*this, value);
+}
+void Tensor::zero_() { fill_(0.0); }
 
 template <class T>
 std::vector<T> Tensor::to_vector() const {

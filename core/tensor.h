@@ -19,6 +19,10 @@ struct Storage {
   void* data = nullptr;
   size_t bytes = 0;
   Device device;
+  // Counts the in-place writes to the buffer (through any view): copy_, fill_, zero_ and the
+  // kernels that update a tensor in place call mark_modified(). Autograd compares it with the
+  // count a node saw when it was recorded (autograd/node.h), as libtorch's version counter.
+  uint64_t version = 0;
   Storage(Device device, size_t bytes);
   ~Storage();
   Storage(const Storage&) = delete;
@@ -70,6 +74,12 @@ class Tensor {
   void copy_(const Tensor& src);  // same numel; converts dtype and crosses devices
   void fill_(double value);
   void zero_();
+  // The buffer's count of in-place writes (Storage::version), and one more of them: every
+  // in-place write calls it (copy_, fill_, zero_ do).
+  uint64_t version() const { return storage_ ? storage_->version : 0; }
+  void mark_modified() const {
+    if (storage_) storage_->version += 1;
+  }
 
   template <class T>
   std::vector<T> to_vector() const;  // to the host, converted to T

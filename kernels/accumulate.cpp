@@ -1,5 +1,7 @@
 #include "kernels/accumulate.h"
 
+#include "kernels/dispatch.h"
+
 namespace coil::kernels {
 
 void accumulate(const Tensor& dst, const Tensor& src) {
@@ -9,12 +11,8 @@ void accumulate(const Tensor& dst, const Tensor& src) {
   check_same_device(op, dst, src);
   check_same_dtype(op, dst, src);
   check_same_shape(op, dst, src);
-  if (dst.device().is_cpu()) return cpu::accumulate(dst, src);
-#ifdef COIL_CUDA
-  return cuda::accumulate(dst, src);
-#else
-  fail("{}: {} needs CUDA, but coil was built without it", op, describe(dst));
-#endif
+  dst.mark_modified();
+  COIL_DISPATCH(op, dst.device(), cpu::accumulate(dst, src), cuda::accumulate(dst, src));
 }
 
 }  // namespace coil::kernels

@@ -1,11 +1,9 @@
 #include "kernels/adamw.h"
 
+#include "kernels/dispatch.h"
+
 namespace coil::kernels {
 namespace {
-
-[[noreturn, maybe_unused]] void no_cuda(const char* op, Device d) {
-  fail("{}: tensors on {} need CUDA, but coil was built without it", op, d.str());
-}
 
 void check_scalar(const char* op, const Tensor& t, const char* what, Device device) {
   check_defined(op, t, what);
@@ -47,7 +45,7 @@ MultiTensorPlan make_multi_tensor_plan(std::vector<AdamWSlot> slots, bool grad_o
 #ifdef COIL_CUDA
     cuda::upload_plan(plan);
 #else
-    no_cuda(op, plan.device);
+    fail_without_cuda(op, plan.device);
 #endif
   }
   return plan;
@@ -63,13 +61,11 @@ void adamw_step(const MultiTensorPlan& plan, const Tensor& lr, const Tensor& cli
              "{}: betas must be in [0, 1) and eps >= 0, got betas ({}, {}) and eps {}", op, hyper.beta1,
              hyper.beta2, hyper.eps);
   if (plan.num_chunks == 0) return;
-  if (plan.device.is_cpu())
-    return cpu::adamw_step(plan, *lr.data<float>(), clip.defined() ? *clip.data<float>() : 1.f, hyper, step);
-#ifdef COIL_CUDA
-  cuda::adamw_step(plan, lr, clip, hyper, step);
-#else
-  no_cuda(op, plan.device);
-#endif
+  for (const AdamWSlot& s : plan.slots)
+    for (const Tensor* t : {&s.param, &s.m, &s.v, &s.copy}) t->mark_modified();
+  COIL_DISPATCH(op, plan.device,
+                cpu::adamw_step(plan, *lr.data<float>(), clip.defined() ? *clip.data<float>() : 1.f, hyper, step),
+                cuda::adamw_step(plan, lr, clip, hyper, step));
 }
 
 GradNorm grad_norm(const MultiTensorPlan& plan, double max_norm) { return norm_and_clip(grad_sumsq(plan), max_norm); }
@@ -77,16 +73,9 @@ GradNorm grad_norm(const MultiTensorPlan& plan, double max_norm) { return norm_a
 Tensor grad_sumsq(const MultiTensorPlan& plan) {
   Tensor out = Tensor::zeros({}, DType::f64, plan.device);
   if (plan.num_chunks == 0) return out;
-  if (plan.device.is_cpu()) {
-    *out.data<double>() = cpu::grad_sumsq(plan);
-    return out;
-  }
-#ifdef COIL_CUDA
-  cuda::grad_sumsq(plan, out);
+  COIL_DISPATCH("grad_sumsq", plan.device, *out.data<double>() = cpu::grad_sumsq(plan),
+                cuda::grad_sumsq(plan, out));
   return out;
-#else
-  no_cuda("grad_sumsq", plan.device);
-#endif
 }
 
 GradNorm norm_and_clip(const Tensor& sumsq, double max_norm) {
@@ -95,27 +84,15 @@ GradNorm norm_and_clip(const Tensor& sumsq, double max_norm) {
              "scalar, got {}", describe(sumsq));
   const Device device = sumsq.device();
   GradNorm out{Tensor::empty({}, DType::f32, device), Tensor::empty({}, DType::f32, device)};
-  if (device.is_cpu()) {
-    cpu::norm_and_clip(*sumsq.data<double>(), max_norm, out);
-    return out;
-  }
-#ifdef COIL_CUDA
-  cuda::norm_and_clip(sumsq, max_norm, out);
+  COIL_DISPATCH("norm_and_clip", device, cpu::norm_and_clip(*sumsq.data<double>(), max_norm, out),
+                cuda::norm_and_clip(sumsq, max_norm, out));
   return out;
-#else
-  no_cuda("norm_and_clip", device);
-#endif
 }
 
 void scale_grads(const MultiTensorPlan& plan, const Tensor& s) {
   check_scalar("scale_grads", s, "scale", plan.device);
   if (plan.num_chunks == 0) return;
-  if (plan.device.is_cpu()) return cpu::scale_grads(plan, *s.data<float>());
-#ifdef COIL_CUDA
-  cuda::scale_grads(plan, s);
-#else
-  no_cuda("scale_grads", plan.device);
-#endif
+  COIL_DISPATCH("scale_grads", plan.device, cpu::scale_grads(plan, *s.data<float>()), cuda::scale_grads(plan, s));
 }
 
 }  // namespace coil::kernels

@@ -1,5 +1,6 @@
 #include "kernels/conv1d.h"
 
+#include "kernels/dispatch.h"
 #include "kernels/documents.h"
 
 namespace coil::kernels {
@@ -56,16 +57,9 @@ Tensor conv1d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
     else if (fin.defined()) fin.zero_();
     return out;
   }
-  if (x.device().is_cpu()) {
-    cpu::conv1d_forward(x, weight, bias, silu, options, out, fin);
-    return out;
-  }
-#ifdef COIL_CUDA
-  cuda::conv1d_forward(x, weight, bias, silu, options, out, fin);
+  COIL_DISPATCH(op, x.device(), cpu::conv1d_forward(x, weight, bias, silu, options, out, fin),
+                cuda::conv1d_forward(x, weight, bias, silu, options, out, fin));
   return out;
-#else
-  fail("{}: {} needs CUDA, but coil was built without it", op, describe(x));
-#endif
 }
 
 Conv1dGrads conv1d_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight, const Tensor& bias,
@@ -86,16 +80,9 @@ Conv1dGrads conv1d_backward(const Tensor& grad_out, const Tensor& x, const Tenso
       if (t->defined()) t->zero_();
     return g;
   }
-  if (x.device().is_cpu()) {
-    cpu::conv1d_backward(grad_out, x, weight, bias, silu, options, g);
-    return g;
-  }
-#ifdef COIL_CUDA
-  cuda::conv1d_backward(grad_out, x, weight, bias, silu, options, g);
+  COIL_DISPATCH(op, x.device(), cpu::conv1d_backward(grad_out, x, weight, bias, silu, options, g),
+                cuda::conv1d_backward(grad_out, x, weight, bias, silu, options, g));
   return g;
-#else
-  fail("{}: {} needs CUDA, but coil was built without it", op, describe(x));
-#endif
 }
 
 }  // namespace coil::kernels

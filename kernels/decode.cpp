@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "kernels/dispatch.h"
 #include "kernels/selective_scan.h"
 
 namespace coil::kernels {
@@ -82,16 +83,9 @@ Tensor conv1d_update(const Tensor& conv_state, const Tensor& xz, const Tensor& w
   check_dtypes(op, xz, {{"conv_state", &conv_state}}, {{"weight", &weight}, {"bias", &bias}});
   Tensor out = Tensor::empty({batch, dim}, xz.dtype(), xz.device());
   if (out.numel() == 0) return out;
-  if (xz.device().is_cpu()) {
-    cpu::conv1d_update(conv_state, xz, weight, bias, out);
-    return out;
-  }
-#ifdef COIL_CUDA
-  cuda::conv1d_update(conv_state, xz, weight, bias, out);
+  COIL_DISPATCH(op, xz.device(), cpu::conv1d_update(conv_state, xz, weight, bias, out),
+                cuda::conv1d_update(conv_state, xz, weight, bias, out));
   return out;
-#else
-  no_cuda(op, xz);
-#endif
 }
 
 Tensor selective_state_update(const StateUpdateArgs& a) {

@@ -1,17 +1,15 @@
 #include "kernels/documents.h"
 
+#include "kernels/dispatch.h"
+
 namespace coil::kernels {
 namespace {
 
 // starts and/or positions of seq_idx, on its device.
 void bounds(const char* op, const Tensor& seq_idx, const Tensor& starts, const Tensor& positions) {
   if (seq_idx.numel() == 0) return;
-  if (seq_idx.device().is_cpu()) return cpu::document_bounds(seq_idx, starts, positions);
-#ifdef COIL_CUDA
-  cuda::document_bounds(seq_idx, starts, positions);
-#else
-  fail("{}: {} needs CUDA, but coil was built without it", op, describe(seq_idx));
-#endif
+  COIL_DISPATCH(op, seq_idx.device(), cpu::document_bounds(seq_idx, starts, positions),
+                cuda::document_bounds(seq_idx, starts, positions));
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "kernels/elementwise.h"
 
+#include "kernels/dispatch.h"
+
 namespace coil::kernels {
 
 const char* binary_op_name(BinaryOp op) {
@@ -25,10 +27,6 @@ const char* unary_op_name(UnaryOp op) {
 }
 
 namespace {
-
-[[noreturn, maybe_unused]] void no_cuda(const char* op, const Tensor& t) {
-  fail("{}: {} is on a GPU, but coil was built without CUDA", op, describe(t));
-}
 
 void check_float(const char* op, const Tensor& t) {
   COIL_CHECK(is_floating(t.dtype()), "{}: expected a floating tensor (f32, f64, bf16), got {}", op,
@@ -58,16 +56,8 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   check_broadcastable(name, a, b);
   Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
   if (a.numel() == 0) return out;
-  if (a.device().is_cpu()) {
-    cpu::binary(op, a, b, out);
-    return out;
-  }
-#ifdef COIL_CUDA
-  cuda::binary(op, a, b, out);
+  COIL_DISPATCH(name, a.device(), cpu::binary(op, a, b, out), cuda::binary(op, a, b, out));
   return out;
-#else
-  no_cuda(name, a);
-#endif
 }
 
 Tensor add(const Tensor& a, const Tensor& b) { return binary(BinaryOp::add, a, b); }
@@ -80,16 +70,8 @@ Tensor scale(const Tensor& x, double factor) {
   check_float("scale", x);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.numel() == 0) return out;
-  if (x.device().is_cpu()) {
-    cpu::scale(x, factor, out);
-    return out;
-  }
-#ifdef COIL_CUDA
-  cuda::scale(x, factor, out);
+  COIL_DISPATCH("scale", x.device(), cpu::scale(x, factor, out), cuda::scale(x, factor, out));
   return out;
-#else
-  no_cuda("scale", x);
-#endif
 }
 
 Tensor unary(UnaryOp op, const Tensor& x) {
@@ -98,16 +80,8 @@ Tensor unary(UnaryOp op, const Tensor& x) {
   check_float(name, x);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.numel() == 0) return out;
-  if (x.device().is_cpu()) {
-    cpu::unary(op, x, out);
-    return out;
-  }
-#ifdef COIL_CUDA
-  cuda::unary(op, x, out);
+  COIL_DISPATCH(name, x.device(), cpu::unary(op, x, out), cuda::unary(op, x, out));
   return out;
-#else
-  no_cuda(name, x);
-#endif
 }
 
 Tensor exp(const Tensor& x) { return unary(UnaryOp::exp, x); }
@@ -127,16 +101,9 @@ Tensor unary_backward(UnaryOp op, const Tensor& grad, const Tensor& x) {
   check_float(name.c_str(), x);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.numel() == 0) return out;
-  if (x.device().is_cpu()) {
-    cpu::unary_backward(op, grad, x, out);
-    return out;
-  }
-#ifdef COIL_CUDA
-  cuda::unary_backward(op, grad, x, out);
+  COIL_DISPATCH(name.c_str(), x.device(), cpu::unary_backward(op, grad, x, out),
+                cuda::unary_backward(op, grad, x, out));
   return out;
-#else
-  no_cuda(name.c_str(), x);
-#endif
 }
 
 namespace {

@@ -2,6 +2,8 @@
 
 #include <numeric>
 
+#include "kernels/dispatch.h"
+
 namespace coil::kernels {
 namespace {
 
@@ -20,12 +22,8 @@ int64_t prod(const Shape& s, int64_t begin, int64_t end) {
 void copy_block(const char* op, const Tensor& src, int64_t src_ld, int64_t src_col, const Tensor& dst,
                 int64_t dst_ld, int64_t dst_col, int64_t rows, int64_t cols) {
   if (rows == 0 || cols == 0) return;
-  if (src.device().is_cpu()) return cpu::copy_block(src, src_ld, src_col, dst, dst_ld, dst_col, rows, cols);
-#ifdef COIL_CUDA
-  cuda::copy_block(src, src_ld, src_col, dst, dst_ld, dst_col, rows, cols);
-#else
-  fail("{}: {} is on a GPU, but coil was built without CUDA", op, describe(src));
-#endif
+  COIL_DISPATCH(op, src.device(), cpu::copy_block(src, src_ld, src_col, dst, dst_ld, dst_col, rows, cols),
+                cuda::copy_block(src, src_ld, src_col, dst, dst_ld, dst_col, rows, cols));
 }
 
 }  // namespace
@@ -46,16 +44,8 @@ Tensor transpose(const Tensor& x, int64_t dim0, int64_t dim1) {
   }
   int64_t A = prod(s, 0, d0), D0 = s[size_t(d0)], B = prod(s, d0 + 1, d1), D1 = s[size_t(d1)];
   int64_t C = prod(s, d1 + 1, x.dim());
-  if (x.device().is_cpu()) {
-    cpu::transpose5(x, A, D0, B, D1, C, out);
-    return out;
-  }
-#ifdef COIL_CUDA
-  cuda::transpose5(x, A, D0, B, D1, C, out);
+  COIL_DISPATCH(op, x.device(), cpu::transpose5(x, A, D0, B, D1, C, out), cuda::transpose5(x, A, D0, B, D1, C, out));
   return out;
-#else
-  fail("{}: {} is on a GPU, but coil was built without CUDA", op, describe(x));
-#endif
 }
 
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {

@@ -2,6 +2,7 @@
 
 #include <atomic>
 
+#include "kernels/dispatch.h"
 #include "kernels/matmul.h"
 
 namespace coil::kernels {
@@ -10,10 +11,6 @@ namespace {
 std::atomic<int64_t> chunk_rows_setting{4096};
 
 DType loss_dtype(DType logits) { return logits == DType::f64 ? DType::f64 : DType::f32; }
-
-[[noreturn, maybe_unused]] void no_cuda(const char* op, const Tensor& t) {
-  fail("{}: {} needs CUDA, but coil was built without it", op, describe(t));
-}
 
 void check_targets_tensor(const char* op, const Tensor& targets, int64_t N) {
   check_defined(op, targets, "targets");
@@ -35,43 +32,25 @@ Tensor targets_on(const Tensor& targets, Device device, int64_t ignore_index, in
 
 Tensor count_targets(const Tensor& targets, int64_t ignore_index, int64_t V, DType dtype) {
   Tensor count = Tensor::empty({}, dtype, targets.device());
-  if (targets.device().is_cpu()) {
-    cpu::cross_entropy_count(targets, ignore_index, V, count);
-    return count;
-  }
-#ifdef COIL_CUDA
-  cuda::cross_entropy_count(targets, ignore_index, count);
+  COIL_DISPATCH("cross_entropy", targets.device(), cpu::cross_entropy_count(targets, ignore_index, V, count),
+                cuda::cross_entropy_count(targets, ignore_index, count));
   return count;
-#else
-  no_cuda("cross_entropy", targets);
-#endif
 }
 
 void rows(const Tensor& logits, const Tensor& targets, int64_t ignore_index, int64_t row0, const Tensor& count,
           const Tensor& grad_loss, const Tensor& lse, bool lse_given, const Tensor& row_loss, const Tensor& grad) {
   if (logits.numel() == 0) return;
-  if (logits.device().is_cpu())
-    return cpu::cross_entropy_rows(logits, targets, ignore_index, row0, count, grad_loss, lse, lse_given,
-                                   row_loss, grad);
-#ifdef COIL_CUDA
-  cuda::cross_entropy_rows(logits, targets, ignore_index, row0, count, grad_loss, lse, lse_given, row_loss, grad);
-#else
-  no_cuda("cross_entropy", logits);
-#endif
+  COIL_DISPATCH(
+      "cross_entropy", logits.device(),
+      cpu::cross_entropy_rows(logits, targets, ignore_index, row0, count, grad_loss, lse, lse_given, row_loss, grad),
+      cuda::cross_entropy_rows(logits, targets, ignore_index, row0, count, grad_loss, lse, lse_given, row_loss, grad));
 }
 
 Tensor mean_loss(const Tensor& row_loss, const Tensor& count) {
   Tensor loss = Tensor::empty({}, count.dtype(), count.device());
-  if (row_loss.device().is_cpu()) {
-    cpu::cross_entropy_mean(row_loss, count, loss);
-    return loss;
-  }
-#ifdef COIL_CUDA
-  cuda::cross_entropy_mean(row_loss, count, loss);
+  COIL_DISPATCH("cross_entropy", row_loss.device(), cpu::cross_entropy_mean(row_loss, count, loss),
+                cuda::cross_entropy_mean(row_loss, count, loss));
   return loss;
-#else
-  no_cuda("cross_entropy", row_loss);
-#endif
 }
 
 }  // namespace
@@ -178,16 +157,8 @@ Tensor scale_by_scalar(const Tensor& x, const Tensor& s) {
              describe(s));
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.numel() == 0) return out;
-  if (x.device().is_cpu()) {
-    cpu::scale_by_scalar(x, s, out);
-    return out;
-  }
-#ifdef COIL_CUDA
-  cuda::scale_by_scalar(x, s, out);
+  COIL_DISPATCH(op, x.device(), cpu::scale_by_scalar(x, s, out), cuda::scale_by_scalar(x, s, out));
   return out;
-#else
-  no_cuda(op, x);
-#endif
 }
 
 void check_cross_entropy_targets(Device device) {

@@ -1,6 +1,7 @@
 #include "kernels/matmul.h"
 
 #include "kernels/accumulate.h"
+#include "kernels/dispatch.h"
 #include "kernels/elementwise.h"
 
 namespace coil::kernels {
@@ -49,16 +50,8 @@ Tensor product(const Tensor& a, const Tensor& b, bool transpose_a, bool transpos
     out.zero_();
     return bias.defined() ? add(out, bias) : out;
   }
-  if (a.device().is_cpu()) {
-    cpu_product(a, b, bias, out, g);
-    return out;
-  }
-#ifdef COIL_CUDA
-  cuda::matmul(a, b, bias, out, g, epilogue, aux);
+  COIL_DISPATCH(op, a.device(), cpu_product(a, b, bias, out, g), cuda::matmul(a, b, bias, out, g, epilogue, aux));
   return out;
-#else
-  fail("{}: {} is on a GPU, but coil was built without CUDA", op, describe(a));
-#endif
 }
 
 // Checks linear's operands; returns its output shape, x's with the last dim `out`.

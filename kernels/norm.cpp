@@ -1,5 +1,7 @@
 #include "kernels/norm.h"
 
+#include "kernels/dispatch.h"
+
 namespace coil::kernels {
 
 DType norm_residual_dtype(DType x) { return x == DType::f64 ? DType::f64 : DType::f32; }
@@ -47,16 +49,9 @@ NormForward norm_forward(const Tensor& x, const Tensor& residual, const Tensor& 
   if (!rms) out.mean = Tensor::empty({rows}, rdt, x.device());
   out.rstd = Tensor::empty({rows}, rdt, x.device());
   if (rows == 0) return out;
-  if (x.device().is_cpu()) {
-    cpu::norm_forward(x, residual, weight, bias, eps, rms, out);
-    return out;
-  }
-#ifdef COIL_CUDA
-  cuda::norm_forward(x, residual, weight, bias, eps, rms, out);
+  COIL_DISPATCH(op, x.device(), cpu::norm_forward(x, residual, weight, bias, eps, rms, out),
+                cuda::norm_forward(x, residual, weight, bias, eps, rms, out));
   return out;
-#else
-  fail("{}: {} needs CUDA, but coil was built without it", op, describe(x));
-#endif
 }
 
 NormBackward norm_backward(const Tensor& grad_y, const Tensor& input, const Tensor& mean,
@@ -84,16 +79,9 @@ NormBackward norm_backward(const Tensor& grad_y, const Tensor& input, const Tens
   if (want_dresidual) out.dresidual = Tensor::empty(input.shape(), input.dtype(), input.device());
   out.dweight = Tensor::empty(weight.shape(), weight.dtype(), weight.device());
   if (has_bias) out.dbias = Tensor::empty(weight.shape(), weight.dtype(), weight.device());
-  if (input.device().is_cpu()) {
-    cpu::norm_backward(grad_y, input, mean, rstd, weight, grad_residual_out, rms, out);
-    return out;
-  }
-#ifdef COIL_CUDA
-  cuda::norm_backward(grad_y, input, mean, rstd, weight, grad_residual_out, rms, out);
+  COIL_DISPATCH(op, input.device(), cpu::norm_backward(grad_y, input, mean, rstd, weight, grad_residual_out, rms, out),
+                cuda::norm_backward(grad_y, input, mean, rstd, weight, grad_residual_out, rms, out));
   return out;
-#else
-  fail("{}: {} needs CUDA, but coil was built without it", op, describe(input));
-#endif
 }
 
 }  // namespace coil::kernels

@@ -1,5 +1,7 @@
 #include "kernels/reduce.h"
 
+#include "kernels/dispatch.h"
+
 namespace coil::kernels {
 namespace {
 
@@ -24,32 +26,16 @@ Tensor reduce_arc(const char* op, const Tensor& x, int64_t A, int64_t R, int64_t
     out.zero_();
     return out;
   }
-  if (x.device().is_cpu()) {
-    cpu::sum_arc(x, A, R, C, factor, out);
-    return out;
-  }
-#ifdef COIL_CUDA
-  cuda::sum_arc(x, A, R, C, factor, out);
+  COIL_DISPATCH(op, x.device(), cpu::sum_arc(x, A, R, C, factor, out), cuda::sum_arc(x, A, R, C, factor, out));
   return out;
-#else
-  fail("{}: {} is on a GPU, but coil was built without CUDA", op, describe(x));
-#endif
 }
 
 Tensor expand_arc(const char* op, const Tensor& g, int64_t A, int64_t R, int64_t C, double factor,
                   const Shape& shape) {
   Tensor out = Tensor::empty(shape, g.dtype(), g.device());
   if (out.numel() == 0) return out;
-  if (g.device().is_cpu()) {
-    cpu::expand_arc(g, A, R, C, factor, out);
-    return out;
-  }
-#ifdef COIL_CUDA
-  cuda::expand_arc(g, A, R, C, factor, out);
+  COIL_DISPATCH(op, g.device(), cpu::expand_arc(g, A, R, C, factor, out), cuda::expand_arc(g, A, R, C, factor, out));
   return out;
-#else
-  fail("{}: {} is on a GPU, but coil was built without CUDA", op, describe(g));
-#endif
 }
 
 Tensor reduce_dim(const char* op, const Tensor& x, int64_t dim, bool keepdim, bool average) {

@@ -1,5 +1,7 @@
 #include "kernels/rope.h"
 
+#include "kernels/dispatch.h"
+
 namespace coil::kernels {
 
 Tensor rope(const Tensor& x, const RopeOptions& options, bool inverse) {
@@ -34,16 +36,8 @@ Tensor rope(const Tensor& x, const RopeOptions& options, bool inverse) {
   p.inverse = inverse;
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.numel() == 0) return y;
-  if (x.device().is_cpu()) {
-    cpu::rope(p, x, y);
-    return y;
-  }
-#ifdef COIL_CUDA
-  cuda::rope(p, x, y);
+  COIL_DISPATCH(op, x.device(), cpu::rope(p, x, y), cuda::rope(p, x, y));
   return y;
-#else
-  fail("{}: {} needs CUDA, but coil was built without it", op, describe(x));
-#endif
 }
 
 Tensor rope_backward(const Tensor& grad, const RopeOptions& options) {

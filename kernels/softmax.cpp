@@ -1,5 +1,7 @@
 #include "kernels/softmax.h"
 
+#include "kernels/dispatch.h"
+
 namespace coil::kernels {
 namespace {
 
@@ -13,16 +15,8 @@ Tensor forward(const char* op, const Tensor& x, bool log) {
   check_input(op, x);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.numel() == 0) return y;
-  if (x.device().is_cpu()) {
-    cpu::softmax_forward(x, y, log);
-    return y;
-  }
-#ifdef COIL_CUDA
-  cuda::softmax_forward(x, y, log);
+  COIL_DISPATCH(op, x.device(), cpu::softmax_forward(x, y, log), cuda::softmax_forward(x, y, log));
   return y;
-#else
-  fail("{}: {} needs CUDA, but coil was built without it", op, describe(x));
-#endif
 }
 
 Tensor backward(const char* op, const Tensor& grad_y, const Tensor& y, bool log) {
@@ -33,16 +27,8 @@ Tensor backward(const char* op, const Tensor& grad_y, const Tensor& y, bool log)
   check_same_shape(op, grad_y, y);
   Tensor dx = Tensor::empty(y.shape(), y.dtype(), y.device());
   if (y.numel() == 0) return dx;
-  if (y.device().is_cpu()) {
-    cpu::softmax_backward(grad_y, y, dx, log);
-    return dx;
-  }
-#ifdef COIL_CUDA
-  cuda::softmax_backward(grad_y, y, dx, log);
+  COIL_DISPATCH(op, y.device(), cpu::softmax_backward(grad_y, y, dx, log), cuda::softmax_backward(grad_y, y, dx, log));
   return dx;
-#else
-  fail("{}: {} needs CUDA, but coil was built without it", op, describe(y));
-#endif
 }
 
 }  // namespace

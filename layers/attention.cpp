@@ -12,7 +12,7 @@ Attention::Attention(const ModelConfig& cfg, Generator& gen, LinearInit in_init,
       n_head(cfg.attention.n_head),
       head_dim(cfg.head_dim()),
       window(cfg.attention.window),
-      rope(cfg.attention.positions == "rope"),
+      rope(cfg.attention.positions == Positions::rope),
       rope_theta(cfg.attention.rope_theta) {
   COIL_CHECK(n_head > 0 && d_model % n_head == 0,
              "Attention: model.d_model ({}) is not divisible by model.attention.n_head ({})", d_model,

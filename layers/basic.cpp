@@ -42,10 +42,8 @@ Embedding::Embedding(int64_t num, int64_t dim, Generator& gen, double std, DType
 
 Variable Embedding::forward(const Tensor& ids) const { return autograd::embedding(weight->var, ids); }
 
-Norm::Norm(const std::string& kind, int64_t dim, double eps, DType param_dtype)
-    : is_layer_norm(kind == "layernorm"), dim(dim), eps(eps) {
-  COIL_CHECK(kind == "layernorm" || kind == "rmsnorm",
-             "Norm: kind must be \"rmsnorm\" or \"layernorm\", got \"{}\"", kind);
+Norm::Norm(NormKind kind, int64_t dim, double eps, DType param_dtype)
+    : is_layer_norm(kind == NormKind::layernorm), dim(dim), eps(eps) {
   weight = register_parameter("weight", Tensor::ones({dim}, param_dtype), true);
   if (is_layer_norm) bias = register_parameter("bias", Tensor::zeros({dim}, param_dtype), true);
 }
@@ -73,9 +71,8 @@ autograd::NormResidual Norm::forward_residual(const Variable& x, const Variable&
 
 MLP::MLP(const ModelConfig& cfg, Generator& gen, LinearInit fc1_init, LinearInit fc2_init,
          DType param_dtype)
-    : swiglu(cfg.mlp == "swiglu"), hidden(cfg.mlp_hidden_size()) {
-  COIL_CHECK(cfg.mlp == "swiglu" || cfg.mlp == "gelu", "MLP: model.mlp must be swiglu or gelu, got \"{}\"",
-             cfg.mlp);
+    : swiglu(cfg.mlp == MlpKind::swiglu), hidden(cfg.mlp_hidden_size()) {
+  COIL_CHECK(cfg.mlp != MlpKind::none, "MLP: model.mlp is none (a block without an MLP builds none)");
   fc1 = register_module("fc1", std::make_shared<Linear>(cfg.d_model, swiglu ? 2 * hidden : hidden,
                                                         cfg.bias, gen, fc1_init, param_dtype));
   fc2 = register_module("fc2",

@@ -50,7 +50,7 @@ class Embedding : public Module {
 // add + norm (see autograd/functions/norm.h): residual may be undefined (first block).
 class Norm : public Module {
  public:
-  Norm(const std::string& kind, int64_t dim, double eps, DType param_dtype = DType::f32);
+  Norm(NormKind kind, int64_t dim, double eps, DType param_dtype = DType::f32);
   Variable forward(const Variable& x) const;
   autograd::NormResidual forward_residual(const Variable& x, const Variable& residual) const;
   bool is_layer_norm;
@@ -63,10 +63,11 @@ class Norm : public Module {
   Variable b(const Variable& x) const;
 };
 
-// The MLP of a block. "gelu": fc2(gelu_tanh(fc1(x))), fc1 [hidden, d], with biases per
-// config.bias (autograd::gelu_mlp: gelu in the GPU products' epilogues). "swiglu" (the reference's GatedMLP): fc1 [2*hidden, d] fused; its output is
-// split into halves (y, gate) and fc2(y * silu(gate)) is returned (autograd::swiglu: one kernel
-// on fc1's output, no split copies); no biases unless config.bias.
+// The MLP of a block. gelu: fc2(gelu_tanh(fc1(x))), fc1 [hidden, d], with biases per
+// config.bias (autograd::gelu_mlp: gelu in the GPU products' epilogues). swiglu (the
+// reference's GatedMLP): fc1 [2*hidden, d] fused; its output is split into halves (y, gate)
+// and fc2(y * silu(gate)) is returned (autograd::swiglu: one kernel on fc1's output, no split
+// copies); no biases unless config.bias.
 class MLP : public Module {
  public:
   MLP(const ModelConfig& cfg, Generator& gen, LinearInit fc1_init, LinearInit fc2_init,

@@ -99,7 +99,7 @@ InferenceState::InferenceState(const LanguageModel& model, int64_t batch, int64_
   const Device dev = model.device();
   for (auto& block : model.backbone->blocks) {
     LayerState s;
-    if (block->mixer_kind == "mamba") {
+    if (block->mixer_kind == MixerKind::mamba) {
       s.conv = Tensor::zeros({batch, cfg.mamba.d_conv - 1, cfg.d_inner()}, cd, dev);
       s.ssm = Tensor::zeros({batch, cfg.d_inner(), cfg.mamba.d_state}, state_dtype, dev);
     } else {
@@ -151,7 +151,8 @@ Tensor prefill(const LanguageModel& model, InferenceState& state, const Tensor& 
                             {&rows.v, &full.v}})
       if (src->defined()) *dst = src->narrow0(row, row + n);
     std::tie(h, residual) = block.forward(h, residual, [&](const Variable& x) {
-      if (block.mixer_kind == "mamba") return mamba_prefill(static_cast<const MambaMixer&>(*block.mixer), x, rows);
+      if (block.mixer_kind == MixerKind::mamba)
+        return mamba_prefill(static_cast<const MambaMixer&>(*block.mixer), x, rows);
       return attention_prefill(static_cast<const Attention&>(*block.mixer), x, rows, positions);
     });
   }
@@ -177,7 +178,7 @@ Tensor forward_step(const LanguageModel& model, InferenceState& state, const Ten
     const Block& block = *model.backbone->blocks[i];
     LayerState& st = state.layers[i];
     std::tie(h, residual) = block.forward(h, residual, [&](const Variable& x) {
-      if (block.mixer_kind == "mamba") return mamba_step(static_cast<const MambaMixer&>(*block.mixer), x, st);
+      if (block.mixer_kind == MixerKind::mamba) return mamba_step(static_cast<const MambaMixer&>(*block.mixer), x, st);
       return attention_step(static_cast<const Attention&>(*block.mixer), x, st, state.positions);
     });
   }

@@ -54,7 +54,8 @@ class CausalConv1d : public Module {
 // time; the same scan kernel, the rest of the block unchanged.
 class MambaMixer : public Mixer {
  public:
-  // out_proj_scale: the reference's rescale_prenorm_residual factor 1/sqrt(n_res * n_layer).
+  // in_init: in_proj and x_proj; out_init: out_proj (init_plan's residual projections, scaled
+  // by the reference's rescale_prenorm_residual factor); dt_proj has its own (dt_scale).
   MambaMixer(const ModelConfig& cfg, Generator& gen, LinearInit in_init, LinearInit out_init,
              DType param_dtype = DType::f32);
   Variable forward(const Variable& x, const MixerContext& context = {}) const override;
@@ -84,8 +85,8 @@ class MambaMixer : public Mixer {
 Variable kernel_param(const Parameter& p, const Variable& like);
 
 // Multi-head causal self-attention, names as mamba_ssm's MHA: in_proj [3*d, d] (rows q, k,
-// v; + bias when config.bias), out_proj [d, d] (+ bias). Positions: "rope" rotates q and k
-// (theta from the config), "learned" and "none" leave them (learned positions are added to
+// v; + bias when config.bias), out_proj [d, d] (+ bias). Positions: rope rotates q and k
+// (theta from the config), learned and none leave them (learned positions are added to
 // the embedding by the model). window > 0: sliding-window causal attention. The context's
 // documents mask attention across them; carried states do not apply (a window is attended
 // alone).

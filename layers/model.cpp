@@ -7,13 +7,14 @@
 #include "autograd/functions/loss.h"
 #include "autograd/functions/matmul.h"
 #include "kernels/documents.h"
+#include "layers/model_facts.h"
 
 namespace coil::layers {
 
 InitPlan init_plan(const ModelConfig& cfg) {
   InitPlan p;
   p.embedding_std = cfg.init_std;
-  if (cfg.init == "gpt2") {
+  if (cfg.init == InitScheme::gpt2) {
     p.linear = LinearInit{cfg.init_std, 1.0};
     p.residual = LinearInit{cfg.init_std, 1.0};
     if (cfg.rescale_prenorm_residual) p.residual.scale = 1.0 / std::sqrt(2.0 * double(cfg.n_layer));
@@ -22,25 +23,23 @@ InitPlan init_plan(const ModelConfig& cfg) {
     // and fc2.weight are redrawn (kaiming uniform) and divided by sqrt(n_residuals * n_layer).
     p.linear = LinearInit{0.0, 1.0};
     p.residual = LinearInit{0.0, 1.0};
-    int n_res = cfg.mlp == "none" ? 1 : 2;
+    int n_res = cfg.mlp == MlpKind::none ? 1 : 2;
     if (cfg.rescale_prenorm_residual) p.residual.scale = 1.0 / std::sqrt(double(n_res * cfg.n_layer));
   }
   return p;
 }
 
-Block::Block(const ModelConfig& cfg, const std::string& kind, Generator& gen, DType param_dtype)
+Block::Block(const ModelConfig& cfg, MixerKind kind, Generator& gen, DType param_dtype)
     : mixer_kind(kind), residual_in_fp32(cfg.residual_in_fp32) {
   InitPlan plan = init_plan(cfg);
   norm = register_module("norm", std::make_shared<Norm>(cfg.norm, cfg.d_model, cfg.norm_eps, param_dtype));
-  if (kind == "mamba")
+  if (kind == MixerKind::mamba)
     mixer = register_module("mixer", std::make_shared<MambaMixer>(cfg, gen, plan.linear, plan.residual,
                                                                   param_dtype));
-  else if (kind == "attention")
+  else
     mixer = register_module("mixer", std::make_shared<Attention>(cfg, gen, plan.linear, plan.residual,
                                                                  param_dtype));
-  else
-    fail("Block: unknown mixer \"{}\" (mamba or attention)", kind);
-  if (cfg.mlp != "none") {
+  if (cfg.mlp != MlpKind::none) {
     norm2 = register_module("norm2", std::make_shared<Norm>(cfg.norm, cfg.d_model, cfg.norm_eps, param_dtype));
     mlp = register_module("mlp", std::make_shared<MLP>(cfg, gen, plan.linear, plan.residual, param_dtype));
   }
@@ -75,12 +74,12 @@ Backbone::Backbone(const ModelConfig& cfg, Generator& gen, DType param_dtype) {
   InitPlan plan = init_plan(cfg);
   embedding = register_module("embedding", std::make_shared<Embedding>(cfg.padded_vocab_size(), cfg.d_model,
                                                                        gen, plan.embedding_std, param_dtype));
-  if (cfg.attention.positions == "learned" && cfg.has_attention())
+  if (cfg.learned_positions())
     pos_embedding = register_module(
         "pos_embedding", std::make_shared<Embedding>(cfg.attention.max_seq_len, cfg.d_model, gen,
                                                      plan.embedding_std, param_dtype));
   layers = register_module("layers", std::make_shared<ModuleList>());
-  for (auto& kind : cfg.layer_mixers())
+  for (MixerKind kind : cfg.layer_mixers())
     blocks.push_back(layers->push_back(std::make_shared<Block>(cfg, kind, gen, param_dtype)));
   norm_f = register_module("norm_f", std::make_shared<Norm>(cfg.norm, cfg.d_model, cfg.norm_eps, param_dtype));
 }
@@ -99,19 +98,19 @@ Head::Head(const ModelConfig& cfg, const std::shared_ptr<Parameter>& tied, Gener
 }
 
 DType resolve_compute_dtype(const ModelConfig& cfg, Device device) {
-  if (cfg.dtype == "f64") {
+  if (cfg.dtype == ComputeDType::f64) {
     COIL_CHECK(device.is_cpu(), "model.dtype f64 is CPU-only (for gradient checks), got device {}",
                device.str());
     return DType::f64;
   }
-  if (cfg.dtype == "f32") return DType::f32;
-  if (cfg.dtype == "bf16") return DType::bf16;
+  if (cfg.dtype == ComputeDType::f32) return DType::f32;
+  if (cfg.dtype == ComputeDType::bf16) return DType::bf16;
   return device.is_cuda() ? DType::bf16 : DType::f32;
 }
 
 LanguageModel::LanguageModel(const ModelConfig& cfg, uint64_t seed) : cfg_(cfg) {
   cfg_.validate();
-  DType param_dtype = cfg_.dtype == "f64" ? DType::f64 : DType::f32;
+  DType param_dtype = cfg_.dtype == ComputeDType::f64 ? DType::f64 : DType::f32;
   Generator gen(seed);
   backbone = register_module("backbone", std::make_shared<Backbone>(cfg_, gen, param_dtype));
   lm_head = register_module("lm_head",
@@ -211,17 +210,7 @@ int64_t LanguageModel::matmul_parameters() const {
 }
 
 double LanguageModel::flops_per_token(int64_t seq_len) const {
-  double flops = 6.0 * double(matmul_parameters());
-  for (auto& b : backbone->blocks) {
-    if (b->mixer_kind == "attention") {
-      double ctx = double(seq_len);
-      if (cfg_.attention.window > 0) ctx = std::min(ctx, double(cfg_.attention.window));
-      flops += 12.0 * double(cfg_.d_model) * ctx;
-    } else {
-      flops += 3.0 * (9.0 * double(cfg_.d_inner()) * double(cfg_.mamba.d_state) + 2.0 * double(cfg_.d_inner()));
-    }
-  }
-  return flops;
+  return training_flops_per_token(cfg_, seq_len);
 }
 
 }  // namespace coil::layers

@@ -67,7 +67,7 @@ InitPlan init_plan(const ModelConfig& cfg);
 
 class Block : public Module {
  public:
-  Block(const ModelConfig& cfg, const std::string& mixer_kind, Generator& gen, DType param_dtype);
+  Block(const ModelConfig& cfg, MixerKind mixer_kind, Generator& gen, DType param_dtype);
   // (hidden, residual) -> (hidden', residual'); residual undefined for the first block.
   std::pair<Variable, Variable> forward(const Variable& hidden, const Variable& residual,
                                         const MixerContext& context = {}) const;
@@ -77,7 +77,7 @@ class Block : public Module {
                                         const std::function<Variable(const Variable&)>& mix) const;
   int64_t matmul_parameters() const;
 
-  std::string mixer_kind;
+  MixerKind mixer_kind;
   bool residual_in_fp32;
   std::shared_ptr<Norm> norm, norm2;  // norm2 null without an MLP
   std::shared_ptr<Mixer> mixer;
@@ -104,7 +104,7 @@ class Head : public Module {
 class LanguageModel : public Module {
  public:
   // Builds on the CPU with parameters drawn from Generator(seed) (the same on every device);
-  // validates the config first. Parameters are f32 (f64 when config.dtype is "f64").
+  // validates the config first. Parameters are f32 (f64 when config.dtype is f64).
   explicit LanguageModel(const ModelConfig& cfg, uint64_t seed = 0);
 
   // tokens [B, T] (i32 or i64) -> the final normed hidden states [B, T, d]. With documents
@@ -126,10 +126,8 @@ class LanguageModel : public Module {
   // Weights that take part in matrix products, the head included (the conv1d weights count
   // too: each is used once per token, like a matmul weight).
   int64_t matmul_parameters() const;
-  // Training FLOPs per token (forward + backward): 6 * matmul_parameters()
-  //   + 12 * n_attention_layers * d_model * seq_len      (QK^T and AV, Kaplan/Chinchilla)
-  //   + 3 * n_mamba_layers * (9 * d_inner * d_state + 2 * d_inner)   (the scan; mamba_ssm's
-  //     selective_scan_flop_jit: 9 BLDN, + BDL for D and for z, forward; backward ~2x)
+  // Training FLOPs per token (forward + backward): layers::training_flops_per_token
+  // (layers/model_facts.h) of the config.
   double flops_per_token(int64_t seq_len) const;
 
   // Moves the parameters and sets the compute dtype the config asks for on that device

@@ -31,17 +31,98 @@
 //     attention: {n_head: 12, positions: rope, rope_theta: 10000, max_seq_len: 2048, window: 0}
 //
 // Key paths in error messages use exactly these names ("model.mamba.d_state",
-// "model.attention.n_head"), so a config parser can map keys one to one onto fields.
+// "model.attention.n_head"). Each key is described once, in visit_model_keys below: its path,
+// its member (whose initializer is its one default) and its range; the config loader
+// (train/config.cpp) reads and writes the section through it and validate() checks the same
+// ranges. The choices (mixer, mlp, norm, positions, init, dtype) are enums, parsed once when
+// a config loads. Adding a model option: docs/ARCHITECTURE.md, "Adding a model option".
 #pragma once
 #include <fmt/format.h>
 
+#include <array>
 #include <cstdint>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
-#include "core/error.h"
-
 namespace coil::layers {
+
+// ---- typed choices: each enum's names are listed once, here ----
+
+enum class MixerKind { mamba, attention };
+enum class MlpKind { none, swiglu, gelu };
+enum class NormKind { rmsnorm, layernorm };
+enum class Positions { rope, learned, none };
+enum class InitScheme { mamba, gpt2 };
+// The compute dtype a config asks for (model.dtype, train.dtype): automatic is bf16 on a GPU
+// and f32 on the CPU; f64 is CPU-only, for gradient checks.
+enum class ComputeDType { automatic, f32, bf16, f64 };
+
+// Choices<E>::names: every value of E with the name configs use for it.
+template <class E>
+struct Choices;
+template <>
+struct Choices<MixerKind> {
+  static constexpr std::array<std::pair<MixerKind, const char*>, 2> names{
+      {{MixerKind::mamba, "mamba"}, {MixerKind::attention, "attention"}}};
+};
+template <>
+struct Choices<MlpKind> {
+  static constexpr std::array<std::pair<MlpKind, const char*>, 3> names{
+      {{MlpKind::none, "none"}, {MlpKind::swiglu, "swiglu"}, {MlpKind::gelu, "gelu"}}};
+};
+template <>
+struct Choices<NormKind> {
+  static constexpr std::array<std::pair<NormKind, const char*>, 2> names{
+      {{NormKind::rmsnorm, "rmsnorm"}, {NormKind::layernorm, "layernorm"}}};
+};
+template <>
+struct Choices<Positions> {
+  static constexpr std::array<std::pair<Positions, const char*>, 3> names{
+      {{Positions::rope, "rope"}, {Positions::learned, "learned"}, {Positions::none, "none"}}};
+};
+template <>
+struct Choices<InitScheme> {
+  static constexpr std::array<std::pair<InitScheme, const char*>, 2> names{
+      {{InitScheme::mamba, "mamba"}, {InitScheme::gpt2, "gpt2"}}};
+};
+template <>
+struct Choices<ComputeDType> {
+  static constexpr std::array<std::pair<ComputeDType, const char*>, 4> names{
+      {{ComputeDType::automatic, "auto"}, {ComputeDType::f32, "f32"}, {ComputeDType::bf16, "bf16"},
+       {ComputeDType::f64, "f64"}}};
+};
+
+// The name of a choice ("swiglu").
+template <class E>
+const char* name(E value) {
+  for (auto& [v, n] : Choices<E>::names)
+    if (v == value) return n;
+  return "?";
+}
+// The choice a name stands for; false when it names none.
+template <class E>
+bool parse_choice(const std::string& text, E& value) {
+  for (auto& [v, n] : Choices<E>::names)
+    if (text == n) {
+      value = v;
+      return true;
+    }
+  return false;
+}
+// Every name, joined ("none, swiglu, gelu").
+template <class E>
+std::string choice_names(const char* separator = ", ") {
+  std::string out;
+  for (auto& [v, n] : Choices<E>::names) out += (out.empty() ? "" : separator) + std::string(n);
+  return out;
+}
+
+template <class E, class = void>
+struct is_choice : std::false_type {};
+template <class E>
+struct is_choice<E, std::void_t<decltype(Choices<E>::names)>> : std::true_type {};
 
 struct MambaConfig {
   int64_t d_state = 16;
@@ -60,7 +141,7 @@ struct MambaConfig {
 
 struct AttentionConfig {
   int64_t n_head = 12;
-  std::string positions = "rope";  // "rope" | "learned" | "none"
+  Positions positions = Positions::rope;
   double rope_theta = 10000.0;
   int64_t max_seq_len = 2048;  // size of the learned position table; the longest sequence
   int64_t window = 0;          // sliding-window size in tokens; 0 = full causal attention
@@ -73,23 +154,23 @@ struct ModelConfig {
   int64_t vocab_size = 50277;
   int64_t pad_vocab_size_multiple = 8;
 
-  std::string mixer = "mamba";      // the mixer of every layer unless the two below say otherwise
-  int64_t attention_every = 0;      // k > 0: layer i is attention when (i + 1) % k == 0
-  std::vector<std::string> layers;  // explicit per-layer mixers; empty = use the two above
+  MixerKind mixer = MixerKind::mamba;  // the mixer of every layer unless the two below say otherwise
+  int64_t attention_every = 0;         // k > 0: layer i is attention when (i + 1) % k == 0
+  std::vector<MixerKind> layers;       // explicit per-layer mixers; empty = use the two above
 
-  std::string mlp = "none";  // "none" | "swiglu" | "gelu"
-  int64_t mlp_hidden = 0;    // 0 = family default
+  MlpKind mlp = MlpKind::none;
+  int64_t mlp_hidden = 0;  // 0 = family default
   int64_t mlp_multiple_of = 128;
 
-  std::string norm = "rmsnorm";  // "rmsnorm" | "layernorm"
+  NormKind norm = NormKind::rmsnorm;
   double norm_eps = 1e-5;
   bool residual_in_fp32 = true;
   bool tie_embeddings = true;
   bool bias = false;
   double init_std = 0.02;
   bool rescale_prenorm_residual = true;
-  std::string init = "mamba";  // "mamba" | "gpt2"
-  std::string dtype = "auto";  // "auto" | "f32" | "bf16" | "f64" (f64: CPU only, for gradcheck)
+  InitScheme init = InitScheme::mamba;
+  ComputeDType dtype = ComputeDType::automatic;
 
   MambaConfig mamba;
   AttentionConfig attention;
@@ -102,208 +183,83 @@ struct ModelConfig {
   int64_t d_inner() const { return mamba.expand * d_model; }
   int64_t dt_rank() const { return mamba.dt_rank > 0 ? mamba.dt_rank : (d_model + 15) / 16; }
   int64_t head_dim() const { return attention.n_head > 0 ? d_model / attention.n_head : 0; }
-  int64_t mlp_hidden_size() const {
-    if (mlp_hidden > 0) return mlp_hidden;
-    if (mlp == "gelu") return 4 * d_model;
-    if (mlp == "swiglu") {
-      int64_t h = 8 * d_model / 3;
-      int64_t m = mlp_multiple_of < 1 ? 1 : mlp_multiple_of;
-      return (h + m - 1) / m * m;
-    }
-    return 0;
-  }
+  int64_t mlp_hidden_size() const;
   // The mixer of each layer, resolved from `layers`, `attention_every` and `mixer`.
-  std::vector<std::string> layer_mixers() const {
-    if (!layers.empty()) return layers;
-    std::vector<std::string> out;
-    for (int64_t i = 0; i < n_layer; ++i)
-      out.push_back(attention_every > 0 && (i + 1) % attention_every == 0 ? "attention" : mixer);
-    return out;
-  }
-  bool has_attention() const {
-    for (auto& m : layer_mixers())
-      if (m == "attention") return true;
-    return false;
-  }
-  bool has_mamba() const {
-    for (auto& m : layer_mixers())
-      if (m == "mamba") return true;
-    return false;
-  }
+  std::vector<MixerKind> layer_mixers() const;
+  bool has_attention() const;
+  bool has_mamba() const;
+  bool learned_positions() const { return attention.positions == Positions::learned && has_attention(); }
 
-  // Raises coil::Error naming the key path and the offending value(s).
-  void validate() const {
-    auto positive = [](const char* key, int64_t v) {
-      if (v <= 0) fail("model config: {} must be positive, got {}", key, v);
-    };
-    auto one_of = [](const char* key, const std::string& v, std::initializer_list<const char*> ok) {
-      std::string list;
-      for (auto* o : ok) {
-        if (v == o) return;
-        list += list.empty() ? "" : ", ";
-        list += o;
-      }
-      fail("model config: {} must be one of {}, got \"{}\"", key, list, v);
-    };
-    positive("model.d_model", d_model);
-    positive("model.n_layer", n_layer);
-    positive("model.vocab_size", vocab_size);
-    positive("model.pad_vocab_size_multiple", pad_vocab_size_multiple);
-    one_of("model.mixer", mixer, {"mamba", "attention"});
-    if (attention_every < 0)
-      fail("model config: model.attention_every must be >= 0, got {}", attention_every);
-    if (!layers.empty()) {
-      if (int64_t(layers.size()) != n_layer)
-        fail("model config: model.layers has {} entries but model.n_layer is {}", layers.size(),
-             n_layer);
-      for (size_t i = 0; i < layers.size(); ++i)
-        if (layers[i] != "mamba" && layers[i] != "attention")
-          fail("model config: model.layers[{}] must be \"mamba\" or \"attention\", got \"{}\"", i,
-               layers[i]);
-    }
-    one_of("model.mlp", mlp, {"none", "swiglu", "gelu"});
-    if (mlp_hidden < 0) fail("model config: model.mlp_hidden must be >= 0, got {}", mlp_hidden);
-    positive("model.mlp_multiple_of", mlp_multiple_of);
-    one_of("model.norm", norm, {"rmsnorm", "layernorm"});
-    if (!(norm_eps > 0)) fail("model config: model.norm_eps must be positive, got {}", norm_eps);
-    if (!(init_std > 0)) fail("model config: model.init_std must be positive, got {}", init_std);
-    one_of("model.dtype", dtype, {"auto", "f32", "bf16", "f64"});
-    one_of("model.init", init, {"mamba", "gpt2"});
+  // Raises coil::Error naming the key path and the offending value(s): the ranges of
+  // visit_model_keys, then the rules between keys.
+  void validate() const;
+  // The limits of the CUDA kernels, for a config that runs on a GPU: d_state up to
+  // kernels::kScanMaxStateCuda for Mamba layers, the head dims of
+  // kernels::attention_cuda_supports_head_dim for attention layers. Raises an error naming the
+  // key and the limit. train/config.cpp checks it when a config loads with train.device cuda,
+  // the trainer when train.device auto picks a GPU.
+  void check_cuda_limits() const;
 
-    if (has_mamba()) {
-      positive("model.mamba.d_state", mamba.d_state);
-      positive("model.mamba.expand", mamba.expand);
-      positive("model.mamba.d_conv", mamba.d_conv);
-      if (mamba.dt_rank < 0)
-        fail("model config: model.mamba.dt_rank must be >= 0 (0 = ceil(d_model/16)), got {}",
-             mamba.dt_rank);
-      if (!(mamba.dt_min > 0))
-        fail("model config: model.mamba.dt_min must be positive, got {}", mamba.dt_min);
-      if (!(mamba.dt_max >= mamba.dt_min))
-        fail("model config: model.mamba.dt_max ({}) must be >= model.mamba.dt_min ({})",
-             mamba.dt_max, mamba.dt_min);
-      if (!(mamba.dt_init_floor > 0))
-        fail("model config: model.mamba.dt_init_floor must be positive, got {}",
-             mamba.dt_init_floor);
-      if (!(mamba.dt_scale > 0))
-        fail("model config: model.mamba.dt_scale must be positive, got {}", mamba.dt_scale);
-    }
-    one_of("model.attention.positions", attention.positions, {"rope", "learned", "none"});
-    if (has_attention()) {
-      positive("model.attention.n_head", attention.n_head);
-      if (d_model % attention.n_head != 0)
-        fail("model config: model.d_model ({}) is not divisible by model.attention.n_head ({})",
-             d_model, attention.n_head);
-      if (attention.positions == "rope" && head_dim() % 2 != 0)
-        fail("model config: rope needs an even head dimension: model.d_model ({}) / "
-             "model.attention.n_head ({}) = {}",
-             d_model, attention.n_head, head_dim());
-      if (!(attention.rope_theta > 0))
-        fail("model config: model.attention.rope_theta must be positive, got {}",
-             attention.rope_theta);
-      if (attention.window < 0)
-        fail("model config: model.attention.window must be >= 0 (0 = full), got {}",
-             attention.window);
-    }
-    if (attention.positions == "learned" || has_attention())
-      positive("model.attention.max_seq_len", attention.max_seq_len);
-  }
-
-  static std::vector<std::string> preset_names() {
-    return {"mamba-130m",         "mamba-370m",         "mamba-790m",         "mamba-1.4b",
-            "mamba-2.8b",         "transformer++-125m", "transformer++-350m", "transformer++-760m",
-            "transformer++-1.3b", "gpt2-124m",          "gpt2-350m",          "gpt2-774m",
-            "gpt2-1.5b",          "mamba-tiny",         "transformer++-tiny", "gpt2-tiny",
-            "hybrid-tiny"};
-  }
-
+  static std::vector<std::string> preset_names();
   // Named presets. Mamba sizes follow the reference checkpoints (state-spaces/mamba-*);
   // Transformer++ is the Mamba paper's baseline (RoPE, SwiGLU, RMSNorm, no biases);
   // GPT-2 is the OpenAI architecture (learned positions, GELU MLP, LayerNorm, biases).
-  static ModelConfig preset(const std::string& name) {
-    auto mamba_cfg = [](int64_t d, int64_t n) {
-      ModelConfig c;
-      c.d_model = d;
-      c.n_layer = n;
-      c.vocab_size = 50277;
-      c.mixer = "mamba";
-      c.mlp = "none";
-      c.norm = "rmsnorm";
-      c.bias = false;
-      c.residual_in_fp32 = true;
-      return c;
-    };
-    auto tpp_cfg = [](int64_t d, int64_t n, int64_t heads) {
-      ModelConfig c;
-      c.d_model = d;
-      c.n_layer = n;
-      c.vocab_size = 50277;
-      c.mixer = "attention";
-      c.mlp = "swiglu";
-      c.norm = "rmsnorm";
-      c.bias = false;
-      c.attention.n_head = heads;
-      c.attention.positions = "rope";
-      c.attention.max_seq_len = 2048;
-      return c;
-    };
-    auto gpt2_cfg = [](int64_t d, int64_t n, int64_t heads) {
-      ModelConfig c;
-      c.d_model = d;
-      c.n_layer = n;
-      c.vocab_size = 50257;
-      c.mixer = "attention";
-      c.mlp = "gelu";
-      c.norm = "layernorm";
-      c.bias = true;
-      c.attention.n_head = heads;
-      c.attention.positions = "learned";
-      c.attention.max_seq_len = 1024;
-      c.init = "gpt2";
-      return c;
-    };
-    // Tiny models train in seconds on a CPU; head_dim 64 because the CUDA attention kernels
-    // are built for head dims 64 and 128.
-    auto tiny = [](ModelConfig c) {
-      c.d_model = 128;
-      c.n_layer = 2;
-      c.vocab_size = 256;
-      c.mamba.d_state = 8;
-      c.attention.n_head = 2;
-      c.attention.max_seq_len = 256;
-      return c;
-    };
-    ModelConfig c;
-    if (name == "mamba-130m") c = mamba_cfg(768, 24);
-    else if (name == "mamba-370m") c = mamba_cfg(1024, 48);
-    else if (name == "mamba-790m") c = mamba_cfg(1536, 48);
-    else if (name == "mamba-1.4b") c = mamba_cfg(2048, 48);
-    else if (name == "mamba-2.8b") c = mamba_cfg(2560, 64);
-    else if (name == "transformer++-125m") c = tpp_cfg(768, 12, 12);
-    else if (name == "transformer++-350m") c = tpp_cfg(1024, 24, 16);
-    else if (name == "transformer++-760m") c = tpp_cfg(1536, 24, 16);
-    else if (name == "transformer++-1.3b") c = tpp_cfg(2048, 24, 32);
-    else if (name == "gpt2-124m") c = gpt2_cfg(768, 12, 12);
-    else if (name == "gpt2-350m") c = gpt2_cfg(1024, 24, 16);
-    else if (name == "gpt2-774m") c = gpt2_cfg(1280, 36, 20);
-    else if (name == "gpt2-1.5b") c = gpt2_cfg(1600, 48, 25);
-    else if (name == "mamba-tiny") c = tiny(mamba_cfg(128, 2));
-    else if (name == "transformer++-tiny") c = tiny(tpp_cfg(128, 2, 2));
-    else if (name == "gpt2-tiny") c = tiny(gpt2_cfg(128, 2, 2));
-    else if (name == "hybrid-tiny") {
-      c = tiny(mamba_cfg(128, 4));
-      c.n_layer = 4;
-      c.attention_every = 2;  // mamba, attention, mamba, attention
-      c.attention.positions = "rope";
-      c.mlp = "swiglu";
-    } else {
-      std::string list;
-      for (auto& n : preset_names()) list += (list.empty() ? "" : ", ") + n;
-      fail("model config: unknown model.preset \"{}\" (known: {})", name, list);
-    }
-    c.name = name;
-    return c;
-  }
+  static ModelConfig preset(const std::string& name);
 };
 
+// Every key of the `model:` section but model.preset (train/config.cpp applies it first), in
+// the order a config is written out, each with its range. `keys` is called as
+//   keys.integer(path, member, min)       an integer >= min
+//   keys.positive(path, member)           a number > 0
+//   keys.boolean(path, member)
+//   keys.choice(path, member)             an enum, by the names of Choices<E>
+//   keys.choice_list(path, member)        a list of them
+// `M` is ModelConfig or const ModelConfig.
+template <class M, class Keys>
+void visit_model_keys(M& m, Keys& keys) {
+  keys.integer("model.d_model", m.d_model, 1);
+  keys.integer("model.n_layer", m.n_layer, 1);
+  keys.integer("model.vocab_size", m.vocab_size, 1);
+  keys.integer("model.pad_vocab_size_multiple", m.pad_vocab_size_multiple, 1);
+  keys.choice("model.mixer", m.mixer);
+  keys.integer("model.attention_every", m.attention_every, 0);
+  keys.choice_list("model.layers", m.layers);
+  keys.choice("model.mlp", m.mlp);
+  keys.integer("model.mlp_hidden", m.mlp_hidden, 0);
+  keys.integer("model.mlp_multiple_of", m.mlp_multiple_of, 1);
+  keys.choice("model.norm", m.norm);
+  keys.positive("model.norm_eps", m.norm_eps);
+  keys.boolean("model.residual_in_fp32", m.residual_in_fp32);
+  keys.boolean("model.tie_embeddings", m.tie_embeddings);
+  keys.boolean("model.bias", m.bias);
+  keys.positive("model.init_std", m.init_std);
+  keys.boolean("model.rescale_prenorm_residual", m.rescale_prenorm_residual);
+  keys.choice("model.init", m.init);
+  keys.choice("model.dtype", m.dtype);
+  keys.integer("model.mamba.d_state", m.mamba.d_state, 1);
+  keys.integer("model.mamba.expand", m.mamba.expand, 1);
+  keys.integer("model.mamba.d_conv", m.mamba.d_conv, 1);
+  keys.integer("model.mamba.dt_rank", m.mamba.dt_rank, 0);
+  keys.positive("model.mamba.dt_min", m.mamba.dt_min);
+  keys.positive("model.mamba.dt_max", m.mamba.dt_max);
+  keys.positive("model.mamba.dt_init_floor", m.mamba.dt_init_floor);
+  keys.positive("model.mamba.dt_scale", m.mamba.dt_scale);
+  keys.boolean("model.mamba.conv_bias", m.mamba.conv_bias);
+  keys.boolean("model.mamba.selective", m.mamba.selective);
+  keys.integer("model.attention.n_head", m.attention.n_head, 1);
+  keys.choice("model.attention.positions", m.attention.positions);
+  keys.positive("model.attention.rope_theta", m.attention.rope_theta);
+  keys.integer("model.attention.max_seq_len", m.attention.max_seq_len, 1);
+  keys.integer("model.attention.window", m.attention.window, 0);
+}
+
 }  // namespace coil::layers
+
+// A choice formats as its name: fmt::format("{}", MlpKind::swiglu) is "swiglu".
+template <class E>
+struct fmt::formatter<E, char, std::enable_if_t<coil::layers::is_choice<E>::value>> : fmt::formatter<fmt::string_view> {
+  template <class Context>
+  auto format(E value, Context& ctx) const {
+    return fmt::formatter<fmt::string_view>::format(coil::layers::name(value), ctx);
+  }
+};

@@ -20,6 +20,7 @@
 
 #include "autograd/variable.h"
 #include "kernels/adamw.h"
+#include "optim/defaults.h"
 
 namespace coil::optim {
 
@@ -41,10 +42,10 @@ std::vector<ParamGroup> groups_by_name(const std::vector<std::pair<std::string, 
                                            default_no_weight_decay);
 
 struct AdamWOptions {
-  double lr = 1e-3;
-  double beta1 = 0.9;
-  double beta2 = 0.999;
-  double eps = 1e-8;
+  double lr = kDefaultLr;
+  double beta1 = kDefaultBeta1;
+  double beta2 = kDefaultBeta2;
+  double eps = kDefaultEps;
 };
 
 class AdamW {

@@ -11,13 +11,15 @@
 #include <cstdint>
 #include <string>
 
+#include "optim/defaults.h"
+
 namespace coil::optim {
 
 enum class ScheduleKind { constant, cosine, linear };
 
 struct Schedule {
   ScheduleKind kind = ScheduleKind::cosine;
-  double lr = 6e-4;
+  double lr = kDefaultLr;
   double min_lr = 0.0;
   int64_t warmup_steps = 0;
   int64_t total_steps = 0;  // the decay ends here (cosine, linear)

@@ -1,5 +1,5 @@
 """What every plot script of coil shares: matplotlib's pyplot without a display, or exit status
-3 (coil's "matplotlib is missing", train/plot.h) with the reason."""
+3 (coil's "matplotlib is missing", scaling/plot.h) with the reason."""
 import sys
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Plots of a scaling report (train/report.h writes the inputs; docs/SCALING.md).
+"""Plots of a scaling report (scaling/report.h writes the inputs; docs/SCALING.md).
 
     python3 scripts/plot_scaling.py REPORT_DIR [--out DIR] [--title TEXT]
 

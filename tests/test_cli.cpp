@@ -13,11 +13,11 @@
 #include "data/sentencepiece_tokenizer.h"
 #include "data/token_file.h"
 #include "kernels/matmul.h"
+#include "scaling/report.h"
+#include "scaling/sweep.h"
 #include "tests/catch.h"
 #include "tests/files.h"
 #include "train/checkpoint.h"
-#include "train/report.h"
-#include "train/sweep.h"
 
 using namespace coil;
 using namespace coil::data;

@@ -4,10 +4,10 @@
 #include <cstdlib>
 
 #include "core/cuda.h"
+#include "dist/communicator.h"
+#include "dist/launch.h"
 #include "tests/catch.h"
 #include "tests/roles.h"
-#include "train/communicator.h"
-#include "train/launch.h"
 
 using namespace coil;
 using namespace coil::train;

@@ -34,6 +34,23 @@ TEST_CASE("an empty config gives the defaults", "[config]") {
   REQUIRE(c.grad_accum() == 1);
 }
 
+TEST_CASE("a config for a GPU meets the CUDA kernels' limits when it loads", "[config]") {
+  // d_state above the selective scan's limit: the key, where it was set, and the limit.
+  REQUIRE_THAT(error_of("model: {preset: mamba-tiny}\ntrain: {device: cuda}\n", {"model.mamba.d_state=128"}),
+               Contains("--set model.mamba.d_state=128: model config: model.mamba.d_state is 128, but the CUDA "
+                        "selective scan takes d_state up to 64"));
+  // A head dim the attention kernels are not built for (160 / 2 = 80), named with its line.
+  REQUIRE_THAT(error_of("model:\n  preset: transformer++-tiny\n  d_model: 160\ntrain: {device: 'cuda:0'}\n"),
+               Contains("test.yaml:3: model config: the head dim model.d_model / model.attention.n_head = 160 / 2 = 80 "
+                        "is not one the CUDA attention kernels take (64, 96 and 128)"));
+  // The CPU has neither limit; a Transformer has no scan and a Mamba no attention.
+  REQUIRE(parse("train: {device: cpu}\n", {"model.mamba.d_state=128"}).model.config.mamba.d_state == 128);
+  REQUIRE(parse("model: {preset: transformer++-tiny, d_model: 160}\ntrain: {device: cpu}\n").model.config.d_model == 160);
+  REQUIRE(parse("model: {preset: transformer++-tiny}\ntrain: {device: cuda}\n", {"model.mamba.d_state=128"})
+              .model.config.mamba.d_state == 128);
+  REQUIRE(parse("model: {preset: mamba-tiny, d_model: 160}\ntrain: {device: cuda}\n").model.config.d_model == 160);
+}
+
 TEST_CASE("a config file sets keys of every section; the preset comes first", "[config]") {
   Config c = parse(R"(
 run: {name: toy}
@@ -48,7 +65,7 @@ eval: {every: 10, batches: 2}
 checkpoint: {every: 25, keep_last: 2}
 log: {every: 5, tensorboard: true}
 )");
-  REQUIRE(c.model.config.mixer == "attention");
+  REQUIRE(c.model.config.mixer == coil::layers::MixerKind::attention);
   REQUIRE(c.model.config.d_model == 128);
   REQUIRE(c.model.config.attention.n_head == 8);
   REQUIRE(c.model.config.name == "transformer++-tiny");
@@ -71,6 +88,12 @@ TEST_CASE("config errors name the key path and the line", "[config]") {
   REQUIRE_THAT(error_of("train:\n  micro_batch: 0\n"), Contains("test.yaml:2: train.micro_batch: must be >= 1, got 0"));
   REQUIRE_THAT(error_of("trian:\n  steps: 3\n"), Contains("test.yaml:1: unknown section 'trian'"));
   REQUIRE_THAT(error_of("train:\n  dtype: fp16\n"), Contains("test.yaml:2: train.dtype: must be one of auto, bf16, f32"));
+  // The model's choices are parsed once, by the names of their enums (layers/model_config.h).
+  REQUIRE_THAT(error_of("train:\n  dtype: f64\n"), Contains("test.yaml:2: train.dtype: must be one of auto, bf16, f32, got 'f64'"));
+  REQUIRE_THAT(error_of("model: {mlp: relu}\n"), Contains("test.yaml:1: model.mlp: must be one of none, swiglu, gelu, got 'relu'"));
+  REQUIRE_THAT(error_of("model: {dtype: fp8}\n"), Contains("model.dtype: must be one of auto, f32, bf16, f64, got 'fp8'"));
+  REQUIRE_THAT(error_of("", {"model.layers=[mamba, mlp]"}),
+               Contains("--set model.layers=[mamba, mlp]: model.layers[1]: must be one of mamba, attention, got 'mlp'"));
   REQUIRE_THAT(error_of("log:\n  tensorboard: maybe\n"), Contains("test.yaml:2: log.tensorboard: expected true or false"));
   REQUIRE_THAT(error_of("model:\n  mamba:\n    d_stat: 4\n"), Contains("test.yaml:3: unknown key 'model.mamba.d_stat'"));
   REQUIRE_THAT(error_of("model:\n  preset: mamba-9t\n"), Contains("test.yaml:2: model config: unknown model.preset"));
@@ -98,7 +121,7 @@ TEST_CASE("--set overrides are typed and checked like the file", "[config]") {
   REQUIRE(c.log.tensorboard);
   // A preset given with --set replaces the file's preset but keeps the file's model keys.
   Config d = parse("model: {preset: mamba-tiny, d_model: 96}\n", {"model.preset=transformer++-tiny"});
-  REQUIRE(d.model.config.mixer == "attention");
+  REQUIRE(d.model.config.mixer == coil::layers::MixerKind::attention);
   REQUIRE(d.model.config.d_model == 96);
   REQUIRE_THAT(error_of("", {"train.steps=abc"}), Contains("--set train.steps=abc: train.steps: expected an integer"));
   REQUIRE_THAT(error_of("", {"train.stpes=3"}), Contains("--set train.stpes=3: unknown key 'train.stpes'"));
@@ -116,7 +139,9 @@ TEST_CASE("the resolved config round-trips through YAML", "[config]") {
   Config d = parse_config(text, "resolved.yaml");
   REQUIRE(config_differences(c, d).empty());
   REQUIRE(to_yaml(d) == text);
-  REQUIRE(d.model.config.layers == std::vector<std::string>{"mamba", "attention", "attention", "mamba"});
+  using coil::layers::MixerKind;
+  REQUIRE(d.model.config.layers ==
+          std::vector<MixerKind>{MixerKind::mamba, MixerKind::attention, MixerKind::attention, MixerKind::mamba});
   REQUIRE(d.data.path == "data/*.h5");
   REQUIRE(d.run.dir == "/tmp/x y");
   REQUIRE(d.optim.eps == 1e-9);
@@ -137,7 +162,7 @@ TEST_CASE("every config under configs/ parses", "[config]") {
   int n = 0;
   for (auto& entry : fs::recursive_directory_iterator(dir)) {
     if (entry.path().extension() != ".yaml") continue;
-    // Sweep files (train/sweep.h) expand into configs; they are not configs themselves.
+    // Sweep files (scaling/sweep.h) expand into configs; they are not configs themselves.
     std::ifstream in(entry.path());
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     if (text.find("\naxes:") != std::string::npos || text.rfind("axes:", 0) == 0) continue;

@@ -19,11 +19,11 @@
 #include <sstream>
 #include <thread>
 
+#include "dist/distributed.h"
+#include "dist/launch.h"
 #include "tests/catch.h"
 #include "tests/roles.h"
 #include "train/checkpoint.h"
-#include "train/distributed.h"
-#include "train/launch.h"
 #include "train/trainer.h"
 
 using namespace coil;

@@ -2,8 +2,8 @@
 #include <memory>
 #include <thread>
 
+#include "dist/distributed.h"
 #include "tests/catch.h"
-#include "train/distributed.h"
 
 using namespace coil::train;
 
@@ -162,7 +162,7 @@ TEST_CASE("gradient buckets fill from the last parameter backwards", "[distribut
 }
 
 #include "autograd/variable.h"
-#include "train/grad_reducer.h"
+#include "dist/grad_reducer.h"
 
 namespace {
 using coil::Tensor;
@@ -228,7 +228,7 @@ TEST_CASE("buckets whose parameters got no gradient are still reduced, in order"
   REQUIRE(sizes.size() == 3);
 }
 
-#include "train/launch.h"
+#include "dist/launch.h"
 
 TEST_CASE("launch starts every rank with its environment and reports a failing one", "[distributed]") {
   LaunchOptions options;
@@ -253,6 +253,7 @@ TEST_CASE("launch starts every rank with its environment and reports a failing o
 #include "data/loader.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
+#include "train/info.h"
 #include "train/trainer.h"
 
 namespace {

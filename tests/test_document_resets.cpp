@@ -457,7 +457,7 @@ ModelConfig small_model(const std::string& family) {
   ModelConfig c = ModelConfig::preset(family);
   c.d_model = 16;  // 2 heads of 8
   c.vocab_size = 29;
-  c.dtype = "f64";
+  c.dtype = layers::ComputeDType::f64;
   return c;
 }
 
@@ -516,7 +516,8 @@ TEST_CASE("two documents packed into one window with resets: the loss and gradie
     // RoPE computes its angles in fp32 from the absolute position, so a document at offset 6
     // rotates by angles rounded differently (relative to 1e-7); the other families agree to
     // the last bits.
-    const double tol = m.config().attention.positions == "rope" && m.config().has_attention() ? 1e-7 : 1e-12;
+    const bool rope = m.config().attention.positions == layers::Positions::rope && m.config().has_attention();
+    const double tol = rope ? 1e-7 : 1e-12;
     CHECK(std::abs(packed_loss - alone_loss) < tol);
     CHECK(largest_difference(packed, alone) < 10 * tol);
     // Without the resets the second document sees the first: the losses differ.

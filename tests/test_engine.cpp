@@ -92,6 +92,29 @@ TEST_CASE("engine: backward twice without retain_graph is an error", "[engine][e
   REQUIRE_THROWS_WITH(y.backward(), Contains("backward through 'sum_all' a second time"));
 }
 
+TEST_CASE("engine: an in-place write to a tensor an op saved is an error at backward", "[engine][errors]") {
+  // exp saves its input; the input is then overwritten in place: backward would use the new
+  // values, so it refuses, naming the op and the tensor.
+  ag::Variable x = leaf({0.5, -1.0, 2.0});
+  ag::Variable loss = ag::sum_all(ag::exp(x));
+  Tensor(x.value()).fill_(3.0);
+  REQUIRE_THROWS_WITH(loss.backward(), Contains("backward through 'exp': its input 0 was modified in place") &&
+                                           Contains("when 'exp' ran") && Contains("clone()"));
+  // The same through a view of the saved buffer (the version belongs to the buffer).
+  ag::Variable a = leaf({1.0, 2.0}), b = leaf({3.0, 4.0});
+  ag::Variable z = ag::sum_all(ag::mul(a, b));
+  a.value().reshape({2, 1}).copy_(Tensor::from_vector<double>({5.0, 6.0}, {2, 1}, DType::f64));
+  REQUIRE_THROWS_WITH(z.backward(), Contains("backward through 'mul': its input 0 was modified in place"));
+  // A write before the op, and one into a copy, leave the graph intact.
+  ag::Variable u = leaf({0.5, 1.0});
+  Tensor(u.value()).fill_(0.25);
+  ag::Variable w = ag::exp(u);
+  ag::Variable total = ag::sum_all(w);
+  w.value().clone().fill_(9.0);
+  total.backward();
+  REQUIRE(grad_of(u) == std::vector<double>{std::exp(0.25), std::exp(0.25)});
+}
+
 TEST_CASE("engine: a non-scalar needs an explicit gradient of its shape", "[engine][errors]") {
   ag::Variable x = leaf({1.0, 2.0, 3.0});
   ag::Variable y = ag::scale(x, 3.0);

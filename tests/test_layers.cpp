@@ -50,7 +50,7 @@ ModelConfig small_config() {
   c.mamba.dt_rank = 2;
   c.attention.n_head = 2;
   c.attention.max_seq_len = 16;
-  c.dtype = "f64";
+  c.dtype = ComputeDType::f64;
   return c;
 }
 
@@ -80,8 +80,8 @@ TEST_CASE("Embedding: gradcheck and shapes", "[layers]") {
 }
 
 TEST_CASE("RMSNorm and LayerNorm: gradcheck, alone and fused with the residual add", "[layers]") {
-  for (const char* kind : {"rmsnorm", "layernorm"}) {
-    INFO(kind);
+  for (NormKind kind : {NormKind::rmsnorm, NormKind::layernorm}) {
+    INFO(name(kind));
     Norm norm(kind, 6, 1e-5);
     {
       Tensor w = norm.weight->var.value();
@@ -102,15 +102,15 @@ TEST_CASE("RMSNorm and LayerNorm: gradcheck, alone and fused with the residual a
 }
 
 TEST_CASE("MLP: GELU and SwiGLU gradcheck", "[layers]") {
-  for (const char* kind : {"gelu", "swiglu"}) {
-    INFO(kind);
+  for (MlpKind kind : {MlpKind::gelu, MlpKind::swiglu}) {
+    INFO(name(kind));
     ModelConfig c = small_config();
     c.mlp = kind;
     c.mlp_hidden = 12;
-    c.bias = std::string(kind) == "gelu";
+    c.bias = kind == MlpKind::gelu;
     Generator gen(2);
     MLP mlp(c, gen, {}, {});
-    REQUIRE(mlp.fc1->weight->shape() == Shape{std::string(kind) == "swiglu" ? 24 : 12, 8});
+    REQUIRE(mlp.fc1->weight->shape() == Shape{kind == MlpKind::swiglu ? 24 : 12, 8});
     REQUIRE(mlp.fc2->weight->shape() == Shape{8, 12});
     check_module(mlp, test::random_normal({2, 3, 8}, 7), [&](const Variable& x) { return mlp.forward(x); });
   }
@@ -206,14 +206,14 @@ TEST_CASE("MambaMixer: delta, B and C follow the input with selection and do not
 
 TEST_CASE("Attention: gradcheck with RoPE, without positions and with a window", "[layers]") {
   struct Case {
-    const char* positions;
+    Positions positions;
     int64_t window;
     bool bias;
   };
-  for (Case k : {Case{"rope", 0, false}, Case{"none", 0, true}, Case{"rope", 3, false}}) {
-    INFO(k.positions << " window " << k.window);
+  for (Case k : {Case{Positions::rope, 0, false}, Case{Positions::none, 0, true}, Case{Positions::rope, 3, false}}) {
+    INFO(name(k.positions) << " window " << k.window);
     ModelConfig c = small_config();
-    c.mixer = "attention";
+    c.mixer = MixerKind::attention;
     c.attention.positions = k.positions;
     c.attention.window = k.window;
     c.bias = k.bias;
@@ -226,7 +226,7 @@ TEST_CASE("Attention: gradcheck with RoPE, without positions and with a window",
 
 TEST_CASE("Attention is causal", "[layers]") {
   ModelConfig c = small_config();
-  c.mixer = "attention";
+  c.mixer = MixerKind::attention;
   Generator gen(6);
   Attention attn(c, gen, {}, {}, DType::f64);
   attn.set_compute_dtype(DType::f64);
@@ -239,10 +239,10 @@ TEST_CASE("Attention is causal", "[layers]") {
 }
 
 TEST_CASE("Block: gradcheck of a pre-norm block with a mixer and an MLP", "[layers]") {
-  for (const char* mixer : {"mamba", "attention"}) {
-    INFO(mixer);
+  for (MixerKind mixer : {MixerKind::mamba, MixerKind::attention}) {
+    INFO(name(mixer));
     ModelConfig c = small_config();
-    c.mlp = "swiglu";
+    c.mlp = MlpKind::swiglu;
     c.mlp_hidden = 8;
     Generator gen(7);
     Block block(c, mixer, gen, DType::f64);

@@ -1,4 +1,4 @@
-// The length sweep (`coil eval RUN --lengths ...`, train/length_eval.h) on the CPU: the lengths
+// The length sweep (`coil eval RUN --lengths ...`, scaling/length_eval.h) on the CPU: the lengths
 // parser, accuracy per length on a tiny trained run (the same numbers as a plain evaluation at
 // that length), the CSV, a learned position table that is too short, and an out-of-memory
 // length (a real allocation failure under an address-space limit) that the sweep survives.
@@ -9,9 +9,9 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "scaling/length_eval.h"
 #include "tests/catch.h"
 #include "tests/files.h"
-#include "train/length_eval.h"
 #include "train/trainer.h"
 
 using namespace coil;

@@ -35,9 +35,9 @@ ModelConfig micro(const std::string& family) {
   c.mamba.dt_rank = 2;
   c.attention.n_head = 2;
   c.attention.max_seq_len = 8;
-  c.mlp_hidden = c.mlp == "none" ? 0 : 8;
+  c.mlp_hidden = c.mlp == layers::MlpKind::none ? 0 : 8;
   c.n_layer = family == "hybrid-tiny" ? 2 : 1;
-  c.dtype = "f64";
+  c.dtype = ComputeDType::f64;
   return c;
 }
 
@@ -199,7 +199,7 @@ TEST_CASE("bad inputs give clear errors", "[models]") {
   REQUIRE_THROWS_WITH(g.forward(bad), Contains("9999"));
   // f64 is CPU-only.
   ModelConfig c = ModelConfig::preset("mamba-tiny");
-  c.dtype = "f64";
+  c.dtype = ComputeDType::f64;
   REQUIRE_THROWS_WITH(resolve_compute_dtype(c, Device::cuda(0)), Contains("CPU-only"));
 }
 
@@ -216,11 +216,11 @@ TEST_CASE("i32 tokens work like i64 tokens", "[models]") {
 
 namespace {
 
-void compare_cuda_cpu(ModelConfig c, const std::string& dtype, double loss_tol, double grad_tol) {
+void compare_cuda_cpu(ModelConfig c, ComputeDType dtype, double loss_tol, double grad_tol) {
   const std::string family = c.name;
   c.dtype = dtype;
   ModelConfig cpu_config = c;
-  cpu_config.dtype = "f32";  // the reference: f32 on the CPU
+  cpu_config.dtype = ComputeDType::f32;  // the reference: f32 on the CPU
   LanguageModel cpu(cpu_config, 3);
   LanguageModel gpu(c, 3);
   gpu.to(Device::cuda(0));
@@ -233,7 +233,7 @@ void compare_cuda_cpu(ModelConfig c, const std::string& dtype, double loss_tol, 
   Variable lg = gpu.loss(tokens.to(Device::cuda(0)), targets.to(Device::cuda(0)));
   lc.backward();
   lg.backward();
-  INFO(family << " " << dtype << ": cpu loss " << lc.value().item() << " gpu loss " << lg.value().item());
+  INFO(family << " " << name(dtype) << ": cpu loss " << lc.value().item() << " gpu loss " << lg.value().item());
   REQUIRE(std::abs(lc.value().item() - lg.value().item()) < loss_tol);
   for (auto& [n, p] : cpu.named_parameters()) {
     double err = test::relative_error(gpu.parameter(n)->var.grad().to(Device::cpu()), p->var.grad());
@@ -251,18 +251,18 @@ void compare_cuda_cpu(ModelConfig c, const std::string& dtype, double loss_tol, 
 
 TEST_CASE("CUDA forward and backward match the CPU in f32 for each family", "[cuda][models]") {
   // f32 on the GPU (attention computes in bf16 inside its kernels, hence the tolerances).
-  for (const char* family : kFamilies) compare_cuda_cpu(ModelConfig::preset(family), "f32", 2e-2, 5e-2);
+  for (const char* family : kFamilies) compare_cuda_cpu(ModelConfig::preset(family), ComputeDType::f32, 2e-2, 5e-2);
 }
 
 TEST_CASE("CUDA bf16 compute (the GPU default) stays close to the f32 CPU model", "[cuda][models]") {
-  for (const char* family : kFamilies) compare_cuda_cpu(ModelConfig::preset(family), "bf16", 5e-2, 1.5e-1);
+  for (const char* family : kFamilies) compare_cuda_cpu(ModelConfig::preset(family), ComputeDType::bf16, 5e-2, 1.5e-1);
 }
 
 TEST_CASE("CUDA matches the CPU for the Mamba without selection (model.mamba.selective: false)", "[cuda][models]") {
   ModelConfig c = ModelConfig::preset("mamba-tiny");
   c.mamba.selective = false;
-  compare_cuda_cpu(c, "f32", 2e-2, 5e-2);
-  compare_cuda_cpu(c, "bf16", 5e-2, 1.5e-1);
+  compare_cuda_cpu(c, ComputeDType::f32, 2e-2, 5e-2);
+  compare_cuda_cpu(c, ComputeDType::bf16, 5e-2, 1.5e-1);
 }
 
 TEST_CASE("CUDA matches the CPU at head dim 96 (the 760M presets' d_model 1536 / 16 heads)", "[cuda][models]") {
@@ -270,8 +270,8 @@ TEST_CASE("CUDA matches the CPU at head dim 96 (the 760M presets' d_model 1536 /
     ModelConfig c = ModelConfig::preset(family);
     c.d_model = 192;
     REQUIRE(c.head_dim() == 96);
-    compare_cuda_cpu(c, "f32", 2e-2, 5e-2);
-    compare_cuda_cpu(c, "bf16", 5e-2, 1.5e-1);
+    compare_cuda_cpu(c, ComputeDType::f32, 2e-2, 5e-2);
+    compare_cuda_cpu(c, ComputeDType::bf16, 5e-2, 1.5e-1);
   }
 }
 

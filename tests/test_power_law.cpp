@@ -1,8 +1,8 @@
 #include <cmath>
 #include <random>
 
+#include "scaling/power_law.h"
 #include "tests/catch.h"
-#include "train/power_law.h"
 
 using namespace coil::train;
 

@@ -1,5 +1,5 @@
 // The ranks' rendezvous with real sockets on 127.0.0.1, and the client of torchrun's TCPStore
-// against a small server written here from PyTorch 2.x's wire format (train/tcp_store.h; the
+// against a small server written here from PyTorch 2.x's wire format (dist/tcp_store.h; the
 // real store is exercised by scripts/launchers_check.sh, which runs torchrun on the GPU
 // machine: Debian's python3-torch is 1.13, whose store speaks an older protocol).
 #include <arpa/inet.h>
@@ -15,10 +15,10 @@
 #include <mutex>
 #include <thread>
 
+#include "dist/net.h"
+#include "dist/rendezvous.h"
+#include "dist/tcp_store.h"
 #include "tests/catch.h"
-#include "train/net.h"
-#include "train/rendezvous.h"
-#include "train/tcp_store.h"
 
 using namespace coil;
 using namespace coil::train;

@@ -5,11 +5,12 @@
 #include <sstream>
 
 #include "layers/model.h"
+#include "scaling/report.h"
+#include "scaling/sweep.h"
 #include "tests/catch.h"
 #include "tests/files.h"
 #include "train/config.h"
-#include "train/report.h"
-#include "train/sweep.h"
+#include "train/info.h"
 #include "train/trainer.h"
 
 using namespace coil;

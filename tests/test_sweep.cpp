@@ -1,8 +1,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "scaling/sweep.h"
 #include "tests/catch.h"
-#include "train/sweep.h"
 
 using namespace coil::train;
 namespace fs = std::filesystem;

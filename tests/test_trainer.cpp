@@ -10,10 +10,12 @@
 #include "data/prepare.h"
 #include "data/token_file.h"
 #include "layers/model.h"
+#include "layers/model_facts.h"
 #include "tests/catch.h"
 #include "tests/files.h"
 #include "train/checkpoint.h"
 #include "train/hf_interop.h"
+#include "train/info.h"
 #include "train/safetensors.h"
 #include "train/trainer.h"
 
@@ -462,8 +464,8 @@ TEST_CASE("bf16 compute on the CPU is refused before anything runs; --set train.
   // A run's config.yaml names both dtypes; overriding one (coil eval RUN --set
   // train.dtype=bf16) is not a disagreement.
   Config run = parse_config("model: {dtype: f32}\ntrain: {dtype: f32}\n", "config.yaml", {"train.dtype=bf16"});
-  REQUIRE(run.train.dtype == "bf16");
-  REQUIRE(run.model.config.dtype == "auto");
+  REQUIRE(run.train.dtype == layers::ComputeDType::bf16);
+  REQUIRE(run.model.config.dtype == layers::ComputeDType::automatic);
 }
 
 TEST_CASE("on a GPU, an f32 run evaluates in bf16 when asked", "[cuda]") {
@@ -549,7 +551,7 @@ TEST_CASE("eval, info and export", "[trainer]") {
     REQUIRE(info.flops_per_token == Approx(m.flops_per_token(128)));
     std::map<std::string, Shape> built;
     for (auto& [n, prm] : m.named_parameters()) built[n] = prm->shape();
-    auto shapes = parameter_shapes(p.model.config);
+    auto shapes = layers::parameter_shapes(p.model.config);
     REQUIRE(shapes.size() == built.size());
     for (auto& [n, s] : shapes) REQUIRE(built[n] == s);
   }

@@ -7,10 +7,10 @@
 #include <random>
 #include <thread>
 
+#include "dist/grad_reducer.h"
+#include "dist/zero.h"
 #include "optim/adamw.h"
 #include "tests/catch.h"
-#include "train/grad_reducer.h"
-#include "train/zero.h"
 
 using namespace coil;
 using namespace coil::train;

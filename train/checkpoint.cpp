@@ -8,6 +8,8 @@
 
 #include "core/version.h"
 #include "data/hdf5_util.h"
+#include "layers/model.h"
+#include "layers/model_facts.h"
 #include "train/atomic_file.h"
 
 namespace coil::train {
@@ -347,6 +349,28 @@ void prune_checkpoints(const std::string& run_dir, int64_t keep_last, const std:
   if (!fs::is_directory(dir, ec)) return;
   for (auto& e : fs::directory_iterator(dir))
     if (e.path().extension() == ".tmp") fs::remove(e.path(), ec);
+}
+
+void check_same_model(const Checkpoint& c, const layers::ModelConfig& m) {
+  std::map<std::string, Shape> stored;
+  for (auto& [name, t] : c.params) stored[name] = t.shape();
+  auto expected = layers::parameter_shapes(m);
+  for (auto& [name, shape] : expected) {
+    auto it = stored.find(name);
+    if (it == stored.end())
+      fail("it holds another model: it has no {} ({} in this run's config)", name, shape_str(shape));
+    if (it->second != shape)
+      fail("it holds another model: {} is {} there but {} in this run's config", name, shape_str(it->second),
+           shape_str(shape));
+  }
+  if (stored.size() != expected.size())
+    fail("it holds another model: {} parameters there, {} in this run's config", stored.size(), expected.size());
+}
+
+void load_parameters(layers::LanguageModel& model, const NamedTensors& params) {
+  layers::StateDict sd;
+  for (auto& [name, t] : params) sd[name] = t;
+  model.load_state_dict(sd, true);
 }
 
 }  // namespace coil::train

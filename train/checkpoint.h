@@ -24,6 +24,11 @@
 
 #include "core/tensor.h"
 
+namespace coil::layers {
+class LanguageModel;
+struct ModelConfig;
+}  // namespace coil::layers
+
 namespace coil::train {
 
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
@@ -100,5 +105,11 @@ struct Fnv1a {
   uint64_t h = 0xcbf29ce484222325ull;
   void update(const void* data, size_t n);
 };
+
+// Throws when the checkpoint's parameters are not those of the model `m` describes (names and
+// shapes), saying which one differs: a checkpoint of another model.
+void check_same_model(const Checkpoint& checkpoint, const layers::ModelConfig& m);
+// Loads parameters (a checkpoint's, or initial weights) into the model, by name.
+void load_parameters(layers::LanguageModel& model, const NamedTensors& params);
 
 }  // namespace coil::train

@@ -13,10 +13,13 @@
 #include <set>
 #include <sstream>
 
+#include "core/cuda.h"
 #include "core/error.h"
 
 namespace coil::train {
 namespace {
+
+using layers::ComputeDType;
 
 constexpr int64_t kMaxInt = std::numeric_limits<int64_t>::max();
 
@@ -107,6 +110,15 @@ std::string join(const std::vector<std::string>& items, const char* sep = ", ") 
   std::string out;
   for (auto& s : items) out += (out.empty() ? "" : sep) + s;
   return out;
+}
+
+template <class E>
+E parse_enum(const YAML::Node& node, const std::string& where, const std::string& path) {
+  std::string s = parse_string(node, where, path);
+  E value{};
+  if (!layers::parse_choice(s, value))
+    bad(where, path, fmt::format("must be one of {}, got '{}'", layers::choice_names<E>(), s));
+  return value;
 }
 
 // Writes a double so that it parses back to the same bits (fmt's shortest round trip).
@@ -212,32 +224,50 @@ class Fields {
           e << YAML::EndSeq;
         });
   }
-  void choice_list(const std::string& path, std::vector<std::string>& v, std::vector<std::string> choices) {
-    std::string help = "a list of " + join(choices, " | ");
-    add(path, help,
-        [&v, path, choices](const YAML::Node& n, const std::string& w) {
+  // A choice of the model (layers/model_config.h): an enum, read and written by its names.
+  template <class E>
+  void choice(const std::string& path, E& v) {
+    add(path, "one of " + layers::choice_names<E>(" | "),
+        [&v, path](const YAML::Node& n, const std::string& w) { v = parse_enum<E>(n, w, path); },
+        [&v](YAML::Emitter& e) { e << layers::name(v); });
+  }
+  // The same, among some of the enum's values only.
+  template <class E>
+  void choice(const std::string& path, E& v, std::vector<E> allowed) {
+    std::vector<std::string> names;
+    for (E a : allowed) names.push_back(layers::name(a));
+    add(path, "one of " + join(names, " | "),
+        [&v, path, allowed, names](const YAML::Node& n, const std::string& w) {
+          std::string s = parse_string(n, w, path);
+          for (E a : allowed)
+            if (s == layers::name(a)) {
+              v = a;
+              return;
+            }
+          bad(w, path, fmt::format("must be one of {}, got '{}'", join(names), s));
+        },
+        [&v](YAML::Emitter& e) { e << layers::name(v); });
+  }
+  template <class E>
+  void choice_list(const std::string& path, std::vector<E>& v) {
+    add(path, "a list of " + layers::choice_names<E>(" | "),
+        [&v, path](const YAML::Node& n, const std::string& w) {
           if (n.IsNull()) {
             v.clear();
             return;
           }
           if (!n.IsSequence()) bad(w, path, "expected a list, got " + node_text(n));
-          std::vector<std::string> out;
-          for (size_t i = 0; i < n.size(); ++i) {
-            std::string p = fmt::format("{}[{}]", path, i);
-            std::string s = parse_string(n[i], w, p);
-            bool ok = false;
-            for (auto& c : choices) ok |= s == c;
-            if (!ok) bad(w, p, fmt::format("must be one of {}, got '{}'", join(choices), s));
-            out.push_back(s);
-          }
+          std::vector<E> out;
+          for (size_t i = 0; i < n.size(); ++i) out.push_back(parse_enum<E>(n[i], w, fmt::format("{}[{}]", path, i)));
           v = out;
         },
         [&v](YAML::Emitter& e) {
           e << YAML::Flow << YAML::BeginSeq;
-          for (auto& s : v) e << s;
+          for (E x : v) e << layers::name(x);
           e << YAML::EndSeq;
         });
   }
+  void positive(const std::string& path, double& v) { number(path, v, 0, INFINITY, true); }
 
   const Field* find(const std::string& path) const {
     for (auto& f : list)
@@ -254,42 +284,6 @@ class Fields {
 
 const std::vector<std::string> kSections = {"run", "model", "data", "train", "optim", "eval", "checkpoint", "log"};
 
-void model_fields(Fields& f, layers::ModelConfig& m) {
-  f.integer("model.d_model", m.d_model, 1);
-  f.integer("model.n_layer", m.n_layer, 1);
-  f.integer("model.vocab_size", m.vocab_size, 1);
-  f.integer("model.pad_vocab_size_multiple", m.pad_vocab_size_multiple, 1);
-  f.choice("model.mixer", m.mixer, {"mamba", "attention"});
-  f.integer("model.attention_every", m.attention_every, 0);
-  f.choice_list("model.layers", m.layers, {"mamba", "attention"});
-  f.choice("model.mlp", m.mlp, {"none", "swiglu", "gelu"});
-  f.integer("model.mlp_hidden", m.mlp_hidden, 0);
-  f.integer("model.mlp_multiple_of", m.mlp_multiple_of, 1);
-  f.choice("model.norm", m.norm, {"rmsnorm", "layernorm"});
-  f.number("model.norm_eps", m.norm_eps, 0, INFINITY, true);
-  f.boolean("model.residual_in_fp32", m.residual_in_fp32);
-  f.boolean("model.tie_embeddings", m.tie_embeddings);
-  f.boolean("model.bias", m.bias);
-  f.number("model.init_std", m.init_std, 0, INFINITY, true);
-  f.boolean("model.rescale_prenorm_residual", m.rescale_prenorm_residual);
-  f.choice("model.init", m.init, {"mamba", "gpt2"});
-  f.choice("model.dtype", m.dtype, {"auto", "f32", "bf16", "f64"});
-  f.integer("model.mamba.d_state", m.mamba.d_state, 1);
-  f.integer("model.mamba.expand", m.mamba.expand, 1);
-  f.integer("model.mamba.d_conv", m.mamba.d_conv, 1);
-  f.integer("model.mamba.dt_rank", m.mamba.dt_rank, 0);
-  f.number("model.mamba.dt_min", m.mamba.dt_min, 0, INFINITY, true);
-  f.number("model.mamba.dt_max", m.mamba.dt_max, 0, INFINITY, true);
-  f.number("model.mamba.dt_init_floor", m.mamba.dt_init_floor, 0, INFINITY, true);
-  f.number("model.mamba.dt_scale", m.mamba.dt_scale, 0, INFINITY, true);
-  f.boolean("model.mamba.conv_bias", m.mamba.conv_bias);
-  f.boolean("model.mamba.selective", m.mamba.selective);
-  f.integer("model.attention.n_head", m.attention.n_head, 1);
-  f.choice("model.attention.positions", m.attention.positions, {"rope", "learned", "none"});
-  f.number("model.attention.rope_theta", m.attention.rope_theta, 0, INFINITY, true);
-  f.integer("model.attention.max_seq_len", m.attention.max_seq_len, 1);
-  f.integer("model.attention.window", m.attention.window, 0);
-}
 
 // Every field of a config, bound to its members, in the order they are written out.
 Fields all_fields(Config& c) {
@@ -300,7 +294,7 @@ Fields all_fields(Config& c) {
   // but it is listed so that it is written out and known.
   f.string("model.preset", c.model.preset);
   f.string("model.init_from", c.model.init_from);
-  model_fields(f, c.model.config);
+  layers::visit_model_keys(c.model.config, f);
   f.choice("data.kind", c.data.kind, {"synthetic", "tokens"});
   f.choice("data.task", c.data.task, {"selective_copying", "induction_heads", "random"});
   f.string("data.path", c.data.path);
@@ -315,7 +309,7 @@ Fields all_fields(Config& c) {
   f.integer("train.micro_batch", c.train.micro_batch, 1);
   f.integer("train.tokens_per_step", c.train.tokens_per_step, 0);
   f.integer("train.steps", c.train.steps, 1);
-  f.choice("train.dtype", c.train.dtype, {"auto", "bf16", "f32"});
+  f.choice("train.dtype", c.train.dtype, {ComputeDType::automatic, ComputeDType::bf16, ComputeDType::f32});
   f.device("train.device", c.train.device);
   f.integer("train.seed", c.train.seed, 0);
   f.boolean("train.deterministic", c.train.deterministic);
@@ -461,6 +455,7 @@ void validate(const Config& c, const Origins& o) {
   auto at = [&](const std::string& path) { return o.where(path); };
   try {
     c.model.config.validate();
+    if (c.train.device.rfind("cuda", 0) == 0) c.model.config.check_cuda_limits();
   } catch (const Error& e) {
     // Point at the line of the first key path the message names.
     std::string msg = e.what();
@@ -486,9 +481,7 @@ void validate(const Config& c, const Origins& o) {
       fail("{}: train.carry_state carries each sequence slot's state into its next window, so the windows must follow "
            "each other in the stream: set data.sampler: sequential (the random sampler draws unrelated windows)",
            at("train.carry_state"));
-    bool has_mamba = false;
-    for (auto& kind : m.layer_mixers()) has_mamba |= kind == "mamba";
-    if (!has_mamba)
+    if (!m.has_mamba())
       fail("{}: train.carry_state: the model has no Mamba layers, so there is no state to carry (attention layers see "
            "each window alone)",
            at("train.carry_state"));
@@ -522,10 +515,10 @@ void validate(const Config& c, const Origins& o) {
          c.train.steps);
   if (c.optim.min_lr > c.optim.lr)
     fail("{}: optim.min_lr ({}) is above optim.lr ({})", at("optim.min_lr"), c.optim.min_lr, c.optim.lr);
-  if (m.has_attention() && m.attention.positions == "learned" && c.train.seq_len > m.attention.max_seq_len)
+  if (m.learned_positions() && c.train.seq_len > m.attention.max_seq_len)
     fail("{}: train.seq_len ({}) is longer than model.attention.max_seq_len ({}), the learned position table",
          at("train.seq_len"), c.train.seq_len, m.attention.max_seq_len);
-  if (m.dtype != "auto" && c.train.dtype != "auto" && m.dtype != c.train.dtype)
+  if (m.dtype != ComputeDType::automatic && c.train.dtype != ComputeDType::automatic && m.dtype != c.train.dtype)
     fail("{}: model.dtype ({}) and train.dtype ({}) disagree; set one of them", at("model.dtype"), m.dtype,
          c.train.dtype);
   const std::string bf16 = bf16_dtype_key(c);
@@ -616,9 +609,16 @@ Config parse_config(const std::string& yaml_text, const std::string& source, con
   // The two dtypes must agree, and a run's config.yaml names both: --set train.dtype alone
   // (coil eval RUN --set train.dtype=bf16) takes the model with it.
   if (origins.overrides.count("train.dtype") && !origins.overrides.count("model.dtype"))
-    config.model.config.dtype = "auto";
+    config.model.config.dtype = ComputeDType::automatic;
   validate(config, origins);
   return config;
+}
+
+Config load_run_config(const std::string& run_dir, const std::vector<std::string>& overrides) {
+  std::string path = (std::filesystem::path(run_dir) / "config.yaml").string();
+  if (!std::filesystem::exists(path))
+    fail("'{}' is not a run directory: it has no config.yaml (start a run with `coil train CONFIG`)", run_dir);
+  return load_config(path, overrides);
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
@@ -695,9 +695,29 @@ std::vector<std::string> config_differences(const Config& a, const Config& b, bo
   return out;
 }
 
+Device resolve_device(const std::string& name, const std::string& key) {
+  if (name == "auto") return cuda_available() ? Device::cuda(0) : Device::cpu();
+  Device d = parse_device(name);
+  if (d.is_cuda() && !cuda_available()) fail("{} is {} but no GPU is usable: {}", key, name, cuda_unavailable_reason());
+  return d;
+}
+
+void resolve_for_device(Config& c, Device device, int world_size) {
+  const std::string asked = c.train.device;
+  c.train.device = world_size > 1 ? "cuda" : device.str();
+  if (c.train.dtype == ComputeDType::automatic)
+    c.train.dtype = device.is_cuda() ? ComputeDType::bf16 : ComputeDType::f32;
+  if (c.model.config.dtype == ComputeDType::automatic) c.model.config.dtype = c.train.dtype;
+  const std::string bf16 = bf16_dtype_key(c);
+  if (device.is_cpu() && !bf16.empty())
+    fail("{} is bf16, which needs a GPU, but train.device {} runs on the CPU ({}): use f32 (or auto: f32 on the CPU)",
+         bf16, asked, cuda_available() ? "asked for" : cuda_unavailable_reason());
+  if (device.is_cuda()) c.model.config.check_cuda_limits();
+}
+
 std::string bf16_dtype_key(const Config& c) {
-  if (c.train.dtype == "bf16") return "train.dtype";
-  if (c.model.config.dtype == "bf16") return "model.dtype";
+  if (c.train.dtype == ComputeDType::bf16) return "train.dtype";
+  if (c.model.config.dtype == ComputeDType::bf16) return "model.dtype";
   return "";
 }
 

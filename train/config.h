@@ -14,7 +14,9 @@
 #include <utility>
 #include <vector>
 
+#include "core/device.h"
 #include "layers/model_config.h"
+#include "optim/defaults.h"
 
 namespace coil::train {
 
@@ -50,7 +52,7 @@ struct TrainSection {
   int64_t micro_batch = 8;
   int64_t tokens_per_step = 0;  // 0: one micro-batch per rank (no accumulation)
   int64_t steps = 1000;
-  std::string dtype = "auto";   // auto (bf16 on GPU, f32 on CPU) | bf16 | f32
+  layers::ComputeDType dtype = layers::ComputeDType::automatic;  // auto (bf16 on GPU, f32 on CPU) | bf16 | f32
   std::string device = "auto";  // auto | cpu | cuda | cuda:N
   int64_t seed = 0;
   bool deterministic = false;   // deterministic kernels where there is a choice
@@ -62,10 +64,10 @@ struct TrainSection {
 };
 
 struct OptimSection {
-  double lr = 6e-4;
-  std::vector<double> betas = {0.9, 0.95};
+  double lr = optim::kDefaultLr;
+  std::vector<double> betas = {optim::kDefaultBeta1, optim::kDefaultBeta2};
   double weight_decay = 0.1;
-  double eps = 1e-8;
+  double eps = optim::kDefaultEps;
   double grad_clip = 1.0;  // 0: no clipping
   std::string schedule = "cosine";  // cosine | constant | linear
   double warmup = 0.1;     // < 1: a fraction of the steps; >= 1: a number of steps
@@ -112,6 +114,8 @@ struct Config {
 Config parse_config(const std::string& yaml_text, const std::string& source,
                     const std::vector<std::string>& overrides = {});
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// Reads a run directory's config.yaml.
+Config load_run_config(const std::string& run_dir, const std::vector<std::string>& overrides = {});
 // Applies one "key.path=value" override.
 void apply_override(Config& config, const std::string& assignment);
 
@@ -130,6 +134,15 @@ std::vector<std::string> config_differences(const Config& a, const Config& b, bo
 // model.dtype, that asks for bf16, or "" when neither does. Configs check it for train.device
 // cpu; the trainer once train.device auto has chosen the CPU.
 std::string bf16_dtype_key(const Config& config);
+
+// ---- the config as a run executes it ----
+// The device `name` names (auto: the first GPU when one is usable, else the CPU); an error,
+// naming `key`, when it names a GPU and none is usable.
+Device resolve_device(const std::string& name, const std::string& key = "train.device");
+// Resolves train.device and the dtypes for `device` (several ranks: "cuda", each rank on the
+// GPU of its local rank) and checks what that device cannot run: bf16 on the CPU, and on a GPU
+// the CUDA kernels' limits (ModelConfig::check_cuda_limits).
+void resolve_for_device(Config& config, Device device, int world_size = 1);
 
 // Every key path with its default, for --help and docs.
 std::vector<std::pair<std::string, std::string>> config_keys();

@@ -20,14 +20,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-Device generation_device(const std::string& name) {
-  if (name == "auto") return cuda_available() ? Device::cuda(0) : Device::cpu();
-  Device d = parse_device(name);
-  COIL_CHECK(!d.is_cuda() || cuda_available(), "generate: --device {}, but no GPU is usable: {}", name,
-             cuda_unavailable_reason());
-  return d;
-}
-
 struct Run {
   Config config;  // the checkpoint's (the run as it was trained)
   Checkpoint checkpoint;
@@ -210,7 +202,7 @@ void run_generate(const GenerateCommand& c, std::FILE* out, std::FILE* log) {
   options.sampling.seed = c.seed;
   kernels::check_sampling_options("generate", options.sampling, options.sampling.vocab);
   COIL_CHECK(c.max_new_tokens >= 1, "generate: --max-new-tokens must be at least 1, got {}", c.max_new_tokens);
-  const Device device = generation_device(c.device);
+  const Device device = resolve_device(c.device, "generate: --device");
 
   Run run = load_run(c.source, log);
   std::optional<data::Tokenizer> tokenizer;
@@ -227,7 +219,8 @@ void run_generate(const GenerateCommand& c, std::FILE* out, std::FILE* log) {
   }
 
   layers::ModelConfig model_config = run.config.model.config;
-  if (model_config.dtype != "f64") model_config.dtype = "auto";  // bf16 on a GPU, f32 on the CPU
+  // bf16 on a GPU, f32 on the CPU
+  if (model_config.dtype != layers::ComputeDType::f64) model_config.dtype = layers::ComputeDType::automatic;
   layers::LanguageModel model(model_config);
   layers::StateDict weights(run.checkpoint.params.begin(), run.checkpoint.params.end());
   model.load_state_dict(weights, true);

@@ -5,12 +5,12 @@
 #include <map>
 #include <set>
 
-#include "train/trainer.h"
+#include "layers/model_facts.h"
 
 namespace coil::train {
 namespace {
 
-using layers::ModelConfig;
+using layers::MixerKind, layers::MlpKind, layers::ModelConfig, layers::NormKind, layers::Positions;
 
 // Typed access to a config.json object; errors name the file and the key path.
 class JsonConfig {
@@ -109,23 +109,23 @@ int64_t dt_rank_key(const JsonConfig& j, const std::string& key, int64_t d_model
   return r == default_dt_rank(d_model) ? 0 : r;
 }
 
-ModelConfig base_config(const std::string& mixer) {
+ModelConfig base_config(layers::MixerKind mixer) {
   ModelConfig c;
   c.mixer = mixer;
   c.attention_every = 0;
   c.layers.clear();
-  c.dtype = "auto";
+  c.dtype = layers::ComputeDType::automatic;
   return c;
 }
 
 ModelConfig from_hf_mamba(const JsonConfig& j) {
-  ModelConfig c = base_config("mamba");
+  ModelConfig c = base_config(MixerKind::mamba);
   c.d_model = j.positive("hidden_size");
   c.n_layer = j.positive("num_hidden_layers");
   c.vocab_size = j.positive("vocab_size");
   c.pad_vocab_size_multiple = pad_multiple_for(c.vocab_size);
-  c.mlp = "none";
-  c.norm = "rmsnorm";
+  c.mlp = MlpKind::none;
+  c.norm = NormKind::rmsnorm;
   c.norm_eps = j.number("layer_norm_epsilon", 1e-5);
   c.residual_in_fp32 = j.boolean("residual_in_fp32", true);
   c.tie_embeddings = j.boolean("tie_word_embeddings", true);
@@ -158,7 +158,7 @@ double llama_rope_theta(const JsonConfig& j) {
 }
 
 ModelConfig from_hf_llama(const JsonConfig& j) {
-  ModelConfig c = base_config("attention");
+  ModelConfig c = base_config(MixerKind::attention);
   c.d_model = j.positive("hidden_size");
   c.n_layer = j.positive("num_hidden_layers");
   c.vocab_size = j.positive("vocab_size");
@@ -171,11 +171,11 @@ ModelConfig from_hf_llama(const JsonConfig& j) {
   j.require("head_dim", j.integer("head_dim", c.head_dim()), c.head_dim(), "coil's head_dim is hidden_size / num_attention_heads");
   if (j.string("hidden_act", "silu") != "silu")
     j.bad("hidden_act", fmt::format("\"{}\", but coil's SwiGLU uses silu", j.string("hidden_act", "")));
-  c.mlp = "swiglu";
+  c.mlp = MlpKind::swiglu;
   c.mlp_hidden = mlp_hidden_key(c, j.positive("intermediate_size"));
-  c.norm = "rmsnorm";
+  c.norm = NormKind::rmsnorm;
   c.norm_eps = j.number("rms_norm_eps", 1e-6);
-  c.attention.positions = "rope";
+  c.attention.positions = Positions::rope;
   c.attention.rope_theta = llama_rope_theta(j);
   c.attention.max_seq_len = j.integer("max_position_embeddings", 2048);
   c.tie_embeddings = j.boolean("tie_word_embeddings", false);
@@ -189,7 +189,7 @@ ModelConfig from_hf_llama(const JsonConfig& j) {
 }
 
 ModelConfig from_hf_gpt2(const JsonConfig& j) {
-  ModelConfig c = base_config("attention");
+  ModelConfig c = base_config(MixerKind::attention);
   c.d_model = j.positive("n_embd");
   c.n_layer = j.positive("n_layer");
   c.vocab_size = j.positive("vocab_size");
@@ -197,19 +197,19 @@ ModelConfig from_hf_gpt2(const JsonConfig& j) {
   c.attention.n_head = j.positive("n_head");
   if (c.d_model % c.attention.n_head != 0)
     j.bad("n_head", fmt::format("{} does not divide n_embd {}", c.attention.n_head, c.d_model));
-  c.attention.positions = "learned";
+  c.attention.positions = Positions::learned;
   c.attention.max_seq_len = j.integer("n_positions", 1024);
-  c.mlp = "gelu";
+  c.mlp = MlpKind::gelu;
   c.mlp_hidden = j.has("n_inner") ? mlp_hidden_key(c, j.positive("n_inner")) : 0;
   std::string act = j.string("activation_function", "gelu_new");
   if (act != "gelu_new" && act != "gelu_pytorch_tanh" && act != "gelu_fast")
     j.bad("activation_function",
           fmt::format("\"{}\", but coil's GELU is the tanh form (gelu_new, gelu_pytorch_tanh, gelu_fast)", act));
-  c.norm = "layernorm";
+  c.norm = NormKind::layernorm;
   c.norm_eps = j.number("layer_norm_epsilon", 1e-5);
   c.bias = true;
   c.tie_embeddings = j.boolean("tie_word_embeddings", true);
-  c.init = "gpt2";
+  c.init = layers::InitScheme::gpt2;
   c.init_std = j.number("initializer_range", 0.02);
   if (!j.boolean("scale_attn_weights", true)) j.bad("scale_attn_weights", "false, but coil scales by 1/sqrt(head_dim)");
   if (j.boolean("scale_attn_by_inverse_layer_idx", false))
@@ -225,7 +225,7 @@ void set_layer_pattern(ModelConfig& c, const std::vector<bool>& attention) {
     if (attention[i]) n += 1, first = std::min(first, i);
   if (n == 0) return;
   if (n == attention.size()) {
-    c.mixer = "attention";
+    c.mixer = MixerKind::attention;
     return;
   }
   bool every = true;
@@ -234,19 +234,19 @@ void set_layer_pattern(ModelConfig& c, const std::vector<bool>& attention) {
     c.attention_every = int64_t(first + 1);
     return;
   }
-  for (bool a : attention) c.layers.push_back(a ? "attention" : "mamba");
+  for (bool a : attention) c.layers.push_back(a ? MixerKind::attention : MixerKind::mamba);
 }
 
 ModelConfig from_mamba_ssm(const JsonConfig& j) {
   j.only({"d_model", "d_intermediate", "n_layer", "vocab_size", "ssm_cfg", "attn_layer_idx", "attn_cfg", "rms_norm",
           "residual_in_fp32", "fused_add_norm", "pad_vocab_size_multiple", "tie_embeddings"});
-  ModelConfig c = base_config("mamba");
+  ModelConfig c = base_config(MixerKind::mamba);
   c.d_model = j.positive("d_model");
   c.n_layer = j.positive("n_layer");
   c.vocab_size = j.positive("vocab_size");
   c.pad_vocab_size_multiple = j.integer("pad_vocab_size_multiple", 8);
   if (c.pad_vocab_size_multiple <= 0) j.bad("pad_vocab_size_multiple", "must be positive");
-  c.norm = j.boolean("rms_norm", true) ? "rmsnorm" : "layernorm";
+  c.norm = j.boolean("rms_norm", true) ? NormKind::rmsnorm : NormKind::layernorm;
   c.norm_eps = 1e-5;  // mamba_ssm's fixed norm_epsilon
   c.residual_in_fp32 = j.boolean("residual_in_fp32", true);
   c.tie_embeddings = j.boolean("tie_embeddings", true);
@@ -301,7 +301,7 @@ ModelConfig from_mamba_ssm(const JsonConfig& j) {
       attn.bad("rotary_emb_dim", fmt::format("{}: coil rotates no dimension (0) or all of head_dim {}", rotary, c.head_dim()));
     if (attn.boolean("rotary_emb_interleaved", false))
       attn.bad("rotary_emb_interleaved", "true, but coil's RoPE is half-split (GPT-NeoX)");
-    c.attention.positions = rotary ? "rope" : "none";
+    c.attention.positions = rotary ? Positions::rope : Positions::none;
     c.attention.rope_theta = attn.number("rotary_emb_base", 10000.0);
     biases.emplace_back("attn_cfg.qkv_proj_bias", attn.boolean("qkv_proj_bias", true));
     biases.emplace_back("attn_cfg.out_proj_bias", attn.boolean("out_proj_bias", true));
@@ -309,7 +309,7 @@ ModelConfig from_mamba_ssm(const JsonConfig& j) {
   int64_t d_intermediate = j.integer("d_intermediate", 0);
   if (d_intermediate < 0) j.bad("d_intermediate", "must be >= 0");
   if (d_intermediate > 0) {
-    c.mlp = "swiglu";
+    c.mlp = MlpKind::swiglu;
     c.mlp_multiple_of = 128;  // GatedMLP rounds the hidden size up to a multiple of 128
     c.mlp_hidden = mlp_hidden_key(c, (d_intermediate + 127) / 128 * 128);
     biases.emplace_back("GatedMLP's bias", false);
@@ -334,11 +334,11 @@ void check_exportable(Family f, const ModelConfig& c) {
   };
   if (f == Family::mamba_ssm) {
     if (c.norm_eps != 1e-5) refuse("model.norm_eps", fmt::format("{}; mamba_ssm's norms use 1e-5", c.norm_eps));
-    if (c.mlp == "gelu") refuse("model.mlp", "gelu; mamba_ssm's MLP is the SwiGLU GatedMLP");
-    if (c.mlp == "swiglu" && c.mlp_hidden_size() % 128 != 0)
+    if (c.mlp == MlpKind::gelu) refuse("model.mlp", "gelu; mamba_ssm's MLP is the SwiGLU GatedMLP");
+    if (c.mlp == MlpKind::swiglu && c.mlp_hidden_size() % 128 != 0)
       refuse("model.mlp_hidden", fmt::format("{}; GatedMLP rounds its size up to a multiple of 128", c.mlp_hidden_size()));
-    if (c.mlp != "none" && c.bias) refuse("model.bias", "true; GatedMLP has no biases");
-    if (c.has_attention() && c.attention.positions == "learned")
+    if (c.mlp != MlpKind::none && c.bias) refuse("model.bias", "true; GatedMLP has no biases");
+    if (c.learned_positions())
       refuse("model.attention.positions", "learned; mamba_ssm has no position table");
     if (c.has_attention() && c.attention.window != 0)
       refuse("model.attention.window", "a sliding window; mamba_ssm's MHA attends to every earlier token");
@@ -346,21 +346,22 @@ void check_exportable(Family f, const ModelConfig& c) {
   }
   if (f == Family::hf_mamba) {
     if (c.has_attention()) refuse("model.layers", describe_layers(c) + " has attention layers");
-    if (c.mlp != "none") refuse("model.mlp", c.mlp + "; MambaForCausalLM has no MLP");
-    if (c.norm != "rmsnorm") refuse("model.norm", c.norm + "; MambaForCausalLM uses RMSNorm");
+    if (c.mlp != MlpKind::none) refuse("model.mlp", fmt::format("{}; MambaForCausalLM has no MLP", c.mlp));
+    if (c.norm != NormKind::rmsnorm) refuse("model.norm", fmt::format("{}; MambaForCausalLM uses RMSNorm", c.norm));
     return;
   }
   if (c.has_mamba()) refuse("model.layers", describe_layers(c) + " has Mamba layers");
   if (c.attention.window != 0) refuse("model.attention.window", "a sliding window; the model attends to every earlier token");
   if (f == Family::hf_llama) {
-    if (c.mlp != "swiglu") refuse("model.mlp", c.mlp + "; Llama's MLP is SwiGLU");
-    if (c.norm != "rmsnorm") refuse("model.norm", c.norm + "; Llama uses RMSNorm");
-    if (c.attention.positions != "rope") refuse("model.attention.positions", c.attention.positions + "; Llama uses RoPE");
+    if (c.mlp != MlpKind::swiglu) refuse("model.mlp", fmt::format("{}; Llama's MLP is SwiGLU", c.mlp));
+    if (c.norm != NormKind::rmsnorm) refuse("model.norm", fmt::format("{}; Llama uses RMSNorm", c.norm));
+    if (c.attention.positions != Positions::rope)
+      refuse("model.attention.positions", fmt::format("{}; Llama uses RoPE", c.attention.positions));
   } else {
-    if (c.mlp != "gelu") refuse("model.mlp", c.mlp + "; GPT-2's MLP is GELU");
-    if (c.norm != "layernorm") refuse("model.norm", c.norm + "; GPT-2 uses LayerNorm");
-    if (c.attention.positions != "learned")
-      refuse("model.attention.positions", c.attention.positions + "; GPT-2 learns a position table");
+    if (c.mlp != MlpKind::gelu) refuse("model.mlp", fmt::format("{}; GPT-2's MLP is GELU", c.mlp));
+    if (c.norm != NormKind::layernorm) refuse("model.norm", fmt::format("{}; GPT-2 uses LayerNorm", c.norm));
+    if (c.attention.positions != Positions::learned)
+      refuse("model.attention.positions", fmt::format("{}; GPT-2 learns a position table", c.attention.positions));
     if (!c.bias) refuse("model.bias", "false; GPT-2's projections all have biases");
   }
 }
@@ -460,7 +461,7 @@ nlohmann::ordered_json hf_gpt2_json(const ModelConfig& c, int64_t eos) {
 nlohmann::ordered_json mamba_ssm_json(const ModelConfig& c) {
   nlohmann::ordered_json j;
   j["d_model"] = c.d_model;
-  j["d_intermediate"] = c.mlp == "swiglu" ? c.mlp_hidden_size() : 0;
+  j["d_intermediate"] = c.mlp == MlpKind::swiglu ? c.mlp_hidden_size() : 0;
   j["n_layer"] = c.n_layer;
   j["vocab_size"] = c.vocab_size;
   nlohmann::ordered_json ssm;
@@ -479,7 +480,7 @@ nlohmann::ordered_json mamba_ssm_json(const ModelConfig& c) {
   j["attn_layer_idx"] = nlohmann::ordered_json::array();
   auto mixers = c.layer_mixers();
   for (size_t i = 0; i < mixers.size(); ++i)
-    if (mixers[i] == "attention") j["attn_layer_idx"].push_back(i);
+    if (mixers[i] == MixerKind::attention) j["attn_layer_idx"].push_back(i);
   nlohmann::ordered_json attn = nlohmann::ordered_json::object();
   if (c.has_attention()) {
     attn["num_heads"] = c.attention.n_head;
@@ -487,12 +488,12 @@ nlohmann::ordered_json mamba_ssm_json(const ModelConfig& c) {
     attn["qkv_proj_bias"] = c.bias;
     attn["out_proj_bias"] = c.bias;
     attn["causal"] = true;
-    attn["rotary_emb_dim"] = c.attention.positions == "rope" ? c.head_dim() : 0;
+    attn["rotary_emb_dim"] = c.attention.positions == Positions::rope ? c.head_dim() : 0;
     attn["rotary_emb_base"] = c.attention.rope_theta;
     attn["rotary_emb_interleaved"] = false;
   }
   j["attn_cfg"] = attn;
-  j["rms_norm"] = c.norm == "rmsnorm";
+  j["rms_norm"] = c.norm == NormKind::rmsnorm;
   j["residual_in_fp32"] = c.residual_in_fp32;
   j["fused_add_norm"] = true;
   j["pad_vocab_size_multiple"] = c.pad_vocab_size_multiple;
@@ -648,7 +649,8 @@ layers::ModelConfig model_config_from_json(Family f, const nlohmann::json& confi
 
 Family hf_family_for(const layers::ModelConfig& c) {
   if (!c.has_attention()) return Family::hf_mamba;
-  if (!c.has_mamba()) return c.mlp == "gelu" || c.attention.positions == "learned" ? Family::hf_gpt2 : Family::hf_llama;
+  if (!c.has_mamba())
+    return c.mlp == MlpKind::gelu || c.attention.positions == Positions::learned ? Family::hf_gpt2 : Family::hf_llama;
   fail("export: {} has no Hugging Face class (MambaForCausalLM, LlamaForCausalLM, GPT2LMHeadModel); "
        "--format mamba_ssm holds it",
        describe_layers(c));
@@ -666,7 +668,7 @@ nlohmann::ordered_json model_config_to_json(Family f, const layers::ModelConfig&
 
 std::vector<TensorLink> tensor_links(Family f, const layers::ModelConfig& config) {
   std::vector<TensorLink> links;
-  for (auto& [name, shape] : parameter_shapes(config)) {
+  for (auto& [name, shape] : layers::parameter_shapes(config)) {
     Rename r = stored_names(f, name);
     TensorLink link{name, shape, r.names, {}, r.transposed};
     for (size_t k = 0; k < r.names.size(); ++k) {

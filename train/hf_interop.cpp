@@ -197,10 +197,10 @@ std::vector<std::pair<std::string, std::string>> architecture(const layers::Mode
   add("model.n_layer", c.n_layer);
   add("model.vocab_size (padded)", c.padded_vocab_size());
   std::string mixers;
-  for (auto& m : c.layer_mixers()) mixers += (mixers.empty() ? "" : ", ") + m;
+  for (layers::MixerKind m : c.layer_mixers()) mixers += (mixers.empty() ? "" : ", ") + std::string(layers::name(m));
   add("model.layers", "[" + mixers + "]");
   add("model.mlp", c.mlp);
-  if (c.mlp != "none") add("model.mlp_hidden (resolved)", c.mlp_hidden_size());
+  if (c.mlp != layers::MlpKind::none) add("model.mlp_hidden (resolved)", c.mlp_hidden_size());
   add("model.norm", c.norm);
   add("model.norm_eps", c.norm_eps);
   add("model.residual_in_fp32", c.residual_in_fp32);
@@ -216,8 +216,9 @@ std::vector<std::pair<std::string, std::string>> architecture(const layers::Mode
   if (c.has_attention()) {
     add("model.attention.n_head", c.attention.n_head);
     add("model.attention.positions", c.attention.positions);
-    if (c.attention.positions == "rope") add("model.attention.rope_theta", c.attention.rope_theta);
-    if (c.attention.positions == "learned") add("model.attention.max_seq_len", c.attention.max_seq_len);
+    if (c.attention.positions == layers::Positions::rope) add("model.attention.rope_theta", c.attention.rope_theta);
+    if (c.attention.positions == layers::Positions::learned)
+      add("model.attention.max_seq_len", c.attention.max_seq_len);
     add("model.attention.window", c.attention.window);
   }
   return a;
@@ -281,7 +282,7 @@ std::string import_model(const std::string& dir, const std::string& out) {
   config.data.kind = "tokens";  // no task fits a pretrained model: the user names the token files
   config.data.path = "data/train.h5";
   const auto& model = config.model.config;
-  if (model.has_attention() && model.attention.positions == "learned")
+  if (model.learned_positions())
     config.train.seq_len = std::min(config.train.seq_len, model.attention.max_seq_len);
   Checkpoint ckpt;
   ckpt.state.config_yaml = to_yaml(config);

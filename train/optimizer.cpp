@@ -4,8 +4,8 @@
 #include <map>
 #include <set>
 
+#include "dist/zero.h"
 #include "optim/adamw.h"
-#include "train/zero.h"
 
 namespace coil::train {
 

@@ -14,7 +14,7 @@ namespace coil::train {
 class Collectives;
 class GradReducer;
 
-// ZeRO-1 (train/zero.h): AdamW's moments sharded over the ranks of `comm`. The reducer holds
+// ZeRO-1 (dist/zero.h): AdamW's moments sharded over the ranks of `comm`. The reducer holds
 // the model's gradients (its parameters in named_parameters() order, its buckets padded for
 // comm->world_size() shards) and reduce-scatters them.
 struct ZeroSharding {

@@ -17,22 +17,24 @@
 #include "core/determinism.h"
 #include "core/version.h"
 #include "data/loader.h"
+#include "dist/communicator.h"
+#include "dist/distributed.h"
+#include "dist/grad_reducer.h"
+#include "dist/process.h"
 #include "kernels/accumulate.h"
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "kernels/loss.h"
 #include "layers/model.h"
+#include "layers/model_facts.h"
 #include "optim/schedule.h"
 #include "train/atomic_file.h"
 #include "train/carried_state.h"
 #include "train/checkpoint.h"
-#include "train/communicator.h"
-#include "train/distributed.h"
-#include "train/grad_reducer.h"
 #include "train/hf_interop.h"
+#include "train/info.h"
 #include "train/metrics_log.h"
 #include "train/optimizer.h"
-#include "train/process.h"
 #include "train/tensorboard.h"
 
 namespace coil::train {
@@ -72,6 +74,8 @@ std::string format_count(double v) {
 // JSON numbers: shortest round trip; non-finite values as null.
 std::string jnum(double v) { return std::isfinite(v) ? fmt::format("{}", v) : "null"; }
 
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
 size_t host_rss_bytes() {
   std::ifstream statm("/proc/self/statm");
   size_t pages = 0, resident = 0;
@@ -79,15 +83,7 @@ size_t host_rss_bytes() {
   return resident * size_t(sysconf(_SC_PAGESIZE));
 }
 
-Device resolve_device(const std::string& name) {
-  if (name == "auto") return cuda_available() ? Device::cuda(0) : Device::cpu();
-  Device d = parse_device(name);
-  if (d.is_cuda() && !cuda_available())
-    fail("train.device is {} but no GPU is usable: {}", name, cuda_unavailable_reason());
-  return d;
-}
-
-// With several ranks, each uses the GPU of its local rank (train/distributed.h: choose_gpu).
+// With several ranks, each uses the GPU of its local rank (dist/distributed.h: choose_gpu).
 Device rank_device(const std::string& name, const DistEnv& env) {
   if (env.world_size == 1) return resolve_device(name);
   COIL_CHECK(name == "auto" || name == "cuda",
@@ -107,51 +103,6 @@ uint64_t config_hash(const Config& c) {
   return h.h;
 }
 
-// The config as the run executes it: device and dtype resolved (several ranks: "cuda", each
-// rank on the GPU of its local rank).
-void resolve(Config& c, Device device, int world_size = 1) {
-  const std::string asked = c.train.device;
-  c.train.device = world_size > 1 ? "cuda" : device.str();
-  if (c.train.dtype == "auto") c.train.dtype = device.is_cuda() ? "bf16" : "f32";
-  if (c.model.config.dtype == "auto") c.model.config.dtype = c.train.dtype;
-  const std::string bf16 = bf16_dtype_key(c);
-  if (device.is_cpu() && !bf16.empty())
-    fail("{} is bf16, which needs a GPU, but train.device {} runs on the CPU ({}): use f32 (or auto: f32 on the CPU)",
-         bf16, asked, cuda_available() ? "asked for" : cuda_unavailable_reason());
-}
-
-}  // namespace
-
-data::DataOptions data_options(const Config& c, int rank, int world) {
-  data::DataOptions o;
-  o.kind = c.data.kind;
-  o.task = c.data.task;
-  o.path = c.data.path;
-  o.val_path = c.data.val_path;
-  o.val_fraction = c.data.val_fraction;
-  o.task_vocab = c.data.task_vocab;
-  o.copy_tokens = c.data.copy_tokens;
-  o.check_ids = c.data.check_ids;
-  o.vocab_size = c.model.config.vocab_size;
-  o.seq_len = c.train.seq_len;
-  o.seed = uint64_t(c.train.seed);
-  o.rank = rank;
-  o.world_size = world;
-  o.sampler = c.data.sampler;
-  o.slots = c.train.micro_batch * c.grad_accum(world) * world;
-  o.reset_at_eot = c.data.reset_at_eot;
-  return o;
-}
-
-namespace {
-
-// The documents of a batch on the device (none without data.reset_at_eot).
-layers::SequenceContext documents_of(const data::Batch& b, Device device) {
-  layers::SequenceContext c;
-  if (b.seq_idx.defined()) c.seq_idx = b.seq_idx.to(device);
-  return c;
-}
-
 // The learning rate at `step` (0-based): linear warmup from lr/warmup to lr, then cosine or
 // linear decay to min_lr at the last step, or constant.
 optim::Schedule make_schedule(const Config& c) {
@@ -164,78 +115,6 @@ optim::Schedule make_schedule(const Config& c) {
   optim::validate(s);
   return s;
 }
-
-}  // namespace
-
-EvalBatches eval_batches(const data::DataLoader& loader, int64_t batches, int64_t micro_batch) {
-  EvalBatches out;
-  const bool all = batches == EvalSection::kAll;
-  const int64_t whole = loader.num_val_batches(micro_batch);
-  for (int64_t i = 0; i < (all ? whole : std::min(batches, whole)); ++i) out.emplace_back(i, micro_batch);
-  if (all)
-    for (int64_t w = whole * micro_batch; w < loader.num_val_batches(1); ++w) out.emplace_back(w, 1);
-  return out;
-}
-
-namespace {
-
-// Token files of the built-in byte-level tokenizer: one token is one byte (end-of-text ids
-// count as one), so bits per byte is the loss in bits.
-bool byte_level(const data::DataLoader& loader) {
-  return loader.dataset() && loader.dataset()->files()[0].tokenizer == "byte";
-}
-
-}  // namespace
-
-EvalTotals run_eval(const layers::LanguageModel& model, const data::DataLoader& loader, const EvalBatches& batches,
-                    Device device, int rank, int world) {
-  autograd::NoGradGuard no_grad;
-  EvalTotals t;
-  t.has_accuracy = loader.has_accuracy();
-  for (size_t i = size_t(rank); i < batches.size(); i += size_t(world)) {
-    data::Batch b = loader.val_batch(batches[i].first, batches[i].second);
-    int64_t count = b.target_count();
-    if (count == 0) continue;
-    Tensor inputs = b.inputs.to(device);
-    const layers::SequenceContext docs = documents_of(b, device);
-    if (!t.has_accuracy) {
-      Tensor targets = b.targets.to(device);
-      double l = model.loss(inputs, targets, data::kIgnoreIndex, docs).value().item();
-      t.loss_sum += l * double(count);
-      t.targets += count;
-      continue;
-    }
-    // Accuracy needs the logits of the answer positions: those rows are gathered on the
-    // device and only they go to the host (a long sequence has few answers), where the
-    // log-softmax and the argmax are taken.
-    const int64_t* tg = b.targets.data<int64_t>();
-    std::vector<int64_t> positions, answers;
-    for (int64_t p = 0; p < b.targets.numel(); ++p)
-      if (tg[p] != data::kIgnoreIndex) positions.push_back(p), answers.push_back(tg[p]);
-    Tensor logits = model.forward(inputs, docs).value();
-    const int64_t V = logits.size(-1);
-    Tensor rows = kernels::embedding(logits.reshape({b.targets.numel(), V}),
-                                     Tensor::from_vector(positions, {count}, DType::i64, device))
-                      .to(Device::cpu(), DType::f32);
-    const float* lg = rows.data<float>();
-    for (int64_t i = 0; i < count; ++i) {
-      const float* row = lg + i * V;
-      const int64_t answer = answers[size_t(i)];
-      int64_t arg = 0;
-      double mx = row[0];
-      for (int64_t v = 1; v < V; ++v)
-        if (row[v] > mx) mx = row[v], arg = v;
-      double sum = 0;
-      for (int64_t v = 0; v < V; ++v) sum += std::exp(double(row[v]) - mx);
-      t.loss_sum += mx + std::log(sum) - double(row[answer]);
-      t.correct += arg == answer;
-      t.targets += 1;
-    }
-  }
-  return t;
-}
-
-namespace {
 
 Checkpoint make_checkpoint(const layers::LanguageModel& model, const Optimizer& opt, const TrainState& state) {
   Checkpoint c;
@@ -253,638 +132,515 @@ Checkpoint make_checkpoint(const layers::LanguageModel& model, const Optimizer& 
   return c;
 }
 
-// Throws when the checkpoint's parameters are not those of the model `m` describes (names and
-// shapes), saying which one differs: a checkpoint of another model.
-void check_same_model(const Checkpoint& c, const layers::ModelConfig& m) {
-  std::map<std::string, Shape> stored;
-  for (auto& [name, t] : c.params) stored[name] = t.shape();
-  auto expected = parameter_shapes(m);
-  for (auto& [name, shape] : expected) {
-    auto it = stored.find(name);
-    if (it == stored.end())
-      fail("it holds another model: it has no {} ({} in this run's config)", name, shape_str(shape));
-    if (it->second != shape)
-      fail("it holds another model: {} is {} there but {} in this run's config", name, shape_str(it->second),
-           shape_str(shape));
-  }
-  if (stored.size() != expected.size())
-    fail("it holds another model: {} parameters there, {} in this run's config", stored.size(), expected.size());
-}
+// What one step did: its loss (the mean over its targets) and gradient norm; a non-finite one
+// was skipped.
+struct StepOutcome {
+  double lr = 0, loss = 0, gnorm = 0;
+  bool finite = true;
+};
 
-void load_parameters(layers::LanguageModel& model, const NamedTensors& params) {
-  layers::StateDict sd;
-  for (auto& [name, t] : params) sd[name] = t;
-  model.load_state_dict(sd, true);
-}
+// The steps one log line averages: those since the previous line.
+struct LogWindow {
+  Clock::time_point start;
+  int64_t tokens_at_start = 0, steps = 0;
+  double loss_sum = 0, gnorm_sum = 0;
+  int64_t loss_count = 0, gnorm_count = 0;
 
-void load_into(layers::LanguageModel& model, Optimizer& opt, const Checkpoint& c) {
-  load_parameters(model, c.params);
-  opt.load_state(c.optimizer);
-}
-
-}  // namespace
-
-Config load_run_config(const std::string& run_dir, const std::vector<std::string>& overrides) {
-  std::string path = (fs::path(run_dir) / "config.yaml").string();
-  if (!fs::exists(path))
-    fail("'{}' is not a run directory: it has no config.yaml (start a run with `coil train CONFIG`)", run_dir);
-  return load_config(path, overrides);
-}
-
-TrainResult run_training(Config config, const TrainOptions& options) {
-  const auto call_start = Clock::now();  // time_limit_s counts from here
-  auto print = options.print ? options.print : [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
-  DistEnv env = detect_dist_env();
-  auto say = [&](const std::string& s) {  // rank 0 speaks for all
-    if (!options.quiet && env.rank == 0) print(s);
-  };
-  COIL_CHECK(!config.train.carry_state || env.world_size == 1,
-             "train.carry_state with {} ranks ({}): carried states belong to the sequence slots of one process and "
-             "are saved by it; rank 0 writes the checkpoints alone, so the other ranks' states would be lost. Carried "
-             "state runs on one process (one GPU) for now",
-             env.world_size, env.launcher);
-  Device device = rank_device(config.train.device, env);
-  if (device.is_cuda()) cuda::set_device(device.index);  // before anything is allocated
-  resolve(config, device, env.world_size);
-  set_deterministic(config.train.deterministic);
-  // Several ranks: rank 0 hands out the NCCL id over TCP; every later wait on collectives goes
-  // through the communicator's watchdog (train.dist_timeout_s).
-  std::unique_ptr<Communicator> comm;
-  if (env.world_size > 1)
-    comm = std::make_unique<Communicator>(env, config.train.dist_timeout_s, config_hash(config));
-  if (!env.note.empty()) say("note: " + env.note);
-  const bool zero = comm && config.train.zero == 1;
-  if (config.train.zero == 1 && !comm)
-    say("note: train.zero 1 shards the optimizer over several ranks; one rank keeps it whole");
-  const std::string run_dir = config.run_dir();
-  const std::string config_path = (fs::path(run_dir) / "config.yaml").string();
-
-  // ---- the run directory: new, the same run (continue), or another run (error). Nothing is
-  // written into it before every check has passed (below, after the data) ----
-  bool resuming = false;
-  Checkpoint ckpt;
-  std::string ckpt_path;
-  std::vector<PassedOver> passed_over;  // damaged or unusable checkpoints, set aside below
-  std::string schedule_note;
-  auto warn = [&](const std::string& s) { say("warning: " + s); };
-  if (fs::exists(config_path)) {
-    Config existing = load_config(config_path);
-    auto diffs = config_differences(existing, config, true);
-    if (!diffs.empty()) {
-      std::string list;
-      for (auto& d : diffs) list += "\n  " + d;
-      fail("train: the run directory '{}' holds a different run (its config.yaml differs in:{}\n); choose another "
-           "run.name or run.dir, or delete the directory",
-           run_dir, list);
+  void add(const StepOutcome& s) {
+    if (s.finite) {
+      gnorm_sum += s.gnorm;
+      gnorm_count += 1;
+      if (std::isfinite(s.loss)) loss_sum += s.loss, loss_count += 1;
     }
-    auto same_model = [&](const Checkpoint& c) { check_same_model(c, config.model.config); };
-    bool has_ckpt = load_latest(run_dir, ckpt, &ckpt_path, warn, same_model, &passed_over);
-    if (options.resume && !has_ckpt) fail("resume: '{}' has no usable checkpoint to resume from", run_dir);
-    if (has_ckpt && (options.resume || options.allow_resume)) {
-      resuming = true;
-      for (auto& d : config_differences(existing, config, false)) say("note: config changed since the checkpoint: " + d);
-      const int64_t next = ckpt.state.step;
-      const double old_lr = optim::learning_rate(make_schedule(existing), next);
-      const double new_lr = optim::learning_rate(make_schedule(config), next);
-      if (existing.train.steps != config.train.steps && next < config.train.steps && old_lr != new_lr)
-        schedule_note = fmt::format(
-            "note: train.steps changed from {} to {}: the learning-rate schedule is recomputed for {} steps, so "
-            "step {} runs at lr {:.4e} (the {}-step schedule had {:.4e})",
-            existing.train.steps, config.train.steps, config.train.steps, next + 1, new_lr, existing.train.steps,
-            old_lr);
+    steps += 1;
+  }
+  void restart(Clock::time_point now, int64_t tokens) { *this = LogWindow{now, tokens}; }
+};
+
+// One training run, in the order it happens:
+//   set-up    set_up_device, inspect_run_directory, build, restore, open_run_directory, announce
+//   per step  step (micro-batches, backward, the one host sync, AdamW), then log, evaluate
+//             and save when they are due
+//   stop      finish: on a stop request a checkpoint and how to continue; at the end a last
+//             evaluation and checkpoint.
+class Trainer {
+ public:
+  Trainer(Config config, const TrainOptions& options)
+      : config_(std::move(config)), options_(options), call_start_(Clock::now()), env_(detect_dist_env()) {
+    print_ = options.print ? options.print : [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
+  }
+
+  TrainResult run() {
+    set_up_device();
+    inspect_run_directory();
+    build();
+    restore();
+    if (resuming_ && state_.step >= config_.train.steps) {  // nothing to do: the directory stays as it is
+      say(fmt::format("{} is finished already: its checkpoint is at step {} and train.steps is {} (to train further: "
+                      "coil resume {} --set train.steps=N)",
+                      run_dir_, state_.step, config_.train.steps, run_dir_));
+      return result_;
     }
-  } else if (options.resume) {
-    fail("resume: '{}' is not a run directory (no config.yaml)", run_dir);
+    open_run_directory();
+    announce();
+    g_signal = 0;
+    SignalHandlerScope signals(options_.install_signal_handlers ? on_signal : nullptr);
+    val_batches_ = eval_batches(*loader_, config_.eval.batches, config_.train.micro_batch);
+    t_start_ = Clock::now();
+    window_.restart(t_start_, state_.tokens_seen);
+    steps_this_call_start_ = state_.step;
+    if (comm_) stop_flag_ = Tensor::zeros({1}, DType::f32, device_);
+    while (state_.step < config_.train.steps) {
+      if (stop_now()) break;
+      window_.add(step());
+      const bool last = state_.step == config_.train.steps;
+      if (state_.step % config_.log.every == 0 || last) log();
+      if (config_.eval.every > 0 && state_.step % config_.eval.every == 0 && !last) evaluate();
+      if (config_.checkpoint.every > 0 && state_.step % config_.checkpoint.every == 0 && !last) save("periodic");
+    }
+    return finish();
   }
-  NamedTensors initial;  // model.init_from, read and checked before the run directory is written
-  if (!resuming && !config.model.init_from.empty())
-    initial = initial_weights(config.model.init_from, config.model.config, warn);
 
-  // ---- model, optimizer, data ----
-  layers::LanguageModel model(config.model.config, uint64_t(config.train.seed));
-  if (!initial.empty()) {
-    load_parameters(model, initial);
-    say(fmt::format("starting from the weights of {} (model.init_from)", config.model.init_from));
+ private:
+  void say(const std::string& s) const {  // rank 0 speaks for all
+    if (!options_.quiet && env_.rank == 0) print_(s);
   }
-  model.to(device);
-  model.train();
-  // Several ranks: the gradients live in the reducer's buckets (the optimizer adopts them) and
-  // each complete bucket is averaged over the ranks while backward goes on.
-  // With ZeRO-1 each bucket is reduce-scattered instead, and the optimizer shards its moments.
-  std::unique_ptr<GradReducer> reducer;
-  if (comm) {
-    std::vector<autograd::Variable> params;
-    for (auto& [name, p] : model.named_parameters()) params.push_back(p->var);
-    reducer = std::make_unique<GradReducer>(
-        params, size_t(config.train.bucket_mb * double(1 << 20)),
-        [c = comm.get(), zero](const Tensor& bucket) {
-          zero ? c->reduce_scatter_mean_async(bucket) : c->all_reduce_mean_async(bucket);
-        },
-        zero ? env.world_size : 0);
-  }
-  Optimizer opt(model, config.optim, zero ? ZeroSharding{reducer.get(), comm.get()} : ZeroSharding{});
-  const optim::Schedule schedule = make_schedule(config);
-  data::DataLoader loader(data_options(config, env.rank, env.world_size));
-  const int64_t accum = config.grad_accum(env.world_size);
-  const int64_t mb = config.train.micro_batch, L = config.train.seq_len;
-  const int64_t tokens_per_step = accum * mb * L * env.world_size;
-  std::unique_ptr<CarriedState> carried;
-  if (config.train.carry_state) carried = std::make_unique<CarriedState>(model, accum * mb, mb);
+  void warn(const std::string& s) const { say("warning: " + s); }
 
-  TrainState state;
-  state.config_yaml = to_yaml(config);
-  state.rng_seed = uint64_t(config.train.seed);
-  state.world_size = env.world_size;
-  if (resuming) {
-    load_into(model, opt, ckpt);
-    if (carried) carried->load(ckpt.carried, ckpt_path);
-    loader.set_state({ckpt.state.sampler_seed, ckpt.state.sampler_examples});
-    state = ckpt.state;
-    state.config_yaml = to_yaml(config);
-    state.world_size = env.world_size;
-    say(fmt::format("resuming {} from {} (step {}, {} tokens)", run_dir, fs::path(ckpt_path).filename().string(),
-                    state.step, format_count(double(state.tokens_seen))));
-    if (ckpt.state.world_size != env.world_size)
-      say(fmt::format("note: the checkpoint was written by {} rank(s) and this run has {}: the parameters and the "
-                      "optimizer state continue as they are, but the data order changes (the stream goes on from "
-                      "example {}, split over the ranks and micro-batches differently), so the run is not the one "
-                      "{} rank(s) would have made",
-                      ckpt.state.world_size, env.world_size, loader.state().examples_drawn, ckpt.state.world_size));
+  // ---- set-up ----
+
+  // The device of this rank, the config resolved for it, and (several ranks) the communicator.
+  void set_up_device() {
+    COIL_CHECK(!config_.train.carry_state || env_.world_size == 1,
+               "train.carry_state with {} ranks ({}): carried states belong to the sequence slots of one process and "
+               "are saved by it; rank 0 writes the checkpoints alone, so the other ranks' states would be lost. "
+               "Carried state runs on one process (one GPU) for now",
+               env_.world_size, env_.launcher);
+    device_ = rank_device(config_.train.device, env_);
+    if (device_.is_cuda()) cuda::set_device(device_.index);  // before anything is allocated
+    resolve_for_device(config_, device_, env_.world_size);
+    set_deterministic(config_.train.deterministic);
+    // Several ranks: rank 0 hands out the NCCL id over TCP; every later wait on collectives goes
+    // through the communicator's watchdog (train.dist_timeout_s).
+    if (env_.world_size > 1)
+      comm_ = std::make_unique<Communicator>(env_, config_.train.dist_timeout_s, config_hash(config_));
+    if (!env_.note.empty()) say("note: " + env_.note);
+    zero_ = comm_ && config_.train.zero == 1;
+    if (config_.train.zero == 1 && !comm_)
+      say("note: train.zero 1 shards the optimizer over several ranks; one rank keeps it whole");
+    run_dir_ = config_.run_dir();
+    config_path_ = (fs::path(run_dir_) / "config.yaml").string();
   }
-  TrainResult result;
-  result.run_dir = run_dir;
-  result.start_step = state.step;
-  result.final_step = state.step;
-  if (resuming && state.step >= config.train.steps) {  // nothing to do: the directory stays as it is
-    say(fmt::format("{} is finished already: its checkpoint is at step {} and train.steps is {} (to train further: "
-                    "coil resume {} --set train.steps=N)",
-                    run_dir, state.step, config.train.steps, run_dir));
-    return result;
+
+  // The run directory: new, the same run (continue from its latest checkpoint), or another run
+  // (an error). Nothing is written into it before every check has passed (open_run_directory).
+  void inspect_run_directory() {
+    auto warn = [&](const std::string& s) { this->warn(s); };
+    if (fs::exists(config_path_)) {
+      Config existing = load_config(config_path_);
+      auto diffs = config_differences(existing, config_, true);
+      if (!diffs.empty()) {
+        std::string list;
+        for (auto& d : diffs) list += "\n  " + d;
+        fail("train: the run directory '{}' holds a different run (its config.yaml differs in:{}\n); choose another "
+             "run.name or run.dir, or delete the directory",
+             run_dir_, list);
+      }
+      auto same_model = [&](const Checkpoint& c) { check_same_model(c, config_.model.config); };
+      bool has_ckpt = load_latest(run_dir_, ckpt_, &ckpt_path_, warn, same_model, &passed_over_);
+      if (options_.resume && !has_ckpt) fail("resume: '{}' has no usable checkpoint to resume from", run_dir_);
+      if (has_ckpt && (options_.resume || options_.allow_resume)) {
+        resuming_ = true;
+        for (auto& d : config_differences(existing, config_, false))
+          say("note: config changed since the checkpoint: " + d);
+        note_schedule_change(existing);
+      }
+    } else if (options_.resume) {
+      fail("resume: '{}' is not a run directory (no config.yaml)", run_dir_);
+    }
+    // model.init_from, read and checked before the run directory is written
+    if (!resuming_ && !config_.model.init_from.empty())
+      initial_ = initial_weights(config_.model.init_from, config_.model.config, warn);
   }
-  if (!schedule_note.empty()) say(schedule_note);
+
+  // A new train.steps recomputes the schedule: say so when the next step's rate changes.
+  void note_schedule_change(const Config& existing) {
+    const int64_t next = ckpt_.state.step;
+    const double old_lr = optim::learning_rate(make_schedule(existing), next);
+    const double new_lr = optim::learning_rate(make_schedule(config_), next);
+    if (existing.train.steps != config_.train.steps && next < config_.train.steps && old_lr != new_lr)
+      schedule_note_ = fmt::format(
+          "note: train.steps changed from {} to {}: the learning-rate schedule is recomputed for {} steps, so "
+          "step {} runs at lr {:.4e} (the {}-step schedule had {:.4e})",
+          existing.train.steps, config_.train.steps, config_.train.steps, next + 1, new_lr, existing.train.steps,
+          old_lr);
+  }
+
+  // The model (on its device), the gradient reducer (several ranks), the optimizer, the
+  // schedule, the data and the carried states.
+  void build() {
+    model_ = std::make_unique<layers::LanguageModel>(config_.model.config, uint64_t(config_.train.seed));
+    if (!initial_.empty()) {
+      load_parameters(*model_, initial_);
+      say(fmt::format("starting from the weights of {} (model.init_from)", config_.model.init_from));
+    }
+    model_->to(device_);
+    model_->train();
+    // Several ranks: the gradients live in the reducer's buckets (the optimizer adopts them) and
+    // each complete bucket is averaged over the ranks while backward goes on.
+    // With ZeRO-1 each bucket is reduce-scattered instead, and the optimizer shards its moments.
+    if (comm_) {
+      std::vector<autograd::Variable> params;
+      for (auto& [name, p] : model_->named_parameters()) params.push_back(p->var);
+      reducer_ = std::make_unique<GradReducer>(
+          params, size_t(config_.train.bucket_mb * double(1 << 20)),
+          [c = comm_.get(), zero = zero_](const Tensor& bucket) {
+            zero ? c->reduce_scatter_mean_async(bucket) : c->all_reduce_mean_async(bucket);
+          },
+          zero_ ? env_.world_size : 0);
+    }
+    opt_ = std::make_unique<Optimizer>(*model_, config_.optim,
+                                       zero_ ? ZeroSharding{reducer_.get(), comm_.get()} : ZeroSharding{});
+    schedule_ = make_schedule(config_);
+    loader_ = std::make_unique<data::DataLoader>(data_options(config_, env_.rank, env_.world_size));
+    accum_ = config_.grad_accum(env_.world_size);
+    tokens_per_step_ = accum_ * config_.train.micro_batch * config_.train.seq_len * env_.world_size;
+    if (config_.train.carry_state)
+      carried_ = std::make_unique<CarriedState>(*model_, accum_ * config_.train.micro_batch, config_.train.micro_batch);
+  }
+
+  // The run's state, from the checkpoint when continuing.
+  void restore() {
+    state_.config_yaml = to_yaml(config_);
+    state_.rng_seed = uint64_t(config_.train.seed);
+    state_.world_size = env_.world_size;
+    if (resuming_) {
+      load_parameters(*model_, ckpt_.params);
+      opt_->load_state(ckpt_.optimizer);
+      if (carried_) carried_->load(ckpt_.carried, ckpt_path_);
+      loader_->set_state({ckpt_.state.sampler_seed, ckpt_.state.sampler_examples});
+      state_ = ckpt_.state;
+      state_.config_yaml = to_yaml(config_);
+      state_.world_size = env_.world_size;
+      say(fmt::format("resuming {} from {} (step {}, {} tokens)", run_dir_, fs::path(ckpt_path_).filename().string(),
+                      state_.step, format_count(double(state_.tokens_seen))));
+      if (ckpt_.state.world_size != env_.world_size)
+        say(fmt::format("note: the checkpoint was written by {} rank(s) and this run has {}: the parameters and the "
+                        "optimizer state continue as they are, but the data order changes (the stream goes on from "
+                        "example {}, split over the ranks and micro-batches differently), so the run is not the one "
+                        "{} rank(s) would have made",
+                        ckpt_.state.world_size, env_.world_size, loader_->state().examples_drawn,
+                        ckpt_.state.world_size));
+    }
+    result_.run_dir = run_dir_;
+    result_.start_step = state_.step;
+    result_.final_step = state_.step;
+  }
+
   // Every check has passed: the run directory is written from here on (rank 0).
-  std::unique_ptr<MetricsLog> metrics;
-  std::unique_ptr<TensorBoardWriter> tb;
-  if (env.rank == 0) {
-    for (auto& line : set_aside(passed_over)) say("warning: " + line);
-    fs::create_directories(run_dir);
-    replace_file(config_path, [&](std::ostream& out) { out << to_yaml(config); });
-    metrics = std::make_unique<MetricsLog>((fs::path(run_dir) / "metrics.jsonl").string(), state.step);
-    if (config.log.tensorboard) tb = std::make_unique<TensorBoardWriter>(run_dir);
+  void open_run_directory() {
+    if (!schedule_note_.empty()) say(schedule_note_);
+    if (env_.rank != 0) return;
+    for (auto& line : set_aside(passed_over_)) warn(line);
+    fs::create_directories(run_dir_);
+    replace_file(config_path_, [&](std::ostream& out) { out << to_yaml(config_); });
+    metrics_ = std::make_unique<MetricsLog>((fs::path(run_dir_) / "metrics.jsonl").string(), state_.step);
+    if (config_.log.tensorboard) tb_ = std::make_unique<TensorBoardWriter>(run_dir_);
   }
-  auto write_metrics = [&](const std::string& json) {
-    if (metrics) metrics->write(json);
-  };
 
-  const double flops_per_token = model.flops_per_token(L);
-  double peak_flops = 0;
-  if (const char* e = std::getenv("COIL_PEAK_TFLOPS")) peak_flops = std::atof(e) * 1e12;
-  else if (device.is_cuda()) peak_flops = config.train.dtype == "bf16" ? 989e12 : 67e12;  // H100 SXM dense
-  say(fmt::format("run {} -> {}", config.run.name, run_dir));
-  say(fmt::format("model {}: {} parameters, {} FLOPs/token; {} {}", config.model.preset,
-                  format_count(double(model.num_parameters())), format_count(flops_per_token), device.str(),
-                  config.train.dtype));
-  say(fmt::format("data: {}", loader.describe()));
-  if (zero)
-    say(fmt::format("ZeRO-1: AdamW's moments sharded over {} ranks: {} per rank", env.world_size,
-                    format_bytes(opt.state_bytes())));
-  say(fmt::format("{} steps of {} tokens ({} x {} x {} accumulation{})", config.train.steps, tokens_per_step, mb, L,
-                  accum, env.world_size > 1 ? fmt::format(" x {} ranks", env.world_size) : ""));
+  void announce() {
+    flops_per_token_ = model_->flops_per_token(config_.train.seq_len);
+    peak_flops_ = peak_flops(device_, config_.train.dtype);
+    say(fmt::format("run {} -> {}", config_.run.name, run_dir_));
+    say(fmt::format("model {}: {} parameters, {} FLOPs/token; {} {}", config_.model.preset,
+                    format_count(double(model_->num_parameters())), format_count(flops_per_token_), device_.str(),
+                    config_.train.dtype));
+    say(fmt::format("data: {}", loader_->describe()));
+    if (zero_)
+      say(fmt::format("ZeRO-1: AdamW's moments sharded over {} ranks: {} per rank", env_.world_size,
+                      format_bytes(opt_->state_bytes())));
+    say(fmt::format("{} steps of {} tokens ({} x {} x {} accumulation{})", config_.train.steps, tokens_per_step_,
+                    config_.train.micro_batch, config_.train.seq_len, accum_,
+                    env_.world_size > 1 ? fmt::format(" x {} ranks", env_.world_size) : ""));
+  }
 
-  g_signal = 0;
-  SignalHandlerScope signals(options.install_signal_handlers ? on_signal : nullptr);
-  // Rank 0 writes (every rank holds the same weights, optimizer state and global sampler
-  // cursor); the others wait at a barrier, so no rank runs ahead of a checkpoint.
-  auto save = [&](const char* why) {
-    auto s = loader.state();
-    state.sampler_seed = s.seed;
-    state.sampler_examples = s.examples_drawn;
-    if (env.rank == 0) {
-      std::string path = checkpoint_path(run_dir, state.step);
-      Checkpoint c = make_checkpoint(model, opt, state);
-      if (carried) c.carried = carried->save();
-      write_checkpoint(path, c);
-      prune_checkpoints(run_dir, config.checkpoint.keep_last, path);
-      say(fmt::format("checkpoint {} ({})", path, why));
-    } else if (zero) {
-      opt.state();  // with ZeRO-1 every rank takes part in gathering the optimizer state
-    }
-    if (comm) comm->barrier("the checkpoint written by rank 0");
-  };
-  const EvalBatches val_batches = eval_batches(loader, config.eval.batches, mb);
-  auto evaluate_now = [&]() {
-    if (val_batches.empty()) return;
-    if (comm) comm->wait("the weights' all-gather");  // ZeRO-1: the step's last collective
-    model.eval();
-    EvalTotals t = run_eval(model, loader, val_batches, device, env.rank, env.world_size);
-    model.train();
-    if (comm) {  // each rank evaluated its share of the batches
-      auto sum = comm->sum_over_ranks({t.loss_sum, double(t.targets), double(t.correct)}, "the evaluation");
-      t.loss_sum = sum[0];
-      t.targets = int64_t(sum[1]);
-      t.correct = int64_t(sum[2]);
-    }
-    result.val_loss = t.loss();
-    result.val_accuracy = t.accuracy();
-    if (state.best_val_loss == 0 || t.loss() < state.best_val_loss) state.best_val_loss = t.loss();
-    std::string acc = t.has_accuracy ? fmt::format(" | accuracy {:.2f}%", 100 * t.accuracy()) : "";
-    std::string bpb = byte_level(loader) ? fmt::format(" | {:.4f} bits/byte", t.loss() / std::log(2.0)) : "";
-    say(fmt::format("eval step {} | val loss {:.4f} | ppl {:.3f}{}{}", state.step, t.loss(), std::exp(t.loss()), acc,
-                    bpb));
-    write_metrics(fmt::format("{{\"step\":{},\"tokens\":{},\"val_loss\":{},\"val_ppl\":{}{}{}}}", state.step,
-                              state.tokens_seen, jnum(t.loss()), jnum(std::exp(t.loss())),
-                              t.has_accuracy ? ",\"val_accuracy\":" + jnum(t.accuracy()) : "",
-                              byte_level(loader) ? ",\"val_bpb\":" + jnum(t.loss() / std::log(2.0)) : ""));
-    if (tb) {
-      tb->scalar("val/loss", state.step, t.loss());
-      if (t.has_accuracy) tb->scalar("val/accuracy", state.step, t.accuracy());
-    }
-  };
+  // ---- a step ----
 
-  // ---- the loop ----
-  auto t_start = Clock::now();
-  auto t_log = t_start;
-  int64_t tokens_at_log = state.tokens_seen, steps_at_log = 0;
-  double loss_sum_log = 0, gnorm_sum_log = 0;
-  int64_t loss_count_log = 0, gnorm_count_log = 0;
-  const int64_t steps_this_call_start = state.step;
   // A signal, stop_after_steps or the time limit, seen on this rank, asks to stop once
   // `steps_done` are done.
-  auto out_of_time = [&]() {
-    return options.time_limit_s > 0 &&
-           std::chrono::duration<double>(Clock::now() - call_start).count() >= options.time_limit_s;
-  };
-  auto stop_requested = [&](int64_t steps_done) {
-    return g_signal.load() != 0 || (steps_done > steps_this_call_start && out_of_time()) ||
-           (options.stop_after_steps >= 0 && steps_done - steps_this_call_start >= options.stop_after_steps);
-  };
-  // Several ranks must stop after the same step: each step sums the ranks' requests (a flag
-  // all-reduced with the gradients, read in the step's sync).
-  Tensor stop_flag = comm ? Tensor::zeros({1}, DType::f32, device) : Tensor();
-  bool stop_agreed = false;
-  while (state.step < config.train.steps) {
-    if (stop_agreed || (!comm && stop_requested(state.step))) {
-      result.interrupted = true;
-      result.signal = g_signal.load();
-      result.time_limit_reached = !result.signal && state.step > steps_this_call_start && out_of_time();
-      break;
+  bool out_of_time() const { return options_.time_limit_s > 0 && seconds_since(call_start_) >= options_.time_limit_s; }
+  bool stop_requested(int64_t steps_done) const {
+    return g_signal.load() != 0 || (steps_done > steps_this_call_start_ && out_of_time()) ||
+           (options_.stop_after_steps >= 0 && steps_done - steps_this_call_start_ >= options_.stop_after_steps);
+  }
+  // Before a step: stop here? Several ranks stop after the same step: the ranks' requests were
+  // summed in the previous step (stop_agreed_).
+  bool stop_now() {
+    if (!stop_agreed_ && (comm_ || !stop_requested(state_.step))) return false;
+    result_.interrupted = true;
+    result_.signal = g_signal.load();
+    result_.time_limit_reached = !result_.signal && state_.step > steps_this_call_start_ && out_of_time();
+    return true;
+  }
+
+  // One optimizer step: the step's micro-batches, forward and backward of each, (several
+  // ranks) the gradients averaged, the global norm clipped, the one host sync, AdamW.
+  StepOutcome step() {
+    const int64_t step = state_.step;
+    StepOutcome s;
+    s.lr = optim::learning_rate(schedule_, step);
+    Tensor loss_dev = accumulate_gradients();
+    if (comm_) {
+      // Several ranks must stop after the same step: each step sums the ranks' requests (a
+      // flag all-reduced with the gradients, read in the step's sync).
+      stop_flag_.fill_(stop_requested(step + 1) ? 1.0 : 0.0);
+      comm_->all_reduce_sum_async(stop_flag_);
+      comm_->join_compute_stream();  // the norm and the optimizer see the averaged gradients
     }
-    const int64_t step = state.step;
-    const double lr = optim::learning_rate(schedule, step);
-    // Draw the step's micro-batches first: each gradient is weighted by its share of targets,
-    // so the step's gradient is that of the mean loss over all its targets. Several ranks
-    // average their gradients, each weighted by its own targets: the same thing when every
-    // rank's batch holds as many targets (token windows: all positions; synthetic tasks: a
-    // fixed number per example).
+    Tensor gnorm_dev = opt_->clip_grad_norm(config_.optim.grad_clip);  // global: after the reduction
+    // The one host sync of the step (docs/ARCHITECTURE.md, "Host synchronization"): with
+    // several ranks through the watchdog; then bad token ids raise their error, and the loss,
+    // the norm (and the stop flag) are read.
+    if (comm_) comm_->wait("the step's gradient all-reduce");
+    if (device_.is_cuda()) {
+      kernels::check_embedding_errors();
+      kernels::check_cross_entropy_targets(device_);
+    }
+    s.loss = loss_dev.defined() ? loss_dev.item() : 0.0;
+    s.gnorm = gnorm_dev.item();
+    if (comm_) stop_agreed_ = stop_flag_.item() > 0;
+    // Several ranks decide on the norm alone: it comes from the averaged gradients, so all
+    // skip the same steps (each rank's loss is its own until the log averages it).
+    s.finite = std::isfinite(s.gnorm) && (comm_ || std::isfinite(s.loss));
+    if (s.finite)
+      opt_->step(s.lr);
+    else
+      skip_step(step, s);
+    state_.step += 1;
+    state_.tokens_seen += tokens_per_step_;
+    state_.last_lr = s.lr;
+    result_.losses.push_back(s.finite ? s.loss : NAN);
+    if (options_.on_step) options_.on_step(state_.step, s.finite ? s.loss : NAN);
+    return s;
+  }
+
+  // Draws the step's micro-batches first: each gradient is weighted by its share of targets,
+  // so the step's gradient is that of the mean loss over all its targets. Several ranks
+  // average their gradients, each weighted by its own targets: the same thing when every
+  // rank's batch holds as many targets (token windows: all positions; synthetic tasks: a fixed
+  // number per example). Returns the step's loss, summed on the device (no sync per
+  // micro-batch).
+  Tensor accumulate_gradients() {
     std::vector<data::Batch> batches;
     int64_t step_targets = 0;
-    for (int64_t a = 0; a < accum; ++a) {
-      batches.push_back(loader.next_train(mb));
+    for (int64_t a = 0; a < accum_; ++a) {
+      batches.push_back(loader_->next_train(config_.train.micro_batch));
       step_targets += batches.back().target_count();
     }
-    opt.zero_grad();
-    Tensor loss_dev;  // the step's loss, summed on the device: no sync per micro-batch
-    for (int64_t a = 0; a < accum; ++a) {
+    opt_->zero_grad();
+    Tensor loss_dev;
+    for (int64_t a = 0; a < accum_; ++a) {
       const data::Batch& b = batches[size_t(a)];
       // Only the last micro-step's backward all-reduces; the earlier ones accumulate locally.
-      if (reducer) reducer->set_reduce_this_backward(a == accum - 1);
+      if (reducer_) reducer_->set_reduce_this_backward(a == accum_ - 1);
       int64_t count = b.target_count();
       if (count > 0) {
-        Tensor inputs = b.inputs.to(device), targets = b.targets.to(device);
-        layers::SequenceContext context = documents_of(b, device);
+        Tensor inputs = b.inputs.to(device_), targets = b.targets.to(device_);
+        layers::SequenceContext context = documents_of(b, device_);
         layers::ModelState final_state;
-        if (carried) {
-          context.initial = &carried->before(a, b);
+        if (carried_) {
+          context.initial = &carried_->before(a, b);
           context.final = &final_state;
         }
-        autograd::Variable loss = model.loss(inputs, targets, data::kIgnoreIndex, context);
+        autograd::Variable loss = model_->loss(inputs, targets, data::kIgnoreIndex, context);
         double weight = double(count) / double(step_targets);
         loss.backward(Tensor::full(loss.shape(), weight, loss.dtype(), loss.device()));
-        if (carried) carried->after(a, final_state);
+        if (carried_) carried_->after(a, final_state);
         Tensor part = kernels::scale(loss.value(), weight);
         if (loss_dev.defined())
           kernels::accumulate(loss_dev, part);
         else
           loss_dev = part;
       }
-      if (reducer) reducer->finish_backward();  // hands over buckets no gradient reached
+      if (reducer_) reducer_->finish_backward();  // hands over buckets no gradient reached
     }
-    if (comm) {
-      stop_flag.fill_(stop_requested(step + 1) ? 1.0 : 0.0);
-      comm->all_reduce_sum_async(stop_flag);
-      comm->join_compute_stream();  // the norm and the optimizer see the averaged gradients
-    }
-    Tensor gnorm_dev = opt.clip_grad_norm(config.optim.grad_clip);  // global: after the reduction
-    // The one host sync of the step (docs/ARCHITECTURE.md, "Host synchronization"): with
-    // several ranks through the watchdog; then bad token ids raise their error, and the loss,
-    // the norm (and the stop flag) are read.
-    if (comm) comm->wait("the step's gradient all-reduce");
-    if (device.is_cuda()) {
-      kernels::check_embedding_errors();
-      kernels::check_cross_entropy_targets(device);
-    }
-    const double step_loss = loss_dev.defined() ? loss_dev.item() : 0.0;
-    const double gnorm = gnorm_dev.item();
-    if (comm) stop_agreed = stop_flag.item() > 0;
-    // Several ranks decide on the norm alone: it comes from the averaged gradients, so all
-    // skip the same steps (each rank's loss is its own until the log averages it).
-    const bool finite = std::isfinite(gnorm) && (comm || std::isfinite(step_loss));
-    if (!finite) {
-      state.nan_skips += 1;
-      opt.zero_grad();
-      say(fmt::format("warning: step {}: non-finite {} ({}); the step is skipped ({} of at most {})", step + 1,
-                      std::isfinite(step_loss) ? "gradient norm" : "loss", std::isfinite(step_loss) ? gnorm : step_loss,
-                      state.nan_skips, config.train.max_nan_skips));
-      write_metrics(fmt::format("{{\"step\":{},\"skipped\":true,\"loss\":{},\"grad_norm\":{}}}", step + 1,
-                                jnum(step_loss), jnum(gnorm)));
-      if (state.nan_skips > config.train.max_nan_skips) {
-        result.nan_skips = state.nan_skips;
-        const std::string before = newest_before_skips(run_dir);
-        fail("train: {} steps had a non-finite loss or gradient (train.max_nan_skips = {}); stopping at step {}. {}. "
-             "Lower optim.lr, check the data or use train.dtype f32; or allow more skips: coil resume {} --set "
-             "train.max_nan_skips=N",
-             state.nan_skips, config.train.max_nan_skips, step + 1,
-             before.empty() ? "No checkpoint was written before the first skipped step"
-                            : fmt::format("The newest checkpoint from before the first skipped step is kept: {} "
-                                          "(step {})",
-                                          before, read_checkpoint_state(before).step),
-             run_dir);
-      }
-    } else {
-      opt.step(lr);
-    }
-    state.step += 1;
-    state.tokens_seen += tokens_per_step;
-    state.last_lr = lr;
-    result.losses.push_back(finite ? step_loss : NAN);
-    if (options.on_step) options.on_step(state.step, finite ? step_loss : NAN);
-    if (finite) {
-      gnorm_sum_log += gnorm;
-      gnorm_count_log += 1;
-      if (std::isfinite(step_loss)) loss_sum_log += step_loss, loss_count_log += 1;
-    }
-    steps_at_log += 1;
-
-    bool last = state.step == config.train.steps;
-    if (state.step % config.log.every == 0 || last) {
-      double loss_sum = loss_sum_log, loss_count = double(loss_count_log);
-      if (comm) {  // the logged loss is the mean over all ranks' steps
-        auto sum = comm->sum_over_ranks({loss_sum, loss_count}, "the logged loss");
-        loss_sum = sum[0], loss_count = sum[1];
-      }
-      auto now = Clock::now();
-      double dt = std::chrono::duration<double>(now - t_log).count();
-      double tok_s = double(state.tokens_seen - tokens_at_log) / std::max(dt, 1e-9);
-      double step_s = dt / double(std::max<int64_t>(steps_at_log, 1));
-      double eta = step_s * double(config.train.steps - state.step);
-      // Unknown without a peak to compare with (the CPU, unless COIL_PEAK_TFLOPS): NaN, logged as null.
-      double mfu = peak_flops > 0 ? tok_s * flops_per_token / (peak_flops * env.world_size) : NAN;
-      double mem = device.is_cuda() ? double(memory_stats(device).peak_in_use) : double(host_rss_bytes());
-      double loss_avg = loss_count > 0 ? loss_sum / loss_count : NAN;
-      double gnorm_avg = gnorm_count_log ? gnorm_sum_log / double(gnorm_count_log) : NAN;
-      say(fmt::format("step {}/{} | loss {:.4f} | lr {:.3e} | gnorm {:.3f} | {} tok/s | MFU {} | mem {} | ETA {}",
-                      state.step, config.train.steps, loss_avg, lr, gnorm_avg, format_count(tok_s),
-                      std::isfinite(mfu) ? fmt::format("{:.1f}%", 100 * mfu) : "-", format_bytes(size_t(mem)),
-                      format_duration(eta)));
-      write_metrics(fmt::format(
-          "{{\"step\":{},\"tokens\":{},\"loss\":{},\"lr\":{},\"grad_norm\":{},\"tokens_per_s\":{},\"mfu\":{},"
-          "\"memory_bytes\":{},\"elapsed_s\":{}}}",
-          state.step, state.tokens_seen, jnum(loss_avg), jnum(lr), jnum(gnorm_avg), jnum(tok_s), jnum(mfu),
-          jnum(mem), jnum(std::chrono::duration<double>(now - t_start).count())));
-      if (tb) {
-        tb->scalar("train/loss", state.step, loss_avg);
-        tb->scalar("train/lr", state.step, lr);
-        tb->scalar("train/grad_norm", state.step, gnorm_avg);
-        tb->scalar("train/tokens_per_s", state.step, tok_s);
-      }
-      t_log = now;
-      tokens_at_log = state.tokens_seen;
-      steps_at_log = 0;
-      loss_sum_log = gnorm_sum_log = 0;
-      loss_count_log = gnorm_count_log = 0;
-    }
-    if (config.eval.every > 0 && state.step % config.eval.every == 0 && !last) evaluate_now();
-    if (config.checkpoint.every > 0 && state.step % config.checkpoint.every == 0 && !last) save("periodic");
+    return loss_dev;
   }
-  result.final_step = state.step;
-  result.nan_skips = state.nan_skips;
-  if (result.interrupted) {
-    save(result.signal               ? (result.signal == SIGINT ? "interrupted by SIGINT" : "interrupted by SIGTERM")
-         : result.time_limit_reached ? "the time limit"
-                                     : "stopped");
-    say(fmt::format("stopped at step {}/{}; continue with: coil resume {}", state.step, config.train.steps, run_dir));
-    return result;
-  }
-  evaluate_now();
-  if (config.checkpoint.at_end) save("end of training");
-  double total = std::chrono::duration<double>(Clock::now() - t_start).count();
-  say(fmt::format("done: {} steps in {}", state.step - result.start_step, format_duration(total)));
-  return result;
-}
 
-EvalModel load_eval_model(const Config& config_in, const std::string& checkpoint,
-                          const std::function<void(const std::string&)>& print) {
-  EvalModel m;
-  m.config = config_in;
-  m.device = resolve_device(m.config.train.device);
-  resolve(m.config, m.device);
-  m.model = std::make_unique<layers::LanguageModel>(m.config.model.config, uint64_t(m.config.train.seed));
-  Checkpoint c;
-  std::string path = checkpoint;
-  auto same_model = [&](const Checkpoint& k) { check_same_model(k, m.config.model.config); };
-  auto warn = [&](const std::string& w) {
-    if (print) print("warning: " + w);
-  };
-  if (!checkpoint.empty()) {
-    c = read_checkpoint(checkpoint);
-    try {
-      same_model(c);
-    } catch (const Error& e) {
-      fail("eval: checkpoint '{}' cannot be used: {}", checkpoint, e.what());
+  // A non-finite loss or norm: the step is skipped, up to train.max_nan_skips times.
+  void skip_step(int64_t step, const StepOutcome& s) {
+    state_.nan_skips += 1;
+    opt_->zero_grad();
+    say(fmt::format("warning: step {}: non-finite {} ({}); the step is skipped ({} of at most {})", step + 1,
+                    std::isfinite(s.loss) ? "gradient norm" : "loss", std::isfinite(s.loss) ? s.gnorm : s.loss,
+                    state_.nan_skips, config_.train.max_nan_skips));
+    write_metrics(fmt::format("{{\"step\":{},\"skipped\":true,\"loss\":{},\"grad_norm\":{}}}", step + 1,
+                              jnum(s.loss), jnum(s.gnorm)));
+    if (state_.nan_skips <= config_.train.max_nan_skips) return;
+    result_.nan_skips = state_.nan_skips;
+    const std::string before = newest_before_skips(run_dir_);
+    fail("train: {} steps had a non-finite loss or gradient (train.max_nan_skips = {}); stopping at step {}. {}. "
+         "Lower optim.lr, check the data or use train.dtype f32; or allow more skips: coil resume {} --set "
+         "train.max_nan_skips=N",
+         state_.nan_skips, config_.train.max_nan_skips, step + 1,
+         before.empty() ? "No checkpoint was written before the first skipped step"
+                        : fmt::format("The newest checkpoint from before the first skipped step is kept: {} (step {})",
+                                      before, read_checkpoint_state(before).step),
+         run_dir_);
+  }
+
+  // ---- log, evaluate, save, stop ----
+
+  void write_metrics(const std::string& json) {
+    if (metrics_) metrics_->write(json);
+  }
+
+  // One log line (console, metrics.jsonl, TensorBoard) with the averages since the last one.
+  void log() {
+    double loss_sum = window_.loss_sum, loss_count = double(window_.loss_count);
+    if (comm_) {  // the logged loss is the mean over all ranks' steps
+      auto sum = comm_->sum_over_ranks({loss_sum, loss_count}, "the logged loss");
+      loss_sum = sum[0], loss_count = sum[1];
     }
-  } else if (!load_latest(m.config.run_dir(), c, &path, warn, same_model)) {
-    if (!list_checkpoints(m.config.run_dir()).empty())
-      fail("eval: no checkpoint of {} can be used: each is damaged or holds another model (the warnings say why)",
-           m.config.run_dir());
-    path.clear();
-    if (!m.config.model.init_from.empty()) {
-      c.params = initial_weights(m.config.model.init_from, m.config.model.config, warn);
-      path = m.config.model.init_from;
-    } else {
-      warn(fmt::format("{} has no checkpoint; evaluating the initial weights", m.config.run_dir()));
+    const double lr = state_.last_lr;
+    auto now = Clock::now();
+    double dt = std::chrono::duration<double>(now - window_.start).count();
+    double tok_s = double(state_.tokens_seen - window_.tokens_at_start) / std::max(dt, 1e-9);
+    double step_s = dt / double(std::max<int64_t>(window_.steps, 1));
+    double eta = step_s * double(config_.train.steps - state_.step);
+    // Unknown without a peak to compare with (the CPU, unless COIL_PEAK_TFLOPS): NaN, logged as null.
+    double mfu = peak_flops_ > 0 ? tok_s * flops_per_token_ / (peak_flops_ * env_.world_size) : NAN;
+    double mem = device_.is_cuda() ? double(memory_stats(device_).peak_in_use) : double(host_rss_bytes());
+    double loss_avg = loss_count > 0 ? loss_sum / loss_count : NAN;
+    double gnorm_avg = window_.gnorm_count ? window_.gnorm_sum / double(window_.gnorm_count) : NAN;
+    say(fmt::format("step {}/{} | loss {:.4f} | lr {:.3e} | gnorm {:.3f} | {} tok/s | MFU {} | mem {} | ETA {}",
+                    state_.step, config_.train.steps, loss_avg, lr, gnorm_avg, format_count(tok_s),
+                    std::isfinite(mfu) ? fmt::format("{:.1f}%", 100 * mfu) : "-", format_bytes(size_t(mem)),
+                    format_duration(eta)));
+    write_metrics(fmt::format(
+        "{{\"step\":{},\"tokens\":{},\"loss\":{},\"lr\":{},\"grad_norm\":{},\"tokens_per_s\":{},\"mfu\":{},"
+        "\"memory_bytes\":{},\"elapsed_s\":{}}}",
+        state_.step, state_.tokens_seen, jnum(loss_avg), jnum(lr), jnum(gnorm_avg), jnum(tok_s), jnum(mfu), jnum(mem),
+        jnum(std::chrono::duration<double>(now - t_start_).count())));
+    if (tb_) {
+      tb_->scalar("train/loss", state_.step, loss_avg);
+      tb_->scalar("train/lr", state_.step, lr);
+      tb_->scalar("train/grad_norm", state_.step, gnorm_avg);
+      tb_->scalar("train/tokens_per_s", state_.step, tok_s);
+    }
+    window_.restart(now, state_.tokens_seen);
+  }
+
+  // The held-out loss on the fixed evaluation batches (several ranks: each its share).
+  void evaluate() {
+    if (val_batches_.empty()) return;
+    if (comm_) comm_->wait("the weights' all-gather");  // ZeRO-1: the step's last collective
+    model_->eval();
+    EvalTotals t = run_eval(*model_, *loader_, val_batches_, device_, env_.rank, env_.world_size);
+    model_->train();
+    if (comm_) {  // each rank evaluated its share of the batches
+      auto sum = comm_->sum_over_ranks({t.loss_sum, double(t.targets), double(t.correct)}, "the evaluation");
+      t.loss_sum = sum[0];
+      t.targets = int64_t(sum[1]);
+      t.correct = int64_t(sum[2]);
+    }
+    result_.val_loss = t.loss();
+    result_.val_accuracy = t.accuracy();
+    if (state_.best_val_loss == 0 || t.loss() < state_.best_val_loss) state_.best_val_loss = t.loss();
+    const bool bytes = byte_level(*loader_);
+    std::string acc = t.has_accuracy ? fmt::format(" | accuracy {:.2f}%", 100 * t.accuracy()) : "";
+    std::string bpb = bytes ? fmt::format(" | {:.4f} bits/byte", t.loss() / std::log(2.0)) : "";
+    say(fmt::format("eval step {} | val loss {:.4f} | ppl {:.3f}{}{}", state_.step, t.loss(), std::exp(t.loss()), acc,
+                    bpb));
+    write_metrics(fmt::format("{{\"step\":{},\"tokens\":{},\"val_loss\":{},\"val_ppl\":{}{}{}}}", state_.step,
+                              state_.tokens_seen, jnum(t.loss()), jnum(std::exp(t.loss())),
+                              t.has_accuracy ? ",\"val_accuracy\":" + jnum(t.accuracy()) : "",
+                              bytes ? ",\"val_bpb\":" + jnum(t.loss() / std::log(2.0)) : ""));
+    if (tb_) {
+      tb_->scalar("val/loss", state_.step, t.loss());
+      if (t.has_accuracy) tb_->scalar("val/accuracy", state_.step, t.accuracy());
     }
   }
-  if (!path.empty()) {
-    load_parameters(*m.model, c.params);
-    m.step = c.state.step;
-    m.checkpoint = path;
-  }
-  m.model->to(m.device);
-  m.model->eval();
-  return m;
-}
 
-EvalResult evaluate(const Config& config_in, const std::string& checkpoint,
-                    const std::function<void(const std::string&)>& print) {
-  COIL_CHECK(config_in.eval.batches != 0,
-             "eval: eval.batches is 0 in this config (it never evaluates): give a number of batches, or all for the "
-             "whole held-out split (coil eval --batches N|all)");
-  EvalModel m = load_eval_model(config_in, checkpoint, print);
-  const Config& config = m.config;
-  EvalResult r;
-  r.step = m.step;
-  r.checkpoint = m.checkpoint;
-  data::DataLoader loader(data_options(config, 0, 1));
-  const EvalBatches batches = eval_batches(loader, config.eval.batches, config.train.micro_batch);
-  COIL_CHECK(!batches.empty(), "eval: the data holds no validation windows (data.val_fraction or data.val_path)");
-  EvalTotals t = run_eval(*m.model, loader, batches, m.device);
-  r.loss = t.loss();
-  r.perplexity = std::exp(t.loss());
-  r.accuracy = t.accuracy();
-  if (byte_level(loader)) r.bits_per_byte = t.loss() / std::log(2.0);
-  r.batches = int64_t(batches.size());
-  for (auto& b : batches) r.windows += b.second;
-  r.targets = t.targets;
-  return r;
-}
-
-// ---- info ----
-
-std::vector<std::pair<std::string, Shape>> parameter_shapes(const layers::ModelConfig& m) {
-  std::vector<std::pair<std::string, Shape>> out;
-  const int64_t d = m.d_model, V = m.padded_vocab_size(), di = m.d_inner(), N = m.mamba.d_state, R = m.dt_rank();
-  const bool ln = m.norm == "layernorm";
-  auto norm = [&](const std::string& p) {
-    out.push_back({p + ".weight", {d}});
-    if (ln) out.push_back({p + ".bias", {d}});
-  };
-  auto linear = [&](const std::string& p, int64_t o, int64_t i, bool bias) {
-    out.push_back({p + ".weight", {o, i}});
-    if (bias) out.push_back({p + ".bias", {o}});
-  };
-  out.push_back({"backbone.embedding.weight", {V, d}});
-  if (m.attention.positions == "learned" && m.has_attention())
-    out.push_back({"backbone.pos_embedding.weight", {m.attention.max_seq_len, d}});
-  auto mixers = m.layer_mixers();
-  for (size_t i = 0; i < mixers.size(); ++i) {
-    std::string p = fmt::format("backbone.layers.{}.", i);
-    norm(p + "norm");
-    if (mixers[i] == "mamba") {
-      out.push_back({p + "mixer.A_log", {di, N}});
-      out.push_back({p + "mixer.D", {di}});
-      if (!m.mamba.selective) {
-        out.push_back({p + "mixer.dt_bias", {di}});
-        out.push_back({p + "mixer.B", {N}});
-        out.push_back({p + "mixer.C", {N}});
-      }
-      linear(p + "mixer.in_proj", 2 * di, d, m.bias);
-      out.push_back({p + "mixer.conv1d.weight", {di, 1, m.mamba.d_conv}});
-      if (m.mamba.conv_bias) out.push_back({p + "mixer.conv1d.bias", {di}});
-      if (m.mamba.selective) {
-        linear(p + "mixer.x_proj", R + 2 * N, di, false);
-        linear(p + "mixer.dt_proj", di, R, true);
-      }
-      linear(p + "mixer.out_proj", d, di, m.bias);
-    } else {
-      linear(p + "mixer.in_proj", 3 * d, d, m.bias);
-      linear(p + "mixer.out_proj", d, d, m.bias);
+  // Rank 0 writes (every rank holds the same weights, optimizer state and global sampler
+  // cursor); the others wait at a barrier, so no rank runs ahead of a checkpoint.
+  void save(const char* why) {
+    auto s = loader_->state();
+    state_.sampler_seed = s.seed;
+    state_.sampler_examples = s.examples_drawn;
+    if (env_.rank == 0) {
+      std::string path = checkpoint_path(run_dir_, state_.step);
+      Checkpoint c = make_checkpoint(*model_, *opt_, state_);
+      if (carried_) c.carried = carried_->save();
+      write_checkpoint(path, c);
+      prune_checkpoints(run_dir_, config_.checkpoint.keep_last, path);
+      say(fmt::format("checkpoint {} ({})", path, why));
+    } else if (zero_) {
+      opt_->state();  // with ZeRO-1 every rank takes part in gathering the optimizer state
     }
-    if (m.mlp != "none") {
-      norm(p + "norm2");
-      int64_t h = m.mlp_hidden_size();
-      linear(p + "mlp.fc1", m.mlp == "swiglu" ? 2 * h : h, d, m.bias);
-      linear(p + "mlp.fc2", d, h, m.bias);
+    if (comm_) comm_->barrier("the checkpoint written by rank 0");
+  }
+
+  // Stopped early: a checkpoint and how to continue. At the end: a last evaluation and
+  // checkpoint.
+  TrainResult finish() {
+    result_.final_step = state_.step;
+    result_.nan_skips = state_.nan_skips;
+    if (result_.interrupted) {
+      save(result_.signal               ? (result_.signal == SIGINT ? "interrupted by SIGINT" : "interrupted by SIGTERM")
+           : result_.time_limit_reached ? "the time limit"
+                                        : "stopped");
+      say(fmt::format("stopped at step {}/{}; continue with: coil resume {}", state_.step, config_.train.steps,
+                      run_dir_));
+      return result_;
     }
+    evaluate();
+    if (config_.checkpoint.at_end) save("end of training");
+    say(fmt::format("done: {} steps in {}", state_.step - result_.start_step, format_duration(seconds_since(t_start_))));
+    return result_;
   }
-  norm("backbone.norm_f");
-  if (!m.tie_embeddings) out.push_back({"lm_head.weight", {V, d}});
-  return out;
-}
 
-ModelInfo model_info(const Config& config, int world_size) {
-  const auto& m = config.model.config;
-  ModelInfo info;
-  int64_t embed = 0;
-  for (auto& [name, shape] : parameter_shapes(m)) {
-    int64_t n = numel(shape);
-    info.parameters += n;
-    if (name == "backbone.embedding.weight" || name == "backbone.pos_embedding.weight" || name == "lm_head.weight")
-      embed += n;
-    bool matmul = shape.size() >= 2 && name.find("A_log") == std::string::npos &&
-                  name.find("embedding") == std::string::npos && name != "lm_head.weight";
-    if (matmul) info.matmul_parameters += n;
-  }
-  info.matmul_parameters += m.padded_vocab_size() * m.d_model;  // the head (tied or not)
-  info.non_embedding_parameters = info.parameters - embed;
-  // Training FLOPs per token, as LanguageModel::flops_per_token.
-  const int64_t L = config.train.seq_len, d = m.d_model, di = m.d_inner(), N = m.mamba.d_state;
-  double flops = 6.0 * double(info.matmul_parameters);
-  int64_t n_attn = 0, n_mamba = 0;
-  for (auto& k : m.layer_mixers()) (k == "attention" ? n_attn : n_mamba) += 1;
-  double ctx = m.attention.window > 0 ? std::min<double>(double(L), double(m.attention.window)) : double(L);
-  flops += double(n_attn) * 12.0 * double(d) * ctx;
-  flops += double(n_mamba) * 3.0 * (9.0 * double(di) * double(N) + 2.0 * double(di));
-  info.flops_per_token = flops;
-  info.grad_accum = config.grad_accum(world_size);
-  info.tokens_per_step = info.grad_accum * config.train.micro_batch * L * world_size;
-  info.flops_per_step = flops * double(info.tokens_per_step);
-  // Memory per GPU: fp32 master weights and gradients, AdamW's two fp32 moments, and the
-  // activations saved for backward of one micro-batch. The activation figure is an estimate:
-  // per token and layer, the tensors a layer saves (in the compute dtype; the residual stream
-  // and norm statistics in fp32), not counting the allocator's slack.
-  double act_bytes = config.train.dtype == "f32" ? 4 : 2;
-  double P = double(info.parameters);
-  info.weights_bytes = 4 * P + (act_bytes == 2 ? 2 * P : 0);  // + the bf16 compute copy
-  info.gradient_bytes = 4 * P;
-  info.optimizer_shards = config.train.zero == 1 && world_size > 1 ? world_size : 1;
-  info.optimizer_bytes = 8 * P / info.optimizer_shards;  // ZeRO-1: this rank's shard
-  double per_token = 0;
-  const int64_t R = m.dt_rank(), h = m.mlp_hidden_size();
-  for (auto& k : m.layer_mixers()) {
-    double elems = 0;
-    if (k == "mamba")  // norm out, in_proj out (x, z), conv out, x_proj out, delta, scan out
-      elems = double(d + 2 * di + di + (R + 2 * N) + di + di);
-    else  // norm out, q k v, attention out (+ logsumexp)
-      elems = double(d + 3 * d + d) + double(m.attention.n_head);
-    if (m.mlp == "swiglu") elems += double(d + 2 * h + h);
-    if (m.mlp == "gelu") elems += double(d + 2 * h);
-    per_token += elems * act_bytes + 4.0 * double(d) * (m.mlp != "none" ? 2 : 1);  // + fp32 residual
-  }
-  per_token += 4.0 * double(d) + act_bytes * double(d);  // final norm; the loss is chunked
-  info.activation_bytes = per_token * double(config.train.micro_batch * L);
-  return info;
-}
+  // ---- the run's parts ----
+  Config config_;
+  const TrainOptions& options_;
+  const Clock::time_point call_start_;  // time_limit_s counts from here
+  std::function<void(const std::string&)> print_;
+  DistEnv env_;
+  Device device_;
+  std::unique_ptr<Communicator> comm_;
+  bool zero_ = false;
+  std::string run_dir_, config_path_;
+  // The run directory as found: a checkpoint to continue from, damaged or unusable ones to set
+  // aside, a note on a changed schedule; or the initial weights of model.init_from.
+  bool resuming_ = false;
+  Checkpoint ckpt_;
+  std::string ckpt_path_, schedule_note_;
+  std::vector<PassedOver> passed_over_;
+  NamedTensors initial_;
+  // Model, optimizer, data.
+  std::unique_ptr<layers::LanguageModel> model_;
+  std::unique_ptr<GradReducer> reducer_;
+  std::unique_ptr<Optimizer> opt_;
+  optim::Schedule schedule_;
+  std::unique_ptr<data::DataLoader> loader_;
+  int64_t accum_ = 1, tokens_per_step_ = 0;
+  std::unique_ptr<CarriedState> carried_;
+  EvalBatches val_batches_;
+  // Progress and output.
+  TrainState state_;
+  TrainResult result_;
+  std::unique_ptr<MetricsLog> metrics_;
+  std::unique_ptr<TensorBoardWriter> tb_;
+  double flops_per_token_ = 0, peak_flops_ = 0;
+  Clock::time_point t_start_;
+  LogWindow window_;
+  int64_t steps_this_call_start_ = 0;
+  Tensor stop_flag_;  // several ranks: the summed stop requests of the step
+  bool stop_agreed_ = false;
+};
 
-std::string format_info(const Config& config, const ModelInfo& info) {
-  const auto& m = config.model.config;
-  auto gib = [](double b) { return fmt::format("{:.2f} GiB", b / double(1ull << 30)); };
-  std::string layers;
-  int64_t n_attn = 0, n_mamba = 0;
-  for (auto& k : m.layer_mixers()) (k == "attention" ? n_attn : n_mamba) += 1;
-  if (n_mamba) layers += fmt::format("{} mamba", n_mamba);
-  if (n_attn) layers += fmt::format("{}{} attention", layers.empty() ? "" : " + ", n_attn);
-  std::string out;
-  out += fmt::format("model        {} (from preset {}; {} layers: {}; d_model {}; vocab {} padded to {})\n",
-                     config.run.name, config.model.preset.empty() ? "none" : config.model.preset, m.n_layer, layers,
-                     m.d_model, m.vocab_size, m.padded_vocab_size());
-  out += fmt::format("parameters   {} ({:.1f}M); without embeddings {} ({:.1f}M)\n", info.parameters,
-                     double(info.parameters) / 1e6, info.non_embedding_parameters,
-                     double(info.non_embedding_parameters) / 1e6);
-  out += fmt::format("FLOPs/token  {:.4g} (training: forward + backward; 6 x {:.1f}M matmul weights + mixers)\n",
-                     info.flops_per_token, double(info.matmul_parameters) / 1e6);
-  out += fmt::format("step         {} tokens = {} x {} x {} accumulation; {:.4g} FLOPs\n", info.tokens_per_step,
-                     config.train.micro_batch, config.train.seq_len, info.grad_accum, info.flops_per_step);
-  out += fmt::format("run          {} steps, {:.4g} tokens, {:.4g} FLOPs\n", config.train.steps,
-                     double(info.tokens_per_step) * double(config.train.steps),
-                     info.flops_per_step * double(config.train.steps));
-  out += fmt::format("memory       {} total (estimate, per GPU, {}): weights {}, gradients {}, AdamW {}{}, "
-                     "activations {} (micro-batch {} x {})\n",
-                     gib(info.total_bytes()), config.train.dtype == "f32" ? "f32" : "bf16 compute",
-                     gib(info.weights_bytes), gib(info.gradient_bytes), gib(info.optimizer_bytes),
-                     info.optimizer_shards > 1 ? fmt::format(" (ZeRO-1: 1/{} of the moments)", info.optimizer_shards)
-                                               : "",
-                     gib(info.activation_bytes), config.train.micro_batch, config.train.seq_len);
-  return out;
-}
+}  // namespace
+
+TrainResult run_training(Config config, const TrainOptions& options) { return Trainer(std::move(config), options).run(); }
 
 }  // namespace coil::train

@@ -1,4 +1,5 @@
-// The training loop (docs/CONFIG.md describes the run directory):
+// The training loop (docs/CONFIG.md describes the run directory; train/trainer.cpp's Trainer
+// runs it in phases: docs/ARCHITECTURE.md, "The training run"):
 //
 //   for each step: draw accumulation x micro-batches; forward + backward each, the gradient
 //   weighted by its share of the step's targets; (data parallel: average over ranks); clip by
@@ -18,16 +19,13 @@
 // A non-finite loss skips its step with a warning (up to train.max_nan_skips). SIGINT/SIGTERM
 // save a checkpoint at the next step boundary and stop; a second signal exits at once.
 #pragma once
-#include <cmath>
+#include <cstdint>
 #include <functional>
-#include <memory>
 #include <string>
 #include <vector>
 
-#include "core/shape.h"
-#include "data/loader.h"
-#include "layers/model.h"
 #include "train/config.h"
+#include "train/evaluation.h"
 
 namespace coil::train {
 
@@ -66,75 +64,5 @@ struct TrainResult {
 // Runs (or resumes) the training the config describes. Raises coil::Error for bad input,
 // a run directory holding a different run, or too many non-finite losses.
 TrainResult run_training(Config config, const TrainOptions& options = {});
-
-// Reads a run directory's config.yaml.
-Config load_run_config(const std::string& run_dir, const std::vector<std::string>& overrides = {});
-
-struct EvalResult {
-  double loss = 0, perplexity = 0, accuracy = -1;  // accuracy -1: the data has none
-  double bits_per_byte = -1;    // byte-level token files: loss / ln 2 (-1: bytes per token unknown)
-  int64_t batches = 0, windows = 0, targets = 0;
-  int64_t step = 0;             // the checkpoint's step (0: initial weights)
-  std::string checkpoint;       // the checkpoint evaluated ("" if none)
-};
-// Evaluates the run's latest good checkpoint (or `checkpoint` when given) on the held-out
-// batches eval.batches (all: the whole held-out split). A run whose checkpoints are all
-// damaged (or of another model) is an error; a run without any evaluates the initial weights.
-EvalResult evaluate(const Config& config, const std::string& checkpoint = "",
-                    const std::function<void(const std::string&)>& print = nullptr);
-
-// ---- the pieces of an evaluation (the length sweep, train/length_eval.h, uses them too) ----
-
-// The data a config describes (train.seq_len windows), as rank `rank` of `world` draws it.
-data::DataOptions data_options(const Config& config, int rank = 0, int world = 1);
-
-struct EvalTotals {
-  double loss_sum = 0;
-  int64_t targets = 0, correct = 0;
-  bool has_accuracy = false;
-  double loss() const { return targets ? loss_sum / double(targets) : NAN; }
-  double accuracy() const { return has_accuracy && targets ? double(correct) / double(targets) : -1; }
-};
-// The held-out batches an evaluation reads, as (index, size) of DataLoader::val_batch: the
-// first `batches` micro-batches, or (EvalSection::kAll) the whole held-out split: every whole
-// micro-batch, then the windows past the last one, one at a time.
-using EvalBatches = std::vector<std::pair<int64_t, int64_t>>;
-EvalBatches eval_batches(const data::DataLoader& loader, int64_t batches, int64_t micro_batch);
-// Loss (and accuracy on answer positions for synthetic tasks) over those batches, without
-// gradients; rank r of `world` takes batches r, r + world, ... (the caller sums the totals
-// over ranks).
-EvalTotals run_eval(const layers::LanguageModel& model, const data::DataLoader& loader, const EvalBatches& batches,
-                    Device device, int rank = 0, int world = 1);
-
-// A run's model on its device (train.device resolved) in evaluation mode, with the weights of
-// `checkpoint`, or of the run's newest good checkpoint when empty (the initial weights, with a
-// warning, when there is none).
-struct EvalModel {
-  std::unique_ptr<layers::LanguageModel> model;
-  Device device;
-  Config config;            // device and dtype resolved
-  int64_t step = 0;         // the checkpoint's step (0: initial weights)
-  std::string checkpoint;   // the checkpoint loaded ("" if none)
-};
-EvalModel load_eval_model(const Config& config, const std::string& checkpoint = "",
-                          const std::function<void(const std::string&)>& print = nullptr);
-
-// `coil info`: sizes and costs of the config's model and run.
-struct ModelInfo {
-  int64_t parameters = 0, non_embedding_parameters = 0, matmul_parameters = 0;
-  double flops_per_token = 0;   // training (forward + backward)
-  double flops_per_step = 0;
-  int64_t tokens_per_step = 0, grad_accum = 1;
-  double weights_bytes = 0, optimizer_bytes = 0, gradient_bytes = 0, activation_bytes = 0;
-  int optimizer_shards = 1;  // train.zero 1 with several ranks: the moments are split over them
-  double total_bytes() const { return weights_bytes + optimizer_bytes + gradient_bytes + activation_bytes; }
-};
-// Computed from the config alone (the model is not built, so any size is instant).
-ModelInfo model_info(const Config& config, int world_size = 1);
-std::string format_info(const Config& config, const ModelInfo& info);
-
-// The parameter names and shapes of a model config, in the order named_parameters() lists
-// them, computed without building it (used by model_info, checked against the model in tests).
-std::vector<std::pair<std::string, coil::Shape>> parameter_shapes(const layers::ModelConfig& config);
 
 }  // namespace coil::train

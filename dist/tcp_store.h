@@ -22,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "train/net.h"
+#include "dist/net.h"
 
 namespace coil::train {
 

@@ -3,9 +3,9 @@
 // its blob (the NCCL unique id) or the error that ends the run, so that an inconsistent launch
 // fails on every rank with the same clear message, within the timeout, never a hang.
 //
-// Two ways to meet, chosen by the launcher's environment (train/distributed.h):
+// Two ways to meet, chosen by the launcher's environment (dist/distributed.h):
 // - torchrun with TORCHELASTIC_USE_AGENT_STORE=True: through the agent's TCPStore on
-//   MASTER_ADDR:MASTER_PORT (train/tcp_store.h). Each rank takes a ticket (ADD
+//   MASTER_ADDR:MASTER_PORT (dist/tcp_store.h). Each rank takes a ticket (ADD
 //   <prefix>joined) and SETs its hello under <prefix>hello/<ticket>; rank 0 waits for tickets
 //   1..world, checks them and SETs <prefix>verdict, which the others wait for.
 // - otherwise: rank 0 listens on MASTER_PORT; each other rank connects to
@@ -22,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "train/distributed.h"
+#include "dist/distributed.h"
 
 namespace coil::train {
 

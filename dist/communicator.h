@@ -7,14 +7,14 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "train/collectives.h"
-#include "train/distributed.h"
+#include "dist/collectives.h"
+#include "dist/distributed.h"
 
 namespace coil::train {
 
 class Communicator : public Collectives {
  public:
-  // The ranks meet (train/rendezvous.h): each says hello with its config hash and its GPU's
+  // The ranks meet (dist/rendezvous.h): each says hello with its config hash and its GPU's
   // identity, rank 0 checks them and hands out the NCCL unique id; an inconsistent launch is
   // an error on every rank.
   Communicator(const DistEnv& env, double timeout_s, uint64_t config_hash = 0);
@@ -25,7 +25,7 @@ class Communicator : public Collectives {
   int rank() const override { return env_.rank; }
   int world_size() const override { return env_.world_size; }
 
-  // On f32, bf16 or f64 tensors of this rank's GPU (train/collectives.h).
+  // On f32, bf16 or f64 tensors of this rank's GPU (dist/collectives.h).
   void all_reduce_mean_async(const Tensor& t) override;
   void all_reduce_sum_async(const Tensor& t) override;
   void reduce_scatter_mean_async(const Tensor& t) override;

@@ -1,4 +1,4 @@
-#include "train/tcp_store.h"
+#include "dist/tcp_store.h"
 
 #include <thread>
 

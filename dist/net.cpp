@@ -1,4 +1,4 @@
-#include "train/net.h"
+#include "dist/net.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-#include "train/power_law.h"
+#include "scaling/power_law.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,15 +1,15 @@
 // Overlaps the reduction of gradients with backward. Parameter gradients are bound to views of
-// one flat buffer per bucket (train/distributed.h: assign_buckets); a hook on each parameter
+// one flat buffer per bucket (dist/distributed.h: assign_buckets); a hook on each parameter
 // counts the gradients that backward has finished, and a bucket whose parameters are all done
 // is handed to `reduce` at once (the data-parallel trainer passes an NCCL all-reduce, or with
 // ZeRO-1 a reduce-scatter, on the communication stream), while backward goes on with earlier
 // layers. For a reduce-scatter over `shards` ranks (shards >= 1; 0: none) each buffer is padded
-// (with zeros) to padded_bucket_numel (train/zero.h).
+// (with zeros) to padded_bucket_numel (dist/zero.h).
 #pragma once
 #include <functional>
 
 #include "autograd/variable.h"
-#include "train/distributed.h"
+#include "dist/distributed.h"
 
 namespace coil::train {
 

@@ -14,17 +14,18 @@
 #include "core/version.h"
 #include "data/prepare.h"
 #include "data/sentencepiece_tokenizer.h"
+#include "dist/launch.h"
 #include "kernels/cpu/parallel.h"
 #include "kernels/matmul.h"
+#include "scaling/length_eval.h"
+#include "scaling/plot.h"
+#include "scaling/report.h"
+#include "scaling/sweep.h"
+#include "scaling/sweep_runner.h"
 #include "train/config.h"
 #include "train/generate.h"
 #include "train/hf_interop.h"
-#include "train/launch.h"
-#include "train/length_eval.h"
-#include "train/plot.h"
-#include "train/report.h"
-#include "train/sweep.h"
-#include "train/sweep_runner.h"
+#include "train/info.h"
 #include "train/trainer.h"
 
 using namespace coil;
@@ -569,7 +570,7 @@ int cmd_info(int argc, char** argv) {
   need(a, 1, kInfoHelp);
   Config config = fs::is_directory(a.positional[0]) ? load_run_config(a.positional[0], a.sets)
                                                     : load_config(a.positional[0], a.sets);
-  if (config.train.dtype == "auto") config.train.dtype = "bf16";
+  if (config.train.dtype == layers::ComputeDType::automatic) config.train.dtype = layers::ComputeDType::bf16;
   int world = a.options.count("world") ? int(parse_count(a.options["world"], "--world", 1, 1 << 20)) : 1;
   std::fputs(format_info(config, model_info(config, world)).c_str(), stdout);
   return 0;

@@ -1,4 +1,4 @@
-#include "train/sweep_runner.h"
+#include "scaling/sweep_runner.h"
 
 #include <fmt/format.h>
 #include <signal.h>
@@ -13,8 +13,8 @@
 #include <thread>
 
 #include "core/error.h"
-#include "train/process.h"
-#include "train/report.h"
+#include "dist/process.h"
+#include "scaling/report.h"
 #include "train/trainer.h"
 
 namespace coil::train {
@@ -60,8 +60,9 @@ int wait_child(pid_t pid, Clock::time_point deadline, bool has_deadline, SweepRe
 std::vector<std::string> differences(const std::string& run_dir, Config wanted) {
   Config existing = load_run_config(run_dir);
   if (wanted.train.device == "auto") wanted.train.device = existing.train.device;
-  if (wanted.train.dtype == "auto") wanted.train.dtype = existing.train.dtype;
-  if (wanted.model.config.dtype == "auto") wanted.model.config.dtype = existing.model.config.dtype;
+  using layers::ComputeDType;
+  if (wanted.train.dtype == ComputeDType::automatic) wanted.train.dtype = existing.train.dtype;
+  if (wanted.model.config.dtype == ComputeDType::automatic) wanted.model.config.dtype = existing.model.config.dtype;
   auto diffs = config_differences(existing, wanted, true);
   if (existing.train.steps != wanted.train.steps)
     diffs.push_back(fmt::format("train.steps: {} -> {}", existing.train.steps, wanted.train.steps));

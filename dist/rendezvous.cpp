@@ -1,4 +1,4 @@
-#include "train/rendezvous.h"
+#include "dist/rendezvous.h"
 
 #include <poll.h>
 
@@ -8,8 +8,8 @@
 #include <thread>
 
 #include "core/error.h"
-#include "train/net.h"
-#include "train/tcp_store.h"
+#include "dist/net.h"
+#include "dist/tcp_store.h"
 
 namespace coil::train {
 namespace {

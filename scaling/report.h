@@ -1,7 +1,7 @@
 // Scaling-law reports (`coil report RUNS... --out DIR`, docs/SCALING.md): reads run
 // directories (config.yaml + metrics.jsonl, as train/trainer.h writes them), tabulates each
-// run, fits loss = a * FLOPs^(-b) (+ c) per architecture (train/power_law.h) and draws the
-// plots with scripts/plot_scaling.py (through train/plot.h, as every plot).
+// run, fits loss = a * FLOPs^(-b) (+ c) per architecture (scaling/power_law.h) and draws the
+// plots with scripts/plot_scaling.py (through scaling/plot.h, as every plot).
 //
 //   ReportResult r = write_report(expand_run_args({"runs/small"}), "reports/small", false);
 //
@@ -11,10 +11,10 @@
 //   runs.csv           one row per run (every run, whatever its status)
 //   curves.csv         run, architecture, status, split (train|val), step, tokens, loss
 //   fits.csv           architecture, points, a, b, c, rmse_log, flops_min, flops_max, and the
-//                      fit's uncertainty (train/power_law.h): b_se, b_low, b_high (95%), dof,
+//                      fit's uncertainty (scaling/power_law.h): b_se, b_low, b_high (95%), dof,
 //                      t95, mean_log_x, sxx, residual_var (empty where there is none)
 //   crossovers.csv     each pair of fitted architectures: where their laws cross, the 95%
-//                      interval, or where they differ significantly (train/power_law.h)
+//                      interval, or where they differ significantly (scaling/power_law.h)
 //   loss_vs_flops.png  final validation loss (perplexity on the right) against training
 //                      FLOPs, log-log, fit lines with their 95% bands, the crossover
 //   loss_curves.png    training and validation loss of every run against tokens
@@ -41,8 +41,8 @@
 #include <vector>
 
 #include "layers/model_config.h"
-#include "train/plot.h"
-#include "train/power_law.h"
+#include "scaling/plot.h"
+#include "scaling/power_law.h"
 
 namespace coil::train {
 
@@ -87,7 +87,7 @@ struct ArchitectureFit {
   double flops_min = 0, flops_max = 0;
 };
 
-// Where two architectures' plain power laws cross (train/power_law.h), as the report states it.
+// Where two architectures' plain power laws cross (scaling/power_law.h), as the report states it.
 struct ArchitectureCrossover {
   std::string first, second;
   bool ok = false;       // both fits have an uncertainty (3 runs or more, no constant)
@@ -98,7 +98,7 @@ struct ArchitectureCrossover {
 struct ReportOptions {
   bool with_constant = false;  // fit loss = a * FLOPs^(-b) + c
   bool plots = true;
-  PlotOptions plot;  // which Python and scripts/ draw the plots (train/plot.h)
+  PlotOptions plot;  // which Python and scripts/ draw the plots (scaling/plot.h)
 };
 
 struct ReportResult {
@@ -116,7 +116,7 @@ RunRecord read_run(const std::string& run_dir);
 
 // Command-line arguments to run directories: a run directory is itself; a directory without
 // config.yaml whose subdirectories are runs (a sweep's out_dir) gives those subdirectories; a
-// sweep file (*.yaml, train/sweep.h) gives every run it names, started or not; anything
+// sweep file (*.yaml, scaling/sweep.h) gives every run it names, started or not; anything
 // else is passed through (and reported as missing or corrupt). Duplicates are removed.
 std::vector<std::string> expand_run_args(const std::vector<std::string>& args);
 

@@ -1,6 +1,6 @@
 // ZeRO stage 1 (`train.zero: 1`): AdamW's moments are sharded over the data-parallel ranks.
 //
-// The gradients live in the reducer's flat buckets (train/grad_reducer.h); each bucket is
+// The gradients live in the reducer's flat buckets (dist/grad_reducer.h); each bucket is
 // padded to world_size equal shards (of a multiple of kShardAlign elements) and, instead of
 // the all-reduce, reduce-scattered as soon as backward has filled it, so rank r holds the
 // mean gradient of shard r of every bucket. Rank r keeps exp_avg and exp_avg_sq of its shards
@@ -22,9 +22,9 @@
 #include <vector>
 
 #include "autograd/variable.h"
+#include "dist/collectives.h"
+#include "dist/distributed.h"
 #include "optim/adamw.h"
-#include "train/collectives.h"
-#include "train/distributed.h"
 
 namespace coil::train {
 

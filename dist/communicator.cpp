@@ -1,4 +1,4 @@
-#include "train/communicator.h"
+#include "dist/communicator.h"
 
 #include <chrono>
 #include <cstring>
@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "core/cuda.h"
-#include "train/rendezvous.h"
+#include "dist/rendezvous.h"
 
 #if defined(COIL_CUDA) && defined(COIL_NCCL)
 #include <nccl.h>

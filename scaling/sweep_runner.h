@@ -1,11 +1,11 @@
-// `coil sweep FILE`: runs a sweep's runs (train/sweep.h) one after another, each as a child
+// `coil sweep FILE`: runs a sweep's runs (scaling/sweep.h) one after another, each as a child
 // process of the same program (`coil train BASE --set ...`, what `coil sweep --print` prints),
 // so that every run starts from a clean process and one failing run does not end the others.
 //
 //   SweepResult r = run_sweep(load_sweep("configs/scaling/small.yaml"), {});
 //
 // Every run's config is checked before anything runs. Then, for each run:
-//   finished     (its metrics reach train.steps with the final evaluation, train/report.h,
+//   finished     (its metrics reach train.steps with the final evaluation, scaling/report.h,
 //                and its config.yaml is the sweep's run) skipped
 //   interrupted  resumed: the trainer continues a run directory that holds the same run from
 //                its latest checkpoint (from the start if it has none)
@@ -22,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "train/sweep.h"
+#include "scaling/sweep.h"
 
 namespace coil::train {
 

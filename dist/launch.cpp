@@ -1,4 +1,4 @@
-#include "train/launch.h"
+#include "dist/launch.h"
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -9,7 +9,7 @@
 #include <thread>
 
 #include "core/error.h"
-#include "train/process.h"
+#include "dist/process.h"
 
 namespace coil::train {
 namespace {

@@ -1,4 +1,4 @@
-#include "train/length_eval.h"
+#include "scaling/length_eval.h"
 
 #include <fmt/format.h>
 
@@ -11,7 +11,7 @@
 #include "core/allocator.h"
 #include "core/error.h"
 #include "data/loader.h"
-#include "train/report.h"
+#include "scaling/report.h"
 #include "train/trainer.h"
 
 namespace coil::train {
@@ -83,7 +83,7 @@ LengthEvalResult evaluate_lengths(const Config& config, const LengthEvalOptions&
 
   EvalModel m = load_eval_model(config, options.checkpoint, say);
   const auto& model_config = m.config.model.config;
-  const bool learned_positions = model_config.has_attention() && model_config.attention.positions == "learned";
+  const bool learned_positions = model_config.learned_positions();
   LengthEvalResult r;
   r.run_dir = m.config.run_dir();
   r.run = fs::path(r.run_dir).lexically_normal().filename().string();

@@ -1,4 +1,4 @@
-#include "train/process.h"
+#include "dist/process.h"
 
 #include <sys/prctl.h>
 #include <sys/wait.h>

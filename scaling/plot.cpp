@@ -1,4 +1,4 @@
-#include "train/plot.h"
+#include "scaling/plot.h"
 
 #include <fmt/format.h>
 #include <sys/wait.h>
@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 
-#include "train/sweep.h"
+#include "scaling/sweep.h"
 
 namespace coil::train {
 namespace fs = std::filesystem;

@@ -13,7 +13,7 @@
 // give names explicitly with a `name:` list. A key appears once (in `set:` or in one axis).
 //
 // Each run is the ordinary training run `coil train BASE --set run.name=NAME --set KEY=VALUE
-// ... --set run.dir=OUT_DIR/NAME` (sweep_train_args); train/sweep_runner.h runs them.
+// ... --set run.dir=OUT_DIR/NAME` (sweep_train_args); scaling/sweep_runner.h runs them.
 #pragma once
 #include <map>
 #include <string>

@@ -1,4 +1,4 @@
-#include "train/report.h"
+#include "scaling/report.h"
 
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
@@ -14,11 +14,11 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "scaling/plot.h"
+#include "scaling/sweep.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
-#include "train/plot.h"
-#include "train/sweep.h"
-#include "train/trainer.h"
+#include "train/info.h"
 
 namespace coil::train {
 namespace fs = std::filesystem;
@@ -304,9 +304,12 @@ ArchitectureCrossover cross_architectures(const ArchitectureFit& f, const Archit
 std::string architecture_name(const layers::ModelConfig& m) {
   bool mamba = m.has_mamba(), attn = m.has_attention();
   if (mamba && attn) return "hybrid";
-  if (mamba) return m.mlp == "none" ? "mamba" : "mamba+mlp";
-  if (m.mlp == "swiglu" && m.attention.positions == "rope" && m.norm == "rmsnorm") return "transformer++";
-  if (m.mlp == "gelu" && m.attention.positions == "learned" && m.norm == "layernorm") return "gpt2";
+  if (mamba) return m.mlp == layers::MlpKind::none ? "mamba" : "mamba+mlp";
+  using layers::MlpKind, layers::NormKind, layers::Positions;
+  if (m.mlp == MlpKind::swiglu && m.attention.positions == Positions::rope && m.norm == NormKind::rmsnorm)
+    return "transformer++";
+  if (m.mlp == MlpKind::gelu && m.attention.positions == Positions::learned && m.norm == NormKind::layernorm)
+    return "gpt2";
   return "transformer";
 }
 
@@ -611,7 +614,7 @@ ReportResult write_report(const std::vector<std::string>& run_dirs, const std::s
                         md_text(f.problem));
   }
   md += "\nIntervals: least squares on log loss against log FLOPs, Student's t on runs - 2 degrees of freedom "
-        "(train/power_law.h); one seed a run, so they measure the scatter of the runs about the line, not the "
+        "(scaling/power_law.h); one seed a run, so they measure the scatter of the runs about the line, not the "
         "spread over seeds.\n";
   if (!res.crossovers.empty()) {
     md += "\n## Crossover\n\n";

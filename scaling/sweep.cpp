@@ -1,4 +1,4 @@
-#include "train/sweep.h"
+#include "scaling/sweep.h"
 
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>

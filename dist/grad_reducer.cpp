@@ -1,6 +1,6 @@
-#include "train/grad_reducer.h"
+#include "dist/grad_reducer.h"
 
-#include "train/zero.h"
+#include "dist/zero.h"
 
 namespace coil::train {
 

@@ -1,9 +1,9 @@
-#include "train/zero.h"
+#include "dist/zero.h"
 
 #include <map>
 
+#include "dist/grad_reducer.h"
 #include "kernels/adamw.h"
-#include "train/grad_reducer.h"
 
 namespace coil::train {
 

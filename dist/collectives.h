@@ -1,4 +1,4 @@
-// The collective operations that data parallelism uses (train/communicator.h runs them over
+// The collective operations that data parallelism uses (dist/communicator.h runs them over
 // NCCL; tests may run them between threads). Each call is ordered after the work already
 // queued on this rank's compute stream and returns at once; join_compute_stream() makes later
 // compute work wait for the collectives queued so far; wait() blocks the host until they are
