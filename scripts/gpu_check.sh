@@ -7,13 +7,7 @@ cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/coil-out}
 build=${COIL_BUILD:-/root/build}
 mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
-  >"$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
-if ! cmake --build "$build" -j16 >"$out/build.log" 2>&1; then
-  grep -E "error|FAILED" "$out/build.log" | head -40
-  cmake --build "$build" -j16 -- -k 0 >>"$out/build.log" 2>&1
-fi
+scripts/build_gpu.sh "$out" "$build" all || exit 1
 (cd "$build" && ctest --output-on-failure -j4 --timeout 600 >"$out/ctest.log" 2>&1)
 grep -E "tests passed|tests failed|Failed|\*\*\*|Not Run|Skipped" "$out/ctest.log" | tail -40
 for name in "$@"; do

@@ -12,15 +12,8 @@ cd "$(dirname "$0")/.." || exit 1
 out=${OUT:-/tmp/coil-out}
 build=${COIL_BUILD:-/root/build}
 mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
-  >"$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
-targets=(coil_cli test_attention test_elementwise test_matmul test_models bench_attention bench_fused_kernels)
-if ! cmake --build "$build" -j16 --target "${targets[@]}" >"$out/build.log" 2>&1; then
-  grep -E "error|FAILED" "$out/build.log" | head -40
-  exit 1
-fi
+scripts/build_gpu.sh "$out" "$build" coil_cli test_attention test_elementwise test_matmul test_models \
+  bench_attention bench_fused_kernels || exit 1
 
 status=0
 # ---- tests (the test cases' durations are in the logs) ----
@@ -62,6 +55,6 @@ for name in transformer-125m gpt2-124m transformer-350m transformer-125m-8k; do
   [ $rc -eq 0 ] || { echo "FAILED: $name (exit $rc)"; status=1; continue; }
   printf "%-22s %12s %10s\n" "$name" "$(tokens_per_s "$dir")" "$(peak_gib "$dir")" >>"$table"
 done
-echo "== training tokens/s ($(head -1 "$out/gpu.txt"))"
+echo "== training tokens/s ($(sed -n 2p "$out/env.txt"))"
 cat "$table"
 exit $status
