@@ -1,12 +1,13 @@
 // Achieved bandwidth of the fused kernels at the sizes of a Mamba-130M training step with
 // 16 x 2048 tokens (d_model 768, vocabulary 50280): add+RMSNorm forward and backward, layer
 // norm forward and backward, SwiGLU forward and backward (Transformer++ 125M's MLP, hidden 2048;
-// with the unfused ops it replaced), softmax forward and backward and the cross-entropy pass over a
-// 4096-row chunk of logits (the fused linear cross-entropy's chunk), AdamW over the 130M
-// parameters and the global gradient norm. Each line gives the bytes the kernel must move
-// (its DRAM floor: every input read once, every output written once), the median time and
-// that traffic over the time, as a fraction of the measured device-to-device copy bandwidth
-// (cudaMemcpyAsync, bytes read plus written). Traffic a kernel pays beyond that floor (the norm
+// with the unfused ops it replaced), RoPE forward and backward on Transformer++ 125M's packed
+// qkv (3 x 12 heads of 64: q and k rotated, v copied), softmax forward and backward and the
+// cross-entropy pass over a 4096-row chunk of logits (the fused linear cross-entropy's chunk),
+// AdamW over the 130M parameters and the global gradient norm. Each line gives the bytes the
+// kernel must move (its DRAM floor: every input read once, every output written once), the
+// median time and that traffic over the time, as a fraction of the measured device-to-device
+// copy bandwidth (cudaMemcpyAsync, bytes read plus written). Traffic a kernel pays beyond that floor (the norm
 // backward's per-block partial sums of dweight and dbias, rows re-read past the shared-memory
 // cache) is not counted: it shows as a lower fraction.
 // Timing: CUDA events on the compute stream around kInner back-to-back calls (as in a training
@@ -29,6 +30,7 @@
 #include "kernels/layout.h"
 #include "kernels/loss.h"
 #include "kernels/norm.h"
+#include "kernels/rope.h"
 #include "kernels/softmax.h"
 
 using namespace coil;
@@ -117,6 +119,14 @@ int main(int argc, char** argv) {
       kernels::concat({da, dg}, 1);
     }, reps, warmup, kInner);
     report("  unfused backward: 2 mul + silu' + concat", nh * 13 * 2, ms);
+  }
+  {  // RoPE on Transformer++ 125M's packed qkv (B 16, T 2048, 3 x 12 heads of 64), bf16
+    Tensor qkv = random({16, 2048, 3, 12, 64}, DType::bf16, 22);
+    const double bytes = double(qkv.numel()) * (2 + 2);
+    double ms = bench::median_ms([&] { kernels::rope(qkv); }, reps, warmup, kInner);
+    report("rope forward [16, 2048, 3, 12, 64] bf16", bytes, ms);
+    ms = bench::median_ms([&] { kernels::rope_backward(qkv); }, reps, warmup, kInner);
+    report("rope backward", bytes, ms);
   }
   const double nv = double(chunk * V);
   {  // softmax over a chunk of logits

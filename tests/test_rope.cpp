@@ -1,5 +1,5 @@
 // RoPE: the CPU reference against the formula, its inverse and central differences; CUDA
-// against the CPU.
+// against the CPU (its 16-byte pack path and its scalar fallback).
 #include <cmath>
 #include <vector>
 
@@ -89,5 +89,50 @@ TEST_CASE("rope CUDA matches the CPU reference", "[rope][cuda]") {
           double tol = dt == DType::bf16 ? 1e-2 : 1e-5;
           CHECK(relative_error(y, kernels::rope(xc, o)) < tol);
           CHECK(relative_error(yb, kernels::rope_backward(xc, o)) < tol);
+        }
+}
+
+// x on the GPU as dtype; misaligned: its data starts one element past a 16-byte boundary (the
+// kernel must fall back to scalar accesses).
+static Tensor gpu_input(const Shape& shape, uint64_t seed, DType dtype, bool misaligned) {
+  Tensor x = random_normal(shape, seed, DType::f32).to(Device::cuda(), dtype);
+  if (!misaligned) return x;
+  Tensor buffer = Tensor::empty({x.numel() + 1}, dtype, Device::cuda());
+  Tensor shifted = buffer.view_bytes(dtype_size(dtype), shape, dtype);
+  shifted.copy_(x);
+  return shifted;
+}
+
+TEST_CASE("rope CUDA: packs and scalar fallback, odd shapes, positions, inverse, v copied", "[rope][cuda]") {
+  // hd 18: half 9, scalar for both dtypes; 24 and 40: f32 packs of 4, bf16 scalar; 64 and 96:
+  // packs for both. 5 heads: the packed qkv has 15 rows a token, 10 rotated, so the chunks of
+  // rows a thread owns end mid-section and short.
+  const int64_t B = 3, T = 13, H = 5;
+  const std::vector<int32_t> starts = {7, 0, 300};
+  for (int64_t hd : {18, 24, 40, 64, 96})
+    for (bool packed : {false, true})
+      for (bool misaligned : {false, true})
+        for (DType dt : {DType::f32, DType::bf16}) {
+          INFO("hd " << hd << " packed " << packed << " misaligned " << misaligned << " " << dtype_name(dt));
+          Shape s = packed ? Shape{B, T, 3, H, hd} : Shape{B, T, H, hd};
+          Tensor x = gpu_input(s, uint64_t(hd + 2 * packed), dt, misaligned);
+          Tensor xc = x.to(Device::cpu(), DType::f32);
+          kernels::RopeOptions o, oc;
+          o.position_offset = oc.position_offset = 11;
+          o.positions = Tensor::from_vector(starts, {B}, DType::i32, Device::cuda());
+          oc.positions = Tensor::from_vector(starts, {B}, DType::i32);
+          Tensor y = kernels::rope(x, o), yb = kernels::rope_backward(x, o);
+          Tensor ref = kernels::rope(xc, oc), refb = kernels::rope_backward(xc, oc);
+          const double tol = dt == DType::bf16 ? 1e-2 : 1e-5;
+          CHECK(relative_error(y, ref) < tol);
+          CHECK(relative_error(yb, refb) < tol);
+          if (packed) {  // v (section 2 of each token) is copied bit for bit
+            std::vector<float> xv = xc.to_vector<float>(), yv = y.to(Device::cpu(), DType::f32).to_vector<float>();
+            const size_t section = size_t(H * hd);
+            size_t mismatches = 0;
+            for (size_t bt = 0; bt < size_t(B * T); ++bt)
+              for (size_t e = (3 * bt + 2) * section; e < (3 * bt + 3) * section; ++e) mismatches += yv[e] != xv[e];
+            CHECK(mismatches == 0);
+          }
         }
 }
