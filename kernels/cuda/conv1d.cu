@@ -308,7 +308,7 @@ __global__ void __launch_bounds__(kThreads, backward_min_blocks(V, W, kStream))
 // Memory traffic: the partials read once. Latency-bound (one thread per output): the
 // kReduceAhead loads of a chunk are issued together and then added in order.
 constexpr int kReduceThreads = 64;
-constexpr int kReduceAhead = 8;
+constexpr int kReduceAhead = 32;
 __global__ void __launch_bounds__(kReduceThreads) conv1d_reduce_kernel(const float* part, float* dw, float* db,
                                                                        int64_t nparts, int D, int K) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
