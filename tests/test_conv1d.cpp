@@ -86,6 +86,86 @@ TEST_CASE("conv1d CUDA matches the CPU reference", "[cuda]") {
     }
 }
 
+namespace {
+
+// seq_idx (batch, len) i32: documents whose lengths cycle through a few short and long ones
+// (some across the kernels' 128-step segment edges), shifted per row.
+Tensor cycling_documents(int64_t batch, int64_t len) {
+  const int64_t lengths[] = {1, 3, 130, 5, 60, 2, 200};
+  std::vector<int32_t> v;
+  for (int64_t b = 0; b < batch; ++b) {
+    int32_t doc = 0;
+    int64_t i = b, left = lengths[b % 7];
+    for (int64_t t = 0; t < len; ++t, --left) {
+      if (left == 0) left = lengths[++i % 7], ++doc;
+      v.push_back(doc);
+    }
+  }
+  return Tensor::from_vector(v, {batch, len}, DType::i32);
+}
+
+}  // namespace
+
+TEST_CASE("conv1d CUDA: packed and single-channel, short and full window instances", "[cuda]") {
+  // dim 16 and 264 take two channels per thread (264: several blocks), 10 too (not a multiple
+  // of 8), 5 one; widths up to 4 the short window, 8 the full one; 4097 ends in a 1-step
+  // segment. One document and no state give the documents instance (one channel per thread,
+  // full window): the same sums in the same order, so the same bits.
+  for (int64_t dim : {16, 264, 10, 5})
+    for (int64_t len : {1, 7, 129, 4097})
+      for (int K : {2, 4, 8})
+        for (DType dt : {DType::bf16, DType::f32}) {
+          INFO("dim " << dim << " len " << len << " K " << K << " dtype " << dtype_name(dt));
+          const int64_t batch = 2;
+          Generator gen(uint64_t(dim * 31 + len * 7 + K));
+          auto rounded = [&](const Shape& sh) { return randn(sh, gen, DType::f32).to(dt).to(DType::f32); };
+          Tensor x = rounded({batch, len, dim}), go = rounded({batch, len, dim});
+          Tensor w = randn({dim, K}, gen, DType::f32, Device::cpu(), 0.5), b = randn({dim}, gen, DType::f32);
+          Tensor ref = conv1d_forward(x, w, b, true);
+          Conv1dGrads gref = conv1d_backward(go, x, w, b, true);
+          Tensor xd = x.to(Device::cuda(), dt), god = go.to(Device::cuda(), dt), wd = w.to(Device::cuda()),
+                 bd = b.to(Device::cuda());
+          Tensor got = conv1d_forward(xd, wd, bd, true);
+          Conv1dGrads g = conv1d_backward(god, xd, wd, bd, true);
+          const double tol = dt == DType::bf16 ? 1e-2 : 1e-5;
+          CHECK(test::relative_error(got, ref) < tol);
+          CHECK(test::relative_error(g.dx, gref.dx) < tol);
+          CHECK(test::relative_error(g.dweight, gref.dweight) < tol);
+          CHECK(test::relative_error(g.dbias, gref.dbias) < tol);
+          // Twice: the same bits.
+          Conv1dGrads g2 = conv1d_backward(god, xd, wd, bd, true);
+          CHECK(test::bitwise_equal(conv1d_forward(xd, wd, bd, true), got));
+          CHECK(test::bitwise_equal(g2.dx, g.dx));
+          CHECK(test::bitwise_equal(g2.dweight, g.dweight));
+          CHECK(test::bitwise_equal(g2.dbias, g.dbias));
+          // The documents instance with one document: the same bits.
+          Conv1dOptions one;
+          one.seq_idx = Tensor::zeros({batch, len}, DType::i32, Device::cuda());
+          Conv1dGrads g1 = conv1d_backward(god, xd, wd, bd, true, one);
+          CHECK(test::bitwise_equal(conv1d_forward(xd, wd, bd, true, one), got));
+          CHECK(test::bitwise_equal(g1.dx, g.dx));
+          CHECK(test::bitwise_equal(g1.dweight, g.dweight));
+          CHECK(test::bitwise_equal(g1.dbias, g.dbias));
+          // Documents and a carried state against the CPU reference.
+          Conv1dOptions o, od;
+          o.seq_idx = cycling_documents(batch, len);
+          o.initial_state = rounded({batch, K - 1, dim});
+          od.seq_idx = o.seq_idx.to(Device::cuda());
+          od.initial_state = o.initial_state.to(Device::cuda(), dt);
+          Tensor fin_ref, fin;
+          Tensor sref = conv1d_forward(x, w, b, true, o, &fin_ref);
+          Conv1dGrads sgref = conv1d_backward(go, x, w, b, true, o);
+          Tensor sgot = conv1d_forward(xd, wd, bd, true, od, &fin);
+          Conv1dGrads sg = conv1d_backward(god, xd, wd, bd, true, od);
+          CHECK(test::relative_error(sgot, sref) < tol);
+          CHECK(test::max_abs_difference(fin, fin_ref) == 0.0);
+          CHECK(test::relative_error(sg.dx, sgref.dx) < tol);
+          CHECK(test::relative_error(sg.dweight, sgref.dweight) < tol);
+          CHECK(test::relative_error(sg.dbias, sgref.dbias) < tol);
+          CHECK(test::relative_error(sg.dinitial_state, sgref.dinitial_state) < tol);
+        }
+}
+
 #include "autograd/functions/conv1d.h"
 #include "autograd/gradcheck.h"
 
