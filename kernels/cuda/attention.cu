@@ -55,11 +55,6 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Warp-level tile products. Shared tiles are row-major with pitch LDS elements.
 //
@@ -106,10 +101,10 @@ __device__ __forceinline__ void mma_abt(float (&acc)[NT][4], const bf16_t* a_s, 
 // C-fragment layout of a previous product: C n-tiles 2kk and 2kk+1 are exactly that k range.
 template <int K>
 __device__ __forceinline__ void pack_a_frag(uint32_t (&a)[4], const float (&p)[K / 8][4], int kk) {
-  a[0] = pack_bf16(p[2 * kk][0], p[2 * kk][1]);
-  a[1] = pack_bf16(p[2 * kk][2], p[2 * kk][3]);
-  a[2] = pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]);
-  a[3] = pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+  a[0] = pack_bf16x2(p[2 * kk][0], p[2 * kk][1]);
+  a[1] = pack_bf16x2(p[2 * kk][2], p[2 * kk][3]);
+  a[2] = pack_bf16x2(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+  a[3] = pack_bf16x2(p[2 * kk + 1][2], p[2 * kk + 1][3]);
 }
 
 // acc[N/8][4] += P (16 x K, in C-fragment layout: p[K/8][4]) * B where B is a [k][n] tile
@@ -346,7 +341,7 @@ __global__ void __launch_bounds__(NW * 32) attention_fwd_kernel(Params p) {
         bf16_t* go = p.out + ((row_base + qi) * p.H + h) * D;
 #pragma unroll
         for (int j = 0; j < D / 8; ++j) {
-          uint32_t v2 = pack_bf16(o[mt][j][2 * r] * inv, o[mt][j][2 * r + 1] * inv);
+          uint32_t v2 = pack_bf16x2(o[mt][j][2 * r] * inv, o[mt][j][2 * r + 1] * inv);
           *reinterpret_cast<uint32_t*>(go + j * 8 + (lane & 3) * 2) = v2;
         }
         if ((lane & 3) == 0)
@@ -502,8 +497,8 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dkdv_kernel(Params p) {
     for (int j = 0; j < D / 8; ++j) {
       int col = j * 8 + (lane & 3) * 2;
       *reinterpret_cast<uint32_t*>(gk + col) =
-          pack_bf16(dk[j][2 * r] * p.scale, dk[j][2 * r + 1] * p.scale);
-      *reinterpret_cast<uint32_t*>(gv + col) = pack_bf16(dv[j][2 * r], dv[j][2 * r + 1]);
+          pack_bf16x2(dk[j][2 * r] * p.scale, dk[j][2 * r + 1] * p.scale);
+      *reinterpret_cast<uint32_t*>(gv + col) = pack_bf16x2(dv[j][2 * r], dv[j][2 * r + 1]);
     }
   }
 }
@@ -611,7 +606,7 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dq_kernel(Params p) {
 #pragma unroll
     for (int j = 0; j < D / 8; ++j)
       *reinterpret_cast<uint32_t*>(g + j * 8 + (lane & 3) * 2) =
-          pack_bf16(dq[j][0 + 2 * r] * p.scale, dq[j][1 + 2 * r] * p.scale);
+          pack_bf16x2(dq[j][0 + 2 * r] * p.scale, dq[j][1 + 2 * r] * p.scale);
   }
 }
 

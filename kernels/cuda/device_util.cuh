@@ -28,6 +28,13 @@ struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
+// Two floats rounded to bf16 and packed into one 32-bit register (lo in the low half): the
+// operand layout of the bf16 tensor-core instructions (mma.sync, wgmma).
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
 __host__ __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // ---- PTX wrappers ------------------------------------------------------------------------
