@@ -125,16 +125,8 @@ Shape swiglu_out_shape(const char* op, const Tensor& h) {
 Tensor swiglu(const Tensor& h) {
   Tensor out = Tensor::empty(swiglu_out_shape("swiglu", h), h.dtype(), h.device());
   if (out.numel() == 0) return out;
-  if (h.device().is_cpu()) {
-    cpu::swiglu(h, out);
-    return out;
-  }
-#ifdef COIL_CUDA
-  cuda::swiglu(h, out);
+  COIL_DISPATCH("swiglu", h.device(), cpu::swiglu(h, out), cuda::swiglu(h, out));
   return out;
-#else
-  no_cuda("swiglu", h);
-#endif
 }
 
 Tensor swiglu_backward(const Tensor& grad, const Tensor& h) {
@@ -147,16 +139,8 @@ Tensor swiglu_backward(const Tensor& grad, const Tensor& h) {
              shape_str(s), describe(grad));
   Tensor dh = Tensor::empty(h.shape(), h.dtype(), h.device());
   if (dh.numel() == 0) return dh;
-  if (h.device().is_cpu()) {
-    cpu::swiglu_backward(grad, h, dh);
-    return dh;
-  }
-#ifdef COIL_CUDA
-  cuda::swiglu_backward(grad, h, dh);
+  COIL_DISPATCH(op, h.device(), cpu::swiglu_backward(grad, h, dh), cuda::swiglu_backward(grad, h, dh));
   return dh;
-#else
-  no_cuda(op, h);
-#endif
 }
 
 Tensor to_dtype(const Tensor& x, DType dtype) {

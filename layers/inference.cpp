@@ -133,14 +133,13 @@ Tensor prefill(const LanguageModel& model, InferenceState& state, const Tensor& 
                state.capacity());
   Tensor positions = state.positions.narrow0(row, row + n);
   positions.zero_();
-  // The embedding, learned positions and blocks of LanguageModel::hidden_states, each mixer
+  // The embedding, positions and blocks of LanguageModel::hidden_states, each mixer
   // keeping its state.
   Variable h = model.backbone->embedding->forward(tokens);
-  if (model.backbone->pos_embedding) {
+  if (model.backbone->pos_embedding)
     COIL_CHECK(L <= cfg.attention.max_seq_len, "{}: a prompt of {} tokens exceeds model.attention.max_seq_len ({})",
                op, L, cfg.attention.max_seq_len);
-    h = autograd::add(h, model.backbone->pos_embedding->forward(Tensor::arange(L, DType::i64, tokens.device())));
-  }
+  h = model.backbone->add_positions(h, Tensor::arange(L, DType::i64, tokens.device()));
   if (!cfg.residual_in_fp32) h = autograd::to_dtype(h, model.compute_dtype());
   Variable residual;
   for (size_t i = 0; i < model.backbone->blocks.size(); ++i) {
@@ -171,7 +170,7 @@ Tensor forward_step(const LanguageModel& model, InferenceState& state, const Ten
   COIL_CHECK(tokens.size(0) == state.batch(), "{}: {} tokens for a state of {} rows", op, tokens.size(0),
              state.batch());
   Variable h = model.backbone->embedding->forward(tokens);
-  if (model.backbone->pos_embedding) h = autograd::add(h, model.backbone->pos_embedding->forward(state.positions));
+  h = model.backbone->add_positions(h, state.positions);
   if (!model.config().residual_in_fp32) h = autograd::to_dtype(h, model.compute_dtype());
   Variable residual;
   for (size_t i = 0; i < model.backbone->blocks.size(); ++i) {

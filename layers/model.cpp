@@ -7,6 +7,7 @@
 #include "autograd/functions/loss.h"
 #include "autograd/functions/matmul.h"
 #include "kernels/documents.h"
+#include "kernels/positions.h"
 #include "layers/model_facts.h"
 
 namespace coil::layers {
@@ -70,7 +71,8 @@ int64_t Block::matmul_parameters() const {
   return n;
 }
 
-Backbone::Backbone(const ModelConfig& cfg, Generator& gen, DType param_dtype) {
+Backbone::Backbone(const ModelConfig& cfg, Generator& gen, DType param_dtype)
+    : sinusoidal_positions(cfg.sinusoidal_positions()) {
   InitPlan plan = init_plan(cfg);
   embedding = register_module("embedding", std::make_shared<Embedding>(cfg.padded_vocab_size(), cfg.d_model,
                                                                        gen, plan.embedding_std, param_dtype));
@@ -82,6 +84,13 @@ Backbone::Backbone(const ModelConfig& cfg, Generator& gen, DType param_dtype) {
   for (MixerKind kind : cfg.layer_mixers())
     blocks.push_back(layers->push_back(std::make_shared<Block>(cfg, kind, gen, param_dtype)));
   norm_f = register_module("norm_f", std::make_shared<Norm>(cfg.norm, cfg.d_model, cfg.norm_eps, param_dtype));
+}
+
+Variable Backbone::add_positions(const Variable& h, const Tensor& positions) const {
+  if (pos_embedding) return autograd::add(h, pos_embedding->forward(positions));
+  if (sinusoidal_positions)
+    return autograd::add(h, Variable(kernels::sinusoidal_positions(positions, h.size(-1), h.dtype())));
+  return h;
 }
 
 Head::Head(const ModelConfig& cfg, const std::shared_ptr<Parameter>& tied, Generator& gen,
@@ -132,13 +141,14 @@ Variable LanguageModel::hidden_states(const Tensor& tokens, const SequenceContex
              describe(tokens), device().str());
   int64_t T = tokens.size(1);
   Variable h = backbone->embedding->forward(tokens);
-  if (backbone->pos_embedding) {
+  if (backbone->pos_embedding)
     COIL_CHECK(T <= cfg_.attention.max_seq_len,
                "LanguageModel: sequence length {} exceeds model.attention.max_seq_len ({})", T,
                cfg_.attention.max_seq_len);
+  if (backbone->pos_embedding || backbone->sinusoidal_positions) {
     Tensor pos = context.seq_idx.defined() ? kernels::document_positions(context.seq_idx)
                                            : Tensor::arange(T, DType::i64, tokens.device());
-    h = autograd::add(h, backbone->pos_embedding->forward(pos));
+    h = backbone->add_positions(h, pos);
   }
   if (!cfg_.residual_in_fp32) h = to_compute(h);
   const size_t n = backbone->blocks.size();

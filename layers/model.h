@@ -3,7 +3,8 @@
 //
 //   LanguageModel
 //     backbone.embedding            [V_padded, d]
-//     backbone.pos_embedding        [max_seq_len, d]      (positions: learned only)
+//     backbone.pos_embedding        [max_seq_len, d]      (positions: learned only; sinusoidal
+//                                                         positions are computed, no parameters)
 //     backbone.layers.{i}           Block: norm, mixer, norm2 + mlp (when mlp != none)
 //     backbone.norm_f
 //     lm_head.weight                [V_padded, d]         (alias of the embedding when tied)
@@ -87,7 +88,11 @@ class Block : public Module {
 class Backbone : public Module {
  public:
   Backbone(const ModelConfig& cfg, Generator& gen, DType param_dtype);
+  // The token embeddings h (.., d) plus the positions' (learned or sinusoidal) at `positions`
+  // (i32 or i64, h's leading shape or its last dims); h itself for rope and none.
+  Variable add_positions(const Variable& h, const Tensor& positions) const;
   std::shared_ptr<Embedding> embedding, pos_embedding;  // pos_embedding null unless learned
+  bool sinusoidal_positions;
   std::shared_ptr<ModuleList> layers;
   std::shared_ptr<Norm> norm_f;
   std::vector<std::shared_ptr<Block>> blocks;

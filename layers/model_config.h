@@ -53,7 +53,7 @@ namespace coil::layers {
 enum class MixerKind { mamba, attention };
 enum class MlpKind { none, swiglu, gelu };
 enum class NormKind { rmsnorm, layernorm };
-enum class Positions { rope, learned, none };
+enum class Positions { rope, learned, sinusoidal, none };
 enum class InitScheme { mamba, gpt2 };
 // The compute dtype a config asks for (model.dtype, train.dtype): automatic is bf16 on a GPU
 // and f32 on the CPU; f64 is CPU-only, for gradient checks.
@@ -79,8 +79,10 @@ struct Choices<NormKind> {
 };
 template <>
 struct Choices<Positions> {
-  static constexpr std::array<std::pair<Positions, const char*>, 3> names{
-      {{Positions::rope, "rope"}, {Positions::learned, "learned"}, {Positions::none, "none"}}};
+  static constexpr std::array<std::pair<Positions, const char*>, 4> names{{{Positions::rope, "rope"},
+                                                                           {Positions::learned, "learned"},
+                                                                           {Positions::sinusoidal, "sinusoidal"},
+                                                                           {Positions::none, "none"}}};
 };
 template <>
 struct Choices<InitScheme> {
@@ -143,7 +145,8 @@ struct AttentionConfig {
   int64_t n_head = 12;
   Positions positions = Positions::rope;
   double rope_theta = 10000.0;
-  int64_t max_seq_len = 2048;  // size of the learned position table; the longest sequence
+  int64_t max_seq_len = 2048;  // size of the learned position table; the longest sequence of
+                               // learned positions (rope, sinusoidal and none take any length)
   int64_t window = 0;          // sliding-window size in tokens; 0 = full causal attention
 };
 
@@ -189,6 +192,9 @@ struct ModelConfig {
   bool has_attention() const;
   bool has_mamba() const;
   bool learned_positions() const { return attention.positions == Positions::learned && has_attention(); }
+  // The fixed sinusoidal table of the original Transformer added to the token embeddings
+  // (kernels/positions.h): no parameters, any length.
+  bool sinusoidal_positions() const { return attention.positions == Positions::sinusoidal && has_attention(); }
 
   // Raises coil::Error naming the key path and the offending value(s): the ranges of
   // visit_model_keys, then the rules between keys.

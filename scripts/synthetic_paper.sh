@@ -14,7 +14,7 @@
 #   EVAL_S        seconds kept for the evaluations after the training [100]
 #   STEPS         training steps of each induction-heads run [the protocol's: 204800, RoPE 409600]
 #   SC_STEPS      training steps of each selective-copying run [the protocol's: 400000]
-#   RUNS          the runs to work on, in order [ih-mamba ih-mha-abs ih-mha-rope sc-mamba sc-s4]
+#   RUNS          the runs to work on, in order [ih-mamba ih-mha-abs ih-mha-sin ih-mha-rope sc-mamba sc-s4]
 #   RUNS_DIR      where the run directories are [runs/synthetic-paper]
 #   MAMBA_MAX_LEN the longest evaluation length of ih-mamba [1048576]
 #   ATTN_MAX_LEN  the longest evaluation length of the attention runs [65536]
@@ -26,7 +26,7 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 GUARD_S=${GUARD_S:-480}
 EVAL_S=${EVAL_S:-100}
-RUNS=${RUNS:-"ih-mamba ih-mha-abs ih-mha-rope sc-mamba sc-s4"}
+RUNS=${RUNS:-"ih-mamba ih-mha-abs ih-mha-sin ih-mha-rope sc-mamba sc-s4"}
 RUNS_DIR=${RUNS_DIR:-runs/synthetic-paper}
 MAMBA_MAX_LEN=${MAMBA_MAX_LEN:-1048576}
 ATTN_MAX_LEN=${ATTN_MAX_LEN:-65536}
@@ -40,6 +40,7 @@ elapsed() { echo $(( $(date +%s) - start )); }
 config_of() { case $1 in
   ih-mamba) echo configs/synthetic/paper/induction_heads_mamba.yaml ;;
   ih-mha-abs) echo configs/synthetic/paper/induction_heads_mha_abs.yaml ;;
+  ih-mha-sin) echo configs/synthetic/paper/induction_heads_mha_sin.yaml ;;
   ih-mha-rope) echo configs/synthetic/paper/induction_heads_mha_rope.yaml ;;
   sc-mamba) echo configs/synthetic/paper/selective_copying_mamba.yaml ;;
   sc-s4) echo configs/synthetic/paper/selective_copying_s4.yaml ;;

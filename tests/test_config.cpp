@@ -92,6 +92,9 @@ TEST_CASE("config errors name the key path and the line", "[config]") {
   REQUIRE_THAT(error_of("train:\n  dtype: f64\n"), Contains("test.yaml:2: train.dtype: must be one of auto, bf16, f32, got 'f64'"));
   REQUIRE_THAT(error_of("model: {mlp: relu}\n"), Contains("test.yaml:1: model.mlp: must be one of none, swiglu, gelu, got 'relu'"));
   REQUIRE_THAT(error_of("model: {dtype: fp8}\n"), Contains("model.dtype: must be one of auto, f32, bf16, f64, got 'fp8'"));
+  REQUIRE_THAT(error_of("model:\n  attention: {positions: absolute}\n"),
+               Contains("test.yaml:2: model.attention.positions: must be one of rope, learned, sinusoidal, none, got "
+                        "'absolute'"));
   REQUIRE_THAT(error_of("", {"model.layers=[mamba, mlp]"}),
                Contains("--set model.layers=[mamba, mlp]: model.layers[1]: must be one of mamba, attention, got 'mlp'"));
   REQUIRE_THAT(error_of("log:\n  tensorboard: maybe\n"), Contains("test.yaml:2: log.tensorboard: expected true or false"));

@@ -1,5 +1,6 @@
 // Recurrent inference and generation (layers/inference.h, layers/generation.h): for every
-// family the logits of prefill + step-by-step decoding equal the parallel forward's; a tiny
+// family (and sinusoidal positions) the logits of prefill + step-by-step decoding equal the
+// parallel forward's; a tiny
 // model trained here on a copy task copies under greedy decoding; the same seed gives the same
 // sample; bad input; [cuda]: the same on a GPU in bf16, and the captured CUDA graph decodes
 // exactly as the eager step.
@@ -21,7 +22,9 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-const char* kFamilies[] = {"mamba-tiny", "transformer++-tiny", "gpt2-tiny", "hybrid-tiny"};
+// The presets of the four families, and "sinusoidal-tiny": transformer++-tiny with sinusoidal
+// positions (family_config).
+const char* kFamilies[] = {"mamba-tiny", "transformer++-tiny", "gpt2-tiny", "hybrid-tiny", "sinusoidal-tiny"};
 
 std::vector<int64_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
   Generator gen(seed);
@@ -73,7 +76,9 @@ void check_decoding_matches_forward(const LanguageModel& model, const std::vecto
 }
 
 ModelConfig family_config(const std::string& family) {
-  ModelConfig c = ModelConfig::preset(family);
+  const bool sinusoidal = family == "sinusoidal-tiny";
+  ModelConfig c = ModelConfig::preset(sinusoidal ? "transformer++-tiny" : family);
+  if (sinusoidal) c.attention.positions = Positions::sinusoidal;
   c.n_layer = family == "hybrid-tiny" ? 4 : 2;
   return c;
 }

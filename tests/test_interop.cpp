@@ -221,6 +221,14 @@ TEST_CASE("interop: config.json of published models maps to coil's presets", "[i
   REQUIRE_THROWS_WITH(hf_family_for(layers::ModelConfig::preset("hybrid-tiny")), Contains("--format mamba_ssm holds it"));
   REQUIRE_THROWS_WITH(model_config_to_json(Family::mamba_ssm, layers::ModelConfig::preset("gpt2-tiny"), -1, ""),
                       Contains("model.mlp (gelu; mamba_ssm's MLP is the SwiGLU GatedMLP)"));
+  // Sinusoidal positions: no format holds them.
+  for (const char* preset : {"transformer++-tiny", "gpt2-tiny", "hybrid-tiny"}) {
+    INFO(preset);
+    layers::ModelConfig c = layers::ModelConfig::preset(preset);
+    c.attention.positions = layers::Positions::sinusoidal;
+    const Family family = c.has_mamba() ? Family::mamba_ssm : hf_family_for(c);
+    REQUIRE_THROWS_WITH(model_config_to_json(family, c, -1, ""), Contains("model.attention.positions (sinusoidal"));
+  }
 }
 
 TEST_CASE("interop: export -> import is exact (weights bitwise, the same loss), bf16 rounds", "[interop]") {

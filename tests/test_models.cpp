@@ -1,13 +1,17 @@
 // Language models of every family (mamba, transformer++, gpt2, hybrid): they build from tiny
 // configs, their loss backward reaches every parameter, a whole f64 model passes gradcheck,
-// loss() agrees with forward()'s logits, training lowers the loss, bad inputs give clear
-// errors; [cuda]: the GPU agrees with the CPU.
+// loss() agrees with forward()'s logits, training lowers the loss (sinusoidal positions too,
+// which also evaluate past the training length), bad inputs give clear errors; [cuda]: the GPU
+// agrees with the CPU.
+#include <algorithm>
 #include <cmath>
 
 #include "autograd/functions/elementwise.h"
 #include "autograd/gradcheck.h"
 #include "core/cuda.h"
+#include "kernels/layout.h"
 #include "layers/model.h"
+#include "layers/model_facts.h"
 #include "tests/catch.h"
 #include "tests/util.h"
 
@@ -58,6 +62,42 @@ double host_cross_entropy(const Tensor& logits, const Tensor& targets, int64_t i
     ++count;
   }
   return count ? total / double(count) : 0.0;
+}
+
+// Twelve SGD steps of m on a learnable sequence: token t+1 = (token t * 5 + 3) mod V, two rows
+// of 16 tokens. Returns the loss before the first step and at the last.
+std::pair<double, double> sgd_losses(LanguageModel& m) {
+  const int64_t B = 2, T = 16, V = m.config().vocab_size;
+  std::vector<int64_t> seq(static_cast<size_t>(B * (T + 1)));
+  for (int64_t b = 0; b < B; ++b) {
+    seq[size_t(b * (T + 1))] = 7 + b;
+    for (int64_t t = 1; t <= T; ++t)
+      seq[size_t(b * (T + 1) + t)] = (seq[size_t(b * (T + 1) + t - 1)] * 5 + 3) % V;
+  }
+  std::vector<int64_t> in, out;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      in.push_back(seq[size_t(b * (T + 1) + t)]);
+      out.push_back(seq[size_t(b * (T + 1) + t + 1)]);
+    }
+  Tensor tokens = Tensor::from_vector(in, {B, T}), targets = Tensor::from_vector(out, {B, T});
+  double first = 0, last = 0;
+  for (int step = 0; step < 12; ++step) {
+    m.zero_grad();
+    Variable loss = m.loss(tokens, targets);
+    loss.backward();
+    if (step == 0) first = loss.value().item();
+    last = loss.value().item();
+    autograd::NoGradGuard no_grad;
+    for (auto& [name, p] : m.named_parameters()) {
+      auto w = p->value().to_vector<float>();
+      auto g = p->var.grad().to_vector<float>();
+      for (size_t i = 0; i < w.size(); ++i) w[i] -= 0.5f * g[i];
+      Tensor dst = p->var.value();
+      dst.copy_(Tensor::from_vector(w, p->shape()));
+    }
+  }
+  return {first, last};
 }
 
 }  // namespace
@@ -146,42 +186,35 @@ TEST_CASE("a whole f64 model of each family passes gradcheck", "[models]") {
 TEST_CASE("a few SGD steps lower the loss of each family", "[models]") {
   for (const char* family : kFamilies) {
     INFO(family);
-    ModelConfig c = ModelConfig::preset(family);
-    LanguageModel m(c, 10);
-    // A learnable sequence: token t+1 = (token t * 5 + 3) mod V.
-    int64_t B = 2, T = 16, V = c.vocab_size;
-    std::vector<int64_t> seq(static_cast<size_t>(B * (T + 1)));
-    for (int64_t b = 0; b < B; ++b) {
-      seq[size_t(b * (T + 1))] = 7 + b;
-      for (int64_t t = 1; t <= T; ++t)
-        seq[size_t(b * (T + 1) + t)] = (seq[size_t(b * (T + 1) + t - 1)] * 5 + 3) % V;
-    }
-    std::vector<int64_t> in, out;
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t t = 0; t < T; ++t) {
-        in.push_back(seq[size_t(b * (T + 1) + t)]);
-        out.push_back(seq[size_t(b * (T + 1) + t + 1)]);
-      }
-    Tensor tokens = Tensor::from_vector(in, {B, T}), targets = Tensor::from_vector(out, {B, T});
-    double first = 0, last = 0;
-    for (int step = 0; step < 12; ++step) {
-      m.zero_grad();
-      Variable loss = m.loss(tokens, targets);
-      loss.backward();
-      if (step == 0) first = loss.value().item();
-      last = loss.value().item();
-      autograd::NoGradGuard no_grad;
-      for (auto& [name, p] : m.named_parameters()) {
-        auto w = p->value().to_vector<float>();
-        auto g = p->var.grad().to_vector<float>();
-        for (size_t i = 0; i < w.size(); ++i) w[i] -= 0.5f * g[i];
-        Tensor dst = p->var.value();
-        dst.copy_(Tensor::from_vector(w, p->shape()));
-      }
-    }
+    LanguageModel m(ModelConfig::preset(family), 10);
+    auto [first, last] = sgd_losses(m);
     WARN(family << ": loss " << first << " -> " << last);
     REQUIRE(last < first - 0.5);
   }
+}
+
+TEST_CASE("sinusoidal positions: no parameters, the model trains and evaluates beyond its training length",
+          "[models]") {
+  ModelConfig c = ModelConfig::preset("transformer++-tiny");
+  c.attention.positions = Positions::sinusoidal;
+  c.attention.max_seq_len = 16;  // the learned table's size: sinusoidal positions ignore it
+  LanguageModel m(c, 10);
+  LanguageModel rope(ModelConfig::preset("transformer++-tiny"), 10);
+  CHECK(m.parameter_count() == rope.parameter_count());
+  CHECK(m.parameter_count() == parameter_counts(c).total);
+  auto [first, last] = sgd_losses(m);
+  WARN("sinusoidal: loss " << first << " -> " << last);
+  REQUIRE(last < first - 0.5);
+  // The positions reach the model: the same tokens at other positions give other outputs.
+  autograd::NoGradGuard no_grad;
+  Tensor repeated = Tensor::from_vector(std::vector<int64_t>(8, 5), {1, 8});
+  Tensor h = m.hidden_states(repeated).value();
+  CHECK(test::relative_error(kernels::narrow(h, 1, 7, 1), kernels::narrow(h, 1, 0, 1)) > 1e-2);
+  // 4x the training length, past model.attention.max_seq_len: finite logits.
+  Tensor logits = m.forward(random_tokens(1, 64, c.vocab_size, 3)).value();
+  REQUIRE(logits.size(1) == 64);
+  std::vector<float> values = logits.to_vector<float>();
+  REQUIRE(std::all_of(values.begin(), values.end(), [](float v) { return std::isfinite(v); }));
 }
 
 TEST_CASE("bad inputs give clear errors", "[models]") {
@@ -252,6 +285,12 @@ void compare_cuda_cpu(ModelConfig c, ComputeDType dtype, double loss_tol, double
 TEST_CASE("CUDA forward and backward match the CPU in f32 for each family", "[cuda][models]") {
   // f32 on the GPU (attention computes in bf16 inside its kernels, hence the tolerances).
   for (const char* family : kFamilies) compare_cuda_cpu(ModelConfig::preset(family), ComputeDType::f32, 2e-2, 5e-2);
+}
+
+TEST_CASE("CUDA matches the CPU with sinusoidal positions", "[cuda][models]") {
+  ModelConfig c = ModelConfig::preset("transformer++-tiny");
+  c.attention.positions = Positions::sinusoidal;
+  compare_cuda_cpu(c, ComputeDType::f32, 2e-2, 5e-2);
 }
 
 TEST_CASE("CUDA bf16 compute (the GPU default) stays close to the f32 CPU model", "[cuda][models]") {

@@ -338,8 +338,9 @@ void check_exportable(Family f, const ModelConfig& c) {
     if (c.mlp == MlpKind::swiglu && c.mlp_hidden_size() % 128 != 0)
       refuse("model.mlp_hidden", fmt::format("{}; GatedMLP rounds its size up to a multiple of 128", c.mlp_hidden_size()));
     if (c.mlp != MlpKind::none && c.bias) refuse("model.bias", "true; GatedMLP has no biases");
-    if (c.learned_positions())
-      refuse("model.attention.positions", "learned; mamba_ssm has no position table");
+    if (c.learned_positions() || c.sinusoidal_positions())
+      refuse("model.attention.positions",
+             fmt::format("{}; mamba_ssm adds no positions to the embeddings (rope or none)", c.attention.positions));
     if (c.has_attention() && c.attention.window != 0)
       refuse("model.attention.window", "a sliding window; mamba_ssm's MHA attends to every earlier token");
     return;
