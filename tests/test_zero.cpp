@@ -191,16 +191,22 @@ std::vector<RankResult> run_sharded(int world, int first_step, int steps,
   return results;
 }
 
-// One unsharded AdamW fed the mean gradients of `world` ranks.
-RankResult run_reference(int world, int steps) {
-  std::vector<autograd::Variable> params = make_params();
+// The parameters in the two groups the sharded optimizer uses (weight decay 0.1 or none), for
+// one unsharded AdamW.
+std::vector<optim::ParamGroup> unsharded_groups(const std::vector<autograd::Variable>& params) {
   std::vector<optim::ParamGroup> split{{"decay", {}, {}, 0.1}, {"none", {}, {}, 0.0}};
   for (size_t k = 0; k < params.size(); ++k) {
     optim::ParamGroup& g = decays()[k] > 0 ? split[0] : split[1];
     g.names.push_back(names()[k]);
     g.params.push_back(params[k]);
   }
-  optim::AdamW opt(split, kOptions);
+  return split;
+}
+
+// One unsharded AdamW fed the mean gradients of `world` ranks.
+RankResult run_reference(int world, int steps) {
+  std::vector<autograd::Variable> params = make_params();
+  optim::AdamW opt(unsharded_groups(params), kOptions);
   RankResult out;
   for (int s = 0; s < steps; ++s) {
     opt.zero_grad();
@@ -306,13 +312,7 @@ TEST_CASE("the gathered state resumes on another number of ranks, sharded or not
 
   // The reference: one AdamW, 2 steps of 3 ranks' means, then 2 steps of 2 ranks' means.
   std::vector<autograd::Variable> params = make_params();
-  std::vector<optim::ParamGroup> split{{"decay", {}, {}, 0.1}, {"none", {}, {}, 0.0}};
-  for (size_t k = 0; k < params.size(); ++k) {
-    optim::ParamGroup& g = decays()[k] > 0 ? split[0] : split[1];
-    g.names.push_back(names()[k]);
-    g.params.push_back(params[k]);
-  }
-  optim::AdamW opt(split, kOptions);
+  optim::AdamW opt(unsharded_groups(params), kOptions);
   for (int s = 0; s < 4; ++s) {
     opt.zero_grad();
     for (size_t k = 0; k < params.size(); ++k) {
