@@ -1,6 +1,7 @@
 #include "core/cuda.h"
 
 #include <algorithm>
+#include <map>
 #include <mutex>
 #include <vector>
 
@@ -58,15 +59,28 @@ cudaStream_t compute_stream() {
 
 void synchronize() { COIL_CUDA_CHECK(cudaStreamSynchronize(compute_stream())); }
 
-int multiprocessor_count() {
+namespace {
+// One attribute of the current device, asked of the driver once per device (kernels ask on
+// every launch).
+int cached_device_attribute(cudaDeviceAttr attribute) {
   static std::mutex mutex;
-  static std::vector<int> counts;
+  static std::map<std::pair<int, int>, int> values;
   int d = current_device();
   std::lock_guard<std::mutex> lock(mutex);
-  if (counts.size() <= size_t(d)) counts.resize(size_t(d) + 1, 0);
-  if (!counts[size_t(d)])
-    COIL_CUDA_CHECK(cudaDeviceGetAttribute(&counts[size_t(d)], cudaDevAttrMultiProcessorCount, d));
-  return counts[size_t(d)];
+  auto found = values.find({d, int(attribute)});
+  if (found != values.end()) return found->second;
+  int value = 0;
+  COIL_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, d));
+  values.emplace(std::make_pair(d, int(attribute)), value);
+  return value;
+}
+}  // namespace
+
+int multiprocessor_count() { return cached_device_attribute(cudaDevAttrMultiProcessorCount); }
+
+int compute_capability() {
+  return 10 * cached_device_attribute(cudaDevAttrComputeCapabilityMajor) +
+         cached_device_attribute(cudaDevAttrComputeCapabilityMinor);
 }
 
 void memcpy_host_to_device(void* dst, const void* src, size_t bytes) {
@@ -121,6 +135,7 @@ void set_device(int) { no_cuda("set_device"); }
 cudaStream_t compute_stream() { no_cuda("compute_stream"); }
 void synchronize() { no_cuda("synchronize"); }
 int multiprocessor_count() { no_cuda("multiprocessor_count"); }
+int compute_capability() { no_cuda("compute_capability"); }
 void memcpy_host_to_device(void*, const void*, size_t) { no_cuda("copy to a GPU"); }
 void memcpy_device_to_host(void*, const void*, size_t) { no_cuda("copy from a GPU"); }
 void memcpy_device_to_device(void*, const void*, size_t) { no_cuda("copy between GPUs"); }

@@ -25,6 +25,7 @@ int current_device();
 void set_device(int index);
 void synchronize();  // waits for the compute stream: a documented host sync point
 int multiprocessor_count();  // of the current device (cached)
+int compute_capability();    // of the current device, major * 10 + minor: 90 on Hopper (cached)
 
 void memcpy_host_to_device(void* dst, const void* src, size_t bytes);
 void memcpy_device_to_host(void* dst, const void* src, size_t bytes);  // syncs

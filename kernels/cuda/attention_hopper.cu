@@ -478,12 +478,8 @@ std::string attention_hopper_forward_unsupported(int64_t head_dim) {
   return "coil was built without sm_90a code (configure with -DCMAKE_CUDA_ARCHITECTURES=90a)";
 #else
   if (!cuda_available()) return "no usable GPU: " + cuda_unavailable_reason();
-  int device = 0, major = 0, minor = 0;
-  COIL_CUDA_CHECK(cudaGetDevice(&device));
-  COIL_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  COIL_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  if (major != 9 || minor != 0)
-    return fmt::format("the device is sm_{}{}, not sm_90 (Hopper)", major, minor);
+  const int capability = coil::cuda::compute_capability();
+  if (capability != 90) return fmt::format("the device is sm_{}, not sm_90 (Hopper)", capability);
   if (head_dim != 64 && head_dim != 128)
     return fmt::format("head dim {} (the Hopper kernel has 64 and 128)", head_dim);
   return "";
