@@ -4,7 +4,8 @@
 // a naive two-kernel scan that writes every state (B, D, L, N) to memory, to show what the
 // fusion saves. Shapes: Mamba-130M's scan at 16 x 2048, 4 x 8192 and 1 x 65536 (d_inner 2048
 // for the last), and B8 D2048 L4096.
-// Usage: bench_scan [runs]
+// Usage: bench_scan [runs] [--waves W,W,...]   (--waves: the time segments' trade, ScanWaves,
+// at the two long shapes only)
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -80,7 +81,8 @@ __global__ void transpose_kernel(const __nv_bfloat16* in, __nv_bfloat16* out, in
 
 using bench::median_ms;
 
-void run_shape(int64_t Bn, int64_t Dn, int64_t Ln, int64_t Nn, int runs, double copy_gbs) {
+// Mamba's scan inputs at (batch, length, dim, state), bf16: softplus, delta bias, z, D.
+ScanArgs random_args(int64_t Bn, int64_t Dn, int64_t Ln, int64_t Nn) {
   const DType dt = DType::bf16;
   ScanArgs a;
   a.u = rand_tensor({Bn, Ln, Dn}, dt, -1.f, 1.f, 1);
@@ -92,6 +94,32 @@ void run_shape(int64_t Bn, int64_t Dn, int64_t Ln, int64_t Nn, int runs, double 
   a.D = rand_tensor({Dn}, DType::f32, 0.5f, 1.5f, 7);
   a.delta_bias = rand_tensor({Dn}, DType::f32, -2.f, 0.f, 8);
   a.delta_softplus = true;
+  return a;
+}
+
+// Forward, backward and forward + backward times for each number of waves the segments aim
+// for (the same forward and backward, scan_waves()), with the segment counts they give.
+void run_waves(int64_t Bn, int64_t Dn, int64_t Ln, int64_t Nn, int runs, const std::vector<float>& waves) {
+  const ScanArgs a = random_args(Bn, Dn, Ln, Nn);
+  const Tensor gout = rand_tensor({Bn, Ln, Dn}, DType::bf16, -1.f, 1.f, 9);
+  std::printf("shape B%lld D%lld L%lld N%lld bf16: waves, forward, backward, forward + backward (ms)\n", (long long)Bn,
+              (long long)Dn, (long long)Ln, (long long)Nn);
+  const ScanWaves before = scan_waves();
+  for (float w : waves) {
+    set_scan_waves({w, w});
+    const ScanResult r = selective_scan_forward(a, true);
+    const float f_ms = median_ms([&] { selective_scan_forward(a, true); }, runs);
+    const float b_ms = median_ms([&] { selective_scan_backward(a, r, gout, Tensor(), false); }, runs);
+    const float fb_ms = median_ms(
+        [&] { selective_scan_backward(a, selective_scan_forward(a, true), gout, Tensor(), false); }, runs);
+    std::printf("  waves %5.2f  %8.3f  %8.3f  %8.3f\n", w, f_ms, b_ms, fb_ms);
+  }
+  set_scan_waves(before);
+}
+
+void run_shape(int64_t Bn, int64_t Dn, int64_t Ln, int64_t Nn, int runs, double copy_gbs) {
+  const DType dt = DType::bf16;
+  const ScanArgs a = random_args(Bn, Dn, Ln, Nn);
   Tensor gout = rand_tensor({Bn, Ln, Dn}, dt, -1.f, 1.f, 9);
   coil::cuda::synchronize();
 
@@ -169,17 +197,8 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (argc > 1 && std::string(argv[1]) == "profile") {  // one forward and one backward, for ncu
-    ScanArgs a;
     const int64_t Bn = 16, Dn = 1536, Ln = 2048, Nn = 16;
-    a.u = rand_tensor({Bn, Ln, Dn}, DType::bf16, -1.f, 1.f, 1);
-    a.delta = rand_tensor({Bn, Ln, Dn}, DType::bf16, -4.f, -1.f, 2);
-    a.z = rand_tensor({Bn, Ln, Dn}, DType::bf16, -1.f, 1.f, 3);
-    a.B = rand_tensor({Bn, Ln, Nn}, DType::bf16, -1.f, 1.f, 4);
-    a.C = rand_tensor({Bn, Ln, Nn}, DType::bf16, -1.f, 1.f, 5);
-    a.A = rand_tensor({Dn, Nn}, DType::f32, -8.f, -0.5f, 6);
-    a.D = rand_tensor({Dn}, DType::f32, 0.5f, 1.5f, 7);
-    a.delta_bias = rand_tensor({Dn}, DType::f32, -2.f, 0.f, 8);
-    a.delta_softplus = true;
+    const ScanArgs a = random_args(Bn, Dn, Ln, Nn);
     Tensor gout = rand_tensor({Bn, Ln, Dn}, DType::bf16, -1.f, 1.f, 9);
     ScanResult r = selective_scan_forward(a, true);
     selective_scan_backward(a, r, gout, Tensor(), false);
@@ -187,6 +206,19 @@ int main(int argc, char** argv) {
     return 0;
   }
   const int runs = argc > 1 ? std::atoi(argv[1]) : 30;
+  if (argc > 3 && std::string(argv[2]) == "--waves") {  // the segments' trade at the long shapes
+    std::vector<float> waves;
+    for (char *w = argv[3], *end = w; *w; w = *end == ',' ? end + 1 : end) {
+      waves.push_back(std::strtof(w, &end));
+      if (end == w || waves.back() <= 0.f) {
+        std::fprintf(stderr, "bench_scan: --waves takes positive numbers separated by commas, got '%s'\n", argv[3]);
+        return 1;
+      }
+    }
+    run_waves(4, 1536, 8192, 16, runs, waves);
+    run_waves(1, 2048, 65536, 16, runs, waves);
+    return 0;
+  }
   cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, coil::cuda::current_device());
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);

@@ -211,8 +211,11 @@ failed one is reported and the others still run: run the same command again to c
                          cluster scheduler to run them in parallel)
   --time-limit SECONDS   stop once this long has passed: the running run saves a checkpoint at
                          its next step and no further run starts
-Ctrl-C (or SIGTERM) does the same at once. Exit status: 0 every run finished, 1 a run failed,
-3 the time limit stopped the sweep, 128+signal when interrupted.
+Ctrl-C (or SIGTERM) does the same at once. Several sweeps of one file may run at once (one a
+GPU: CUDA_VISIBLE_DEVICES=1 coil sweep FILE &): a sweep locks OUT_DIR/NAME.lock while it trains
+a run, and the others pass over it to the next, so the runs are dealt as the GPUs come free.
+Exit status: 0 every run finished (or another sweep holds it), 1 a run failed, 3 the time limit
+stopped the sweep, 128+signal when interrupted.
 )";
 
 const char* kReportHelp = R"(usage: coil report RUNS ... --out DIR [--with-constant] [--no-plots]

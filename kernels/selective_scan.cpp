@@ -1,5 +1,7 @@
 #include "kernels/selective_scan.h"
 
+#include <cstdlib>
+
 #include "kernels/documents.h"
 
 namespace coil::kernels {
@@ -67,6 +69,38 @@ void check_scan_args(const char* op, const ScanArgs& a) {
                "{}: d_state {} exceeds the CUDA kernel's limit of {} states (A {})", op, state,
                kScanMaxStateCuda, describe(a.A));
   }
+}
+
+namespace {
+
+bool waves_valid(float w) { return w > 0.f && w <= 64.f; }
+
+ScanWaves waves_from_environment() {
+  ScanWaves w;
+  const char* v = std::getenv("COIL_SCAN_WAVES");
+  if (!v) return w;
+  char* end = nullptr;
+  w.forward = std::strtof(v, &end);
+  const bool comma = *end == ',';
+  if (comma) w.backward = std::strtof(end + 1, &end);
+  COIL_CHECK(comma && *end == '\0' && waves_valid(w.forward) && waves_valid(w.backward),
+             "COIL_SCAN_WAVES must be two numbers in (0, 64], forward and backward waves, as \"1,1\", got '{}'", v);
+  return w;
+}
+
+ScanWaves& waves_setting() {
+  static ScanWaves w = waves_from_environment();
+  return w;
+}
+
+}  // namespace
+
+const ScanWaves& scan_waves() { return waves_setting(); }
+
+void set_scan_waves(const ScanWaves& w) {
+  COIL_CHECK(waves_valid(w.forward) && waves_valid(w.backward),
+             "set_scan_waves: waves must be in (0, 64], got forward {}, backward {}", w.forward, w.backward);
+  waves_setting() = w;
 }
 
 ScanResult selective_scan_forward(const ScanArgs& args, bool save_checkpoints) {

@@ -72,6 +72,18 @@ ScanGrads selective_scan_backward(const ScanArgs& args, const ScanResult& saved,
                                   const Tensor& grad_out, const Tensor& grad_final_state,
                                   bool deterministic = false);
 
+// How many thread blocks the CUDA scan aims for, in waves of the GPU (the blocks it keeps
+// resident at once), forward and backward: time is cut into segments until the (channel tiles
+// x batch x segments) blocks make that many waves; tiles x batch alone that fill them get no
+// segments. More segments fill the GPU better at small batch x long length and recompute more
+// (docs/SELECTIVE_SCAN.md, "Time parallelism"). Read once from COIL_SCAN_WAVES="F,B" (default
+// "1,1"); bench_scan --waves sets it to measure the trade.
+struct ScanWaves {
+  float forward = 1.f, backward = 1.f;
+};
+const ScanWaves& scan_waves();
+void set_scan_waves(const ScanWaves& waves);
+
 // Validates shapes, dtypes and devices; raises an Error naming the argument and the limit.
 void check_scan_args(const char* op, const ScanArgs& args);
 

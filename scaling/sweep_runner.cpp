@@ -1,7 +1,9 @@
 #include "scaling/sweep_runner.h"
 
 #include <fmt/format.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -103,19 +106,44 @@ SweepRunOutcome plan_run(const SweepRun& run, const Config& config, int64_t& fro
   return o;
 }
 
+// One sweep process's claim on a run: an exclusive flock(2) on RUN_DIR.lock, held while the
+// sweep trains the run, so that several `coil sweep` of one file (one a GPU, or one a node on a
+// shared file system with working locks) share its runs out: each trains the next run nobody
+// else holds. The kernel drops the lock when the process dies; the file stays.
+class RunClaim {
+ public:
+  explicit RunClaim(const std::string& run_dir) {
+    const fs::path lock = run_dir + ".lock";
+    if (lock.has_parent_path()) fs::create_directories(lock.parent_path());
+    fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    COIL_CHECK(fd_ >= 0, "sweep: cannot open the lock file {}: {}", lock.string(), std::strerror(errno));
+    held_ = ::flock(fd_, LOCK_EX | LOCK_NB) == 0;
+    COIL_CHECK(held_ || errno == EWOULDBLOCK, "sweep: cannot lock {}: {}", lock.string(), std::strerror(errno));
+  }
+  ~RunClaim() { ::close(fd_); }
+  RunClaim(const RunClaim&) = delete;
+  RunClaim& operator=(const RunClaim&) = delete;
+  bool held() const { return held_; }
+
+ private:
+  int fd_ = -1;
+  bool held_ = false;
+};
+
 void tally(SweepResult& r, const SweepRunOutcome& o) {
   if (o.outcome == "finished") r.finished += 1;
   if (o.action == "skipped") r.skipped += 1;
   if (o.outcome == "interrupted") r.interrupted += 1;
   if (o.outcome == "failed") r.failed += 1;
   if (o.outcome == "not started") r.not_started += 1;
+  if (o.outcome == "elsewhere") r.elsewhere += 1;
 }
 
 }  // namespace
 
 int SweepResult::exit_code() const {
   if (signal) return 128 + signal;
-  if (time_limit_reached && finished < int(runs.size())) return 3;
+  if (time_limit_reached && finished + elsewhere < int(runs.size())) return 3;
   return failed ? 1 : 0;
 }
 
@@ -136,9 +164,20 @@ SweepResult run_sweep(const Sweep& sweep, const SweepOptions& options) {
     const std::string tag = fmt::format("sweep: run {}/{} {}", i + 1, n, run.name);
     if (g_signals.load() > 0 && !result.signal) result.signal = g_last_signal.load();
     result.time_limit_reached |= has_deadline && Clock::now() >= deadline;
+    SweepRunOutcome o;
     int64_t from_step = -1;
-    SweepRunOutcome o = plan_run(run, configs[i], from_step);
-    if (o.action == "skipped") {
+    const RunClaim claim(run.run_dir);
+    if (claim.held()) {
+      o = plan_run(run, configs[i], from_step);
+    } else {
+      o.name = run.name;
+      o.run_dir = run.run_dir;
+      o.action = "not started";
+      o.outcome = "elsewhere";
+    }
+    if (o.outcome == "elsewhere") {
+      print(fmt::format("{}: another sweep is training it ({}.lock), skipped", tag, run.run_dir));
+    } else if (o.action == "skipped") {
       print(fmt::format("{}: finished already ({}), skipped", tag, run.run_dir));
     } else if (o.outcome == "failed") {
       print(fmt::format("{}: {}", tag, o.problem));
@@ -174,10 +213,11 @@ std::string format_sweep_summary(const SweepResult& r) {
   std::string s = fmt::format("{} runs: {} finished ({} skipped as already finished), {} interrupted, {} failed, {} not "
                               "started",
                               r.runs.size(), r.finished, r.skipped, r.interrupted, r.failed, r.not_started);
+  if (r.elsewhere) s += fmt::format(", {} training in another sweep", r.elsewhere);
   if (r.time_limit_reached) s += "; the time limit was reached";
   if (r.signal) s += fmt::format("; stopped by signal {}", r.signal);
   for (const auto& o : r.runs)
-    if (o.outcome != "finished") s += fmt::format("\n  {}: {}{}", o.name, o.outcome, o.problem.empty() ? "" : ": " + o.problem);
+    if (o.outcome != "finished" && o.outcome != "elsewhere") s += fmt::format("\n  {}: {}{}", o.name, o.outcome, o.problem.empty() ? "" : ": " + o.problem);
   if (r.interrupted || r.not_started) s += "\nrun the same `coil sweep` again to continue";
   return s;
 }

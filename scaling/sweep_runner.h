@@ -13,6 +13,11 @@
 //   a directory holding a different run (another config) fails, as `coil train` does.
 // A run that fails is reported and the sweep goes on with the next one.
 //
+// Several sweeps of one file at once (one a GPU: CUDA_VISIBLE_DEVICES=i coil sweep FILE &) share
+// its runs out: a sweep holds a lock on RUN_DIR.lock while it trains a run, and the others pass
+// over a locked run ("elsewhere") to the next. Each trains the next run nobody holds, so the
+// runs are dealt as the GPUs come free.
+//
 // Stopping: SIGINT or SIGTERM to the sweep is passed on to the running run, which saves a
 // checkpoint at its next step boundary and exits, and no further run starts (a second signal
 // is passed on too: the run then exits at once). With a time limit the sweep does the same
@@ -35,7 +40,7 @@ struct SweepOptions {
 struct SweepRunOutcome {
   std::string name, run_dir;
   std::string action;   // "skipped" (already finished) | "started" | "resumed" | "not started"
-  std::string outcome;  // "finished" | "interrupted" | "failed" | "not started"
+  std::string outcome;  // "finished" | "interrupted" | "failed" | "not started" | "elsewhere" (another sweep holds it)
   int exit_code = 0;    // the child's exit status (128 + signal if a signal ended it)
   std::string problem;  // why it failed
 };
@@ -43,9 +48,11 @@ struct SweepRunOutcome {
 struct SweepResult {
   std::vector<SweepRunOutcome> runs;  // in the sweep's order
   int finished = 0, skipped = 0, interrupted = 0, failed = 0, not_started = 0;  // skipped ones count as finished too
+  int elsewhere = 0;  // held by another sweep of the same file when this one came to them
   bool time_limit_reached = false;
   int signal = 0;  // the signal that stopped the sweep
-  // 0: every run finished; 1: a run failed; 3: the time limit stopped it; 128 + signal.
+  // 0: every run finished (or was held by another sweep); 1: a run failed; 3: the time limit
+  // stopped it; 128 + signal.
   int exit_code() const;
 };
 

@@ -11,10 +11,11 @@
 #   3. stops with exit status 2 when a corpus is still incomplete (carry the next piece);
 #   4. copies the finished runs kept in git (docs/scaling/NAME/runs/*: config.yaml and
 #      metrics.jsonl) into the sweep's out_dir, so that the sweep skips them;
-#   5. runs `coil sweep SWEEP` until GUARD_S seconds (default 450) from the start, less REPORT_S
-#      (default 30) for the report: the running run saves a checkpoint and stops, and the next
-#      call on the same warm machine resumes it (a machine that went back loses it: that run
-#      starts again; finished runs are never lost);
+#   5. runs `coil sweep SWEEP` on each GPU (GPUS, default every GPU nvidia-smi lists; the sweeps
+#      share the runs out) until GUARD_S seconds (default 450) from the start, less REPORT_S
+#      (default 30) for the report: the running runs save a checkpoint and stop, and the next
+#      call on the same warm machine resumes them (a machine that went back loses them: those
+#      runs start again; finished runs are never lost);
 #   6. writes $OUT/report.md, $OUT/sweep.log and $OUT/results.tar.gz (the report's files, and the
 #      config.yaml and metrics.jsonl of every finished run). Exit status: the sweep's (0 all
 #      finished, 3 stopped by the guard, 1 a run failed).
@@ -31,6 +32,8 @@ results=docs/scaling/$name
 out_dir=$(sed -n -E 's/^out_dir:[[:space:]]*([^[:space:]#]+).*/\1/p' "$sweep")
 [ -n "$out_dir" ] || { echo "scaling_sweep: $sweep has no out_dir" >&2; exit 1; }
 elapsed() { echo $(( $(date +%s) - start )); }
+# The worse of two exit statuses: a failure (1, or a signal) over a time limit (3) over 0.
+worse() { if (( $1 != 0 && $1 != 3 )); then echo "$1"; elif (( $2 != 0 )); then echo "$2"; else echo "$1"; fi; }
 
 if [ "${2:-}" = --collect ]; then
   tarball=${3:?usage: scripts/scaling_sweep.sh SWEEP.yaml --collect results.tar.gz}
@@ -43,6 +46,8 @@ if [ "${2:-}" = --collect ]; then
 fi
 
 GUARD_S=${GUARD_S:-450}
+GPUS=${GPUS:-$(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null | tr '\n' ' ')}
+GPUS=${GPUS:-0}
 REPORT_S=${REPORT_S:-30}
 OUT=${OUT:-/tmp/coil-out}
 build=${COIL_BUILD:-/root/build}
@@ -72,11 +77,21 @@ done
 status=0
 left=$(( GUARD_S - REPORT_S - $(elapsed) ))
 if (( left > 10 )); then
-  # The sweep's own limit stops it; timeout is a second guard (SIGINT, then SIGKILL).
-  timeout -s INT -k 10 $(( left + 10 )) "$coil" sweep "$sweep" --time-limit "$left" > "$OUT/sweep.log" 2>&1
-  status=$?
+  # One sweep a GPU, sharing the runs out (each trains the next run no other holds). The sweep's
+  # own limit stops it; timeout is a second guard (SIGINT, then SIGKILL).
+  pids=()
+  for gpu in $GPUS; do
+    CUDA_VISIBLE_DEVICES=$gpu timeout -s INT -k 10 $(( left + 10 )) "$coil" sweep "$sweep" --time-limit "$left" \
+      > "$OUT/sweep-gpu$gpu.log" 2>&1 &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid"
+    status=$(worse "$status" $?)
+  done
+  cat "$OUT"/sweep-gpu*.log > "$OUT/sweep.log"
   grep -E "^sweep|^error|runs:" "$OUT/sweep.log"
-  echo "scaling_sweep: sweep exit status $status after $(elapsed) s"
+  echo "scaling_sweep: sweeps on GPUs $GPUS exit status $status after $(elapsed) s"
 else
   echo "scaling_sweep: no time left for the sweep after $(elapsed) s"
   status=3

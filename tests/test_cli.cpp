@@ -373,6 +373,44 @@ TEST_CASE("Ctrl-C and the time limit stop a sweep: the running run saves a check
   CHECK_FALSE(fs::exists(dir / "runs" / "2"));
 }
 
+TEST_CASE("several sweeps of one file share its runs out: a run another sweep trains is passed over", "[cli]") {
+  const fs::path dir = long_grid("shared");
+  const std::string sweep = shell_quote((dir / "long.yaml").string());
+
+  // Sweep A trains run 1; sweep B, started meanwhile, passes over it to run 2.
+  pid_t a = start("sweep " + sweep, dir / "a.log");
+  const fs::path metrics = dir / "runs" / "1" / "metrics.jsonl";
+  auto training = [&] { return test::read_text(metrics).find("\"tokens\":") != std::string::npos; };
+  for (int i = 0; i < 600 && !training(); ++i) usleep(50000);
+  REQUIRE(training());
+  Ran b = run(shell_quote(coil_program()) + " sweep " + sweep + " --time-limit 2");
+  INFO(b.output);
+  CHECK(b.status == 3);  // run 2 stopped by the time limit
+  CHECK(b.output.find("run 1/2 1: another sweep is training it") != std::string::npos);
+  CHECK(b.output.find("run 2/2 2: starting") != std::string::npos);
+  CHECK(b.output.find("1 interrupted, 0 failed, 0 not started, 1 training in another sweep") != std::string::npos);
+  CHECK(read_run((dir / "runs" / "2").string()).checkpoint_step > 0);
+  kill(a, SIGINT);
+  CHECK(wait_status(a) == 128 + SIGINT);
+  CHECK(read_run((dir / "runs" / "1").string()).status == "interrupted");
+
+  // Two sweeps of a whole grid at once: every run trains once, in one of them, and finishes.
+  const fs::path grid_dir = tiny_grid("shared-grid");
+  const std::string grid = shell_quote((grid_dir / "grid.yaml").string());
+  pid_t first = start("sweep " + grid, grid_dir / "first.log");
+  Ran second = run(shell_quote(coil_program()) + " sweep " + grid);
+  CHECK(wait_status(first) == 0);
+  CHECK(second.status == 0);
+  const std::string both = test::read_text(grid_dir / "first.log") + second.output;
+  INFO(both);
+  CHECK(count(both, ": starting") == 4);
+  for (const char* n : {"mamba_16", "mamba_32", "tpp_16", "tpp_32"}) {
+    RunRecord r = read_run((grid_dir / "runs" / n).string());
+    CHECK(r.status == "finished");
+    CHECK(r.segments == 1);
+  }
+}
+
 TEST_CASE("first-use mistakes get clear errors naming the value, and exit 1", "[cli]") {
   const std::string coil = shell_quote(coil_program());
   const fs::path dir = tiny_grid("mistakes");

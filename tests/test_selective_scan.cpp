@@ -216,6 +216,26 @@ TEST_CASE("selective scan CUDA over time segments: lengths 1 to 65537, with and 
   for (int64_t len : {1, 7, 64, 65, 4097, 65537})
     for (bool h0 : {true, false}) compare_cases({{1, 24, len, 16, true, true, h0}});
   compare_cases({{4, 1024, 2000, 16, true, true, true}, {30, 1280, 100, 16, true, true, true}});
+  // Other segment counts: fewer (a quarter wave) and more (4 and 16 waves: up to a segment per
+  // checkpoint interval), forward and backward cut differently.
+  const ScanWaves before = scan_waves();
+  for (ScanWaves w : {ScanWaves{0.25f, 4.f}, ScanWaves{16.f, 0.25f}}) {
+    INFO("waves forward " << w.forward << ", backward " << w.backward);
+    set_scan_waves(w);
+    compare_cases({{1, 24, 4097, 16, true, true, true}, {2, 40, 1000, 16, true, true, false}});
+  }
+  set_scan_waves(before);
+}
+
+TEST_CASE("the scan's segment waves take numbers in (0, 64] only") {
+  const ScanWaves before = scan_waves();
+  set_scan_waves({2.f, 0.5f});
+  CHECK(scan_waves().forward == 2.f);
+  CHECK(scan_waves().backward == 0.5f);
+  CHECK_THROWS_WITH(set_scan_waves({0.f, 1.f}),
+                    Catch::Matchers::Contains("waves must be in (0, 64], got forward 0, backward 1"));
+  CHECK_THROWS_WITH(set_scan_waves({1.f, 65.f}), Catch::Matchers::Contains("got forward 1, backward 65"));
+  set_scan_waves(before);
 }
 
 TEST_CASE("selective scan CUDA deterministic backward gives identical bits", "[cuda]") {

@@ -967,16 +967,17 @@ Tensor document_starts(const ScanArgs& a, ScanParams& p) {
 }
 
 // Cuts time into segments (whole checkpoint intervals) so that the (tiles x batch x segments)
-// blocks fill one wave of `kernel`, whose blocks of `threads` take `smem` bytes: as many
-// segments as fit beside the tiles x batch blocks, none when those fill the GPU already.
+// blocks fill `waves` waves of `kernel`, whose blocks of `threads` take `smem` bytes: as many
+// segments as fit beside the tiles x batch blocks, none when those fill them already
+// (scan_waves(), kernels/selective_scan.h).
 template <class Kernel>
-void choose_segments(ScanParams& p, Kernel kernel, int threads, size_t smem) {
+void choose_segments(ScanParams& p, Kernel kernel, int threads, size_t smem, float waves) {
   int per_sm = 0;
   COIL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
-  const int64_t capacity = int64_t(std::max(per_sm, 1)) * coil::cuda::multiprocessor_count();
+  const double capacity = double(std::max(per_sm, 1)) * coil::cuda::multiprocessor_count() * waves;
   const int64_t base = int64_t(p.ntiles) * p.batch;
   const int intervals = (p.nchunks + kCkptChunks - 1) / kCkptChunks;
-  const int want = int(std::clamp<int64_t>(capacity / base, 1, std::min(intervals, 65535)));
+  const int want = int(std::clamp<int64_t>(int64_t(capacity) / base, 1, std::min(intervals, 65535)));
   p.seg_chunks = (intervals + want - 1) / want * kCkptChunks;
   p.nseg = (p.nchunks + p.seg_chunks - 1) / p.seg_chunks;
 }
@@ -1011,7 +1012,7 @@ void launch_forward(const ScanArgs& a, const ScanResult& r) {
   auto* segment_kernel = scan_forward_kernel<T, kFwdSpt, true>;
   for (auto* k : {main_kernel, segment_kernel})
     COIL_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  choose_segments(p, main_kernel, NT, smem);
+  choose_segments(p, main_kernel, NT, smem, scan_waves().forward);
   const SegmentState segments(p, a.u.device());
   cudaStream_t stream = coil::cuda::compute_stream();
   if (p.nseg > 1) {
@@ -1072,7 +1073,7 @@ void selective_scan_backward(const ScanArgs& a, const ScanResult& saved, const T
                       sizeof(float) * (size_t(3) * p.cpb * kPitch + size_t(2) * kChunk * p.npad + p.cpb);
   auto* kernel = bf ? scan_backward_kernel<bf16_t, kBwdSpt> : scan_backward_kernel<float, kBwdSpt>;
   COIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  choose_segments(p, kernel, NT, smem);
+  choose_segments(p, kernel, NT, smem, scan_waves().backward);
   const SegmentState segments(p, dev);
 
   const int64_t B = p.batch, Dm = p.dim, N = p.nstate, L = p.len, S = p.nseg;
