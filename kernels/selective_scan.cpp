@@ -84,7 +84,7 @@ ScanWaves waves_from_environment() {
   const bool comma = *end == ',';
   if (comma) w.backward = std::strtof(end + 1, &end);
   COIL_CHECK(comma && *end == '\0' && waves_valid(w.forward) && waves_valid(w.backward),
-             "COIL_SCAN_WAVES must be two numbers in (0, 64], forward and backward waves, as \"1,1\", got '{}'", v);
+             "COIL_SCAN_WAVES must be two numbers in (0, 64], forward and backward waves, as \"3,3\", got '{}'", v);
   return w;
 }
 

@@ -72,14 +72,15 @@ ScanGrads selective_scan_backward(const ScanArgs& args, const ScanResult& saved,
                                   const Tensor& grad_out, const Tensor& grad_final_state,
                                   bool deterministic = false);
 
-// How many thread blocks the CUDA scan aims for, in waves of the GPU (the blocks it keeps
-// resident at once), forward and backward: time is cut into segments until the (channel tiles
-// x batch x segments) blocks make that many waves; tiles x batch alone that fill them get no
-// segments. More segments fill the GPU better at small batch x long length and recompute more
-// (docs/SELECTIVE_SCAN.md, "Time parallelism"). Read once from COIL_SCAN_WAVES="F,B" (default
-// "1,1"); bench_scan --waves sets it to measure the trade.
+// How many waves of thread blocks (the blocks the GPU keeps resident at once) the CUDA scan's
+// time segments aim for, forward and backward, where the (channel tiles x batch) blocks alone
+// fill less than a quarter of a wave (small batch x long length: B4 L8192, B1 L65536); from a
+// quarter up, segments fill at most one wave, and none are cut when those blocks fill it.
+// More segments fill the GPU in whole waves and recompute more (docs/SELECTIVE_SCAN.md, "Time
+// parallelism"). Read once from COIL_SCAN_WAVES="F,B" (default "3,3"); bench_scan --waves sets
+// it to measure the trade.
 struct ScanWaves {
-  float forward = 1.f, backward = 1.f;
+  float forward = 3.f, backward = 3.f;
 };
 const ScanWaves& scan_waves();
 void set_scan_waves(const ScanWaves& waves);

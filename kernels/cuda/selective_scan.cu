@@ -966,18 +966,22 @@ Tensor document_starts(const ScanArgs& a, ScanParams& p) {
   return masks;
 }
 
-// Cuts time into segments (whole checkpoint intervals) so that the (tiles x batch x segments)
-// blocks fill `waves` waves of `kernel`, whose blocks of `threads` take `smem` bytes: as many
-// segments as fit beside the tiles x batch blocks, none when those fill them already
-// (scan_waves(), kernels/selective_scan.h).
+// Cuts time into segments (whole checkpoint intervals) for `kernel`, whose blocks of `threads`
+// take `smem` bytes. Where the (tiles x batch) blocks alone fill a quarter of a wave (the blocks
+// the GPU keeps resident at once) or more, as many segments as fit beside them in one wave,
+// none when they fill it (B16 D1536 L2048); below a quarter (small batch x long length), as
+// many as make `waves` waves (scan_waves(), kernels/selective_scan.h): there the whole waves
+// pay more than the segments' recomputation costs, and near a full wave they do not
+// (measured, docs/SELECTIVE_SCAN.md).
 template <class Kernel>
 void choose_segments(ScanParams& p, Kernel kernel, int threads, size_t smem, float waves) {
   int per_sm = 0;
   COIL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
-  const double capacity = double(std::max(per_sm, 1)) * coil::cuda::multiprocessor_count() * waves;
+  const double wave = double(std::max(per_sm, 1)) * coil::cuda::multiprocessor_count();
   const int64_t base = int64_t(p.ntiles) * p.batch;
+  const double target = double(base) * 4 < wave ? wave * waves : wave;
   const int intervals = (p.nchunks + kCkptChunks - 1) / kCkptChunks;
-  const int want = int(std::clamp<int64_t>(int64_t(capacity) / base, 1, std::min(intervals, 65535)));
+  const int want = int(std::clamp<int64_t>(int64_t(target) / base, 1, std::min(intervals, 65535)));
   p.seg_chunks = (intervals + want - 1) / want * kCkptChunks;
   p.nseg = (p.nchunks + p.seg_chunks - 1) / p.seg_chunks;
 }
