@@ -5,8 +5,8 @@
 # SentencePiece model trained on the train split:
 #   datasets/linux-docs/train.h5, val.h5, train.model
 #
-#   apt-get install linux-source-6.1       # /usr/src/linux-source-6.1.tar.xz
-#   scripts/prepare_linux_docs.sh          # COIL=build/coil by default
+#   scripts/setup.sh                       # coil with SentencePiece (build/coil)
+#   scripts/prepare_linux_docs.sh          # installs linux-source-6.1 if missing (or TARBALL=...)
 #
 # Reproducible: the split depends only on each file's content (the first 32 bits of its MD5,
 # modulo 50: 0 goes to val), so identical files land on the same side; files are read in
@@ -14,12 +14,15 @@
 set -euo pipefail
 
 COIL=${COIL:-build/coil}
-TARBALL=${TARBALL:-/usr/src/linux-source-6.1.tar.xz}
 WORK=${WORK:-/tmp/linux-docs}
 OUT=${OUT:-datasets/linux-docs}
 VOCAB=${VOCAB:-8192}
 
-[ -f "$TARBALL" ] || { echo "prepare_linux_docs: no $TARBALL (apt-get install linux-source-6.1)" >&2; exit 1; }
+if [ -z "${TARBALL:-}" ]; then  # Debian's package, installed when missing
+  "$(dirname "$0")/install_packages.sh" linux-source-6.1
+  TARBALL=/usr/src/linux-source-6.1.tar.xz
+fi
+[ -f "$TARBALL" ] || { echo "prepare_linux_docs: no kernel source tarball at $TARBALL" >&2; exit 1; }
 [ -x "$COIL" ] || { echo "prepare_linux_docs: no coil executable at $COIL (build it, or set COIL=...)" >&2; exit 1; }
 
 rm -rf "$WORK"

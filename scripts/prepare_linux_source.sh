@@ -10,8 +10,8 @@
 #   datasets/linux-source/MANIFEST                     sha256 of each file, then token counts
 #
 #   scripts/setup.sh                                   # coil with SentencePiece (build/coil)
-#   apt-get install linux-source-6.1                   # /usr/src/linux-source-6.1.tar.xz
-#   scripts/prepare_linux_source.sh                    # ~10 CPU-minutes; JOBS=$(nproc) encoders
+#   scripts/prepare_linux_source.sh                    # ~10 CPU-minutes; JOBS=$(nproc) encoders;
+#                                                      # installs linux-source-6.1 if missing (or TARBALL=...)
 #
 # What is kept: every *.c and *.h file, and Documentation's *.rst and *.txt, except the
 # generated register maps of drivers/gpu/drm/amd/include/asic_reg/ (373 files, 390 MB, a third
@@ -26,7 +26,6 @@
 set -euo pipefail
 
 COIL=${COIL:-build/coil}
-TARBALL=${TARBALL:-/usr/src/linux-source-6.1.tar.xz}
 WORK=${WORK:-/tmp/linux-source}
 OUT=${OUT:-datasets/linux-source}
 VOCAB=${VOCAB:-8192}
@@ -34,7 +33,11 @@ SHARDS=${SHARDS:-16}
 JOBS=${JOBS:-$(nproc)}
 say() { echo "prepare_linux_source: $*"; }
 
-[ -f "$TARBALL" ] || { say "no $TARBALL (apt-get install linux-source-6.1)" >&2; exit 1; }
+if [ -z "${TARBALL:-}" ]; then  # Debian's package, installed when missing
+  "$(dirname "$0")/install_packages.sh" linux-source-6.1
+  TARBALL=/usr/src/linux-source-6.1.tar.xz
+fi
+[ -f "$TARBALL" ] || { say "no kernel source tarball at $TARBALL" >&2; exit 1; }
 [ -x "$COIL" ] || { say "no coil executable at $COIL (scripts/setup.sh builds it; or set COIL=...)" >&2; exit 1; }
 start=$(date +%s)
 

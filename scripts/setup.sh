@@ -5,19 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(g++ cmake ninja-build pkg-config libhdf5-dev libyaml-cpp-dev libfmt-dev nlohmann-json3-dev catch2
-          libsentencepiece-dev libopenblas-dev python3 python3-numpy python3-matplotlib)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "setup: installing ${missing[*]}"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+scripts/install_packages.sh g++ cmake ninja-build pkg-config libhdf5-dev libyaml-cpp-dev libfmt-dev \
+  nlohmann-json3-dev catch2 libsentencepiece-dev libopenblas-dev python3 python3-numpy python3-matplotlib
 
 jobs=${COIL_JOBS:-$(nproc)}
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release ${COIL_CMAKE_ARGS:-} >/dev/null
