@@ -376,28 +376,28 @@ int eval_lengths(Args& a) {
   if (a.options.count("batches")) fail("eval: --batches is for the held-out evaluation; with --lengths use --examples");
   if (a.options.count("checkpoint") && a.positional.size() > 1)
     fail("eval: --checkpoint names one run's checkpoint, but {} runs are given", a.positional.size());
-  LengthEvalOptions o;
-  o.lengths = parse_lengths(a.options["lengths"]);
+  scaling::LengthEvalOptions o;
+  o.lengths = scaling::parse_lengths(a.options["lengths"]);
   if (a.options.count("examples")) o.examples = parse_count(a.options["examples"], "--examples");
   if (a.options.count("batch-tokens")) o.batch_tokens = parse_count(a.options["batch-tokens"], "--batch-tokens");
   if (a.options.count("checkpoint")) o.checkpoint = a.options["checkpoint"];
   auto print = [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
-  std::vector<LengthEvalResult> results;
+  std::vector<scaling::LengthEvalResult> results;
   std::vector<std::string> plot_args;
   for (const auto& run : a.positional) {
     if (!fs::is_directory(run)) fail("eval --lengths: '{}' is not a run directory", run);
     Config config = load_run_config(run, a.sets);
     config.run.dir = run;
-    results.push_back(evaluate_lengths(config, o, print));
+    results.push_back(scaling::evaluate_lengths(config, o, print));
     plot_args.push_back(results.back().csv);
     std::printf("wrote %s\n", results.back().csv.c_str());
   }
-  std::fputs(format_length_table(results).c_str(), stdout);
+  std::fputs(scaling::format_length_table(results).c_str(), stdout);
   std::string png = a.options.count("plot")       ? a.options["plot"]
                     : a.positional.size() == 1 ? (fs::path(a.positional[0]) / "length_eval.png").string()
                                                 : "length_eval.png";
   plot_args.insert(plot_args.end(), {"-o", png});
-  PlotResult plot = run_plot_script("plot_lengths.py", plot_args);
+  scaling::PlotResult plot = scaling::run_plot_script("plot_lengths.py", plot_args);
   if (plot.drawn) std::printf("wrote %s\n", png.c_str());
   else std::fprintf(stderr, "warning: no plot: %s\n", plot.problem.c_str());
   return 0;
@@ -516,16 +516,16 @@ int cmd_sweep(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2, {"time-limit"}, {"print"});
   if (a.help) return help(kSweepHelp);
   need(a, 1, kSweepHelp);
-  Sweep sweep = load_sweep(a.positional[0]);
-  check_sweep(sweep);
+  scaling::Sweep sweep = scaling::load_sweep(a.positional[0]);
+  scaling::check_sweep(sweep);
   if (has_flag(a, "print")) {
-    std::fputs(format_sweep_commands(sweep, argv[0]).c_str(), stdout);
+    std::fputs(scaling::format_sweep_commands(sweep, argv[0]).c_str(), stdout);
     return 0;
   }
-  SweepOptions o;
+  scaling::SweepOptions o;
   if (a.options.count("time-limit")) o.time_limit_s = parse_seconds(a.options["time-limit"], "--time-limit");
-  SweepResult r = run_sweep(sweep, o);
-  std::printf("%s\n", format_sweep_summary(r).c_str());
+  scaling::SweepResult r = scaling::run_sweep(sweep, o);
+  std::printf("%s\n", scaling::format_sweep_summary(r).c_str());
   return r.exit_code();
 }
 
@@ -533,11 +533,11 @@ int cmd_report(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2, {"out"}, {"with-constant", "no-plots"});
   if (a.help) return help(kReportHelp);
   if (a.positional.empty() || !a.options.count("out")) fail("usage: coil report RUNS ... --out DIR");
-  ReportOptions o;
+  scaling::ReportOptions o;
   o.with_constant = has_flag(a, "with-constant");
   o.plots = !has_flag(a, "no-plots");
-  ReportResult r = write_report(expand_run_args(a.positional), a.options["out"], o);
-  std::printf("%s\n", format_report_summary(r).c_str());
+  scaling::ReportResult r = scaling::write_report(scaling::expand_run_args(a.positional), a.options["out"], o);
+  std::printf("%s\n", scaling::format_report_summary(r).c_str());
   return 0;
 }
 
@@ -560,7 +560,8 @@ int cmd_plot(int argc, char** argv) {
   const std::string kind = argv[2];
   if (kind != "runs" && kind != "scaling" && kind != "lengths")
     fail("plot: unknown kind '{}' (runs, scaling or lengths; see coil plot --help)", kind);
-  PlotResult r = run_plot_script("plot_" + kind + ".py", std::vector<std::string>(argv + 3, argv + argc));
+  scaling::PlotResult r =
+      scaling::run_plot_script("plot_" + kind + ".py", std::vector<std::string>(argv + 3, argv + argc));
   if (!r.output.empty()) std::printf("%s\n", r.output.c_str());
   if (r.drawn) return 0;
   if (r.exit_code > 0 && r.exit_code != 3) return r.exit_code;  // the script said why
@@ -601,7 +602,7 @@ int cmd_import(int argc, char** argv) {
 }
 
 int cmd_launch(int argc, char** argv) {
-  LaunchOptions o;
+  dist::LaunchOptions o;
   int i = 2;
   for (; i < argc; ++i) {
     std::string s = argv[i];
@@ -616,7 +617,7 @@ int cmd_launch(int argc, char** argv) {
   }
   std::vector<std::string> rest(argv + i, argv + argc);
   if (rest.empty()) fail("launch: nothing to run (usage: coil launch --nproc N -- train CONFIG)");
-  return launch_local(o, rest);
+  return dist::launch_local(o, rest);
 }
 
 int cmd_keys() {

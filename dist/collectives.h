@@ -6,7 +6,7 @@
 #pragma once
 #include "core/tensor.h"
 
-namespace coil::train {
+namespace coil::dist {
 
 class Collectives {
  public:
@@ -28,4 +28,4 @@ class Collectives {
   virtual void wait(const char* what) = 0;
 };
 
-}  // namespace coil::train
+}  // namespace coil::dist

@@ -14,7 +14,7 @@
 #include <nccl.h>
 #endif
 
-namespace coil::train {
+namespace coil::dist {
 
 #if defined(COIL_CUDA) && defined(COIL_NCCL)
 
@@ -221,4 +221,4 @@ std::vector<double> Communicator::sum_over_ranks(const std::vector<double>& valu
 
 #endif
 
-}  // namespace coil::train
+}  // namespace coil::dist

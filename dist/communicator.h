@@ -10,7 +10,7 @@
 #include "dist/collectives.h"
 #include "dist/distributed.h"
 
-namespace coil::train {
+namespace coil::dist {
 
 class Communicator : public Collectives {
  public:
@@ -52,4 +52,4 @@ class Communicator : public Collectives {
   double timeout_s_;
 };
 
-}  // namespace coil::train
+}  // namespace coil::dist

@@ -8,7 +8,7 @@
 
 #include "core/error.h"
 
-namespace coil::train {
+namespace coil::dist {
 namespace {
 
 int parse_int(const char* name, const char* value) {
@@ -154,4 +154,4 @@ std::vector<Bucket> assign_buckets(const std::vector<size_t>& param_bytes, size_
   return buckets;
 }
 
-}  // namespace coil::train
+}  // namespace coil::dist

@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-namespace coil::train {
+namespace coil::dist {
 
 struct DistEnv {
   int rank = 0;
@@ -62,4 +62,4 @@ struct Bucket {
 };
 std::vector<Bucket> assign_buckets(const std::vector<size_t>& param_bytes, size_t bucket_bytes);
 
-}  // namespace coil::train
+}  // namespace coil::dist

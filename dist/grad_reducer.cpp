@@ -2,7 +2,7 @@
 
 #include "dist/zero.h"
 
-namespace coil::train {
+namespace coil::dist {
 
 GradReducer::GradReducer(std::vector<autograd::Variable> params, size_t bucket_bytes, ReduceFn reduce, int shards)
     : params_(std::move(params)), reduce_fn_(std::move(reduce)) {
@@ -59,4 +59,4 @@ void GradReducer::zero_grads() {
   for (Tensor& b : buffers_) b.zero_();
 }
 
-}  // namespace coil::train
+}  // namespace coil::dist

@@ -11,7 +11,7 @@
 #include "autograd/variable.h"
 #include "dist/distributed.h"
 
-namespace coil::train {
+namespace coil::dist {
 
 class GradReducer {
  public:
@@ -43,4 +43,4 @@ class GradReducer {
   ReduceFn reduce_fn_;
 };
 
-}  // namespace coil::train
+}  // namespace coil::dist

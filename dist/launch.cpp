@@ -11,7 +11,7 @@
 #include "core/error.h"
 #include "dist/process.h"
 
-namespace coil::train {
+namespace coil::dist {
 namespace {
 
 pid_t start_rank(const LaunchOptions& options, int rank, const std::vector<std::string>& args) {
@@ -63,4 +63,4 @@ int launch_local(const LaunchOptions& options, const std::vector<std::string>& a
   return result;
 }
 
-}  // namespace coil::train
+}  // namespace coil::dist

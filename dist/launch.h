@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-namespace coil::train {
+namespace coil::dist {
 
 struct LaunchOptions {
   int nproc = 1;
@@ -17,4 +17,4 @@ struct LaunchOptions {
 
 int launch_local(const LaunchOptions& options, const std::vector<std::string>& args);
 
-}  // namespace coil::train
+}  // namespace coil::dist

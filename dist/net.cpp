@@ -13,7 +13,7 @@
 #include <cmath>
 #include <cstring>
 
-namespace coil::train::net {
+namespace coil::dist::net {
 
 Deadline deadline_after(double seconds) {
   return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
@@ -235,4 +235,4 @@ bool Reader::u16(uint16_t& v) { return read_le(*this, v); }
 bool Reader::u32(uint32_t& v) { return read_le(*this, v); }
 bool Reader::u64(uint64_t& v) { return read_le(*this, v); }
 
-}  // namespace coil::train::net
+}  // namespace coil::dist::net

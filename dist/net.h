@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-namespace coil::train::net {
+namespace coil::dist::net {
 
 using Clock = std::chrono::steady_clock;
 using Deadline = Clock::time_point;
@@ -84,4 +84,4 @@ class Reader {
   size_t n_, pos_ = 0;
 };
 
-}  // namespace coil::train::net
+}  // namespace coil::dist::net

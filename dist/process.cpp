@@ -10,7 +10,7 @@
 
 extern char** environ;
 
-namespace coil::train {
+namespace coil::dist {
 namespace {
 
 std::string name_of(const std::string& assignment) { return assignment.substr(0, assignment.find('=')); }
@@ -86,4 +86,4 @@ SignalHandlerScope::~SignalHandlerScope() {
   sigaction(SIGTERM, &old_term_, nullptr);
 }
 
-}  // namespace coil::train
+}  // namespace coil::dist

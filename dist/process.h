@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-namespace coil::train {
+namespace coil::dist {
 
 struct ChildOptions {
   std::vector<std::string> env;           // "NAME=value", set in the child
@@ -37,4 +37,4 @@ class SignalHandlerScope {
   struct sigaction old_int_ {}, old_term_ {};
 };
 
-}  // namespace coil::train
+}  // namespace coil::dist

@@ -11,7 +11,7 @@
 #include "dist/net.h"
 #include "dist/tcp_store.h"
 
-namespace coil::train {
+namespace coil::dist {
 namespace {
 
 constexpr size_t kMaxName = 255;
@@ -330,4 +330,4 @@ std::vector<uint8_t> rendezvous(const DistEnv& env, const Hello& hello, const st
   return env.rank == 0 ? serve(env, hello, blob, timeout_s) : join(env, hello, timeout_s);
 }
 
-}  // namespace coil::train
+}  // namespace coil::dist

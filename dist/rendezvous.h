@@ -24,7 +24,7 @@
 
 #include "dist/distributed.h"
 
-namespace coil::train {
+namespace coil::dist {
 
 constexpr uint32_t kRendezvousMagic = 0x4C494F43;  // "COIL" in the first four bytes
 constexpr uint32_t kRendezvousVersion = 1;
@@ -51,4 +51,4 @@ std::string check_hellos(const std::vector<Hello>& hellos, int world_size);
 std::vector<uint8_t> rendezvous(const DistEnv& env, const Hello& hello, const std::vector<uint8_t>& blob,
                                 double timeout_s);
 
-}  // namespace coil::train
+}  // namespace coil::dist

@@ -4,7 +4,7 @@
 
 #include "core/error.h"
 
-namespace coil::train {
+namespace coil::dist {
 namespace {
 
 enum Query : uint8_t { kValidate = 0, kSet = 1, kGet = 3, kAdd = 4, kCheck = 5, kWait = 6, kCancelWait = 12 };
@@ -124,4 +124,4 @@ void TcpStoreClient::wait(const std::vector<std::string>& keys, net::Deadline de
   fail("torchrun's store at {}: waiting for '{}' timed out (train.dist_timeout_s)", address(), names);
 }
 
-}  // namespace coil::train
+}  // namespace coil::dist

@@ -24,7 +24,7 @@
 
 #include "dist/net.h"
 
-namespace coil::train {
+namespace coil::dist {
 
 class TcpStoreClient {
  public:
@@ -53,4 +53,4 @@ class TcpStoreClient {
   net::Socket socket_;
 };
 
-}  // namespace coil::train
+}  // namespace coil::dist

@@ -5,7 +5,7 @@
 #include "dist/grad_reducer.h"
 #include "kernels/adamw.h"
 
-namespace coil::train {
+namespace coil::dist {
 
 int64_t padded_bucket_numel(int64_t numel, int world_size) {
   const int64_t unit = kShardAlign * world_size;
@@ -185,4 +185,4 @@ size_t ShardedAdamW::state_bytes() const {
   return bytes;
 }
 
-}  // namespace coil::train
+}  // namespace coil::dist

@@ -26,7 +26,7 @@
 #include "dist/distributed.h"
 #include "optim/adamw.h"
 
-namespace coil::train {
+namespace coil::dist {
 
 constexpr int64_t kShardAlign = 16;  // elements: every shard starts 64-byte aligned (f32)
 
@@ -100,4 +100,4 @@ class ShardedAdamW {
   int64_t step_ = 0;
 };
 
-}  // namespace coil::train
+}  // namespace coil::dist

@@ -14,7 +14,7 @@
 #include "scaling/report.h"
 #include "train/trainer.h"
 
-namespace coil::train {
+namespace coil::scaling {
 namespace fs = std::filesystem;
 
 namespace {
@@ -65,7 +65,7 @@ std::vector<int64_t> parse_lengths(const std::string& text) {
   return out;
 }
 
-LengthEvalResult evaluate_lengths(const Config& config, const LengthEvalOptions& options,
+LengthEvalResult evaluate_lengths(const train::Config& config, const LengthEvalOptions& options,
                                   const std::function<void(const std::string&)>& print) {
   const auto say = [&](const std::string& s) {
     if (print) print(s);
@@ -81,7 +81,7 @@ LengthEvalResult evaluate_lengths(const Config& config, const LengthEvalOptions&
          "synthetic task with answers (data.task induction_heads or selective_copying)",
          config.run_dir(), config.data.kind, config.data.kind == "synthetic" ? " (" + config.data.task + ")" : "");
 
-  EvalModel m = load_eval_model(config, options.checkpoint, say);
+  train::EvalModel m = train::load_eval_model(config, options.checkpoint, say);
   const auto& model_config = m.config.model.config;
   const bool learned_positions = model_config.learned_positions();
   LengthEvalResult r;
@@ -104,7 +104,7 @@ LengthEvalResult evaluate_lengths(const Config& config, const LengthEvalOptions&
     row.batch = std::clamp<int64_t>(options.batch_tokens / length, 1, options.examples);
     const int64_t batches = (options.examples + row.batch - 1) / row.batch;
     row.examples = batches * row.batch;
-    Config at_length = m.config;
+    train::Config at_length = m.config;
     at_length.train.seq_len = length;
     at_length.train.micro_batch = row.batch;
     const auto start = std::chrono::steady_clock::now();
@@ -115,8 +115,9 @@ LengthEvalResult evaluate_lengths(const Config& config, const LengthEvalOptions&
     } else {
       reset_peak_memory(m.device);
       try {
-        data::DataLoader loader(data_options(at_length));
-        EvalTotals t = run_eval(*m.model, loader, eval_batches(loader, batches, row.batch), m.device);
+        data::DataLoader loader(train::data_options(at_length));
+        train::EvalTotals t =
+            train::run_eval(*m.model, loader, train::eval_batches(loader, batches, row.batch), m.device);
         row.status = "ok";
         row.correct = t.correct;
         row.accuracy = t.accuracy();
@@ -203,4 +204,4 @@ std::string format_length_table(const std::vector<LengthEvalResult>& results) {
   return out + "\n";
 }
 
-}  // namespace coil::train
+}  // namespace coil::scaling

@@ -22,7 +22,7 @@
 
 #include "train/config.h"
 
-namespace coil::train {
+namespace coil::scaling {
 
 struct LengthEvalOptions {
   std::vector<int64_t> lengths;
@@ -52,7 +52,7 @@ struct LengthEvalResult {
 std::vector<int64_t> parse_lengths(const std::string& text);
 
 // The sweep for one run (config: its config.yaml; the run directory receives the CSV).
-LengthEvalResult evaluate_lengths(const Config& config, const LengthEvalOptions& options,
+LengthEvalResult evaluate_lengths(const train::Config& config, const LengthEvalOptions& options,
                                   const std::function<void(const std::string&)>& print = nullptr);
 
 void write_length_csv(const LengthEvalResult& result, const std::string& path);
@@ -61,4 +61,4 @@ void write_length_csv(const LengthEvalResult& result, const std::string& path);
 // %, OOM or "long"; * marks the training length), and the examples per length.
 std::string format_length_table(const std::vector<LengthEvalResult>& results);
 
-}  // namespace coil::train
+}  // namespace coil::scaling

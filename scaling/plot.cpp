@@ -10,7 +10,7 @@
 
 #include "scaling/sweep.h"
 
-namespace coil::train {
+namespace coil::scaling {
 namespace fs = std::filesystem;
 
 std::string find_script(const std::string& name, const PlotOptions& o) {
@@ -84,4 +84,4 @@ PlotResult run_plot_script(const std::string& script, const std::vector<std::str
   return r;
 }
 
-}  // namespace coil::train
+}  // namespace coil::scaling

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-namespace coil::train {
+namespace coil::scaling {
 
 struct PlotOptions {
   std::string python;       // empty: $COIL_PYTHON, python3, /usr/bin/python3 (see above)
@@ -39,4 +39,4 @@ PlotResult run_plot_script(const std::string& script, const std::vector<std::str
 // reports it (-1 if it did not run).
 int run_command(const std::string& command, std::string& output);
 
-}  // namespace coil::train
+}  // namespace coil::scaling

@@ -5,7 +5,7 @@
 
 #include "core/error.h"
 
-namespace coil::train {
+namespace coil::scaling {
 
 double PowerLawFit::predict(double x) const { return a * std::pow(x, -b) + c; }
 
@@ -164,4 +164,4 @@ Crossover power_law_crossover(const PowerLawFit& f, const PowerLawFit& g, double
   return out;
 }
 
-}  // namespace coil::train
+}  // namespace coil::scaling

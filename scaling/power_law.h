@@ -21,7 +21,7 @@
 #include <limits>
 #include <vector>
 
-namespace coil::train {
+namespace coil::scaling {
 
 struct PowerLawFit {
   double a = 0, b = 0, c = 0;
@@ -62,4 +62,4 @@ struct Crossover {
 // an error for fits with a constant.
 Crossover power_law_crossover(const PowerLawFit& f, const PowerLawFit& g, double confidence = 0.95);
 
-}  // namespace coil::train
+}  // namespace coil::scaling

@@ -20,7 +20,7 @@
 #include "train/config.h"
 #include "train/info.h"
 
-namespace coil::train {
+namespace coil::scaling {
 namespace fs = std::filesystem;
 
 namespace {
@@ -229,12 +229,12 @@ namespace {
 // An interrupted run's latest checkpoint (read for its state only): where a resume continues.
 void note_checkpoint(RunRecord& r) {
   try {
-    auto list = list_checkpoints(r.run_dir);
+    auto list = train::list_checkpoints(r.run_dir);
     if (list.empty()) {
       r.problem += "; no checkpoint to resume from";
       return;
     }
-    TrainState st = read_checkpoint_state(list.back());
+    train::TrainState st = train::read_checkpoint_state(list.back());
     r.checkpoint_step = st.step;
     r.problem += fmt::format("; latest checkpoint at step {} ({} tokens): `coil resume {}` continues it", st.step,
                              st.tokens_seen, r.run_dir);
@@ -334,9 +334,9 @@ RunRecord read_run(const std::string& run_dir) {
     r.problem = "no config.yaml: not a run directory, or one whose run never started";
     return r;
   }
-  Config config;
+  train::Config config;
   try {
-    config = load_run_config(run_dir);
+    config = train::load_run_config(run_dir);
   } catch (const std::exception& e) {
     r.status = "corrupt";
     r.problem = fmt::format("config.yaml cannot be read: {}", e.what());
@@ -351,7 +351,7 @@ RunRecord read_run(const std::string& run_dir) {
   r.seq_len = config.train.seq_len;
   r.planned_steps = config.train.steps;
   try {
-    ModelInfo info = model_info(config, 1);
+    train::ModelInfo info = train::model_info(config, 1);
     r.parameters = info.parameters;
     r.non_embedding_parameters = info.non_embedding_parameters;
     r.flops_per_token = info.flops_per_token;
@@ -687,4 +687,4 @@ std::string format_report_summary(const ReportResult& r) {
   return s;
 }
 
-}  // namespace coil::train
+}  // namespace coil::scaling

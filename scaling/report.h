@@ -44,7 +44,7 @@
 #include "scaling/plot.h"
 #include "scaling/power_law.h"
 
-namespace coil::train {
+namespace coil::scaling {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
@@ -138,4 +138,4 @@ std::string csv_num(double v);
 // Writes `text` to a temporary file beside `path` and renames it over `path` (never torn).
 void write_file(const std::string& path, const std::string& text);
 
-}  // namespace coil::train
+}  // namespace coil::scaling

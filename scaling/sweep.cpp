@@ -8,7 +8,7 @@
 
 #include "core/error.h"
 
-namespace coil::train {
+namespace coil::scaling {
 namespace {
 
 struct Axis {
@@ -163,9 +163,9 @@ std::string format_sweep_commands(const Sweep& sweep, const std::string& program
   return out;
 }
 
-Config sweep_run_config(const Sweep& sweep, const SweepRun& run) {
+train::Config sweep_run_config(const Sweep& sweep, const SweepRun& run) {
   try {
-    return load_config(sweep.base_config, sweep_run_overrides(run));
+    return train::load_config(sweep.base_config, sweep_run_overrides(run));
   } catch (const std::exception& e) {
     // Point at the sweep file's line of the override the message names ("--set KEY=...").
     std::string msg = e.what(), where = sweep.path;
@@ -175,10 +175,10 @@ Config sweep_run_config(const Sweep& sweep, const SweepRun& run) {
   }
 }
 
-std::vector<Config> check_sweep(const Sweep& sweep) {
-  std::vector<Config> configs;
+std::vector<train::Config> check_sweep(const Sweep& sweep) {
+  std::vector<train::Config> configs;
   for (const auto& run : sweep.runs) configs.push_back(sweep_run_config(sweep, run));
   return configs;
 }
 
-}  // namespace coil::train
+}  // namespace coil::scaling

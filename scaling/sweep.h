@@ -22,7 +22,7 @@
 
 #include "train/config.h"
 
-namespace coil::train {
+namespace coil::scaling {
 
 struct SweepRun {
   std::string name;
@@ -55,9 +55,9 @@ std::string shell_quote(const std::string& word);
 
 // The run's config (the base with its overrides). A key no config has, or a bad value, is an
 // error naming the sweep file, the key's line and the run.
-Config sweep_run_config(const Sweep& sweep, const SweepRun& run);
+train::Config sweep_run_config(const Sweep& sweep, const SweepRun& run);
 
 // Every run's config, checked before anything runs (the first bad run's error).
-std::vector<Config> check_sweep(const Sweep& sweep);
+std::vector<train::Config> check_sweep(const Sweep& sweep);
 
-}  // namespace coil::train
+}  // namespace coil::scaling

@@ -20,7 +20,7 @@
 #include "scaling/report.h"
 #include "train/trainer.h"
 
-namespace coil::train {
+namespace coil::scaling {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
@@ -43,7 +43,7 @@ int wait_child(pid_t pid, Clock::time_point deadline, bool has_deadline, SweepRe
   while (true) {
     int status = 0;
     pid_t done = waitpid(pid, &status, WNOHANG);
-    if (done == pid) return exit_status(status);
+    if (done == pid) return dist::exit_status(status);
     COIL_CHECK(done == 0 || errno == EINTR, "sweep: waiting for run process {} failed", pid);
     for (int n = g_signals.load(); passed_on < n; ++passed_on) {
       result.signal = g_last_signal.load();
@@ -60,13 +60,13 @@ int wait_child(pid_t pid, Clock::time_point deadline, bool has_deadline, SweepRe
 
 // A finished run directory is skipped only if it holds the sweep's run (device and dtype as the
 // trainer resolved them).
-std::vector<std::string> differences(const std::string& run_dir, Config wanted) {
-  Config existing = load_run_config(run_dir);
+std::vector<std::string> differences(const std::string& run_dir, train::Config wanted) {
+  train::Config existing = train::load_run_config(run_dir);
   if (wanted.train.device == "auto") wanted.train.device = existing.train.device;
   using layers::ComputeDType;
   if (wanted.train.dtype == ComputeDType::automatic) wanted.train.dtype = existing.train.dtype;
   if (wanted.model.config.dtype == ComputeDType::automatic) wanted.model.config.dtype = existing.model.config.dtype;
-  auto diffs = config_differences(existing, wanted, true);
+  auto diffs = train::config_differences(existing, wanted, true);
   if (existing.train.steps != wanted.train.steps)
     diffs.push_back(fmt::format("train.steps: {} -> {}", existing.train.steps, wanted.train.steps));
   return diffs;
@@ -75,7 +75,7 @@ std::vector<std::string> differences(const std::string& run_dir, Config wanted) 
 // What a run directory needs: "skipped" (it holds the same run, finished), "resumed" (it has
 // a checkpoint, or finished with fewer or more steps), "started", or a failure (it holds a
 // finished run of another config). from_step: the checkpoint a resumption starts from.
-SweepRunOutcome plan_run(const SweepRun& run, const Config& config, int64_t& from_step) {
+SweepRunOutcome plan_run(const SweepRun& run, const train::Config& config, int64_t& from_step) {
   SweepRunOutcome o;
   o.name = run.name;
   o.run_dir = run.run_dir;
@@ -149,14 +149,14 @@ int SweepResult::exit_code() const {
 
 SweepResult run_sweep(const Sweep& sweep, const SweepOptions& options) {
   auto print = options.print ? options.print : [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
-  const std::vector<Config> configs = check_sweep(sweep);
+  const std::vector<train::Config> configs = check_sweep(sweep);
   const std::string program = options.program.empty() ? "/proc/self/exe" : options.program;
   const auto start = Clock::now();
   const bool has_deadline = options.time_limit_s > 0;
   const auto deadline = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.time_limit_s));
   g_signals = 0;
   g_last_signal = 0;
-  SignalHandlerScope signals(on_sweep_signal);
+  dist::SignalHandlerScope signals(on_sweep_signal);
   SweepResult result;
   const size_t n = sweep.runs.size();
   for (size_t i = 0; i < n; ++i) {
@@ -186,10 +186,10 @@ SweepResult run_sweep(const Sweep& sweep, const SweepOptions& options) {
     } else {
       print(fmt::format("{}: {} ({}){}", tag, o.action == "resumed" ? "resuming" : "starting", run.run_dir,
                         from_step >= 0 ? fmt::format(", from step {}", from_step) : ""));
-      ChildOptions child;
+      dist::ChildOptions child;
       child.own_process_group = true;  // a Ctrl-C reaches the run once, passed on by the sweep
       child.terminate_with_parent = true;  // a checkpoint, then exit, if the sweep dies
-      pid_t pid = start_child(program, sweep_train_args(sweep, run), child);
+      pid_t pid = dist::start_child(program, sweep_train_args(sweep, run), child);
       o.exit_code = wait_child(pid, deadline, has_deadline, result);
       RunRecord after = read_run(run.run_dir);
       if (o.exit_code == 0 && after.status == "finished") {
@@ -222,4 +222,4 @@ std::string format_sweep_summary(const SweepResult& r) {
   return s;
 }
 
-}  // namespace coil::train
+}  // namespace coil::scaling

@@ -29,7 +29,7 @@
 
 #include "scaling/sweep.h"
 
-namespace coil::train {
+namespace coil::scaling {
 
 struct SweepOptions {
   std::string program;      // the coil executable that runs each run; empty: this one
@@ -61,4 +61,4 @@ SweepResult run_sweep(const Sweep& sweep, const SweepOptions& options);
 // "8 runs: 6 finished (2 skipped), 1 interrupted, 1 failed" and a line per run that is not finished.
 std::string format_sweep_summary(const SweepResult& result);
 
-}  // namespace coil::train
+}  // namespace coil::scaling

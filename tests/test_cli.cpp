@@ -22,6 +22,9 @@
 using namespace coil;
 using namespace coil::data;
 using namespace coil::train;
+using coil::scaling::RunRecord;
+using coil::scaling::read_run;
+using coil::scaling::shell_quote;
 namespace fs = std::filesystem;
 
 namespace {

@@ -10,7 +10,7 @@
 #include "tests/roles.h"
 
 using namespace coil;
-using namespace coil::train;
+using namespace coil::dist;
 
 namespace {
 int run_ranks(const char* role, int port) {

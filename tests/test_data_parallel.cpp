@@ -73,11 +73,11 @@ int run_ranks(const char* role, int nproc, int port, const std::map<std::string,
               double grace_s = 5) {
   for (auto& [k, v] : vars) setenv(k.c_str(), v.c_str(), 1);
   setenv("COIL_TEST_ROLE", role, 1);
-  LaunchOptions options;
+  dist::LaunchOptions options;
   options.nproc = nproc;
   options.master_port = port;
   options.grace_s = grace_s;
-  int code = launch_local(options, {"--role"});
+  int code = dist::launch_local(options, {"--role"});
   unsetenv("COIL_TEST_ROLE");
   for (auto& [k, v] : vars) unsetenv(k.c_str());
   return code;
@@ -116,7 +116,7 @@ COIL_TEST_ROLE_DEFINE(train_run) {
   };
   run_training(config_from_env(), o);
   std::string expect = env_or("COIL_TEST_EXPECT");
-  if (expect.empty() || detect_dist_env().rank != 0) return 0;
+  if (expect.empty() || dist::detect_dist_env().rank != 0) return 0;
   for (auto& m : messages)
     if (m.find(expect) != std::string::npos) return 0;
   std::fprintf(stderr, "rank 0 never printed '%s'\n", expect.c_str());
@@ -127,7 +127,7 @@ COIL_TEST_ROLE_DEFINE(train_run) {
 // train.dist_timeout_s plus a margin for the start.
 COIL_TEST_ROLE_DEFINE(train_expect_error) {
   Config c = config_from_env();
-  if (detect_dist_env().rank == 1 && !env_or("COIL_TEST_RANK1_SET").empty())
+  if (dist::detect_dist_env().rank == 1 && !env_or("COIL_TEST_RANK1_SET").empty())
     apply_override(c, env_or("COIL_TEST_RANK1_SET"));
   TrainOptions o;
   o.quiet = true;
@@ -137,7 +137,7 @@ COIL_TEST_ROLE_DEFINE(train_expect_error) {
     run_training(c, o);
   } catch (const Error& e) {
     double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::fprintf(stderr, "rank %d ended after %.1f s with: %s\n", detect_dist_env().rank, waited, e.what());
+    std::fprintf(stderr, "rank %d ended after %.1f s with: %s\n", dist::detect_dist_env().rank, waited, e.what());
     bool expected = std::string(e.what()).find(env_or("COIL_TEST_EXPECT_ERROR")) != std::string::npos;
     return expected && waited < c.train.dist_timeout_s + 10 ? 0 : 7;
   }
@@ -150,7 +150,7 @@ COIL_TEST_ROLE_DEFINE(train_expect_error) {
 // happened to <run_dir>/rank0_outcome.txt ("ok" or what went wrong).
 COIL_TEST_ROLE_DEFINE(train_fault) {
   Config c = config_from_env();
-  const DistEnv env = detect_dist_env();
+  const dist::DistEnv env = dist::detect_dist_env();
   const bool hang = env_or("COIL_TEST_FAULT") == "hang";
   if (env.rank == 0) std::signal(SIGTERM, SIG_IGN);
   TrainOptions o;

@@ -5,7 +5,7 @@
 #include "dist/distributed.h"
 #include "tests/catch.h"
 
-using namespace coil::train;
+using namespace coil::dist;
 
 namespace {
 EnvLookup env_of(std::map<std::string, std::string> vars) {

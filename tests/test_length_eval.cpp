@@ -15,14 +15,14 @@
 #include "train/trainer.h"
 
 using namespace coil;
-using namespace coil::train;
+using namespace coil::scaling;
 using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
 
 namespace {
 
 // A tiny induction-heads run on the CPU, trained for a few steps (its checkpoint is evaluated).
-Config tiny_run(const std::string& name, std::vector<std::string> extra = {}) {
+train::Config tiny_run(const std::string& name, std::vector<std::string> extra = {}) {
   fs::path dir = test::fresh_dir("coil_test_length_eval", name);
   std::vector<std::string> sets = {"run.dir=" + dir.string(), "model.preset=mamba-tiny", "model.d_model=16",
                                    "model.n_layer=1", "model.vocab_size=9", "data.task=induction_heads",
@@ -30,11 +30,11 @@ Config tiny_run(const std::string& name, std::vector<std::string> extra = {}) {
                                    "train.device=cpu", "optim.warmup=0", "eval.every=0", "eval.batches=0",
                                    "log.every=1"};
   for (auto& e : extra) sets.push_back(e);
-  Config c = parse_config("", name + ".yaml", sets);
-  TrainOptions o;
+  train::Config c = train::parse_config("", name + ".yaml", sets);
+  train::TrainOptions o;
   o.quiet = true;
   o.install_signal_handlers = false;
-  run_training(c, o);
+  train::run_training(c, o);
   return c;
 }
 
@@ -75,7 +75,7 @@ TEST_CASE("--lengths lists: commas, power-of-two ranges, clear errors", "[length
 
 TEST_CASE("the length sweep scores each length like a plain evaluation at that length and writes the CSV",
           "[length_eval]") {
-  Config c = tiny_run("sweep");
+  train::Config c = tiny_run("sweep");
   LengthEvalOptions o;
   o.lengths = {8, 16, 40};
   o.examples = 6;
@@ -95,11 +95,11 @@ TEST_CASE("the length sweep scores each length like a plain evaluation at that l
     REQUIRE(row.examples == examples[i]);
     REQUIRE(row.accuracy == Approx(double(row.correct) / double(row.examples)));
     // The same examples through `coil eval` at this length give the same loss and accuracy.
-    Config at = c;
+    train::Config at = c;
     at.train.seq_len = row.length;
     at.train.micro_batch = row.batch;
     at.eval.batches = row.examples / row.batch;
-    EvalResult e = evaluate(at, "");
+    train::EvalResult e = train::evaluate(at, "");
     REQUIRE(e.targets == row.examples);  // one answer per induction-heads example
     REQUIRE(e.accuracy == Approx(row.accuracy));
     REQUIRE(e.loss == Approx(row.loss));
@@ -139,11 +139,11 @@ TEST_CASE("the length sweep refuses runs without answers and marks lengths beyon
   LengthEvalOptions o;
   o.lengths = {16, 32};
   o.examples = 2;
-  Config random = parse_config("", "r.yaml", {"data.task=random", "train.device=cpu"});
+  train::Config random = train::parse_config("", "r.yaml", {"data.task=random", "train.device=cpu"});
   REQUIRE_THROWS_WITH(evaluate_lengths(random, o), Contains("has no answers to score"));
 
-  Config c = tiny_run("learned", {"model.preset=gpt2-tiny", "model.d_model=16", "model.attention.n_head=1",
-                                  "model.attention.max_seq_len=16"});
+  train::Config c = tiny_run("learned", {"model.preset=gpt2-tiny", "model.d_model=16", "model.attention.n_head=1",
+                                         "model.attention.max_seq_len=16"});
   LengthEvalResult r = evaluate_lengths(c, o);
   REQUIRE(r.rows.size() == 2);
   CHECK(r.rows[0].status == "ok");
@@ -158,7 +158,7 @@ TEST_CASE("the length sweep refuses runs without answers and marks lengths beyon
 }
 
 TEST_CASE("a length that runs out of memory is reported as OOM and the sweep goes on", "[length_eval]") {
-  Config c = tiny_run("oom");
+  train::Config c = tiny_run("oom");
   LengthEvalOptions o;
   o.lengths = {16, int64_t(1) << 22, 32};  // 2^22: its activations (256 MiB each) do not fit
   o.examples = 2;
@@ -194,7 +194,7 @@ TEST_CASE("a length that runs out of memory is reported as OOM and the sweep goe
 }
 
 TEST_CASE("on a GPU, a Mamba answers at 2^20, one sequence a batch, in bounded memory", "[cuda]") {
-  Config c = tiny_run("gpu", {"train.device=cuda"});
+  train::Config c = tiny_run("gpu", {"train.device=cuda"});
   LengthEvalOptions o;
   o.lengths = {256, int64_t(1) << 20};
   o.examples = 2;

@@ -4,7 +4,7 @@
 #include "scaling/power_law.h"
 #include "tests/catch.h"
 
-using namespace coil::train;
+using namespace coil::scaling;
 
 TEST_CASE("a power law fit recovers a known exponent", "[scaling]") {
   std::vector<double> flops, loss;

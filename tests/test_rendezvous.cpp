@@ -21,7 +21,7 @@
 #include "tests/catch.h"
 
 using namespace coil;
-using namespace coil::train;
+using namespace coil::dist;
 
 namespace {
 

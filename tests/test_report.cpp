@@ -14,7 +14,14 @@
 #include "train/trainer.h"
 
 using namespace coil;
-using namespace coil::train;
+using namespace coil::scaling;
+using coil::train::Config;
+using coil::train::EvalSection;
+using coil::train::ModelInfo;
+using coil::train::config_differences;
+using coil::train::model_info;
+using coil::train::parse_config;
+using coil::train::to_yaml;
 namespace fs = std::filesystem;
 
 namespace {

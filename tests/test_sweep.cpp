@@ -4,7 +4,7 @@
 #include "scaling/sweep.h"
 #include "tests/catch.h"
 
-using namespace coil::train;
+using namespace coil::scaling;
 namespace fs = std::filesystem;
 
 namespace {

@@ -15,7 +15,7 @@ namespace coil::train {
 // layers.
 struct Optimizer::Impl {
   std::unique_ptr<optim::AdamW> adamw;
-  std::unique_ptr<ShardedAdamW> sharded;
+  std::unique_ptr<dist::ShardedAdamW> sharded;
   std::vector<std::shared_ptr<layers::Parameter>> params;  // in the optimizer's order
   bool copies = false;
   size_t moment_bytes = 0;  // unsharded: both moments of every parameter
@@ -45,8 +45,8 @@ Optimizer::Optimizer(const layers::LanguageModel& model, const OptimSection& o, 
       decay.push_back(p->no_weight_decay ? 0.0 : o.weight_decay);
       impl_->params.push_back(p);
     }
-    impl_->sharded = std::make_unique<ShardedAdamW>(names, vars, decay, *zero.reducer, *zero.comm, adamw_options(o),
-                                                    impl_->copies);
+    impl_->sharded = std::make_unique<dist::ShardedAdamW>(names, vars, decay, *zero.reducer, *zero.comm,
+                                                          adamw_options(o), impl_->copies);
   } else {
     std::vector<std::pair<std::string, optim::Variable>> named;
     std::set<std::string> no_decay;

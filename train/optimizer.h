@@ -9,17 +9,19 @@
 #include "train/checkpoint.h"
 #include "train/config.h"
 
-namespace coil::train {
-
+namespace coil::dist {
 class Collectives;
 class GradReducer;
+}  // namespace coil::dist
+
+namespace coil::train {
 
 // ZeRO-1 (dist/zero.h): AdamW's moments sharded over the ranks of `comm`. The reducer holds
 // the model's gradients (its parameters in named_parameters() order, its buckets padded for
 // comm->world_size() shards) and reduce-scatters them.
 struct ZeroSharding {
-  const GradReducer* reducer = nullptr;
-  Collectives* comm = nullptr;
+  const dist::GradReducer* reducer = nullptr;
+  dist::Collectives* comm = nullptr;
 };
 
 class Optimizer {

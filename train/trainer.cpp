@@ -84,7 +84,7 @@ size_t host_rss_bytes() {
 }
 
 // With several ranks, each uses the GPU of its local rank (dist/distributed.h: choose_gpu).
-Device rank_device(const std::string& name, const DistEnv& env) {
+Device rank_device(const std::string& name, const dist::DistEnv& env) {
   if (env.world_size == 1) return resolve_device(name);
   COIL_CHECK(name == "auto" || name == "cuda",
              "train: {} ranks were launched ({}); each uses the GPU of its local rank, so train.device must be auto or "
@@ -92,7 +92,7 @@ Device rank_device(const std::string& name, const DistEnv& env) {
              env.world_size, env.launcher, name);
   COIL_CHECK(cuda_available(), "train: {} ranks were launched ({}), but no GPU is usable: {}", env.world_size,
              env.launcher, cuda_unavailable_reason());
-  return Device::cuda(choose_gpu(env.local_rank, cuda_device_count(), env.launcher));
+  return Device::cuda(dist::choose_gpu(env.local_rank, cuda_device_count(), env.launcher));
 }
 
 // The ranks must run the same resolved config: its hash goes into the rendezvous' hello.
@@ -166,7 +166,7 @@ struct LogWindow {
 class Trainer {
  public:
   Trainer(Config config, const TrainOptions& options)
-      : config_(std::move(config)), options_(options), call_start_(Clock::now()), env_(detect_dist_env()) {
+      : config_(std::move(config)), options_(options), call_start_(Clock::now()), env_(dist::detect_dist_env()) {
     print_ = options.print ? options.print : [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
   }
 
@@ -184,7 +184,7 @@ class Trainer {
     open_run_directory();
     announce();
     g_signal = 0;
-    SignalHandlerScope signals(options_.install_signal_handlers ? on_signal : nullptr);
+    dist::SignalHandlerScope signals(options_.install_signal_handlers ? on_signal : nullptr);
     val_batches_ = eval_batches(*loader_, config_.eval.batches, config_.train.micro_batch);
     t_start_ = Clock::now();
     window_.restart(t_start_, state_.tokens_seen);
@@ -223,7 +223,7 @@ class Trainer {
     // Several ranks: rank 0 hands out the NCCL id over TCP; every later wait on collectives goes
     // through the communicator's watchdog (train.dist_timeout_s).
     if (env_.world_size > 1)
-      comm_ = std::make_unique<Communicator>(env_, config_.train.dist_timeout_s, config_hash(config_));
+      comm_ = std::make_unique<dist::Communicator>(env_, config_.train.dist_timeout_s, config_hash(config_));
     if (!env_.note.empty()) say("note: " + env_.note);
     zero_ = comm_ && config_.train.zero == 1;
     if (config_.train.zero == 1 && !comm_)
@@ -292,7 +292,7 @@ class Trainer {
     if (comm_) {
       std::vector<autograd::Variable> params;
       for (auto& [name, p] : model_->named_parameters()) params.push_back(p->var);
-      reducer_ = std::make_unique<GradReducer>(
+      reducer_ = std::make_unique<dist::GradReducer>(
           params, size_t(config_.train.bucket_mb * double(1 << 20)),
           [c = comm_.get(), zero = zero_](const Tensor& bucket) {
             zero ? c->reduce_scatter_mean_async(bucket) : c->all_reduce_mean_async(bucket);
@@ -605,9 +605,9 @@ class Trainer {
   const TrainOptions& options_;
   const Clock::time_point call_start_;  // time_limit_s counts from here
   std::function<void(const std::string&)> print_;
-  DistEnv env_;
+  dist::DistEnv env_;
   Device device_;
-  std::unique_ptr<Communicator> comm_;
+  std::unique_ptr<dist::Communicator> comm_;
   bool zero_ = false;
   std::string run_dir_, config_path_;
   // The run directory as found: a checkpoint to continue from, damaged or unusable ones to set
@@ -619,7 +619,7 @@ class Trainer {
   NamedTensors initial_;
   // Model, optimizer, data.
   std::unique_ptr<layers::LanguageModel> model_;
-  std::unique_ptr<GradReducer> reducer_;
+  std::unique_ptr<dist::GradReducer> reducer_;
   std::unique_ptr<Optimizer> opt_;
   optim::Schedule schedule_;
   std::unique_ptr<data::DataLoader> loader_;
