@@ -6,6 +6,7 @@
 #include <iostream>
 #include <iterator>
 
+#include "core/atomic_file.h"
 #include "data/hdf5_util.h"
 #include "data/prepare.h"
 #include "data/token_file.h"
@@ -225,14 +226,7 @@ std::string train_sentencepiece(const std::vector<std::string>& inputs, const st
   if (!model_path.empty()) {
     fs::path p(model_path);
     if (p.has_parent_path()) fs::create_directories(p.parent_path());
-    std::string tmp = model_path + ".tmp";
-    {
-      std::ofstream out(tmp, std::ios::binary);
-      COIL_CHECK(out.good(), "prepare: cannot write '{}'", tmp);
-      out << model;
-      COIL_CHECK(out.good(), "prepare: cannot write '{}' (disk full?)", tmp);
-    }
-    fs::rename(tmp, model_path);
+    replace_file(model_path, model);
   }
   return model;
 }

@@ -9,6 +9,7 @@
 #include <new>
 
 #include "core/allocator.h"
+#include "core/atomic_file.h"
 #include "core/error.h"
 #include "data/loader.h"
 #include "scaling/report.h"
@@ -158,7 +159,7 @@ void write_length_csv(const LengthEvalResult& r, const std::string& path) {
                        csv_text(row.status), csv_num(row.seconds),
                        row.peak_memory_bytes >= 0 ? std::to_string(row.peak_memory_bytes) : "");
   }
-  write_file(path, csv);
+  replace_file(path, csv);
 }
 
 std::string format_length_table(const std::vector<LengthEvalResult>& results) {

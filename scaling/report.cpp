@@ -13,6 +13,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 #include "scaling/plot.h"
 #include "scaling/sweep.h"
@@ -212,17 +213,6 @@ std::string duration_text(double s) {
 }
 
 }  // namespace
-
-void write_file(const std::string& path, const std::string& text) {
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    COIL_CHECK(out.good(), "cannot write '{}'", tmp);
-    out << text;
-    COIL_CHECK(out.good(), "cannot write '{}' (disk full?)", tmp);
-  }
-  fs::rename(tmp, path);
-}
 
 namespace {
 
@@ -510,7 +500,7 @@ ReportResult write_report(const std::vector<std::string>& run_dirs, const std::s
                          csv_num(std::exp(r.val_loss)));
     }
     res.csv = (out / "runs.csv").string();
-    write_file(res.csv, csv);
+    replace_file(res.csv, csv);
   }
   // ---- curves.csv, fits.csv (inputs of the plots) ----
   {
@@ -523,7 +513,7 @@ ReportResult write_report(const std::vector<std::string>& run_dirs, const std::s
                              r.parameters);
     }
     res.curves_csv = (out / "curves.csv").string();
-    write_file(res.curves_csv, csv);
+    replace_file(res.curves_csv, csv);
     std::string fits =
         "architecture,points,ok,a,b,c,rmse_log,flops_min,flops_max,b_se,b_low,b_high,dof,t95,mean_log_x,sxx,"
         "residual_var\n";
@@ -538,7 +528,7 @@ ReportResult write_report(const std::vector<std::string>& run_dirs, const std::s
                           spread ? csv_num(p.mean_log_x) : "", spread ? csv_num(p.sxx) : "", num(p.residual_var));
     }
     res.fits_csv = (out / "fits.csv").string();
-    write_file(res.fits_csv, fits);
+    replace_file(res.fits_csv, fits);
     std::string cross = "first,second,ok,x,bounded,low,high,differ_low,differ_high,sentence\n";
     for (auto& x : res.crossovers) {
       const Crossover& c = x.crossover;
@@ -547,7 +537,7 @@ ReportResult write_report(const std::vector<std::string>& run_dirs, const std::s
                            csv_num(c.differ_high), csv_text(x.sentence));
     }
     res.crossovers_csv = (out / "crossovers.csv").string();
-    write_file(res.crossovers_csv, cross);
+    replace_file(res.crossovers_csv, cross);
   }
 
   // ---- plots ----
@@ -663,7 +653,7 @@ ReportResult write_report(const std::vector<std::string>& run_dirs, const std::s
   }
   md += "Files: runs.csv (every run), curves.csv (loss curves), fits.csv, crossovers.csv.\n";
   res.markdown = (out / "report.md").string();
-  write_file(res.markdown, md);
+  replace_file(res.markdown, md);
   return res;
 }
 

@@ -135,7 +135,5 @@ std::string format_report_summary(const ReportResult& result);
 // significant digits, empty when not finite.
 std::string csv_text(const std::string& s);
 std::string csv_num(double v);
-// Writes `text` to a temporary file beside `path` and renames it over `path` (never torn).
-void write_file(const std::string& path, const std::string& text);
 
 }  // namespace coil::scaling

@@ -10,7 +10,7 @@
 #include "data/hdf5_util.h"
 #include "layers/model.h"
 #include "layers/model_facts.h"
-#include "train/atomic_file.h"
+#include "core/atomic_file.h"
 
 namespace coil::train {
 namespace fs = std::filesystem;

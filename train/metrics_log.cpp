@@ -6,7 +6,7 @@
 
 #include "core/error.h"
 #include "core/version.h"
-#include "train/atomic_file.h"
+#include "core/atomic_file.h"
 
 namespace coil::train {
 

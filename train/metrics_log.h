@@ -3,7 +3,7 @@
 // A run that continues from a checkpoint at step S drops what was logged after S (and a last
 // line torn by a kill), so the file reads as one run. The file is never truncated or rewritten
 // in place: when lines must go, the kept ones are written to a temporary file that replaces it
-// (train/atomic_file.h), so a kill at any moment leaves the whole old history or the new one.
+// (core/atomic_file.h), so a kill at any moment leaves the whole old history or the new one.
 #pragma once
 #include <cstdint>
 #include <fstream>

@@ -6,6 +6,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/atomic_file.h"
+
 namespace coil::train {
 namespace fs = std::filesystem;
 
@@ -202,22 +204,13 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors, con
   }
   std::string text = header.dump();
   while ((8 + text.size()) % 8 != 0) text += ' ';  // the data starts 8-byte aligned
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    COIL_CHECK(out.good(), "safetensors: cannot write '{}'", tmp);
+  replace_file(path, [&](std::ostream& out) {
     unsigned char len[8];
     for (int b = 0; b < 8; ++b) len[b] = static_cast<unsigned char>(uint64_t(text.size()) >> (8 * b));
     out.write(reinterpret_cast<const char*>(len), 8);
     out.write(text.data(), std::streamsize(text.size()));
     for (auto& t : data) out.write(static_cast<const char*>(t.raw()), std::streamsize(t.nbytes()));
-    if (!out.good()) {
-      out.close();
-      fs::remove(tmp);
-      fail("safetensors: writing '{}' failed (disk full?)", tmp);
-    }
-  }
-  fs::rename(tmp, path);
+  });
 }
 
 NamedTensors read_safetensors(const std::string& path) {

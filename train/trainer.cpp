@@ -28,7 +28,7 @@
 #include "layers/model.h"
 #include "layers/model_facts.h"
 #include "optim/schedule.h"
-#include "train/atomic_file.h"
+#include "core/atomic_file.h"
 #include "train/carried_state.h"
 #include "train/checkpoint.h"
 #include "train/hf_interop.h"

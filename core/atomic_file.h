@@ -6,13 +6,15 @@
 #include <ostream>
 #include <string>
 
-namespace coil::train {
+namespace coil {
 
 // Calls `write` on the temporary file, then replaces `path` with it. A write that fails (disk
 // full) is an error naming the file, and `path` is left as it was.
 void replace_file(const std::string& path, const std::function<void(std::ostream&)>& write);
+// The same with the whole new content at hand.
+void replace_file(const std::string& path, const std::string& content);
 
 // fsync of a file or (directory = true) a folder, so that a rename in it is durable.
 void fsync_path(const std::string& path, bool directory);
 
-}  // namespace coil::train
+}  // namespace coil

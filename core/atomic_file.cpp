@@ -1,4 +1,4 @@
-#include "train/atomic_file.h"
+#include "core/atomic_file.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -8,7 +8,7 @@
 
 #include "core/error.h"
 
-namespace coil::train {
+namespace coil {
 namespace fs = std::filesystem;
 
 void fsync_path(const std::string& path, bool directory) {
@@ -41,4 +41,8 @@ void replace_file(const std::string& path, const std::function<void(std::ostream
   fsync_path(parent.empty() ? "." : parent.string(), true);
 }
 
-}  // namespace coil::train
+void replace_file(const std::string& path, const std::string& content) {
+  replace_file(path, [&](std::ostream& out) { out << content; });
+}
+
+}  // namespace coil
