@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <thread>
 
 #include "core/error.h"
@@ -166,8 +167,10 @@ SweepResult run_sweep(const Sweep& sweep, const SweepOptions& options) {
     result.time_limit_reached |= has_deadline && Clock::now() >= deadline;
     SweepRunOutcome o;
     int64_t from_step = -1;
-    const RunClaim claim(run.run_dir);
-    if (claim.held()) {
+    // A run is claimed only while the sweep may still start runs (no lock files for the rest).
+    std::optional<RunClaim> claim;
+    if (!result.signal && !result.time_limit_reached) claim.emplace(run.run_dir);
+    if (!claim || claim->held()) {
       o = plan_run(run, configs[i], from_step);
     } else {
       o.name = run.name;

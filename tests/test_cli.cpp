@@ -374,6 +374,7 @@ TEST_CASE("Ctrl-C and the time limit stop a sweep: the running run saves a check
   CHECK(limited.output.find("1 not started; the time limit was reached") != std::string::npos);
   CHECK(read_run((dir / "runs" / "1").string()).checkpoint_step > first.checkpoint_step);
   CHECK_FALSE(fs::exists(dir / "runs" / "2"));
+  CHECK_FALSE(fs::exists(dir / "runs" / "2.lock"));  // a run not started is not claimed either
 }
 
 TEST_CASE("several sweeps of one file share its runs out: a run another sweep trains is passed over", "[cli]") {
