@@ -1,9 +1,10 @@
 // What the Hopper (sm_90a) attention kernels share: the forward (kernels/cuda/attention_hopper.cu)
 // and the backward (kernels/cuda/attention_hopper_backward.cu). The block shape (two consumer
-// warpgroups and one producer warp), the PTX wrappers of the Hopper instructions (mbarriers, TMA
-// tile copies, wgmma with its descriptors and fences), the producer loop that streams key and
-// value tiles, and on the host the TMA tensor maps over the attention layouts. Design in
-// docs/ATTENTION.md ("Hopper forward", "Hopper backward").
+// warpgroups and a producer), the PTX wrappers of the Hopper instructions (setmaxnreg,
+// mbarriers, TMA tile copies, wgmma with its descriptors and fences), the products as the
+// kernels issue them, the query-block bookkeeping and producer loop of the kernels that stream
+// key tiles (forward, dQ), the accumulator stores, and on the host the TMA tensor maps over
+// the attention layouts. Design in docs/ATTENTION.md ("Hopper forward", "Hopper backward").
 //
 // The device helpers exist only in sm_90a device code (__CUDA_ARCH_FEAT_SM90_ALL: wgmma exists
 // nowhere else); the kernels that use them keep an empty body elsewhere, which the host never

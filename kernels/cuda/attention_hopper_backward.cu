@@ -71,17 +71,10 @@ struct QueryStats {
   int32_t first[kBQ];
 };
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// Whether queries [q0, q0 + kBQ) see none of the 64 keys [wk0, wk0 + 64) by position alone
-// (all before the keys, or all past the window; documents are left to the mask).
-__device__ __forceinline__ bool tile_hidden(int q0, int wk0, int T, int window) {
-  return q0 + kBQ - 1 < wk0 || wk0 >= T || (window > 0 && q0 - (wk0 + kRowsPerWarpgroup - 1) >= window);
-}
-#endif
-
 // ---------------------------------------------------------------------------------------------
-// dK and dV. Grid (key blocks, H, B), key block 0 (the most query tiles) first; 288 threads:
-//   warp 8 (producer): one thread loads the block's K and V (kBKV x D each, once) by TMA and,
+// dK and dV. Grid (key blocks, H, B), key block 0 (the most query tiles) first; 384 threads:
+//   producer warpgroup (warp 8 works): one thread loads the block's K and V (kBKV x D each,
+//     once) by TMA and,
 //     for each query tile that can see the block (from the diagonal up to query_end), Q and dO
 //     (kBQ x D each) into stage i % kStages; the warp's 32 lanes write the tile's QueryStats
 //     beside them. A stage is reused after every consumer warp released it (q_empty).
@@ -187,7 +180,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int i = 0; i < n_tiles; ++i) {
     const int s = i % kStages, q0 = (qt_lo + i) * kBQ;
     mbar_wait_untimed(&q_full[s], (i / kStages) & 1);
-    if (!tile_hidden(q0, wk0, T, p.window)) {
+    if (!tiles_hidden(q0, kBQ, wk0, kRowsPerWarpgroup, T, p.window)) {
       const QueryStats& st = stats[s];
       const uint32_t q_addr = smem_addr(sQ) + s * kQBytes, do_addr = smem_addr(sdO) + s * kQBytes;
 
@@ -246,17 +239,19 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // ---------------------------------------------------------------------------------------------
-// dQ. Grid (query blocks, H, B), query blocks longest-first; 288 threads:
-//   warp 8 (producer, one thread): TMA loads of the block's Q and dO (kBR x D each, once) and,
-//     for each visible key tile from the diagonal backwards (key_tile_range, as the forward),
-//     K and V (BC x D each) into stage i % kStages (produce_key_tiles, the forward's loop);
+// dQ. Grid (query blocks, H, B), query blocks longest-first; 384 threads:
+//   producer warpgroup (one thread of warp 8 works): TMA loads of the block's Q and dO (kBR x D
+//     each, once) and, for each visible key tile from the diagonal backwards (key_tile_range,
+//     as the forward), K and V (BC x D each) into stage i % kStages (produce_key_tiles, the
+//     forward's loop); at the end it waits for the last releases (await_releases);
 //   warps 0-7 (two consumer warpgroups, queries q0 + 64 wg .. + 63 each), per key tile:
 //     S  = Q K^T             wgmma m64n64k16, Q and K K-major from shared memory
 //     dP = dO V^T            same, dO and V (a second group)
 //     P  = exp2(S scale log2e - lse log2e), masked entries 0   (while dP completes)
 //     dS = P (dP - delta)
 //     dQ += dS K             wgmma, dS from registers, K MN-major (imm-trans-b)
-//     then release the stage.
+//     then release the stage. A warpgroup whose queries see none of the tile's keys by
+//     position (for warpgroup 0, the upper 64 keys of the diagonal at BC = 64) only releases it.
 // Epilogue: dQ scale as bf16 from the registers. Deterministic: each query's dQ is summed by
 // one warpgroup over the key tiles in order.
 // Memory: reads Q, dO, lse, delta once and K, V once per query block (L2-resident), writes dQ
@@ -301,7 +296,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Consumers: warpgroup wg owns queries q0 + 64 wg .. + 63; this thread rows r_lo, r_lo + 8.
   setmaxnreg_inc<kConsumerRegisters>();
   const int wg = warp / 4;
-  const int r_lo = q0 + wg * kRowsPerWarpgroup + (warp % 4) * 16 + lane / 4;
+  const int wq0 = q0 + wg * kRowsPerWarpgroup;
+  const int r_lo = wq0 + (warp % 4) * 16 + lane / 4;
   const int doc_hi = doc_first(p.doc_start, row_base, min(T, q0 + kBR) - 1);
   float lse2[2], dl[2];
   int first[2] = {0, 0};  // the rows' document starts (for the element mask)
@@ -327,9 +323,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     const uint32_t parity = (i / kStages) & 1;
     const uint32_t k_addr = smem_addr(sK) + s * kKVBytes, v_addr = smem_addr(sV) + s * kKVBytes;
 
-    // S = Q K^T and dP = dO V^T over the head dim (all four K-major), two groups.
     mbar_wait_untimed(&bars.k_full[s], parity);
     mbar_wait_untimed(&bars.v_full[s], parity);
+    if (tiles_hidden(wq0, kRowsPerWarpgroup, k0, BC, T, p.window)) {  // nothing of this tile to see
+      release_stage(&bars.kv_empty[s]);
+      continue;
+    }
+
+    // S = Q K^T and dP = dO V^T over the head dim (all four K-major), two groups.
     fence_registers(s_acc);
     fence_registers(dp);
     wgmma_fence();

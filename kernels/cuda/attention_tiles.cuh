@@ -52,6 +52,13 @@ __device__ __forceinline__ bool tile_needs_mask(int q0, int k0, int T, int windo
          (window > 0 && q0 + BR - 1 - k0 >= window) || k0 < doc_hi;
 }
 
+// Whether queries [q0, q0 + nq) see none of the keys [k0, k0 + nk) by position alone: every
+// key after every query, every query past the window of every key, or all keys or all queries
+// past T (documents are left to the element mask).
+__device__ __forceinline__ bool tiles_hidden(int q0, int nq, int k0, int nk, int T, int window) {
+  return q0 + nq - 1 < k0 || k0 >= T || q0 >= T || (window > 0 && q0 - (k0 + nk - 1) >= window);
+}
+
 // Max and sum over the 4 lanes (lane ^ 1, lane ^ 2) that hold one accumulator row.
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
