@@ -1,10 +1,11 @@
 // Causal flash attention, bf16, on one GPU: forward and forward+backward times (median of
 // CUDA-event timings after warm-up) and TFLOP/s, with causal FLOPs
 //   forward 4 * B * H * T^2 * hd / 2,  backward 2.5 x forward.
-// Each shape is timed with the portable forward (mma.sync, kernels/cuda/attention.cu) and,
-// where it runs (an sm_90 GPU, a build for sm_90a, hd 64 or 128), the Hopper forward (wgmma,
-// TMA, kernels/cuda/attention_hopper.cu), rows "portable" and "hopper"; the backward is the
-// same kernels in both.
+// Each shape is timed with the portable kernels (mma.sync, kernels/cuda/attention.cu) and,
+// where they run (an sm_90 GPU, a build for sm_90a, hd 64 or 128), the Hopper kernels (wgmma,
+// TMA: kernels/cuda/attention_hopper.cu, the forward, and attention_hopper_backward.cu, dK/dV
+// and dQ), rows "portable" and "hopper": both directions switch together, so the "bwd" columns
+// (f+b minus fwd) compare the two backwards side by side.
 // Usage: bench_attention [iterations] [--tune]; --tune also times the other launch settings
 // of the portable kernels "fwd warps, fwd rows per warp, dK/dV warps, dQ warps"
 // (kernels::AttentionLaunch). Compare with bench/attention_torch.py (PyTorch SDPA).
@@ -58,6 +59,12 @@ void time_case(const Case& c, const std::string& label, const Tensor& q, const T
   std::fflush(stdout);
 }
 
+// The forward and the backward kernels both.
+void set_kernels(kernels::AttentionKernel kernel) {
+  kernels::set_attention_forward_kernel(kernel);
+  kernels::set_attention_backward_kernel(kernel);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -73,7 +80,7 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
   std::vector<Case> cases = {{16, 12, 2048, 64, 0}, {4, 12, 8192, 64, 0}, {8, 16, 2048, 128, 0},
                              {8, 16, 2048, 96, 0}, {16, 12, 2048, 64, 512}};
-  std::printf("%-44s %10s %10s %10s %10s %10s %10s\n", "shape (causal, bf16), forward kernel", "fwd ms",
+  std::printf("%-44s %10s %10s %10s %10s %10s %10s\n", "shape (causal, bf16), kernels", "fwd ms",
               "fwd TF/s", "f+b ms", "f+b TF/s", "bwd ms", "bwd TF/s");
   // The settings in use (defaults or the environment's) unlabelled; --tune: each of these.
   const kernels::AttentionLaunch initial = kernels::attention_launch();
@@ -86,7 +93,7 @@ int main(int argc, char** argv) {
     Device gpu = Device::cuda();
     Tensor q = randn(s, gen, DType::bf16, gpu), k = randn(s, gen, DType::bf16, gpu),
            v = randn(s, gen, DType::bf16, gpu), g = randn(s, gen, DType::bf16, gpu);
-    kernels::set_attention_forward_kernel(kernels::AttentionForwardKernel::portable);
+    set_kernels(kernels::AttentionKernel::portable);
     for (const kernels::AttentionLaunch& variant : variants) {
       kernels::set_attention_launch(variant);
       std::string label = " portable";
@@ -96,12 +103,12 @@ int main(int argc, char** argv) {
       time_case(c, label, q, k, v, g, iters);
     }
     kernels::set_attention_launch(initial);
-    const std::string why = kernels::attention_hopper_forward_unsupported(c.d);
+    const std::string why = kernels::attention_hopper_unsupported(c.d);
     if (!why.empty()) {
       std::printf("%-44s not timed: %s\n", " hopper", why.c_str());
       continue;
     }
-    kernels::set_attention_forward_kernel(kernels::AttentionForwardKernel::hopper);
+    set_kernels(kernels::AttentionKernel::hopper);
     time_case(c, " hopper", q, k, v, g, iters);
   }
   return 0;

@@ -146,25 +146,32 @@ void set_attention_launch(const AttentionLaunch& l) {
 
 namespace {
 
-AttentionForwardKernel forward_kernel_from_environment() {
-  const char* v = std::getenv("COIL_ATTN_FWD_KERNEL");
-  if (!v || std::strcmp(v, "auto") == 0) return AttentionForwardKernel::automatic;
-  if (std::strcmp(v, "hopper") == 0) return AttentionForwardKernel::hopper;
-  if (std::strcmp(v, "portable") == 0) return AttentionForwardKernel::portable;
-  fail("COIL_ATTN_FWD_KERNEL must be auto, hopper or portable, got '{}'", v);
+// The setting in environment variable `env`: auto (or unset), hopper or portable.
+AttentionKernel kernel_from_environment(const char* env) {
+  const char* v = std::getenv(env);
+  if (!v || std::strcmp(v, "auto") == 0) return AttentionKernel::automatic;
+  if (std::strcmp(v, "hopper") == 0) return AttentionKernel::hopper;
+  if (std::strcmp(v, "portable") == 0) return AttentionKernel::portable;
+  fail("{} must be auto, hopper or portable, got '{}'", env, v);
 }
-std::atomic<AttentionForwardKernel>& forward_kernel_setting() {
-  static std::atomic<AttentionForwardKernel> setting{forward_kernel_from_environment()};
+std::atomic<AttentionKernel>& forward_kernel_setting() {
+  static std::atomic<AttentionKernel> setting{kernel_from_environment("COIL_ATTN_FWD_KERNEL")};
+  return setting;
+}
+std::atomic<AttentionKernel>& backward_kernel_setting() {
+  static std::atomic<AttentionKernel> setting{kernel_from_environment("COIL_ATTN_BWD_KERNEL")};
   return setting;
 }
 }  // namespace
 
-AttentionForwardKernel attention_forward_kernel() { return forward_kernel_setting().load(); }
-void set_attention_forward_kernel(AttentionForwardKernel kernel) { forward_kernel_setting().store(kernel); }
+AttentionKernel attention_forward_kernel() { return forward_kernel_setting().load(); }
+void set_attention_forward_kernel(AttentionKernel kernel) { forward_kernel_setting().store(kernel); }
+AttentionKernel attention_backward_kernel() { return backward_kernel_setting().load(); }
+void set_attention_backward_kernel(AttentionKernel kernel) { backward_kernel_setting().store(kernel); }
 
-std::string attention_hopper_forward_unsupported(int64_t head_dim) {
+std::string attention_hopper_unsupported(int64_t head_dim) {
 #ifdef COIL_CUDA
-  return cuda::attention_hopper_forward_unsupported(head_dim);
+  return cuda::attention_hopper_unsupported(head_dim);
 #else
   (void)head_dim;
   return "coil was built without CUDA";

@@ -15,8 +15,8 @@
 // in earlier documents, so packed short documents cost less than one long one.
 //
 // Devices and dtypes: CPU reference in f32 and f64 (plain softmax attention, O(T^2) memory).
-// CUDA: bf16 is the fast path (mma.sync m16n8k16, or on sm_90 a wgmma/TMA forward: see
-// AttentionForwardKernel below; fp32 accumulation and softmax); f32 inputs
+// CUDA: bf16 is the fast path (mma.sync m16n8k16, or on sm_90 wgmma/TMA kernels: see
+// AttentionKernel below; fp32 accumulation and softmax); f32 inputs
 // are converted to bf16, computed there and the results converted back, so an f32 call has
 // bf16 accuracy. CUDA head dims: 64, 96 and 128; any sequence length >= 1.
 // Backward on the GPU is deterministic (no floating-point atomics): dK/dV and dQ are
@@ -73,21 +73,27 @@ const AttentionLaunch& attention_launch();
 // Replaces them (tests and bench_attention --tune time every setting); values outside the
 // choices above are an error naming them.
 void set_attention_launch(const AttentionLaunch& launch);
-// Which CUDA forward kernel runs (the backward has one set of kernels).
-//   automatic: the Hopper kernel (kernels/cuda/attention_hopper.cu: wgmma, TMA, warp
-//              specialization) where it applies, else the portable mma.sync kernel;
-//   hopper:    the Hopper kernel, or an error saying why it cannot run;
-//   portable:  the mma.sync kernel (kernels/cuda/attention.cu) on every GPU.
-// The start value is the environment variable COIL_ATTN_FWD_KERNEL (auto, hopper or portable;
-// unset: auto; anything else is an error), read once at the first use; tests and benchmarks
-// switch with set_attention_forward_kernel.
-enum class AttentionForwardKernel { automatic, hopper, portable };
-AttentionForwardKernel attention_forward_kernel();
-void set_attention_forward_kernel(AttentionForwardKernel kernel);
-// Why the Hopper forward kernel cannot run at this head dim on the current device, in words
-// ("" when it can): no usable GPU, not an sm_90 GPU, a build without sm_90a code (configure with
-// -DCMAKE_CUDA_ARCHITECTURES=90a), a head dim other than 64 and 128, or a build without CUDA.
-std::string attention_hopper_forward_unsupported(int64_t head_dim);
+// Which CUDA kernels run, chosen separately for the forward and for the backward:
+//   automatic: the Hopper kernels (kernels/cuda/attention_hopper.cu, the forward, and
+//              kernels/cuda/attention_hopper_backward.cu, dK/dV and dQ: wgmma, TMA, warp
+//              specialization) where they apply (attention_hopper_unsupported is ""), else the
+//              portable mma.sync kernels;
+//   hopper:    the Hopper kernels, or an error saying why they cannot run;
+//   portable:  the mma.sync kernels (kernels/cuda/attention.cu) on every GPU.
+// Both backwards are deterministic. The start values are the environment variables
+// COIL_ATTN_FWD_KERNEL and COIL_ATTN_BWD_KERNEL (auto, hopper or portable; unset: auto; anything
+// else is an error), each read once at its first use; tests and benchmarks switch with the
+// setters.
+enum class AttentionKernel { automatic, hopper, portable };
+AttentionKernel attention_forward_kernel();
+void set_attention_forward_kernel(AttentionKernel kernel);
+AttentionKernel attention_backward_kernel();
+void set_attention_backward_kernel(AttentionKernel kernel);
+// Why the Hopper kernels (forward and backward alike) cannot run at this head dim on the
+// current device, in words ("" when they can): no usable GPU, not an sm_90 GPU, a build without
+// sm_90a code (configure with -DCMAKE_CUDA_ARCHITECTURES=90a), a head dim other than 64 and
+// 128, or a build without CUDA.
+std::string attention_hopper_unsupported(int64_t head_dim);
 
 // Raw views shared by the CPU and CUDA implementations: q/k/v (and dq/dk/dv) are given by a
 // base pointer each and one token stride (elements between token t and t+1 of one batch row);
@@ -121,11 +127,17 @@ void attention_forward(const AttentionProblem& p, const void* q, const void* k, 
 void attention_backward(const AttentionProblem& p, const void* dout, const void* q,
                         const void* k, const void* v, const void* out, const float* lse,
                         void* dq, void* dk, void* dv);
-// The Hopper forward (kernels/cuda/attention_hopper.cu), same contract as attention_forward;
-// attention_forward calls it as attention_forward_kernel() says.
-std::string attention_hopper_forward_unsupported(int64_t head_dim);
+// The Hopper kernels. attention_forward_hopper (kernels/cuda/attention_hopper.cu): same
+// contract as attention_forward, which calls it as attention_forward_kernel() says.
+// attention_backward_hopper (kernels/cuda/attention_hopper_backward.cu): dK/dV and dQ from
+// delta = rowsum(dO * O) (B, H, T) f32, which attention_backward computes first and then calls
+// it as attention_backward_kernel() says.
+std::string attention_hopper_unsupported(int64_t head_dim);
 void attention_forward_hopper(const AttentionProblem& p, const void* q, const void* k,
                               const void* v, void* out, float* lse);
+void attention_backward_hopper(const AttentionProblem& p, const void* dout, const void* q,
+                               const void* k, const void* v, const float* lse, const float* delta,
+                               void* dq, void* dk, void* dv);
 }  // namespace cuda
 
 }  // namespace coil::kernels

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 18 (the Transformer baselines) on one GPU, in one call: build (Hopper, 16 jobs, outside
-# the tree), run the [cuda] tests of attention, the element-wise kernels (SwiGLU), the products
+# the tree), run the [cuda] tests of attention (portable and Hopper kernels), the element-wise
+# kernels (SwiGLU), the products
 # (GELU epilogues) and the models (GPU training against the CPU), time
 # attention beside PyTorch SDPA (same call), the fused kernels, and training tokens/s of the
 # four training rows (configs/bench: Transformer++ 125M 16 x 2048 and 4 x 8192, Transformer++
@@ -12,12 +13,12 @@ cd "$(dirname "$0")/.." || exit 1
 out=${OUT:-/tmp/coil-out}
 build=${COIL_BUILD:-/root/build}
 mkdir -p "$out"
-scripts/build_gpu.sh "$out" "$build" coil_cli test_attention test_elementwise test_matmul test_models \
-  bench_attention bench_fused_kernels || exit 1
+scripts/build_gpu.sh "$out" "$build" coil_cli test_attention test_attention_hopper test_elementwise test_matmul \
+  test_models bench_attention bench_fused_kernels || exit 1
 
 status=0
 # ---- tests (the test cases' durations are in the logs) ----
-for t in test_attention test_elementwise test_matmul test_models; do
+for t in test_attention test_attention_hopper test_elementwise test_matmul test_models; do
   echo "== $t [cuda]"
   timeout 300 "$build/tests/$t" "[cuda]" --durations yes >"$out/$t.log" 2>&1
   rc=$?

@@ -12,6 +12,7 @@
 
 using namespace coil;
 using coil::test::random_normal;
+using coil::test::grad_error;
 using coil::test::relative_error;
 
 namespace {
@@ -162,21 +163,6 @@ TEST_CASE("attention launch settings: only the measured choices are accepted", "
 // CUDA
 
 namespace {
-
-// ||a - b|| / max(||b||, 0.05 ||scale_ref||): where every query sees only itself (T = 1,
-// window 1) dq and dk are exactly zero in exact arithmetic and only rounding noise is left,
-// so the error is measured against the size of a sibling gradient (dv) instead.
-double grad_error(const Tensor& a, const Tensor& b, const Tensor& scale_ref) {
-  std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>(), z = scale_ref.to_vector<double>();
-  double num = 0, den = 0, ref = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    num += (x[i] - y[i]) * (x[i] - y[i]);
-    den += y[i] * y[i];
-  }
-  for (double v : z) ref += v * v;
-  if (std::isnan(num) || x.size() != y.size()) return INFINITY;
-  return std::sqrt(num) / std::max({std::sqrt(den), 0.05 * std::sqrt(ref), 1e-30});
-}
 
 struct CudaCase {
   int64_t B, T, H, hd, window;
@@ -331,10 +317,12 @@ TEST_CASE("attention CUDA autograd op matches the CPU op", "[attention][cuda]") 
 
 TEST_CASE("attention CUDA: every launch configuration matches the CPU reference", "[attention][cuda]") {
   // Warps per block 4 and 8 of the three kernels; 16 and 32 query rows per warp of the forward
-  // (the portable forward, also on a GPU where the Hopper one would run).
+  // (the portable kernels, also on a GPU where the Hopper ones would run).
   const kernels::AttentionLaunch initial = kernels::attention_launch();
-  const kernels::AttentionForwardKernel forward = kernels::attention_forward_kernel();
-  kernels::set_attention_forward_kernel(kernels::AttentionForwardKernel::portable);
+  const kernels::AttentionKernel forward = kernels::attention_forward_kernel(),
+                                 backward = kernels::attention_backward_kernel();
+  kernels::set_attention_forward_kernel(kernels::AttentionKernel::portable);
+  kernels::set_attention_backward_kernel(kernels::AttentionKernel::portable);
   for (int w : {4, 8})
     for (int rows : {16, 32}) {
       INFO("warps " << w << " forward rows per warp " << rows);
@@ -348,4 +336,5 @@ TEST_CASE("attention CUDA: every launch configuration matches the CPU reference"
     }
   kernels::set_attention_launch(initial);
   kernels::set_attention_forward_kernel(forward);
+  kernels::set_attention_backward_kernel(backward);
 }

@@ -161,7 +161,7 @@ struct Params {
 
 // The start of the document of query q < T in the batch row at row_base (0 without documents).
 __device__ __forceinline__ int doc_first(const Params& p, int64_t row_base, int q) {
-  return p.doc_start ? p.doc_start[row_base + q] : 0;
+  return cuda::doc_first(p.doc_start, row_base, q);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -408,17 +408,7 @@ __global__ void __launch_bounds__(NW * 32) attention_bwd_dkdv_kernel(Params p) {
   const bf16_t* gdo = p.dout + row_base * p.H * D + hoff;
   const int64_t do_stride = int64_t(p.H) * D;
 
-  int q_end = p.window > 0 ? min(T, k0 + BKV - 1 + p.window) : T;
-  if (p.doc_start) {  // the first query in (k_last, q_end) whose document starts after k_last
-    const int k_last = min(T, k0 + BKV) - 1;
-    int lo = k_last + 1, hi = q_end;
-    while (lo < hi) {
-      const int mid = (lo + hi) / 2;
-      if (doc_first(p, row_base, mid) > k_last) hi = mid;
-      else lo = mid + 1;
-    }
-    q_end = lo;
-  }
+  const int q_end = query_end(min(T, k0 + BKV) - 1, T, p.window, p.doc_start, row_base);
   const int qt_lo = k0 / BQ, qt_hi = (q_end + BQ - 1) / BQ;
   const int n_tiles = qt_hi - qt_lo;
 
@@ -716,15 +706,18 @@ void launch_dq(Params p, int B, cudaStream_t stream) {
                          p.H, D, p.window, NW);
 }
 
+// delta = rowsum(dO * O), the first step of either backward.
 template <int D>
-void backward_impl(Params p, int B, const AttentionLaunch& launch) {
-  cudaStream_t stream = coil::cuda::compute_stream();
-  {
-    int64_t rows = int64_t(B) * p.T * p.H;
-    int64_t blocks = (rows * 32 + 255) / 256;
-    attention_bwd_delta_kernel<D><<<unsigned(blocks), 256, 0, stream>>>(p, rows);
-    COIL_CUDA_CHECK_LAUNCH("attention_bwd_delta", "B {} T {} H {} hd {}", B, p.T, p.H, D);
-  }
+void launch_delta(Params p, int B, cudaStream_t stream) {
+  const int64_t rows = int64_t(B) * p.T * p.H;
+  const int64_t blocks = (rows * 32 + 255) / 256;
+  attention_bwd_delta_kernel<D><<<unsigned(blocks), 256, 0, stream>>>(p, rows);
+  COIL_CUDA_CHECK_LAUNCH("attention_bwd_delta", "B {} T {} H {} hd {}", B, p.T, p.H, D);
+}
+
+// The portable dK/dV and dQ kernels (after launch_delta).
+template <int D>
+void backward_impl(Params p, int B, const AttentionLaunch& launch, cudaStream_t stream) {
   // H100: 4 warps for both backward kernels at every head dim (8 is 2-17% slower).
   if (launch.dkdv_warps == 8) launch_dkdv<D, 8>(p, B, stream);
   else launch_dkdv<D, 4>(p, B, stream);
@@ -732,15 +725,16 @@ void backward_impl(Params p, int B, const AttentionLaunch& launch) {
   else launch_dq<D, 4>(p, B, stream);
 }
 
-// Whether the Hopper forward (kernels/cuda/attention_hopper.cu) runs this problem, as
-// attention_forward_kernel() says; a forced Hopper kernel that cannot run is an error there.
-bool use_hopper_forward(const AttentionProblem& pr) {
-  switch (attention_forward_kernel()) {
-    case AttentionForwardKernel::portable: return false;
-    case AttentionForwardKernel::hopper: return true;
-    case AttentionForwardKernel::automatic: break;
+// Whether the Hopper kernels (kernels/cuda/attention_hopper{,_backward}.cu) run this problem
+// in the direction whose setting is `kernel` (attention_forward_kernel() or
+// attention_backward_kernel()); a forced Hopper kernel that cannot run is an error there.
+bool use_hopper(AttentionKernel kernel, const AttentionProblem& pr) {
+  switch (kernel) {
+    case AttentionKernel::portable: return false;
+    case AttentionKernel::hopper: return true;
+    case AttentionKernel::automatic: break;
   }
-  return attention_hopper_forward_unsupported(pr.head_dim).empty();
+  return attention_hopper_unsupported(pr.head_dim).empty();
 }
 
 }  // namespace
@@ -750,7 +744,7 @@ void attention_forward(const AttentionProblem& pr, const void* q, const void* k,
   check_problem("attention_forward", pr, {q, k, v, out});
   COIL_CHECK(pr.dtype == DType::bf16, "attention_forward: the CUDA kernel takes bf16, got {}",
              dtype_name(pr.dtype));
-  if (use_hopper_forward(pr)) return attention_forward_hopper(pr, q, k, v, out, lse);
+  if (use_hopper(attention_forward_kernel(), pr)) return attention_forward_hopper(pr, q, k, v, out, lse);
   Params p = make_params(pr);
   p.q = static_cast<const bf16_t*>(q);
   p.k = static_cast<const bf16_t*>(k);
@@ -779,8 +773,13 @@ void attention_backward(const AttentionProblem& pr, const void* dout, const void
   p.dv = static_cast<bf16_t*>(dv);
   p.lse = const_cast<float*>(lse);
   p.delta = delta.data<float>();
-  dispatch_head_dim(pr.head_dim,
-                    [&](auto d) { backward_impl<decltype(d)::value>(p, int(pr.batch), attention_launch()); });
+  cudaStream_t stream = coil::cuda::compute_stream();
+  dispatch_head_dim(pr.head_dim, [&](auto d) { launch_delta<decltype(d)::value>(p, int(pr.batch), stream); });
+  if (use_hopper(attention_backward_kernel(), pr))
+    return attention_backward_hopper(pr, dout, q, k, v, lse, p.delta, dq, dk, dv);
+  dispatch_head_dim(pr.head_dim, [&](auto d) {
+    backward_impl<decltype(d)::value>(p, int(pr.batch), attention_launch(), stream);
+  });
 }
 
 }  // namespace coil::kernels::cuda

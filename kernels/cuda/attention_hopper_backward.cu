@@ -1,0 +1,441 @@
+// Causal attention backward written for Hopper (sm_90a): the dK/dV and dQ passes of the portable
+// backward (kernels/cuda/attention.cu) with warpgroup matrix instructions (wgmma, bf16 -> fp32)
+// for the five products, Q/K/V/dO tiles brought into shared memory by TMA, and a producer warp
+// feeding two consumer warpgroups through mbarriers, as the Hopper forward
+// (kernels/cuda/attention_hopper.cu, shared pieces in kernels/cuda/attention_hopper.cuh).
+// Same contract as the portable dK/dV and dQ kernels: lse from the forward, delta =
+// rowsum(dO * O) from the portable delta kernel, causal mask, window, documents; deterministic
+// (no atomics: every element of dQ, dK, dV is written by one block, each sums its products in
+// a fixed order). Design in docs/ATTENTION.md, "Hopper backward".
+//
+// No operand needs a transpose that wgmma cannot read: the dK/dV kernel computes the
+// transposed scores S^T = K Q^T and dP^T = V dO^T directly (keys are the M rows of its
+// warpgroups), so P^T and dS^T come out of the accumulators in the layout of the A operand of
+// dV += P^T dO and dK += dS^T Q and go there from registers (acc_to_a_frags); the B operands
+// dO and Q of those products (k = queries, n = head dim) are read MN-major from the same
+// shared tiles with imm-trans-b, as V in the forward's O += P V. The dQ kernel is the forward's
+// structure: S = Q K^T and dP = dO V^T K-major from shared memory, dS from registers, and K
+// MN-major (imm-trans-b) in dQ += dS K.
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "kernels/cuda/attention_hopper.cuh"
+#include "kernels/cuda/attention_tiles.cuh"
+
+namespace coil::kernels::cuda {
+namespace {
+
+using namespace hopper;
+
+// dK/dV: a block owns kBKV keys (64 per consumer warpgroup) and streams query tiles of kBQ.
+// dQ: a block owns kBR queries (64 per consumer warpgroup) and streams key tiles of BC.
+constexpr int kBKV = 2 * kRowsPerWarpgroup;
+constexpr int kBQ = 64;
+constexpr int kBR = 2 * kRowsPerWarpgroup;
+// Block: two consumer warpgroups (warps 0-7) and a producer warpgroup (warps 8-11, of which
+// warp 8 works). The consumers' accumulators need more than the 168 registers a thread that
+// ptxas gives a 384-thread block (dK/dV at hd 128: dK and dV 128, S^T and dP^T 64), so the
+// producer warpgroup hands its registers to them: setmaxnreg to kProducerRegisters and
+// kConsumerRegisters, 128 x 24 + 256 x 240 = 384 x 168 registers in all.
+constexpr int kThreads = (kConsumerWarps + 4) * 32;
+constexpr int kProducerRegisters = 24, kConsumerRegisters = 240;
+static_assert(128 * kProducerRegisters + 256 * kConsumerRegisters <= kThreads * 168,
+              "the setmaxnreg budgets must fit in the registers of the block");
+
+// Key tile of the dQ kernel: 128 at hd 64 (S, dP and dQ accumulators: 64 + 64 + 32 registers),
+// 64 at hd 128 (32 + 32 + 64).
+template <int D>
+constexpr int dq_key_tile() {
+  return D == 64 ? 128 : 64;
+}
+
+struct BackwardParams {
+  const float* lse;           // (B, H, T), natural log
+  const float* delta;         // (B, H, T): rowsum(dO * O)
+  const int32_t* doc_start;   // (B, T) or null
+  bf16_t* dq;                 // q, k, v layout: token stride `stride`
+  bf16_t* dk;
+  bf16_t* dv;
+  int64_t stride;
+  int T, H, window;
+  float scale, scale_log2;
+};
+
+// The per-query values of one query tile of the dK/dV kernel, written into shared memory by the
+// producer warp beside the tile's Q and dO: lse in log2 units (+inf past T, so P = 0 there),
+// delta (0 past T), and the document starts (for the element mask).
+struct QueryStats {
+  float lse2[kBQ];
+  float delta[kBQ];
+  int32_t first[kBQ];
+};
+
+// ---------------------------------------------------------------------------------------------
+// dK and dV. Grid (key blocks, H, B), key block 0 (the most query tiles) first; 384 threads:
+//   producer warpgroup (warp 8 works): one thread loads the block's K and V (kBKV x D each,
+//     once) by TMA and,
+//     for each query tile that can see the block (from the diagonal up to query_end), Q and dO
+//     (kBQ x D each) into stage i % kStages; the warp's 32 lanes write the tile's QueryStats
+//     beside them. A stage is reused after every consumer warp released it (q_empty).
+//   warps 0-7 (two consumer warpgroups, keys k0 + 64 wg .. + 63 each), per query tile:
+//     S^T  = K Q^T           wgmma m64n64k16, K and Q K-major from shared memory
+//     dP^T = V dO^T          same, V and dO (committed as a second group)
+//     P^T  = exp2(S^T scale log2e - lse log2e), masked entries 0   (while dP^T completes)
+//     dS^T = P^T (dP^T - delta)
+//     dV  += P^T dO          wgmma, P^T from registers, dO MN-major (imm-trans-b)
+//     dK  += dS^T Q          wgmma, dS^T from registers, Q MN-major
+//     then release the stage. A warpgroup whose keys no query of the tile can see (the
+//     diagonal tile of the upper 64 keys, the far window edge) only releases it.
+// Epilogue: dK scale and dV as bf16 from the registers. Deterministic: each key's dK and dV
+// are summed by one warpgroup over the query tiles in order.
+// Memory: reads K, V once and Q, dO, lse, delta once per key block (L2-resident across the
+// blocks of a head), writes dK, dV once; shared memory 2 kBKV D + 2 kStages kBQ D bf16 and
+// kStages QueryStats.
+template <int D>
+__global__ void __launch_bounds__(kThreads, 1)
+    attention_bwd_dkdv_hopper_kernel(const __grid_constant__ CUtensorMap q_map,
+                                     const __grid_constant__ CUtensorMap do_map,
+                                     const __grid_constant__ CUtensorMap k_map,
+                                     const __grid_constant__ CUtensorMap v_map, BackwardParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int kDBlocks = D / kBlockCols;  // 64-column blocks of a row of K, V, Q, dO, dK, dV
+  constexpr int kSBlocks = kBQ / 64;        // 64-query blocks of a row of S^T
+  constexpr uint32_t kKVBytes = tile_bytes<D>(kBKV), kQBytes = tile_bytes<D>(kBQ);
+
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* sK = align_1024(smem_raw);        // [kDBlocks][kBKV][64]
+  unsigned char* sV = sK + kKVBytes;               // [kDBlocks][kBKV][64]
+  unsigned char* sQ = sV + kKVBytes;               // [kStages][kDBlocks][kBQ][64]
+  unsigned char* sdO = sQ + kStages * kQBytes;     // [kStages][kDBlocks][kBQ][64]
+  QueryStats* stats = reinterpret_cast<QueryStats*>(sdO + kStages * kQBytes);  // [kStages]
+  uint64_t* kv_full = reinterpret_cast<uint64_t*>(stats + kStages);  // K and V have landed
+  uint64_t* q_full = kv_full + 1;        // [kStages]: Q, dO and the stats of the stage are in
+  uint64_t* q_empty = q_full + kStages;  // [kStages]: every consumer warp is done with it
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int T = p.T, k0 = blockIdx.x * kBKV;
+  const int64_t row_base = int64_t(b) * T, stat_base = (int64_t(b) * p.H + h) * T;
+  const int q_end = query_end(min(T, k0 + kBKV) - 1, T, p.window, p.doc_start, row_base);
+  const int qt_lo = k0 / kBQ, n_tiles = (q_end + kBQ - 1) / kBQ - qt_lo;
+
+  if (threadIdx.x == 0) {
+    mbar_init(kv_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&q_full[s], 32);  // the producer warp's lanes (lane 0's with the TMA bytes)
+      mbar_init(&q_empty[s], kConsumerWarps);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (warp >= kConsumerWarps) {  // producer warpgroup: warp 8 works, 9-11 only hand back registers
+    setmaxnreg_dec<kProducerRegisters>();
+    if (warp != kConsumerWarps) return;
+    if (lane == 0) {
+      mbar_arrive_expect_tx(kv_full, 2 * kKVBytes);
+      tma_load_tile<D>(sK, kBKV, &k_map, kv_full, h, k0, b);
+      tma_load_tile<D>(sV, kBKV, &v_map, kv_full, h, k0, b);
+    }
+    for (int i = 0; i < n_tiles; ++i) {
+      const int s = i % kStages, q0 = (qt_lo + i) * kBQ;
+      if (i >= kStages) mbar_wait(&q_empty[s], (i / kStages - 1) & 1);
+      QueryStats& st = stats[s];
+      for (int j = lane; j < kBQ; j += 32) {
+        const int qi = q0 + j;
+        st.lse2[j] = qi < T ? p.lse[stat_base + qi] * kLog2e : INFINITY;
+        st.delta[j] = qi < T ? p.delta[stat_base + qi] : 0.f;
+        st.first[j] = qi < T ? doc_first(p.doc_start, row_base, qi) : 0;
+      }
+      // Each lane's arrival releases its stats stores; lane 0's also announces the TMA bytes,
+      // so the phase completes when all 32 lanes have arrived and both tiles have landed.
+      if (lane == 0) {
+        mbar_arrive_expect_tx(&q_full[s], 2 * kQBytes);
+        tma_load_tile<D>(sQ + s * kQBytes, kBQ, &q_map, &q_full[s], h, q0, b);
+        tma_load_tile<D>(sdO + s * kQBytes, kBQ, &do_map, &q_full[s], h, q0, b);
+      } else {
+        mbar_arrive(&q_full[s]);
+      }
+    }
+    await_releases(q_empty, n_tiles);
+    return;
+  }
+
+  // Consumers: warpgroup wg owns keys wk0 .. wk0 + 63; this thread keys kr_lo and kr_lo + 8
+  // (the rows of its accumulator fragments).
+  setmaxnreg_inc<kConsumerRegisters>();
+  const int wg = warp / 4;
+  const int wk0 = k0 + wg * kRowsPerWarpgroup;
+  const int kr_lo = wk0 + (warp % 4) * 16 + lane / 4;
+  float dk[kDBlocks][32], dv[kDBlocks][32], st_acc[kSBlocks][32], dpt[kSBlocks][32];
+  for (int blk = 0; blk < kDBlocks; ++blk)
+    for (int e = 0; e < 32; ++e) dk[blk][e] = dv[blk][e] = 0.f;
+  for (int n = 0; n < kSBlocks; ++n)
+    for (int e = 0; e < 32; ++e) st_acc[n][e] = dpt[n][e] = 0.f;
+  const uint32_t k_addr = smem_addr(sK) + wg * kRowsPerWarpgroup * kRowBytes;
+  const uint32_t v_addr = smem_addr(sV) + wg * kRowsPerWarpgroup * kRowBytes;
+  mbar_wait_untimed(kv_full, 0);
+
+  for (int i = 0; i < n_tiles; ++i) {
+    const int s = i % kStages, q0 = (qt_lo + i) * kBQ;
+    mbar_wait_untimed(&q_full[s], (i / kStages) & 1);
+    if (!tiles_hidden(q0, kBQ, wk0, kRowsPerWarpgroup, T, p.window)) {
+      const QueryStats& st = stats[s];
+      const uint32_t q_addr = smem_addr(sQ) + s * kQBytes, do_addr = smem_addr(sdO) + s * kQBytes;
+
+      // S^T = K Q^T and dP^T = V dO^T over the head dim (all four K-major), two groups.
+      fence_registers(st_acc);
+      fence_registers(dpt);
+      wgmma_fence();
+      wgmma_abt_ss<D, kBQ>(st_acc, k_addr, kBKV * kRowBytes, q_addr, kBQ * kRowBytes);
+      wgmma_abt_ss<D, kBQ>(dpt, v_addr, kBKV * kRowBytes, do_addr, kBQ * kRowBytes);
+      wgmma_wait<1>();
+      fence_registers(st_acc);
+
+      // P^T while dP^T completes. Element e of block n: key kr_lo + 8 ((e >> 1) & 1), query
+      // q0 + ql, ql = 64 n + 8 (e >> 2) + 2 (lane % 4) + (e & 1).
+      const bool masked =
+          tile_needs_mask<kBQ, kRowsPerWarpgroup>(q0, wk0, T, p.window, st.first[min(T, q0 + kBQ) - 1 - q0]);
+#pragma unroll
+      for (int n = 0; n < kSBlocks; ++n)
+#pragma unroll
+        for (int e = 0; e < 32; ++e) {
+          const int ql = 64 * n + 8 * (e >> 2) + 2 * (lane % 4) + (e & 1);
+          float pr = ex2(fmaf(st_acc[n][e], p.scale_log2, -st.lse2[ql]));
+          if (masked) {
+            const int ki = kr_lo + 8 * ((e >> 1) & 1);
+            if (!(visible(q0 + ql, ki, T, p.window, st.first[ql]) && ki < T)) pr = 0.f;
+          }
+          st_acc[n][e] = pr;
+        }
+      wgmma_wait<0>();
+      fence_registers(dpt);
+#pragma unroll
+      for (int n = 0; n < kSBlocks; ++n)
+#pragma unroll
+        for (int e = 0; e < 32; ++e) {
+          const int ql = 64 * n + 8 * (e >> 2) + 2 * (lane % 4) + (e & 1);
+          dpt[n][e] = st_acc[n][e] * (dpt[n][e] - st.delta[ql]);
+        }
+
+      // dV += P^T dO and dK += dS^T Q: A from registers, dO and Q (queries x head dim) MN-major.
+      add_pb<kBQ, D>(dv, st_acc, do_addr, kBQ * kRowBytes);
+      add_pb<kBQ, D>(dk, dpt, q_addr, kBQ * kRowBytes);
+    }
+    release_stage(&q_empty[s]);
+  }
+
+  // Epilogue: this thread's keys kr_lo and kr_lo + 8.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int ki = kr_lo + 8 * r;
+    if (ki >= T) continue;
+    const int64_t at = (row_base + ki) * p.stride + int64_t(h) * D;
+    store_acc_row<D>(p.dk + at, dk, r, p.scale);
+    store_acc_row<D>(p.dv + at, dv, r, 1.f);
+  }
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// dQ. Grid (query blocks, H, B), query blocks longest-first; 384 threads:
+//   producer warpgroup (one thread of warp 8 works): TMA loads of the block's Q and dO (kBR x D
+//     each, once) and, for each visible key tile from the diagonal backwards (key_tile_range,
+//     as the forward), K and V (BC x D each) into stage i % kStages (produce_key_tiles, the
+//     forward's loop); at the end it waits for the last releases (await_releases);
+//   warps 0-7 (two consumer warpgroups, queries q0 + 64 wg .. + 63 each), per key tile:
+//     S  = Q K^T             wgmma m64n64k16, Q and K K-major from shared memory
+//     dP = dO V^T            same, dO and V (a second group)
+//     P  = exp2(S scale log2e - lse log2e), masked entries 0   (while dP completes)
+//     dS = P (dP - delta)
+//     dQ += dS K             wgmma, dS from registers, K MN-major (imm-trans-b)
+//     then release the stage. A warpgroup whose queries see none of the tile's keys by
+//     position (for warpgroup 0, the upper 64 keys of the diagonal at BC = 64) only releases it.
+// Epilogue: dQ scale as bf16 from the registers. Deterministic: each query's dQ is summed by
+// one warpgroup over the key tiles in order.
+// Memory: reads Q, dO, lse, delta once and K, V once per query block (L2-resident), writes dQ
+// once; shared memory 2 kBR D + 2 kStages BC D bf16.
+template <int D, int BC>
+__global__ void __launch_bounds__(kThreads, 1)
+    attention_bwd_dq_hopper_kernel(const __grid_constant__ CUtensorMap q_map,
+                                   const __grid_constant__ CUtensorMap do_map,
+                                   const __grid_constant__ CUtensorMap k_map,
+                                   const __grid_constant__ CUtensorMap v_map, BackwardParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int kDBlocks = D / kBlockCols;  // 64-column blocks of a row of Q, dO, K, V, dQ
+  constexpr int kSBlocks = BC / 64;         // 64-key blocks of a row of S
+  constexpr uint32_t kQBytes = tile_bytes<D>(kBR), kKVBytes = tile_bytes<D>(BC);
+
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* sQ = align_1024(smem_raw);        // [kDBlocks][kBR][64]
+  unsigned char* sdO = sQ + kQBytes;               // [kDBlocks][kBR][64]
+  unsigned char* sK = sdO + kQBytes;               // [kStages][kDBlocks][BC][64]
+  unsigned char* sV = sK + kStages * kKVBytes;     // [kStages][kDBlocks][BC][64]
+  const KeyTileBarriers bars = key_tile_barriers(sV + kStages * kKVBytes);  // rows_full: Q and dO
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int T = p.T;
+  const QueryBlock qblock = query_block<kBR, BC>(T, p.window, p.doc_start);
+  const int h = qblock.h, b = qblock.b, q0 = qblock.q0, kt_hi = qblock.kt_hi, n_tiles = qblock.n_tiles;
+  const int64_t row_base = qblock.row_base, stat_base = (int64_t(b) * p.H + h) * T;
+  __syncthreads();
+
+  if (warp >= kConsumerWarps) {  // producer warpgroup: one thread of warp 8 works
+    setmaxnreg_dec<kProducerRegisters>();
+    if (threadIdx.x == kConsumerWarps * 32) {
+      mbar_arrive_expect_tx(bars.rows_full, 2 * kQBytes);
+      tma_load_tile<D>(sQ, kBR, &q_map, bars.rows_full, h, q0, b);
+      tma_load_tile<D>(sdO, kBR, &do_map, bars.rows_full, h, q0, b);
+      produce_key_tiles<D, BC>(sK, sV, bars, &k_map, &v_map, h, b, kt_hi, n_tiles);
+      await_releases(bars.kv_empty, n_tiles);
+    }
+    return;
+  }
+
+  // Consumers: warpgroup wg owns queries q0 + 64 wg .. + 63; this thread rows r_lo, r_lo + 8.
+  setmaxnreg_inc<kConsumerRegisters>();
+  const int wg = warp / 4;
+  const int wq0 = q0 + wg * kRowsPerWarpgroup;
+  const int r_lo = wq0 + (warp % 4) * 16 + lane / 4;
+  const int doc_hi = doc_first(p.doc_start, row_base, min(T, q0 + kBR) - 1);
+  float lse2[2], dl[2];
+  int first[2] = {0, 0};  // the rows' document starts (for the element mask)
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int qi = r_lo + 8 * r;
+    lse2[r] = qi < T ? p.lse[stat_base + qi] * kLog2e : INFINITY;
+    dl[r] = qi < T ? p.delta[stat_base + qi] : 0.f;
+    if (qi < T) first[r] = doc_first(p.doc_start, row_base, qi);
+  }
+
+  float dq[kDBlocks][32], s_acc[kSBlocks][32], dp[kSBlocks][32];
+  for (int blk = 0; blk < kDBlocks; ++blk)
+    for (int e = 0; e < 32; ++e) dq[blk][e] = 0.f;
+  for (int n = 0; n < kSBlocks; ++n)
+    for (int e = 0; e < 32; ++e) s_acc[n][e] = dp[n][e] = 0.f;
+  const uint32_t q_addr = smem_addr(sQ) + wg * kRowsPerWarpgroup * kRowBytes;
+  const uint32_t do_addr = smem_addr(sdO) + wg * kRowsPerWarpgroup * kRowBytes;
+  mbar_wait_untimed(bars.rows_full, 0);
+
+  for (int i = 0; i < n_tiles; ++i) {
+    const int s = i % kStages, k0 = (kt_hi - 1 - i) * BC;
+    const uint32_t parity = (i / kStages) & 1;
+    const uint32_t k_addr = smem_addr(sK) + s * kKVBytes, v_addr = smem_addr(sV) + s * kKVBytes;
+
+    mbar_wait_untimed(&bars.k_full[s], parity);
+    mbar_wait_untimed(&bars.v_full[s], parity);
+    if (tiles_hidden(wq0, kRowsPerWarpgroup, k0, BC, T, p.window)) {  // nothing of this tile to see
+      release_stage(&bars.kv_empty[s]);
+      continue;
+    }
+
+    // S = Q K^T and dP = dO V^T over the head dim (all four K-major), two groups.
+    fence_registers(s_acc);
+    fence_registers(dp);
+    wgmma_fence();
+    wgmma_abt_ss<D, BC>(s_acc, q_addr, kBR * kRowBytes, k_addr, BC * kRowBytes);
+    wgmma_abt_ss<D, BC>(dp, do_addr, kBR * kRowBytes, v_addr, BC * kRowBytes);
+    wgmma_wait<1>();
+    fence_registers(s_acc);
+
+    // P while dP completes. s_acc[n][4j + c]: row r_lo + 8 (c >> 1), key k0 + 64n + 8j + 2 (lane % 4) + (c & 1).
+    const bool masked = tile_needs_mask<kBR, BC>(q0, k0, T, p.window, doc_hi);
+#pragma unroll
+    for (int n = 0; n < kSBlocks; ++n)
+#pragma unroll
+      for (int e = 0; e < 32; ++e) {
+        const int r = (e >> 1) & 1;
+        float pr = ex2(fmaf(s_acc[n][e], p.scale_log2, -lse2[r]));
+        if (masked) {
+          const int qi = r_lo + 8 * r, ki = k0 + 64 * n + 8 * (e >> 2) + 2 * (lane % 4) + (e & 1);
+          if (!(visible(qi, ki, T, p.window, first[r]) && ki < T)) pr = 0.f;
+        }
+        s_acc[n][e] = pr;
+      }
+    wgmma_wait<0>();
+    fence_registers(dp);
+#pragma unroll
+    for (int n = 0; n < kSBlocks; ++n)
+#pragma unroll
+      for (int e = 0; e < 32; ++e) dp[n][e] = s_acc[n][e] * (dp[n][e] - dl[(e >> 1) & 1]);
+
+    // dQ += dS K: dS from registers, K (keys x head dim) MN-major.
+    add_pb<BC, D>(dq, dp, k_addr, BC * kRowBytes);
+    release_stage(&bars.kv_empty[s]);
+  }
+
+  // Epilogue: this thread's rows r_lo and r_lo + 8.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int qi = r_lo + 8 * r;
+    if (qi < T) store_acc_row<D>(p.dq + (row_base + qi) * p.stride + int64_t(h) * D, dq, r, p.scale);
+  }
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side.
+
+template <class Kernel>
+void launch_with_smem(Kernel kernel, dim3 grid, size_t smem, const CUtensorMap& a, const CUtensorMap& b,
+                      const CUtensorMap& c, const CUtensorMap& d, const BackwardParams& p) {
+  COIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  kernel<<<grid, kThreads, smem, coil::cuda::compute_stream()>>>(a, b, c, d, p);
+}
+
+template <int D>
+void launch_hopper_backward(const AttentionProblem& pr, const void* dout, const void* q, const void* k,
+                            const void* v, const BackwardParams& p) {
+  const char* op = "attention_backward";
+  const int64_t do_stride = pr.heads * pr.head_dim;  // dO is (B, T, H, hd)
+  {
+    const size_t smem = 1024 + size_t(2 * kBKV + 2 * kStages * kBQ) * D * sizeof(bf16_t) +
+                        kStages * sizeof(QueryStats) + (1 + 2 * kStages) * sizeof(uint64_t);
+    const dim3 grid(unsigned((pr.seq + kBKV - 1) / kBKV), unsigned(pr.heads), unsigned(pr.batch));
+    launch_with_smem(attention_bwd_dkdv_hopper_kernel<D>, grid, smem,
+                     make_tensor_map(op, pr, q, pr.qkv_stride, kBQ), make_tensor_map(op, pr, dout, do_stride, kBQ),
+                     make_tensor_map(op, pr, k, pr.qkv_stride, kBKV), make_tensor_map(op, pr, v, pr.qkv_stride, kBKV),
+                     p);
+    COIL_CUDA_CHECK_LAUNCH("attention_bwd_dkdv_hopper", "B {} T {} H {} hd {} window {}", pr.batch, pr.seq,
+                           pr.heads, D, pr.window);
+  }
+  {
+    constexpr int BC = dq_key_tile<D>();
+    const size_t smem = 1024 + size_t(2 * kBR + 2 * kStages * BC) * D * sizeof(bf16_t) +
+                        KeyTileBarriers::kCount * sizeof(uint64_t);
+    const dim3 grid(unsigned((pr.seq + kBR - 1) / kBR), unsigned(pr.heads), unsigned(pr.batch));
+    launch_with_smem(attention_bwd_dq_hopper_kernel<D, BC>, grid, smem,
+                     make_tensor_map(op, pr, q, pr.qkv_stride, kBR), make_tensor_map(op, pr, dout, do_stride, kBR),
+                     make_tensor_map(op, pr, k, pr.qkv_stride, BC), make_tensor_map(op, pr, v, pr.qkv_stride, BC), p);
+    COIL_CUDA_CHECK_LAUNCH("attention_bwd_dq_hopper", "B {} T {} H {} hd {} window {}", pr.batch, pr.seq,
+                           pr.heads, D, pr.window);
+  }
+}
+
+}  // namespace
+
+void attention_backward_hopper(const AttentionProblem& pr, const void* dout, const void* q, const void* k,
+                               const void* v, const float* lse, const float* delta, void* dq, void* dk,
+                               void* dv) {
+  const std::string why = attention_hopper_unsupported(pr.head_dim);
+  COIL_CHECK(why.empty(), "attention_backward: the Hopper kernels cannot run: {}", why);
+  COIL_CHECK(pr.dtype == DType::bf16, "attention_backward (Hopper): takes bf16, got {}", dtype_name(pr.dtype));
+  BackwardParams p{};
+  p.lse = lse;
+  p.delta = delta;
+  p.doc_start = pr.doc_start;
+  p.dq = static_cast<bf16_t*>(dq);
+  p.dk = static_cast<bf16_t*>(dk);
+  p.dv = static_cast<bf16_t*>(dv);
+  p.stride = pr.qkv_stride;
+  p.T = int(pr.seq);
+  p.H = int(pr.heads);
+  p.window = window_of(pr);
+  p.scale = float(pr.scale);
+  p.scale_log2 = float(pr.scale * 1.4426950408889634);
+  if (pr.head_dim == 64) launch_hopper_backward<64>(pr, dout, q, k, v, p);
+  else launch_hopper_backward<128>(pr, dout, q, k, v, p);
+}
+
+}  // namespace coil::kernels::cuda
