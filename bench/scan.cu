@@ -5,7 +5,8 @@
 // fusion saves. Shapes: Mamba-130M's scan at 16 x 2048, 4 x 8192 and 1 x 65536 (d_inner 2048
 // for the last), and B8 D2048 L4096.
 // Usage: bench_scan [runs] [--waves W,W,...]   (--waves: the time segments' trade, ScanWaves,
-// at Mamba-130M's three shapes only)
+// at Mamba-130M's three shapes only). The backward lines time both backward main kernels
+// (ScanBackward: current and pairs) one after the other.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -131,21 +132,31 @@ void run_shape(int64_t Bn, int64_t Dn, int64_t Ln, int64_t Nn, int runs, double 
               (long long)Ln, (long long)Nn);
   float f_ms = median_ms([&] { selective_scan_forward(a, true); }, runs);
   float fi_ms = median_ms([&] { selective_scan_forward(a, false); }, runs);
-  float b_ms = median_ms([&] { selective_scan_backward(a, r, gout, Tensor(), false); }, runs);
-  float bd_ms = median_ms([&] { selective_scan_backward(a, r, gout, Tensor(), true); }, runs);
-  float fb_ms = median_ms(
-      [&] {
-        ScanResult rr = selective_scan_forward(a, true);
-        selective_scan_backward(a, rr, gout, Tensor(), false);
-      },
-      runs);
   const double exps = elems * Nn;
   std::printf("  forward (saving checkpoints)   %8.3f ms  %7.1f GB/s (%4.1f%% of copy)  %6.2f Tops ex2/s\n", f_ms,
               fwd_bytes / f_ms / 1e6, 100.0 * fwd_bytes / f_ms / 1e6 / copy_gbs, exps / f_ms / 1e9);
   std::printf("  forward (inference, no saving) %8.3f ms\n", fi_ms);
-  std::printf("  backward (atomics for dB, dC)  %8.3f ms  %7.1f GB/s\n", b_ms, bwd_bytes / b_ms / 1e6);
-  std::printf("  backward (deterministic)       %8.3f ms\n", bd_ms);
-  std::printf("  forward + backward             %8.3f ms\n", fb_ms);
+  // Both backward main kernels side by side (ScanBackward); the per-token line below uses the
+  // one COIL_SCAN_BWD selects.
+  const ScanBackward selected = scan_backward_kind();
+  float fb_ms = 0.f;
+  for (ScanBackward kind : {ScanBackward::current, ScanBackward::channel_pairs}) {
+    set_scan_backward_kind(kind);
+    const char* name = kind == ScanBackward::current ? "current" : "pairs";
+    const float b_ms = median_ms([&] { selective_scan_backward(a, r, gout, Tensor(), false); }, runs);
+    const float bd_ms = median_ms([&] { selective_scan_backward(a, r, gout, Tensor(), true); }, runs);
+    const float fbk_ms = median_ms(
+        [&] {
+          ScanResult rr = selective_scan_forward(a, true);
+          selective_scan_backward(a, rr, gout, Tensor(), false);
+        },
+        runs);
+    if (kind == selected) fb_ms = fbk_ms;
+    std::printf("  backward %-7s (atomics for dB, dC)  %8.3f ms  %7.1f GB/s\n", name, b_ms, bwd_bytes / b_ms / 1e6);
+    std::printf("  backward %-7s (deterministic)       %8.3f ms\n", name, bd_ms);
+    std::printf("  forward + backward %-7s             %8.3f ms\n", name, fbk_ms);
+  }
+  set_scan_backward_kind(selected);
   const double tokens = double(Bn) * Ln;
   std::printf("  per token: forward %.2f ns, forward + backward %.2f ns (%.3f ns per channel)\n", 1e6 * f_ms / tokens,
               1e6 * fb_ms / tokens, 1e6 * fb_ms / tokens / Dn);

@@ -1,6 +1,7 @@
 #include "kernels/selective_scan.h"
 
 #include <cstdlib>
+#include <string>
 
 #include "kernels/documents.h"
 
@@ -93,7 +94,22 @@ ScanWaves& waves_setting() {
   return w;
 }
 
+ScanBackward backward_from_environment() {
+  const char* v = std::getenv("COIL_SCAN_BWD");
+  if (!v || std::string(v) == "current") return ScanBackward::current;
+  COIL_CHECK(std::string(v) == "pairs", "COIL_SCAN_BWD must be 'current' or 'pairs', got '{}'", v);
+  return ScanBackward::channel_pairs;
+}
+
+ScanBackward& backward_setting() {
+  static ScanBackward k = backward_from_environment();
+  return k;
+}
+
 }  // namespace
+
+ScanBackward scan_backward_kind() { return backward_setting(); }
+void set_scan_backward_kind(ScanBackward kind) { backward_setting() = kind; }
 
 const ScanWaves& scan_waves() { return waves_setting(); }
 

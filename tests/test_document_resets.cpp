@@ -403,10 +403,15 @@ TEST_CASE("selective scan CUDA with documents matches the CPU reference", "[docu
   const Case cases[] = {{2, 37, 1, 16, 1, true},      {1, 5, 7, 4, 2, false},      {2, 37, 128, 16, 30, true},
                         {1, 70, 1000, 16, 500, true}, {1, 9, 2048, 64, 500, false}, {1, 33, 4097, 16, 700, true},
                         {2, 17, 300, 8, 1, true},     {2, 104, 300, 16, 64, true},  {1, 128, 129, 64, 40, true}};
+  // Under both CUDA backward main kernels (ScanBackward).
+  const ScanBackward before = scan_backward_kind();
+  for (ScanBackward kind : {ScanBackward::current, ScanBackward::channel_pairs})
   for (const Case& c : cases)
     for (DType dtype : {DType::f32, DType::bf16}) {
+      set_scan_backward_kind(kind);
       INFO("batch " << c.batch << " dim " << c.dim << " len " << c.len << " state " << c.state << " documents <= "
-                    << c.max_doc << " h0 " << c.h0 << " dtype " << dtype_name(dtype));
+                    << c.max_doc << " h0 " << c.h0 << " dtype " << dtype_name(dtype) << " backward kernel "
+                    << (kind == ScanBackward::current ? "current" : "pairs"));
       ScanArgs host =
           test::random_scan_args(c.batch, c.len, c.dim, c.state, uint64_t(c.len + c.state), DType::f32, c.h0);
       host.seq_idx = random_seq_idx(c.batch, c.len, c.max_doc, uint64_t(c.dim), edges);
@@ -439,6 +444,7 @@ TEST_CASE("selective scan CUDA with documents matches the CPU reference", "[docu
         CHECK(test::bitwise_equal(a[i], a2[i]));  // deterministic mode
       }
     }
+  set_scan_backward_kind(before);
 }
 
 // ---- whole models ----

@@ -183,29 +183,45 @@ void compare_cases(std::initializer_list<Case> cases) {
     }
 }
 
+// Runs f under each CUDA backward main kernel (ScanBackward; the pair kernel runs where
+// d_state is 9..16, the current one elsewhere), then restores the setting.
+void for_each_backward_kernel(const std::function<void()>& f) {
+  const ScanBackward before = scan_backward_kind();
+  for (ScanBackward k : {ScanBackward::current, ScanBackward::channel_pairs}) {
+    INFO("backward kernel " << (k == ScanBackward::current ? "current" : "pairs"));
+    set_scan_backward_kind(k);
+    f();
+  }
+  set_scan_backward_kind(before);
+}
+
 }  // namespace
 
 TEST_CASE("selective scan CUDA matches the CPU reference at awkward sizes", "[cuda]") {
-  compare_cases({
-      {2, 37, 1, 16, true, true, true},    {1, 5, 7, 4, true, false, false},
-      {2, 37, 128, 16, true, true, true},  {1, 70, 1000, 16, false, true, true},
-      {1, 9, 2048, 64, true, true, false}, {1, 33, 4097, 16, true, true, true},
-      {2, 17, 1000, 64, false, false, true}, {1, 40, 300, 4, true, true, true},
-      {1, 12, 257, 24, true, true, true},
-      // An odd and an even number of chunks (the backward's kept rerun states), d_state 8, 32.
-      {1, 24, 130, 8, true, true, true}, {2, 16, 96, 32, true, false, true},
-      // dim a multiple of 8: the 16-byte channel packs (a partial last tile in the first).
-      {2, 104, 300, 16, true, true, true}, {1, 128, 129, 64, false, true, true},
+  for_each_backward_kernel([] {
+    compare_cases({
+        {2, 37, 1, 16, true, true, true},    {1, 5, 7, 4, true, false, false},
+        {2, 37, 128, 16, true, true, true},  {1, 70, 1000, 16, false, true, true},
+        {1, 9, 2048, 64, true, true, false}, {1, 33, 4097, 16, true, true, true},
+        {2, 17, 1000, 64, false, false, true}, {1, 40, 300, 4, true, true, true},
+        {1, 12, 257, 24, true, true, true},
+        // An odd and an even number of chunks (the backward's kept rerun states), d_state 8, 32.
+        {1, 24, 130, 8, true, true, true}, {2, 16, 96, 32, true, false, true},
+        // dim a multiple of 8: the 16-byte channel packs (a partial last tile in the first).
+        {2, 104, 300, 16, true, true, true}, {1, 128, 129, 64, false, true, true},
+        // d_state 12: the pair kernel with padded states.
+        {1, 19, 200, 12, true, true, true},
+    });
+    // Without softplus (delta used as given).
+    Config c;
+    c.batch = 2;
+    c.dim = 20;
+    c.len = 333;
+    c.state = 16;
+    c.softplus = false;
+    c.bias = false;  // keeps dt positive (a negative dt would make the state grow without bound)
+    compare_with_cpu(c, DType::f32, 3);
   });
-  // Without softplus (delta used as given).
-  Config c;
-  c.batch = 2;
-  c.dim = 20;
-  c.len = 333;
-  c.state = 16;
-  c.softplus = false;
-  c.bias = false;  // keeps dt positive (a negative dt would make the state grow without bound)
-  compare_with_cpu(c, DType::f32, 3);
 }
 
 // Time runs in parallel segments whenever the (channel tiles x batch) blocks leave the GPU
@@ -213,18 +229,20 @@ TEST_CASE("selective scan CUDA matches the CPU reference at awkward sizes", "[cu
 // checkpoint interval, so segment boundaries fall inside and at the ends of the short cases
 // too); the last has enough blocks to fill an H200 alone (no segments).
 TEST_CASE("selective scan CUDA over time segments: lengths 1 to 65537, with and without initial state", "[cuda]") {
-  for (int64_t len : {1, 7, 64, 65, 4097, 65537})
-    for (bool h0 : {true, false}) compare_cases({{1, 24, len, 16, true, true, h0}});
-  compare_cases({{4, 1024, 2000, 16, true, true, true}, {30, 1280, 100, 16, true, true, true}});
-  // Other segment counts: fewer (a quarter wave) and more (4 and 16 waves: up to a segment per
-  // checkpoint interval), forward and backward cut differently.
-  const ScanWaves before = scan_waves();
-  for (ScanWaves w : {ScanWaves{0.25f, 4.f}, ScanWaves{16.f, 0.25f}}) {
-    INFO("waves forward " << w.forward << ", backward " << w.backward);
-    set_scan_waves(w);
-    compare_cases({{1, 24, 4097, 16, true, true, true}, {2, 40, 1000, 16, true, true, false}});
-  }
-  set_scan_waves(before);
+  for_each_backward_kernel([] {
+    for (int64_t len : {1, 7, 64, 65, 4097, 65537})
+      for (bool h0 : {true, false}) compare_cases({{1, 24, len, 16, true, true, h0}});
+    compare_cases({{4, 1024, 2000, 16, true, true, true}, {30, 1280, 100, 16, true, true, true}});
+    // Other segment counts: fewer (a quarter wave) and more (4 and 16 waves: up to a segment per
+    // checkpoint interval), forward and backward cut differently.
+    const ScanWaves before = scan_waves();
+    for (ScanWaves w : {ScanWaves{0.25f, 4.f}, ScanWaves{16.f, 0.25f}}) {
+      INFO("waves forward " << w.forward << ", backward " << w.backward);
+      set_scan_waves(w);
+      compare_cases({{1, 24, 4097, 16, true, true, true}, {2, 40, 1000, 16, true, true, false}});
+    }
+    set_scan_waves(before);
+  });
 }
 
 TEST_CASE("the scan's segment waves take numbers in (0, 64] only") {
@@ -239,26 +257,28 @@ TEST_CASE("the scan's segment waves take numbers in (0, 64] only") {
 }
 
 TEST_CASE("selective scan CUDA deterministic backward gives identical bits", "[cuda]") {
-  Config c;
-  c.batch = 2;
-  c.dim = 104;
-  c.len = 700;
-  c.state = 16;
-  ScanArgs dev = make_args(c, 21, DType::f32);
-  for (Tensor* t : {&dev.u, &dev.delta, &dev.B, &dev.C, &dev.z}) *t = t->to(Device::cuda(), DType::bf16);
-  for (Tensor* t : {&dev.A, &dev.D, &dev.delta_bias, &dev.initial_state}) *t = t->to(Device::cuda());
-  Generator gen(5);
-  Tensor gout = randn(dev.u.shape(), gen, DType::bf16, Device::cuda());
-  ScanResult r = selective_scan_forward(dev);
-  ScanGrads g1 = selective_scan_backward(dev, r, gout, Tensor(), true);
-  ScanGrads g2 = selective_scan_backward(dev, r, gout, Tensor(), true);
-  ScanGrads g3 = selective_scan_backward(dev, r, gout, Tensor(), false);
-  std::vector<Tensor> a = grads_of(g1), b = grads_of(g2), n = grads_of(g3);
-  for (size_t k = 0; k < a.size(); ++k) {
-    INFO("gradient of " << kNames[k]);
-    CHECK(test::bitwise_equal(a[k], b[k]));
-    CHECK(test::relative_error(n[k], a[k]) < 1e-2);
-  }
+  for_each_backward_kernel([] {
+    Config c;
+    c.batch = 2;
+    c.dim = 104;
+    c.len = 700;
+    c.state = 16;
+    ScanArgs dev = make_args(c, 21, DType::f32);
+    for (Tensor* t : {&dev.u, &dev.delta, &dev.B, &dev.C, &dev.z}) *t = t->to(Device::cuda(), DType::bf16);
+    for (Tensor* t : {&dev.A, &dev.D, &dev.delta_bias, &dev.initial_state}) *t = t->to(Device::cuda());
+    Generator gen(5);
+    Tensor gout = randn(dev.u.shape(), gen, DType::bf16, Device::cuda());
+    ScanResult r = selective_scan_forward(dev);
+    ScanGrads g1 = selective_scan_backward(dev, r, gout, Tensor(), true);
+    ScanGrads g2 = selective_scan_backward(dev, r, gout, Tensor(), true);
+    ScanGrads g3 = selective_scan_backward(dev, r, gout, Tensor(), false);
+    std::vector<Tensor> a = grads_of(g1), b = grads_of(g2), n = grads_of(g3);
+    for (size_t k = 0; k < a.size(); ++k) {
+      INFO("gradient of " << kNames[k]);
+      CHECK(test::bitwise_equal(a[k], b[k]));
+      CHECK(test::relative_error(n[k], a[k]) < 1e-2);
+    }
+  });
 }
 
 TEST_CASE("selective scan CUDA: NaN and inf propagate (across time segments), d_state beyond the limit is an error",

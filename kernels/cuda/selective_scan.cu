@@ -45,6 +45,10 @@ constexpr int kSub = 8;                  // backward sub-chunk (states kept in s
 // Threads per block with spt states per lane: a tile of 32 channels at d_state 16.
 constexpr int block_threads(int spt) { return 512 / spt; }
 constexpr int kFwdSpt = 4, kBwdSpt = 8;
+// The channel-pair backward (ScanBackward::channel_pairs): 2 channels x 4 states a lane, the
+// same 8 slots as kBwdSpt.
+constexpr int kPairChannels = 2, kPairSpt = 4;
+static_assert(kPairChannels * kPairSpt == kBwdSpt, "both backward kernels share the block shape and scratch layout");
 constexpr int kBwdBlocksPerSm = 6;       // the B16 D1536 N16 grid (768 blocks) in one wave
 // The forward's 8 blocks of 4 warps an SM (64 registers a thread; its shared memory allows 8 to
 // 9 at d_state 16): left alone, the compiler keeps more loads in flight at up to 96 (bf16) or
@@ -547,10 +551,10 @@ __global__ void __launch_bounds__(NT) scan_backward_carry_kernel(ScanParams p) {
 // steps, last first:
 //  (a) recompute the sub-chunk, storing every state in shared memory (lane-private columns)
 //      and y (for dz);
-//  (b) the block sums dC_t[n] = sum_c dy_t[c] h_t[c, n] over its channels from those states;
+//  (b) the block sums dC_t[n] = sum_c dy_t[c] h_t[c, n] over its channels;
 //  (c) the reverse recurrence dh_t = C_t dy_t + a_{t+1} dh_{t+1} over the sub-chunk gives du,
-//      ddelta and the running dA, and overwrites each consumed state with dh_t du_t;
-//  (d) the block sums dB_t[n] = sum_c dh_t[c, n] du_t[c] from those.
+//      ddelta and the running dA;
+//  (d) the block sums dB_t[n] = sum_c dh_t[c, n] du_t[c] over its channels.
 // The sums of (b) and (d) run over the channels in a fixed order, then over channel tiles
 // through per-tile partials (deterministic) or float atomics. Exponentials per (b, d, t, n):
 // 1 recompute, 1 reverse, 1/2 for the rerun of every other chunk and 3/8 for pass 1 of the
@@ -558,11 +562,53 @@ __global__ void __launch_bounds__(NT) scan_backward_carry_kernel(ScanParams p) {
 // Memory: reads u, delta, z, dout, B, C once (u, delta, B of the rerun chunks twice), writes
 // du, ddelta, dz once, reads one saved state per (b, d, n) per chunk; writes and reads back
 // 4 x 4 bytes per (b, d, n) per rerun chunk (scratch, L2-resident: 6.3 MB at B16 D1536 N16).
-constexpr int kRowsH = kSub + 1;             // states 0..kSub of a sub-chunk, per slot
+//
+// A lane holds KC channels x SPT states ("slots" s = k SPT + j: channel k, state g SPT + j);
+// the G lanes of a channel group cover the states.
+// * KC = 1, SPT = 8 (ScanBackward::current): G = 2 at d_state 16. (a) stores h_t in its slot
+//   column, (b) reads the columns of all channels back (2 shared loads and an FMA per (channel,
+//   state, step)), (c) overwrites each consumed state with dh_t du_t, which (d) reads back: 6
+//   shared-memory accesses per (b, d, t, n).
+// * KC = 2, SPT = 4 (ScanBackward::channel_pairs, d_state 9..16 only: G = 4): a lane holds the
+//   same 8 slots as two channels c, c + 16 of one state group. The channel sums start in
+//   registers (dy_c h_c + dy_c' h_c' per state: one FMA and a multiply per two slots), then a
+//   transposed butterfly over the 8 channel groups of the warp (`warp_channel_sum4`: 4
+//   shuffles) leaves one state's sum per lane, stored once per warp and step; (b) and (d) add
+//   the 2 warps. (a) stores h_{t-1} (read by (c) only: kSub rows, no write-back). The sums
+//   over states (y, dh B, q A) cover 4 lanes instead of 2 (`pair_state_sum`, transposed: 2
+//   shuffles for the two channels). Counts: docs/SELECTIVE_SCAN.md, "The channel-pair
+//   backward (not yet measured)".
 
-template <class T, int SPT, int NT = block_threads(SPT)>
+// The sum over the 4 lanes of a channel pair (lane bits 0, 1) of v0 (channel 0) and v1
+// (channel 1): lane g ends with the sum of channel g & 1, in a fixed order.
+__device__ __forceinline__ float pair_state_sum(float v0, float v1, int g) {
+  constexpr unsigned kAll = 0xffffffffu;
+  const bool odd = g & 1;
+  const float s = (odd ? v1 : v0) + __shfl_xor_sync(kAll, odd ? v0 : v1, 1);
+  return s + __shfl_xor_sync(kAll, s, 2);
+}
+
+// The sum of v[j] (state 4 g + j, g = lane & 3) over the 8 channel groups of the warp (lane
+// bits 2, 3, 4), transposed: at the first level (lanes l, l ^ 4) each lane sends two values
+// and keeps two, at the second (l ^ 8) sends one and keeps one, then a plain level (l ^ 16).
+// The lane ends with the sum of state 4 g + 2 b2 + b3 (b2, b3: lane bits 2, 3), the same in
+// lanes l and l ^ 16; a fixed order (deterministic).
+__device__ __forceinline__ float warp_channel_sum4(const float (&v)[4], int lane) {
+  constexpr unsigned kAll = 0xffffffffu;
+  const bool b2 = lane & 4, b3 = lane & 8;
+  const float s0 = (b2 ? v[2] : v[0]) + __shfl_xor_sync(kAll, b2 ? v[0] : v[2], 4);
+  const float s1 = (b2 ? v[3] : v[1]) + __shfl_xor_sync(kAll, b2 ? v[1] : v[3], 4);
+  const float s = (b3 ? s1 : s0) + __shfl_xor_sync(kAll, b3 ? s0 : s1, 8);
+  return s + __shfl_xor_sync(kAll, s, 16);
+}
+
+template <class T, int SPT, int KC, int NT = block_threads(SPT * KC)>
 __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(ScanParams p) {
+  static_assert(KC == 1 || (KC == 2 && SPT == 4 && NT == 64), "the channel-pair variant: 2 x 4 slots, G = 4, 2 warps");
+  constexpr int S = KC * SPT;                        // slots per lane
+  constexpr int kRowsH = KC == 1 ? kSub + 1 : kSub;  // states 0..kSub (KC = 1) or 0..kSub - 1 of a sub-chunk
   constexpr int kPitchH = NT + 1;  // row pitch of s_h (odd: conflict-free both ways)
+  constexpr int kWarps = NT / 32;
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   const int cpb = p.cpb, G = p.G, npad = p.npad;
@@ -573,13 +619,21 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
   float* s_B = s_dz + cpb * kPitch;         // [kChunk][npad]
   float* s_C = s_B + kChunk * npad;         // [kChunk][npad]
   float* s_bias = s_C + kChunk * npad;      // [cpb]
-  // The states of a sub-chunk, [SPT][kRowsH][kPitchH]: a static array of its own, so that
+  // The states of a sub-chunk, [S][kRowsH][kPitchH]: a static array of its own, so that
   // the compiler knows its stores do not alias the staged inputs and can hoist their loads.
-  __shared__ float s_h[SPT * kRowsH * kPitchH];
+  __shared__ float s_h[S * kRowsH * kPitchH];
+  // KC = 2: each warp's channel sums (dC in (a), dB in (c)) per sub-chunk step, [kSub][kWarps][16].
+  __shared__ float s_red[KC == 1 ? 1 : kSub * kWarps * 16];
 
   const int b = blockIdx.y, tile = blockIdx.x, d0 = tile * cpb, seg = blockIdx.z;
-  const int tid = threadIdx.x;
-  const int c = tid / G, g = tid % G, d = d0 + c;
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int cg = tid / G, g = tid % G, ncg = NT / G;
+  int ch[KC];  // the lane's channels in the tile: cg, cg + ncg
+#pragma unroll
+  for (int k = 0; k < KC; ++k) ch[k] = cg + k * ncg;
+  // The channel whose du, d delta, dz, dD and d delta_bias this lane writes (lanes g < KC).
+  const int kout = KC == 1 ? 0 : g & 1, oc = cg + kout * ncg;
+  const bool writer = g < KC;
   const int rows_valid = min(cpb, p.dim - d0);
   const int64_t L = p.len, N = p.nstate, Dm = p.dim;
   const int64_t rowoff = int64_t(b) * L * Dm + d0;  // (b, t = 0, d0)
@@ -595,35 +649,70 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
   const bool vec4 = L % 4 == 0;
   const ChunkRange chunks = segment_chunks(p, seg);
 
-  float A2[SPT], Af[SPT], dA[SPT], dhc[SPT];
-  const int64_t bd = int64_t(b) * p.dim + d;
-  const int64_t bsd = (int64_t(b) * p.nseg + seg) * p.dim + d;  // this (b, segment, d)'s partials
+  // Slot s = k SPT + j: channel d0 + ch[k], state g SPT + j; valid when both are in range.
+  auto slot_d = [&](int s) { return d0 + ch[s / SPT]; };
+  auto slot_n = [&](int s) { return g * SPT + s % SPT; };
+  auto slot_ok = [&](int s) { return slot_d(s) < p.dim && slot_n(s) < N; };
+  float A2[S], Af[S], dA[S], dhc[S];
 #pragma unroll
-  for (int k = 0; k < SPT; ++k) {
-    const int n = g * SPT + k;
-    const bool ok = d < p.dim && n < N;
-    Af[k] = ok ? p.A[int64_t(d) * N + n] : 0.f;
-    A2[k] = Af[k] * kLog2e;
-    dA[k] = 0.f;
-    dhc[k] = ok && p.dhl ? p.dhl[bd * N + n] : 0.f;
+  for (int s = 0; s < S; ++s) {
+    const int d = slot_d(s), n = slot_n(s);
+    const bool ok = slot_ok(s);
+    const int64_t bd = int64_t(b) * p.dim + d;
+    Af[s] = ok ? p.A[int64_t(d) * N + n] : 0.f;
+    A2[s] = Af[s] * kLog2e;
+    dA[s] = 0.f;
+    dhc[s] = ok && p.dhl ? p.dhl[bd * N + n] : 0.f;
     if (ok)
-      for (int s = p.nseg - 1; s > seg; --s)
-        dhc[k] = fmaf(p.seg_decay[seg_index(p, b, s, d, n)], dhc[k], p.seg_state[seg_index(p, b, s, d, n)]);
+      for (int sg = p.nseg - 1; sg > seg; --sg)
+        dhc[s] = fmaf(p.seg_decay[seg_index(p, b, sg, d, n)], dhc[s], p.seg_state[seg_index(p, b, sg, d, n)]);
   }
-  const float Dd = d < p.dim && p.D ? p.D[d] : 0.f;
-  float dD_acc = 0.f, dbias_acc = 0.f;
+  float Dd[KC];
+#pragma unroll
+  for (int k = 0; k < KC; ++k) Dd[k] = d0 + ch[k] < p.dim && p.D ? p.D[d0 + ch[k]] : 0.f;
+  float dD_acc = 0.f, dbias_acc = 0.f;  // channel oc (writer lanes)
   for (int i = tid; i < cpb; i += NT) s_bias[i] = p.bias && i < rows_valid ? p.bias[d0 + i] : 0.f;
   __syncthreads();
-  // This lane's state slot k, state i of the sub-chunk.
-  auto hslot = [&](int k, int i) -> float& { return s_h[(k * kRowsH + i) * kPitchH + tid]; };
+  // This lane's slot s, state i of the sub-chunk.
+  auto hslot = [&](int s, int i) -> float& { return s_h[(s * kRowsH + i) * kPitchH + tid]; };
 
+  // The block's sums acc[i] of steps ts + i0 + i (i < 4, i0 + i < cnt) of row q of 2N (dC |
+  // dB) to the per-tile partials or the atomic accumulator.
+  auto write_sums = [&](int q, int64_t t0, int ts, int i0, int cnt, const float (&acc)[4]) {
+    const int64_t t = t0 + ts + i0;
+    float* dst = p.atomic_dbc ? p.dBC + (int64_t(b) * 2 * N + q) * L + t
+                              : p.dBC + ((int64_t(b) * p.ntiles + tile) * 2 * N + q) * L + t;
+    if (vec4 && i0 + 4 <= cnt) {
+      const float4 v = make_float4(acc[0], acc[1], acc[2], acc[3]);
+      if (p.atomic_dbc) atomicAdd(reinterpret_cast<float4*>(dst), v);
+      else *reinterpret_cast<float4*>(dst) = v;
+    } else {
+      for (int i = 0; i < 4 && i0 + i < cnt; ++i) {
+        if (p.atomic_dbc) atomicAdd(dst + i, acc[i]);
+        else dst[i] = acc[i];
+      }
+    }
+  };
   // Sums over the block's channels of one quantity for the sub-chunk's steps [ts, ts + cnt):
   // dC (rows i + 1, weighted by dy) or dB (rows i). A work item is (state n, 4 consecutive
   // steps, half of the channels: even or odd); the two halves are neighbouring lanes and add
-  // up with one shuffle, always in the same order. The sums go to the per-tile partials or the
-  // atomic accumulator (rows q of 2N: dC | dB).
+  // up with one shuffle, always in the same order. KC = 2: the warps' sums in s_red, added in
+  // warp order.
   auto reduce_sub = [&](bool is_dc, int64_t t0, int ts, int cnt) {
     constexpr int groups = kSub / 4;
+    if constexpr (KC == 2) {
+      const int unit = tid, n = unit / groups, i0 = (unit % groups) * 4;
+      if (unit >= int(N) * groups || i0 >= cnt) return;
+      float acc[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        acc[i] = 0.f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) acc[i] += s_red[((i0 + i) * kWarps + w) * 16 + n];
+      }
+      write_sums(is_dc ? n : int(N) + n, t0, ts, i0, cnt, acc);
+      return;
+    }
     const int work = int(N) * groups * 2;
     for (int base = 0; base < work; base += NT) {  // uniform trip count: shuffles below
       const int unit = base + tid, half = unit & 1, rest = unit >> 1;
@@ -646,21 +735,14 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], 1);
       if (!active || half) continue;
-      const int q = is_dc ? n : int(N) + n;
-      const int64_t t = t0 + ts + i0;
-      float* dst = p.atomic_dbc ? p.dBC + (int64_t(b) * 2 * N + q) * L + t
-                                : p.dBC + ((int64_t(b) * p.ntiles + tile) * 2 * N + q) * L + t;
-      if (vec4 && i0 + 4 <= cnt) {
-        const float4 v = make_float4(acc[0], acc[1], acc[2], acc[3]);
-        if (p.atomic_dbc) atomicAdd(reinterpret_cast<float4*>(dst), v);
-        else *reinterpret_cast<float4*>(dst) = v;
-      } else {
-        for (int i = 0; i < 4 && i0 + i < cnt; ++i) {
-          if (p.atomic_dbc) atomicAdd(dst + i, acc[i]);
-          else dst[i] = acc[i];
-        }
-      }
+      write_sums(is_dc ? n : int(N) + n, t0, ts, i0, cnt, acc);
     }
+  };
+  // KC = 2: v[j] (state 4 g + j, summed over the lane's two channels) summed over the warp's
+  // channels into s_red row i.
+  auto store_warp_sums = [&](const float (&v)[4], int i) {
+    const float s = warp_channel_sum4(v, lane);
+    if (lane < 16) s_red[(i * kWarps + tid / 32) * 16 + g * 4 + ((lane >> 1) & 2) + ((lane >> 3) & 1)] = s;
   };
 
   // Stages what the recurrence reads: u, dt = softplus(delta + bias), B of the chunk at t0.
@@ -678,20 +760,26 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
     with_document_starts(resets >> ts & ((1u << (te - ts)) - 1u), [&](auto has_starts) {
 #pragma unroll 2
       for (int tt = ts; tt < te; ++tt) {
-        const float dt = s_dt[c * kPitch + tt], du = dt * to_f(s_u[c * kPitch + tt]);
         const bool starts = decltype(has_starts)::value && (resets >> tt & 1u);
         float Bv[SPT];
         read_states<SPT>(s_B + tt * npad + g * SPT, Bv);
 #pragma unroll
-        for (int k = 0; k < SPT; ++k) h[k] = fmaf(starts ? 0.f : ex2(dt * A2[k]), h[k], du * Bv[k]);
+        for (int k = 0; k < KC; ++k) {
+          const float dt = s_dt[ch[k] * kPitch + tt], du = dt * to_f(s_u[ch[k] * kPitch + tt]);
+#pragma unroll
+          for (int j = 0; j < SPT; ++j) {
+            const int s = k * SPT + j;
+            h[s] = fmaf(starts ? 0.f : ex2(dt * A2[s]), h[s], du * Bv[j]);
+          }
+        }
       }
     });
   };
   // This lane's state at step 8 j of the last rerun chunk (slot j of 4): kept in a scratch
-  // buffer of its own (coalesced, [block][j][k][lane]) until that chunk is processed next.
+  // buffer of its own (coalesced, [block][j][s][lane]) until that chunk is processed next.
   const int64_t block_id = (int64_t(b) * p.nseg + seg) * p.ntiles + tile;
-  auto sub_state = [&](int j, int k) -> float& {
-    return p.sub_states[((block_id * (kChunk / kSub) + j) * SPT + k) * NT + tid];
+  auto sub_state = [&](int j, int s) -> float& {
+    return p.sub_states[((block_id * (kChunk / kSub) + j) * S + s) * NT + tid];
   };
   // The state at the start of chunk ck into h: the saved state (or the initial one) at the
   // start of its checkpoint interval, then the interval's earlier chunks recomputed (full
@@ -700,14 +788,14 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
   auto chunk_start_state = [&](int ck, float* h) {
     const int c0 = ck - ck % kCkptChunks;
 #pragma unroll
-    for (int k = 0; k < SPT; ++k) {
-      const int n = g * SPT + k;
+    for (int s = 0; s < S; ++s) {
+      const int64_t bd = int64_t(b) * p.dim + slot_d(s);
       float v = 0.f;
-      if (d < p.dim && n < N) {
-        if (c0 > 0) v = p.ckpt[(bd * p.nckpt + c0 / kCkptChunks - 1) * N + n];
-        else if (p.h0) v = p.h0[bd * N + n];
+      if (slot_ok(s)) {
+        if (c0 > 0) v = p.ckpt[(bd * p.nckpt + c0 / kCkptChunks - 1) * N + slot_n(s)];
+        else if (p.h0) v = p.h0[bd * N + slot_n(s)];
       }
-      h[k] = v;
+      h[s] = v;
     }
     for (int cr = c0; cr < ck; ++cr) {
       stage_recurrence(int64_t(cr) * kChunk, kChunk);
@@ -716,7 +804,7 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
       for (int j = 0; j < kChunk / kSub; ++j) {
         if (cr + 1 == ck) {
 #pragma unroll
-          for (int k = 0; k < SPT; ++k) sub_state(j, k) = h[k];
+          for (int s = 0; s < S; ++s) sub_state(j, s) = h[s];
         }
         advance(h, j * kSub, (j + 1) * kSub, resets);
       }
@@ -727,15 +815,15 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
   for (int ck = chunks.end - 1; ck >= chunks.begin; --ck) {
     const int64_t t0 = int64_t(ck) * kChunk;
     const int len = int(L - t0 < kChunk ? L - t0 : kChunk);
-    float h0[SPT], hb[3][SPT];
+    float h0[S], hb[3][S];
     // Chunk ck + 1 (of this segment) reran this (full) chunk and kept its sub-chunk start states.
     const bool rerun_kept = ck + 1 < chunks.end && (ck + 1) % kCkptChunks != 0;
     if (rerun_kept) {
 #pragma unroll
-      for (int k = 0; k < SPT; ++k) {
-        h0[k] = sub_state(0, k);
+      for (int s = 0; s < S; ++s) {
+        h0[s] = sub_state(0, s);
 #pragma unroll
-        for (int j = 0; j < 3; ++j) hb[j][k] = sub_state(j + 1, k);
+        for (int j = 0; j < 3; ++j) hb[j][s] = sub_state(j + 1, s);
       }
     } else {
       chunk_start_state(ck, h0);
@@ -759,47 +847,70 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
     // Pass 1: the states at the sub-chunk starts (unless kept from the rerun).
     const int nsub = (len + kSub - 1) / kSub;
     if (!rerun_kept) {
-      float h[SPT];
+      float h[S];
 #pragma unroll
-      for (int k = 0; k < SPT; ++k) h[k] = h0[k];
+      for (int s = 0; s < S; ++s) h[s] = h0[s];
 #pragma unroll
       for (int j = 0; j < 3; ++j) {
         if (j + 1 < nsub) advance(h, j * kSub, (j + 1) * kSub, resets);
 #pragma unroll
-        for (int k = 0; k < SPT; ++k) hb[j][k] = h[k];
+        for (int s = 0; s < S; ++s) hb[j][s] = h[s];
       }
     }
 
     for (int j = nsub - 1; j >= 0; --j) {
       const int ts = j * kSub, te = min(len, ts + kSub), cnt = te - ts;
       const uint32_t sub_starts = resets >> ts & ((1u << cnt) - 1u);
-      // (a) Recompute the sub-chunk's states; y for dz.
+      // (a) Recompute the sub-chunk's states; y for dz; KC = 2: the warps' dC sums.
       with_document_starts(sub_starts, [&](auto has_starts) {
-        float h[SPT];
+        float h[S];
 #pragma unroll
-        for (int k = 0; k < SPT; ++k) {
-          h[k] = j == 0 ? h0[k] : j == 1 ? hb[0][k] : j == 2 ? hb[1][k] : hb[2][k];
-          hslot(k, 0) = h[k];
+        for (int s = 0; s < S; ++s) {
+          h[s] = j == 0 ? h0[s] : j == 1 ? hb[0][s] : j == 2 ? hb[1][s] : hb[2][s];
+          if constexpr (KC == 1) hslot(s, 0) = h[s];
         }
 #pragma unroll 2
         for (int tt = ts; tt < te; ++tt) {
-          const float dt = s_dt[c * kPitch + tt], uu = to_f(s_u[c * kPitch + tt]), du = dt * uu;
           const bool starts = decltype(has_starts)::value && (resets >> tt & 1u);
-          float Bv[SPT], Cv[SPT];
+          float Bv[SPT], Cv[SPT], uu[KC], y[KC];
           read_states<SPT>(s_B + tt * npad + g * SPT, Bv);
           read_states<SPT>(s_C + tt * npad + g * SPT, Cv);
-          float y0 = 0.f, y1 = 0.f;
 #pragma unroll
-          for (int k = 0; k < SPT; k += 2) {
-            h[k] = fmaf(starts ? 0.f : ex2(dt * A2[k]), h[k], du * Bv[k]);
-            h[k + 1] = fmaf(starts ? 0.f : ex2(dt * A2[k + 1]), h[k + 1], du * Bv[k + 1]);
-            hslot(k, tt - ts + 1) = h[k];
-            hslot(k + 1, tt - ts + 1) = h[k + 1];
-            y0 = fmaf(Cv[k], h[k], y0);
-            y1 = fmaf(Cv[k + 1], h[k + 1], y1);
+          for (int k = 0; k < KC; ++k) {
+            const float dt = s_dt[ch[k] * kPitch + tt];
+            uu[k] = to_f(s_u[ch[k] * kPitch + tt]);
+            const float du = dt * uu[k];
+            float y0 = 0.f, y1 = 0.f;
+#pragma unroll
+            for (int jj = 0; jj < SPT; jj += 2) {
+              const int s = k * SPT + jj;
+              if constexpr (KC == 2) {
+                hslot(s, tt - ts) = h[s];
+                hslot(s + 1, tt - ts) = h[s + 1];
+              }
+              h[s] = fmaf(starts ? 0.f : ex2(dt * A2[s]), h[s], du * Bv[jj]);
+              h[s + 1] = fmaf(starts ? 0.f : ex2(dt * A2[s + 1]), h[s + 1], du * Bv[jj + 1]);
+              if constexpr (KC == 1) {
+                hslot(s, tt - ts + 1) = h[s];
+                hslot(s + 1, tt - ts + 1) = h[s + 1];
+              }
+              y0 = fmaf(Cv[jj], h[s], y0);
+              y1 = fmaf(Cv[jj + 1], h[s + 1], y1);
+            }
+            y[k] = y0 + y1;
           }
-          const float y = group_sum(y0 + y1, G);
-          if (z && g == 0) s_dz[c * kPitch + tt] *= fmaf(Dd, uu, y);
+          if constexpr (KC == 1) {
+            const float ys = group_sum(y[0], G);
+            if (z && writer) s_dz[oc * kPitch + tt] *= fmaf(Dd[0], uu[0], ys);
+          } else {
+            const float ys = pair_state_sum(y[0], y[1], g);
+            if (z && writer) s_dz[oc * kPitch + tt] *= fmaf(kout ? Dd[1] : Dd[0], kout ? uu[1] : uu[0], ys);
+            const float dy0 = s_dy[ch[0] * kPitch + tt], dy1 = s_dy[ch[1] * kPitch + tt];
+            float dc[4];
+#pragma unroll
+            for (int jj = 0; jj < 4; ++jj) dc[jj] = fmaf(dy0, h[jj], dy1 * h[SPT + jj]);
+            store_warp_sums(dc, tt - ts);
+          }
         }
       });
       __syncthreads();
@@ -811,35 +922,54 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
       with_document_starts(sub_starts, [&](auto has_starts) {
 #pragma unroll 2
         for (int tt = te - 1; tt >= ts; --tt) {
-          const float dt = s_dt[c * kPitch + tt], uu = to_f(s_u[c * kPitch + tt]), du = dt * uu;
-          const float dy = s_dy[c * kPitch + tt];
           const bool starts = decltype(has_starts)::value && (resets >> tt & 1u);
-          float Bv[SPT], Cv[SPT];
+          float Bv[SPT], Cv[SPT], dt[KC], uu[KC], dy[KC], sum_dhB[KC], sum_q[KC];
+          [[maybe_unused]] float db[SPT];
           read_states<SPT>(s_B + tt * npad + g * SPT, Bv);
           read_states<SPT>(s_C + tt * npad + g * SPT, Cv);
-          float sum_dhB = 0.f, sum_q = 0.f;
 #pragma unroll
-          for (int k = 0; k < SPT; ++k) {
-            const float a = starts ? 0.f : ex2(dt * A2[k]);
-            float& slot = hslot(k, tt - ts);
-            const float hp = slot;
-            const float dh = fmaf(Cv[k], dy, dhc[k]);
-            const float q = dh * (a * hp);
-            dA[k] = fmaf(q, dt, dA[k]);
-            sum_q = fmaf(q, Af[k], sum_q);
-            sum_dhB = fmaf(dh, Bv[k], sum_dhB);
-            slot = dh * du;
-            dhc[k] = a * dh;
+          for (int k = 0; k < KC; ++k) {
+            dt[k] = s_dt[ch[k] * kPitch + tt];
+            uu[k] = to_f(s_u[ch[k] * kPitch + tt]);
+            dy[k] = s_dy[ch[k] * kPitch + tt];
+            const float du = dt[k] * uu[k];
+            sum_dhB[k] = 0.f;
+            sum_q[k] = 0.f;
+#pragma unroll
+            for (int jj = 0; jj < SPT; ++jj) {
+              const int s = k * SPT + jj;
+              const float a = starts ? 0.f : ex2(dt[k] * A2[s]);
+              float& slot = hslot(s, tt - ts);
+              const float hp = slot;
+              const float dh = fmaf(Cv[jj], dy[k], dhc[s]);
+              const float q = dh * (a * hp);
+              dA[s] = fmaf(q, dt[k], dA[s]);
+              sum_q[k] = fmaf(q, Af[s], sum_q[k]);
+              sum_dhB[k] = fmaf(dh, Bv[jj], sum_dhB[k]);
+              if constexpr (KC == 1) slot = dh * du;
+              else db[jj] = k == 0 ? dh * du : fmaf(dh, du, db[jj]);
+              dhc[s] = a * dh;
+            }
           }
-          sum_q = group_sum(sum_q, G);
-          sum_dhB = group_sum(sum_dhB, G);
-          if (g == 0) {
-            float ddt = fmaf(sum_dhB, uu, sum_q);
+          float sdhB, sq, dto, uo, dyo, Do;
+          if constexpr (KC == 1) {
+            sdhB = group_sum(sum_dhB[0], G);
+            sq = group_sum(sum_q[0], G);
+            dto = dt[0], uo = uu[0], dyo = dy[0], Do = Dd[0];
+          } else {
+            sdhB = pair_state_sum(sum_dhB[0], sum_dhB[1], g);
+            sq = pair_state_sum(sum_q[0], sum_q[1], g);
+            dto = kout ? dt[1] : dt[0], uo = kout ? uu[1] : uu[0], dyo = kout ? dy[1] : dy[0];
+            Do = kout ? Dd[1] : Dd[0];
+            store_warp_sums(db, tt - ts);
+          }
+          if (writer) {
+            float ddt = fmaf(sdhB, uo, sq);
             // softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x))
-            if (p.softplus) ddt *= softplus_grad_f(dt);
-            s_u[c * kPitch + tt] = from_f<T>(fmaf(sum_dhB, dt, Dd * dy));
-            s_dt[c * kPitch + tt] = ddt;
-            dD_acc = fmaf(dy, uu, dD_acc);
+            if (p.softplus) ddt *= softplus_grad_f(dto);
+            s_u[oc * kPitch + tt] = from_f<T>(fmaf(sdhB, dto, Do * dyo));
+            s_dt[oc * kPitch + tt] = ddt;
+            dD_acc = fmaf(dyo, uo, dD_acc);
             dbias_acc += ddt;
           }
         }
@@ -859,19 +989,17 @@ __global__ void __launch_bounds__(NT, kBwdBlocksPerSm) scan_backward_kernel(Scan
     __syncthreads();
   }
 
-  if (d < p.dim) {
 #pragma unroll
-    for (int k = 0; k < SPT; ++k) {
-      const int n = g * SPT + k;
-      if (n < N) {
-        p.dA_part[bsd * N + n] = dA[k];
-        if (p.dh0 && seg == 0) p.dh0[bd * N + n] = dhc[k];
-      }
-    }
-    if (g == 0) {
-      p.dD_part[bsd] = dD_acc;
-      p.dbias_part[bsd] = dbias_acc;
-    }
+  for (int s = 0; s < S; ++s) {
+    if (!slot_ok(s)) continue;
+    const int d = slot_d(s), n = slot_n(s);
+    p.dA_part[((int64_t(b) * p.nseg + seg) * p.dim + d) * N + n] = dA[s];
+    if (p.dh0 && seg == 0) p.dh0[(int64_t(b) * p.dim + d) * N + n] = dhc[s];
+  }
+  if (writer && d0 + oc < p.dim) {
+    const int64_t bsd = (int64_t(b) * p.nseg + seg) * p.dim + d0 + oc;  // this (b, segment, d)'s partials
+    p.dD_part[bsd] = dD_acc;
+    p.dbias_part[bsd] = dbias_acc;
   }
 }
 
@@ -1066,7 +1194,9 @@ void selective_scan_backward(const ScanArgs& a, const ScanResult& saved, const T
   const char* op = "selective_scan_backward";
   check_sizes(op, a);
   constexpr int NT = block_threads(kBwdSpt);
-  ScanParams p = make_params(a, kBwdSpt);
+  // The channel-pair kernel where its lanes fit d_state (G = 4 lanes of 4 states: 9..16).
+  const bool pairs = scan_backward_kind() == ScanBackward::channel_pairs && make_params(a, kPairSpt).G == 4;
+  ScanParams p = make_params(a, pairs ? kPairSpt : kBwdSpt);
   if (!aligned16(grad_out.raw())) p.vec = false;
   for (const Tensor* t : {&grads.du, &grads.ddelta, &grads.dz})
     if (t->defined() && !aligned16(t->raw())) p.vec = false;
@@ -1075,7 +1205,9 @@ void selective_scan_backward(const ScanArgs& a, const ScanResult& saved, const T
   const Tensor masks = document_starts(a, p);
   const size_t smem = dtype_size(a.u.dtype()) * p.cpb * kPitch +
                       sizeof(float) * (size_t(3) * p.cpb * kPitch + size_t(2) * kChunk * p.npad + p.cpb);
-  auto* kernel = bf ? scan_backward_kernel<bf16_t, kBwdSpt> : scan_backward_kernel<float, kBwdSpt>;
+  auto* kernel = pairs ? (bf ? scan_backward_kernel<bf16_t, kPairSpt, kPairChannels>
+                             : scan_backward_kernel<float, kPairSpt, kPairChannels>)
+                       : (bf ? scan_backward_kernel<bf16_t, kBwdSpt, 1> : scan_backward_kernel<float, kBwdSpt, 1>);
   COIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   choose_segments(p, kernel, NT, smem, scan_waves().backward);
   const SegmentState segments(p, dev);
