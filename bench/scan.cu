@@ -6,7 +6,7 @@
 // for the last), and B8 D2048 L4096.
 // Usage: bench_scan [runs] [--waves W,W,...]   (--waves: the time segments' trade, ScanWaves,
 // at Mamba-130M's three shapes only). The backward lines time both backward main kernels
-// (ScanBackward: current and pairs) one after the other.
+// (ScanBackward: one and pairs) one after the other.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -140,9 +140,9 @@ void run_shape(int64_t Bn, int64_t Dn, int64_t Ln, int64_t Nn, int runs, double 
   // one COIL_SCAN_BWD selects.
   const ScanBackward selected = scan_backward_kind();
   float fb_ms = 0.f;
-  for (ScanBackward kind : {ScanBackward::current, ScanBackward::channel_pairs}) {
+  for (ScanBackward kind : {ScanBackward::one_channel, ScanBackward::channel_pairs}) {
     set_scan_backward_kind(kind);
-    const char* name = kind == ScanBackward::current ? "current" : "pairs";
+    const char* name = kind == ScanBackward::one_channel ? "one" : "pairs";
     const float b_ms = median_ms([&] { selective_scan_backward(a, r, gout, Tensor(), false); }, runs);
     const float bd_ms = median_ms([&] { selective_scan_backward(a, r, gout, Tensor(), true); }, runs);
     const float fbk_ms = median_ms(

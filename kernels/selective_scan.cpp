@@ -96,9 +96,9 @@ ScanWaves& waves_setting() {
 
 ScanBackward backward_from_environment() {
   const char* v = std::getenv("COIL_SCAN_BWD");
-  if (!v || std::string(v) == "current") return ScanBackward::current;
-  COIL_CHECK(std::string(v) == "pairs", "COIL_SCAN_BWD must be 'current' or 'pairs', got '{}'", v);
-  return ScanBackward::channel_pairs;
+  if (!v || std::string(v) == "pairs") return ScanBackward::channel_pairs;
+  COIL_CHECK(std::string(v) == "one", "COIL_SCAN_BWD must be 'one' or 'pairs', got '{}'", v);
+  return ScanBackward::one_channel;
 }
 
 ScanBackward& backward_setting() {

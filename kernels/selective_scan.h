@@ -85,12 +85,12 @@ struct ScanWaves {
 const ScanWaves& scan_waves();
 void set_scan_waves(const ScanWaves& waves);
 
-// Which main kernel the CUDA backward runs (docs/SELECTIVE_SCAN.md): `current`, a lane holds 8
-// states of one channel; `channel_pairs`, a lane holds 4 states of two channels and sums dB,
-// dC over channels in registers and shuffles (d_state 9 to 16 only; other d_state run
-// `current`). Same inputs, outputs and contracts. Read once from COIL_SCAN_BWD=current|pairs
-// (default current) until the pair kernel is measured; bench_scan times both.
-enum class ScanBackward { current, channel_pairs };
+// Which main kernel the CUDA backward runs (docs/SELECTIVE_SCAN.md): `one_channel`, a lane
+// holds 8 states of one channel; `channel_pairs` (default: 4-5% faster on an H200), a lane holds
+// 4 states of two channels and sums dB, dC over channels in registers and shuffles (d_state 9
+// to 16 only; other d_state run `one_channel`). Same inputs, outputs and contracts. Read once
+// from COIL_SCAN_BWD=one|pairs; bench_scan times both.
+enum class ScanBackward { one_channel, channel_pairs };
 ScanBackward scan_backward_kind();
 void set_scan_backward_kind(ScanBackward kind);
 

@@ -405,13 +405,13 @@ TEST_CASE("selective scan CUDA with documents matches the CPU reference", "[docu
                         {2, 17, 300, 8, 1, true},     {2, 104, 300, 16, 64, true},  {1, 128, 129, 64, 40, true}};
   // Under both CUDA backward main kernels (ScanBackward).
   const ScanBackward before = scan_backward_kind();
-  for (ScanBackward kind : {ScanBackward::current, ScanBackward::channel_pairs})
+  for (ScanBackward kind : {ScanBackward::one_channel, ScanBackward::channel_pairs})
   for (const Case& c : cases)
     for (DType dtype : {DType::f32, DType::bf16}) {
       set_scan_backward_kind(kind);
       INFO("batch " << c.batch << " dim " << c.dim << " len " << c.len << " state " << c.state << " documents <= "
                     << c.max_doc << " h0 " << c.h0 << " dtype " << dtype_name(dtype) << " backward kernel "
-                    << (kind == ScanBackward::current ? "current" : "pairs"));
+                    << (kind == ScanBackward::one_channel ? "one" : "pairs"));
       ScanArgs host =
           test::random_scan_args(c.batch, c.len, c.dim, c.state, uint64_t(c.len + c.state), DType::f32, c.h0);
       host.seq_idx = random_seq_idx(c.batch, c.len, c.max_doc, uint64_t(c.dim), edges);

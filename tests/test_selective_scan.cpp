@@ -187,8 +187,8 @@ void compare_cases(std::initializer_list<Case> cases) {
 // d_state is 9..16, the current one elsewhere), then restores the setting.
 void for_each_backward_kernel(const std::function<void()>& f) {
   const ScanBackward before = scan_backward_kind();
-  for (ScanBackward k : {ScanBackward::current, ScanBackward::channel_pairs}) {
-    INFO("backward kernel " << (k == ScanBackward::current ? "current" : "pairs"));
+  for (ScanBackward k : {ScanBackward::one_channel, ScanBackward::channel_pairs}) {
+    INFO("backward kernel " << (k == ScanBackward::one_channel ? "one" : "pairs"));
     set_scan_backward_kind(k);
     f();
   }

@@ -565,7 +565,7 @@ __global__ void __launch_bounds__(NT) scan_backward_carry_kernel(ScanParams p) {
 //
 // A lane holds KC channels x SPT states ("slots" s = k SPT + j: channel k, state g SPT + j);
 // the G lanes of a channel group cover the states.
-// * KC = 1, SPT = 8 (ScanBackward::current): G = 2 at d_state 16. (a) stores h_t in its slot
+// * KC = 1, SPT = 8 (ScanBackward::one_channel): G = 2 at d_state 16. (a) stores h_t in its slot
 //   column, (b) reads the columns of all channels back (2 shared loads and an FMA per (channel,
 //   state, step)), (c) overwrites each consumed state with dh_t du_t, which (d) reads back: 6
 //   shared-memory accesses per (b, d, t, n).
