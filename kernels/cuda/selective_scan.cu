@@ -576,8 +576,8 @@ __global__ void __launch_bounds__(NT) scan_backward_carry_kernel(ScanParams p) {
 //   shuffles) leaves one state's sum per lane, stored once per warp and step; (b) and (d) add
 //   the 2 warps. (a) stores h_{t-1} (read by (c) only: kSub rows, no write-back). The sums
 //   over states (y, dh B, q A) cover 4 lanes instead of 2 (`pair_state_sum`, transposed: 2
-//   shuffles for the two channels). Counts: docs/SELECTIVE_SCAN.md, "The channel-pair
-//   backward (not yet measured)".
+//   shuffles for the two channels). Counts and measurements: docs/SELECTIVE_SCAN.md,
+//   "The channel-pair backward".
 
 // The sum over the 4 lanes of a channel pair (lane bits 0, 1) of v0 (channel 0) and v1
 // (channel 1): lane g ends with the sum of channel g & 1, in a fixed order.
