@@ -6,8 +6,8 @@
 // TMA: kernels/cuda/attention_hopper.cu, the forward, and attention_hopper_backward.cu, dK/dV
 // and dQ), rows "portable" and "hopper": both directions switch together, so the "bwd" columns
 // (f+b minus fwd) compare the two backwards side by side. A third row, "hopper pipelined fwd",
-// runs the Hopper kernels with the pipelined forward (kernels::set_attention_hopper_forward_
-// pipelined; the "hopper" row runs the serial one), so its "fwd" column A/Bs the two forwards.
+// runs the Hopper kernels with the pipelined Hopper forward (the "hopper" row: the serial one;
+// kernels::set_attention_hopper_forward_pipelined), so its "fwd" column A/Bs the two forwards.
 // Usage: bench_attention [iterations] [--tune]; --tune also times the other launch settings
 // of the portable kernels "fwd warps, fwd rows per warp, dK/dV warps, dQ warps"
 // (kernels::AttentionLaunch). Compare with bench/attention_torch.py (PyTorch SDPA).

@@ -187,11 +187,8 @@ TEST_CASE("attention CUDA Hopper kernels: a forced Hopper kernel that cannot run
   REQUIRE(kernels::attention_forward_kernel() == AttentionKernel::hopper);
   REQUIRE(kernels::attention_backward_kernel() == AttentionKernel::hopper);
   Tensor q96 = random_normal({1, 8, 2, 96}, 1, DType::bf16, Device::cuda());
-  for (bool pipelined : {false, true}) {
-    kernels::set_attention_hopper_forward_pipelined(pipelined);
-    REQUIRE_THROWS_WITH(kernels::attention_forward(q96, q96, q96),
-                        Catch::Matchers::Contains("Hopper kernel cannot run: head dim 96"));
-  }
+  REQUIRE_THROWS_WITH(kernels::attention_forward(q96, q96, q96),
+                      Catch::Matchers::Contains("Hopper kernel cannot run: head dim 96"));
   // Automatic selection runs hd 96 on the portable kernels.
   kernels::set_attention_forward_kernel(AttentionKernel::automatic);
   AttentionOutput r = kernels::attention_forward(q96, q96, q96);
