@@ -27,11 +27,20 @@ namespace coil::kernels::cuda::hopper {
 // Block shape of every Hopper attention kernel: warps 0-3 and 4-7 are two consumer warpgroups
 // of 64 rows each (queries in the forward and dQ, keys in dK/dV), the producer behind them (a
 // warpgroup must start at a warp index divisible by 4, so the producer goes last): one warp in
-// the forward, a warpgroup in the backward (see setmaxnreg below). Streamed tiles pass through
-// kStages shared-memory stages.
+// the serial forward, a warpgroup in the backward and the pipelined forward (see setmaxnreg
+// below). Streamed tiles pass through kStages shared-memory stages (the pipelined forward
+// takes more).
 constexpr int kConsumerWarps = 8;
 constexpr int kRowsPerWarpgroup = 64;
 constexpr int kStages = 2;
+// Blocks with a producer warpgroup: 384 threads. The consumers' accumulators need more than
+// the 168 registers a thread that ptxas gives a 384-thread block, so the producer warpgroup
+// hands its registers to them: setmaxnreg to kProducerRegisters there and kConsumerRegisters
+// in the consumers, 128 x 24 + 256 x 240 = 384 x 168 registers in all.
+constexpr int kProducerWarpgroupThreads = (kConsumerWarps + 4) * 32;
+constexpr int kProducerRegisters = 24, kConsumerRegisters = 240;
+static_assert(128 * kProducerRegisters + 256 * kConsumerRegisters <= kProducerWarpgroupThreads * 168,
+              "the setmaxnreg budgets must fit in the registers of the block");
 // Shared tiles are stored as 64-column blocks of 128-byte rows (one 128-byte swizzle atom
 // wide): a tile of R rows and hd columns is hd/64 blocks of R x 64 bf16, each on a 1024-byte
 // boundary.
@@ -47,7 +56,8 @@ constexpr uint32_t tile_bytes(int rows) {
 // key tiles through it (the forward, dQ): rows_full (the block's own tiles have landed) and,
 // per stage, k_full and v_full (TMA) and kv_empty (every consumer warp released the stage).
 struct KeyTileBarriers {
-  static constexpr int kCount = 1 + 3 * kStages;  // uint64_t words
+  // uint64_t words of the barriers of `stages` stages
+  static constexpr int words(int stages) { return 1 + 3 * stages; }
   uint64_t* rows_full;
   uint64_t* k_full;
   uint64_t* v_full;
@@ -156,9 +166,10 @@ __device__ __forceinline__ void tma_load_tile(unsigned char* dst, int rows, cons
 // as 128-byte rows with the 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r % 8),
 // the layout TMA writes with CU_TENSOR_MAP_SWIZZLE_128B):
 //   bits 0-13   start address >> 4
-//   bits 16-29  leading-dimension byte offset >> 4: unused by both uses here (K-major with
-//               swizzle: "not used, assumed 1"; MN-major: the stride between 64-element
-//               atoms along N, and every N here is one atom), so 1
+//   bits 16-29  leading-dimension byte offset >> 4: K-major with swizzle: unused ("assumed
+//               1"); MN-major: the stride between 64-element atoms along N (atom_stride:
+//               the next 64-column block of a B operand whose N is 128; unused, so 16
+//               bytes, where N is one atom)
 //   bits 32-45  stride-dimension byte offset >> 4: from one group of 8 rows to the next,
 //               8 x 128 = 1024 bytes (K-major: 8 rows of M/N; MN-major: 8 rows of K)
 //   bits 49-51  base offset 0: every tile starts on a 1024-byte boundary, where the swizzle
@@ -172,9 +183,11 @@ __device__ __forceinline__ void tma_load_tile(unsigned char* dst, int rows, cons
 //     32 (kk % 4) bytes into its rows, and rows 64 n on start 64 n x 128 bytes further;
 //   MN-major (imm-trans-b = 1): a 16 x 64 B piece whose k runs along the tokens and whose N is
 //     64 head columns (V in O += P V, dO and Q in dV += P^T dO and dK += dS^T Q, K in
-//     dQ += dS K); k-step kk starts 16 kk rows = 2048 kk bytes into the column block.
-__device__ __forceinline__ uint64_t sw128_desc(uint32_t smem_byte_addr) {
-  return uint64_t((smem_byte_addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) |
+//     dQ += dS K); k-step kk starts 16 kk rows = 2048 kk bytes into the column block. A
+//     16 x 128 piece (the pipelined forward's V at hd 128) spans two column blocks,
+//     atom_stride bytes apart.
+__device__ __forceinline__ uint64_t sw128_desc(uint32_t smem_byte_addr, uint32_t atom_stride = 16) {
+  return uint64_t((smem_byte_addr & 0x3FFFF) >> 4) | (uint64_t((atom_stride >> 4) & 0x3FFF) << 16) |
          (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
 }
 
@@ -252,6 +265,61 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs(Acc64& d, const uint32_t (&a)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
 }
 
+// The 64 accumulator registers of an m64n128 product as asm operands %0..%63, and their
+// bindings to d[0] (columns 0-63) and d[1] (64-127): register 4j + c of the n128 fragment is
+// column 8j + 2 (lane % 4) + (c & 1), j = 0..15, so its registers 0-31 and 32-63 are the
+// m64n64 fragments (Acc64) of its two 64-column halves.
+#define COIL_WGMMA_ACC64_OPERANDS \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, " \
+  "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, " \
+  "%56, %57, %58, %59, %60, %61, %62, %63}, "
+#define COIL_WGMMA_ACC64_BINDINGS(d) COIL_WGMMA_ACC32_BINDINGS(d[0]), COIL_WGMMA_ACC32_BINDINGS(d[1])
+
+// d (64 x 128, f32) = (accumulate ? d : 0) + A B: wgmma_m64n64k16_ss with N = 128 (B a 128 x 16
+// K-major tile).
+__device__ __forceinline__ void wgmma_m64n128k16_ss(float (&d)[2][32], uint64_t a, uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      COIL_WGMMA_ACC64_OPERANDS
+      "%64, %65, p, 1, 1, 0, 0;\n}\n"
+      : COIL_WGMMA_ACC64_BINDINGS(d)
+      : "l"(a), "l"(b), "r"(accumulate));
+}
+
+// d (64 x 128, f32) = (accumulate ? d : 0) + A B: wgmma_m64n64k16_rs with N = 128 (B 16 x 128,
+// MN-major: two 64-column atoms, the descriptor's atom stride apart).
+__device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[2][32], const uint32_t (&a)[4], uint64_t b,
+                                                    int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      COIL_WGMMA_ACC64_OPERANDS
+      "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : COIL_WGMMA_ACC64_BINDINGS(d)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+}
+
+// One product of instruction width W = 64 or 128 columns into the W/64 fragments at d.
+__device__ __forceinline__ void wgmma_ss(float (&d)[1][32], uint64_t a, uint64_t b, int accumulate) {
+  wgmma_m64n64k16_ss(d[0], a, b, accumulate);
+}
+__device__ __forceinline__ void wgmma_ss(float (&d)[2][32], uint64_t a, uint64_t b, int accumulate) {
+  wgmma_m64n128k16_ss(d, a, b, accumulate);
+}
+__device__ __forceinline__ void wgmma_rs(float (&d)[1][32], const uint32_t (&a)[4], uint64_t b, int accumulate) {
+  wgmma_m64n64k16_rs(d[0], a, b, accumulate);
+}
+__device__ __forceinline__ void wgmma_rs(float (&d)[2][32], const uint32_t (&a)[4], uint64_t b, int accumulate) {
+  wgmma_m64n128k16_rs(d, a, b, accumulate);
+}
+// The W/64 fragments of acc from fragment `first` on, as the accumulator of one W-wide product.
+template <int W, int N>
+__device__ __forceinline__ float (&fragments(float (&acc)[N][32], int first))[W / 64][32] {
+  return *reinterpret_cast<float(*)[W / 64][32]>(&acc[first]);
+}
+
 // acc[n] (n = 0..N/64-1, the 64 x N accumulator of one warpgroup as N/64 m64n64 fragments)
 // as the A operand of a product over those N columns, rounded to bf16: k-step kk (columns
 // 16kk..16kk+15) is the 8-column slices j = 2 (kk % 4) and j + 1 of fragment kk / 4, i.e. the
@@ -274,52 +342,68 @@ __device__ __forceinline__ void acc_to_a_frags(uint32_t (&a)[N / 16][4], const f
 // acc[n] (64 x 64 n-th block of this warpgroup's 64 x N result) = A B^T over the D head
 // columns, both operands K-major in shared memory: a_addr the first of A's 64 rows (one
 // column block of A is a_block_bytes long), b_addr the first of B's N rows (b_block_bytes a
-// column block). Issued and committed as one wgmma group; the caller waits.
-template <int D, int N>
+// column block), as N/W products of W columns (64 or 128: a wider one reads A once for
+// twice the columns). Issued and committed as one wgmma group; the caller waits.
+template <int D, int N, int W = 64>
 __device__ __forceinline__ void wgmma_abt_ss(float (&acc)[N / 64][32], uint32_t a_addr, uint32_t a_block_bytes,
                                              uint32_t b_addr, uint32_t b_block_bytes) {
+  static_assert((W == 64 || W == 128) && N % W == 0, "wgmma_abt_ss: W must be 64 or 128 and divide N");
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     const uint32_t col = kk / 4, byte = (kk % 4) * 32;
     const uint64_t a = sw128_desc(a_addr + col * a_block_bytes + byte);
 #pragma unroll
-    for (int n = 0; n < N / 64; ++n)
-      wgmma_m64n64k16_ss(acc[n], a, sw128_desc(b_addr + col * b_block_bytes + n * 64 * kRowBytes + byte), kk > 0);
+    for (int n = 0; n < N / W; ++n)
+      wgmma_ss(fragments<W>(acc, n * (W / 64)), a,
+               sw128_desc(b_addr + col * b_block_bytes + n * W * kRowBytes + byte), kk > 0);
   }
   wgmma_commit();
 }
 
 // acc[blk] (64 x D, 64-column blocks) += A B: A (64 x K) in registers (acc_to_a_frags), B a
 // K x D tile in shared memory, token rows with the head dim contiguous (MN-major), b_addr its
-// first row, b_block_bytes one column block. Issued and committed as one wgmma group.
-template <int K, int D>
+// first row, b_block_bytes one column block, as D/W products of W columns (64 or 128: W = 128
+// spans two column blocks). Issued and committed as one wgmma group.
+template <int K, int D, int W = 64>
 __device__ __forceinline__ void wgmma_ab_rs(float (&acc)[D / 64][32], const uint32_t (&a)[K / 16][4],
                                             uint32_t b_addr, uint32_t b_block_bytes) {
+  static_assert((W == 64 || W == 128) && D % W == 0, "wgmma_ab_rs: W must be 64 or 128 and divide D");
 #pragma unroll
   for (int kk = 0; kk < K / 16; ++kk)
 #pragma unroll
-    for (int blk = 0; blk < D / 64; ++blk)
-      wgmma_m64n64k16_rs(acc[blk], a[kk], sw128_desc(b_addr + blk * b_block_bytes + kk * 16 * kRowBytes), 1);
+    for (int n = 0; n < D / W; ++n)
+      wgmma_rs(fragments<W>(acc, n * (W / 64)), a[kk],
+               sw128_desc(b_addr + n * (W / 64) * b_block_bytes + kk * 16 * kRowBytes, W == 128 ? b_block_bytes : 16),
+               1);
   wgmma_commit();
+}
+
+// acc (64 x D, 64-column blocks) += A B, A a 64 x K operand in registers (acc_to_a_frags), B
+// a K x D tile in shared memory read MN-major (wgmma_ab_rs, W-column products), and waits for
+// it (nothing runs between the issue and the wait, so the A registers stay untouched while
+// the tensor cores read them).
+template <int K, int D, int W = 64>
+__device__ __forceinline__ void add_ab(float (&acc)[D / 64][32], uint32_t (&a)[K / 16][4], uint32_t b_addr,
+                                       uint32_t b_block_bytes) {
+  fence_registers(acc);
+  fence_registers(a);
+  wgmma_fence();
+  wgmma_ab_rs<K, D, W>(acc, a, b_addr, b_block_bytes);
+  wgmma_wait<0>();
+  fence_registers(acc);
 }
 
 // acc (64 x D, 64-column blocks) += bf16(p) B, p a 64 x K accumulator of this warpgroup (P or
 // dS) turned into A-register fragments, B a K x D tile in shared memory read MN-major (token
 // rows, head dim contiguous; b_addr its first row, b_block_bytes one column block): the
 // products whose left operand is the previous product's result (O += P V, dV += P^T dO,
-// dK += dS^T Q, dQ += dS K). Waits for it (nothing runs between the issue and the wait, so
-// the A registers stay untouched while the tensor cores read them).
+// dK += dS^T Q, dQ += dS K). Waits for it.
 template <int K, int D>
 __device__ __forceinline__ void add_pb(float (&acc)[D / 64][32], const float (&p)[K / 64][32], uint32_t b_addr,
                                        uint32_t b_block_bytes) {
   uint32_t a[K / 16][4];
   acc_to_a_frags<K>(a, p);
-  fence_registers(acc);
-  fence_registers(a);
-  wgmma_fence();
-  wgmma_ab_rs<K, D>(acc, a, b_addr, b_block_bytes);
-  wgmma_wait<0>();
-  fence_registers(acc);
+  add_ab<K, D>(acc, a, b_addr, b_block_bytes);
 }
 
 // One consumer warp's release of a stage, after its products of the stage have completed:
@@ -329,14 +413,15 @@ __device__ __forceinline__ void release_stage(uint64_t* empty) {
   if (threadIdx.x % 32 == 0) mbar_arrive(empty);
 }
 
-// Those barriers at `at` (kCount words, 8-byte aligned), initialized by thread 0; a
-// __syncthreads must follow before any use.
+// Those barriers of Stages stages at `at` (KeyTileBarriers::words(Stages) words, 8-byte
+// aligned), initialized by thread 0; a __syncthreads must follow before any use.
+template <int Stages = kStages>
 __device__ __forceinline__ KeyTileBarriers key_tile_barriers(unsigned char* at) {
   uint64_t* words = reinterpret_cast<uint64_t*>(at);
-  const KeyTileBarriers bars{words, words + 1, words + 1 + kStages, words + 1 + 2 * kStages};
+  const KeyTileBarriers bars{words, words + 1, words + 1 + Stages, words + 1 + 2 * Stages};
   if (threadIdx.x == 0) {
     mbar_init(bars.rows_full, 1);
-    for (int s = 0; s < kStages; ++s) {
+    for (int s = 0; s < Stages; ++s) {
       mbar_init(&bars.k_full[s], 1);
       mbar_init(&bars.v_full[s], 1);
       mbar_init(&bars.kv_empty[s], kConsumerWarps);
@@ -348,17 +433,17 @@ __device__ __forceinline__ KeyTileBarriers key_tile_barriers(unsigned char* at) 
 
 // The producer's loop of the kernels that stream key tiles (the forward, dQ): for i = 0 ..
 // n_tiles - 1, the key tile kt_hi - 1 - i (BC tokens, from the diagonal backwards) of K and of
-// V into stage i % kStages of sK and sV (each stage tile_bytes<D>(BC)), announced on k_full
+// V into stage i % Stages of sK and sV (each stage tile_bytes<D>(BC)), announced on k_full
 // and v_full of the stage; a stage is reused after its kv_empty phase (every consumer warp
 // done with it) completes. One thread runs it.
-template <int D, int BC>
+template <int D, int BC, int Stages = kStages>
 __device__ __forceinline__ void produce_key_tiles(unsigned char* sK, unsigned char* sV, const KeyTileBarriers& bars,
                                                   const CUtensorMap* k_map, const CUtensorMap* v_map, int h,
                                                   int b, int kt_hi, int n_tiles) {
   constexpr uint32_t kBytes = tile_bytes<D>(BC);
   for (int i = 0; i < n_tiles; ++i) {
-    const int s = i % kStages, k0 = (kt_hi - 1 - i) * BC;
-    if (i >= kStages) mbar_wait(&bars.kv_empty[s], (i / kStages - 1) & 1);
+    const int s = i % Stages, k0 = (kt_hi - 1 - i) * BC;
+    if (i >= Stages) mbar_wait(&bars.kv_empty[s], (i / Stages - 1) & 1);
     mbar_arrive_expect_tx(&bars.k_full[s], kBytes);
     tma_load_tile<D>(sK + s * kBytes, BC, k_map, &bars.k_full[s], h, k0, b);
     mbar_arrive_expect_tx(&bars.v_full[s], kBytes);
@@ -400,11 +485,12 @@ __device__ __forceinline__ void store_acc_row(bf16_t* row, const float (&acc)[D 
           pack_bf16x2(acc[blk][4 * j + 2 * r] * scale, acc[blk][4 * j + 2 * r + 1] * scale);
 }
 
-// The producer's last wait: until the consumers have released the stages of the last kStages
-// of n_tiles streamed tiles (tile i's release is phase i / kStages of empty[i % kStages]), so
+// The producer's last wait: until the consumers have released the stages of the last Stages
+// of n_tiles streamed tiles (tile i's release is phase i / Stages of empty[i % Stages]), so
 // that consumers stuck on a copy that never lands make this mbar_wait trap.
+template <int Stages = kStages>
 __device__ __forceinline__ void await_releases(uint64_t* empty, int n_tiles) {
-  for (int i = max(0, n_tiles - kStages); i < n_tiles; ++i) mbar_wait(&empty[i % kStages], (i / kStages) & 1);
+  for (int i = max(0, n_tiles - Stages); i < n_tiles; ++i) mbar_wait(&empty[i % Stages], (i / Stages) & 1);
 }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 

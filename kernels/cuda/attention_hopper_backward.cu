@@ -34,14 +34,10 @@ constexpr int kBKV = 2 * kRowsPerWarpgroup;
 constexpr int kBQ = 64;
 constexpr int kBR = 2 * kRowsPerWarpgroup;
 // Block: two consumer warpgroups (warps 0-7) and a producer warpgroup (warps 8-11, of which
-// warp 8 works). The consumers' accumulators need more than the 168 registers a thread that
-// ptxas gives a 384-thread block (dK/dV at hd 128: dK and dV 128, S^T and dP^T 64), so the
-// producer warpgroup hands its registers to them: setmaxnreg to kProducerRegisters and
-// kConsumerRegisters, 128 x 24 + 256 x 240 = 384 x 168 registers in all.
-constexpr int kThreads = (kConsumerWarps + 4) * 32;
-constexpr int kProducerRegisters = 24, kConsumerRegisters = 240;
-static_assert(128 * kProducerRegisters + 256 * kConsumerRegisters <= kThreads * 168,
-              "the setmaxnreg budgets must fit in the registers of the block");
+// warp 8 works), which hands its registers to the consumers (kProducerRegisters,
+// kConsumerRegisters in attention_hopper.cuh): their accumulators need more than 168 (dK/dV
+// at hd 128: dK and dV 128, S^T and dP^T 64).
+constexpr int kThreads = kProducerWarpgroupThreads;
 
 // Key tile of the dQ kernel: 128 at hd 64 (S, dP and dQ accumulators: 64 + 64 + 32 registers),
 // 64 at hd 128 (32 + 32 + 64).
@@ -403,7 +399,7 @@ void launch_hopper_backward(const AttentionProblem& pr, const void* dout, const 
   {
     constexpr int BC = dq_key_tile<D>();
     const size_t smem = 1024 + size_t(2 * kBR + 2 * kStages * BC) * D * sizeof(bf16_t) +
-                        KeyTileBarriers::kCount * sizeof(uint64_t);
+                        KeyTileBarriers::words(kStages) * sizeof(uint64_t);
     const dim3 grid(unsigned((pr.seq + kBR - 1) / kBR), unsigned(pr.heads), unsigned(pr.batch));
     launch_with_smem(attention_bwd_dq_hopper_kernel<D, BC>, grid, smem,
                      make_tensor_map(op, pr, q, pr.qkv_stride, kBR), make_tensor_map(op, pr, dout, do_stride, kBR),
