@@ -162,19 +162,8 @@ std::atomic<AttentionKernel>& backward_kernel_setting() {
   static std::atomic<AttentionKernel> setting{kernel_from_environment("COIL_ATTN_BWD_KERNEL")};
   return setting;
 }
-std::atomic<bool>& forward_pipelined_setting() {
-  static std::atomic<bool> setting{[] {
-    const char* v = std::getenv("COIL_ATTN_FWD_PIPELINE");
-    if (!v || std::strcmp(v, "0") == 0) return false;
-    if (std::strcmp(v, "1") == 0) return true;
-    fail("COIL_ATTN_FWD_PIPELINE must be 0 or 1, got '{}'", v);
-  }()};
-  return setting;
-}
 }  // namespace
 
-bool attention_hopper_forward_pipelined() { return forward_pipelined_setting().load(); }
-void set_attention_hopper_forward_pipelined(bool pipelined) { forward_pipelined_setting().store(pipelined); }
 AttentionKernel attention_forward_kernel() { return forward_kernel_setting().load(); }
 void set_attention_forward_kernel(AttentionKernel kernel) { forward_kernel_setting().store(kernel); }
 AttentionKernel attention_backward_kernel() { return backward_kernel_setting().load(); }

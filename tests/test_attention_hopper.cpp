@@ -1,9 +1,8 @@
-// The Hopper attention kernels (kernels/cuda/attention_hopper.cu, the serial and the pipelined
-// forward, and kernels/cuda/attention_hopper_backward.cu, dK/dV and dQ: wgmma, TMA) against the
-// CPU reference and against the portable CUDA kernels (kernels/cuda/attention.cu), each forced
-// through set_attention_forward_kernel / set_attention_hopper_forward_pipelined /
-// set_attention_backward_kernel: awkward lengths, head dims 64 and 128, causal and windowed,
-// packed qkv, documents; the Hopper backward twice bit-identical.
+// The Hopper attention kernels (kernels/cuda/attention_hopper.cu, the forward, and
+// kernels/cuda/attention_hopper_backward.cu, dK/dV and dQ: wgmma, TMA) against the CPU reference
+// and against the portable CUDA kernels (kernels/cuda/attention.cu), each forced through
+// set_attention_forward_kernel / set_attention_backward_kernel: awkward lengths, head dims 64
+// and 128, causal and windowed, packed qkv, documents; the Hopper backward twice bit-identical.
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -24,14 +23,12 @@ using test::relative_error;
 
 namespace {
 
-// Restores the kernel settings when a test ends, however it ends.
+// Restores both kernel settings when a test ends, however it ends.
 struct KernelScope {
   AttentionKernel forward = kernels::attention_forward_kernel(), backward = kernels::attention_backward_kernel();
-  bool pipelined = kernels::attention_hopper_forward_pipelined();
   ~KernelScope() {
     kernels::set_attention_forward_kernel(forward);
     kernels::set_attention_backward_kernel(backward);
-    kernels::set_attention_hopper_forward_pipelined(pipelined);
   }
 };
 
@@ -118,20 +115,16 @@ void compare_hopper(const HopperCase& c, uint64_t seed) {
   AttentionOptions od = o;
   if (o.seq_idx.defined()) od.seq_idx = o.seq_idx.to(gpu);
 
-  const AttentionOutput portable = forward_on_gpu(AttentionKernel::portable, c, q, k, v, od);
+  AttentionOutput hopper = forward_on_gpu(AttentionKernel::hopper, c, q, k, v, od);
+  AttentionOutput portable = forward_on_gpu(AttentionKernel::portable, c, q, k, v, od);
+  REQUIRE(hopper.out.shape() == ref.out.shape());
+  REQUIRE(hopper.out.dtype() == DType::bf16);
   const double tol = 1.5e-2;  // bf16 products and a bf16 output
+  CHECK(relative_error(hopper.out, ref.out) < tol);
+  CHECK(relative_error(hopper.lse, ref.lse) < 1e-3);
+  CHECK(relative_error(hopper.out, portable.out) < tol);
+  CHECK(relative_error(hopper.lse, portable.lse) < 1e-3);
   CHECK(relative_error(portable.out, ref.out) < tol);
-  for (bool pipelined : {false, true}) {
-    INFO((pipelined ? "pipelined" : "serial") << " Hopper forward");
-    kernels::set_attention_hopper_forward_pipelined(pipelined);
-    const AttentionOutput hopper = forward_on_gpu(AttentionKernel::hopper, c, q, k, v, od);
-    REQUIRE(hopper.out.shape() == ref.out.shape());
-    REQUIRE(hopper.out.dtype() == DType::bf16);
-    CHECK(relative_error(hopper.out, ref.out) < tol);
-    CHECK(relative_error(hopper.lse, ref.lse) < 1e-3);
-    CHECK(relative_error(hopper.out, portable.out) < tol);
-    CHECK(relative_error(hopper.lse, portable.lse) < 1e-3);
-  }
 
   // Both backwards from the portable forward's out and lse, so that they differ only in the
   // backward kernels.

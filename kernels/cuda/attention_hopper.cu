@@ -21,36 +21,21 @@ namespace {
 
 using namespace hopper;
 
-// Two forwards, one kernel template (docs/ATTENTION.md, "Hopper forward"); both have two
-// consumer warpgroups of 64 query rows each, BR = 128 queries of one (b, h), and the
-// producer behind them (kernels/cuda/attention_hopper.cuh):
-//   serial (kPipelined false): one producer warp, 288 threads (ptxas budgets them as 384: 168
-//     registers a thread, which it fits in without setmaxnreg); per key tile S = Q K^T, the
-//     softmax, O += P V one after the other; kStages (2) K/V stages; 64-column wgmma pieces.
-//   pipelined: a producer warpgroup that hands its registers to the consumers (setmaxnreg,
-//     384 threads); each consumer warpgroup issues S = Q K^T of tile i before O += P V of
-//     tile i - 1 and runs the softmax of tile i while that product runs; 3 K/V stages at
-//     hd 128, 4 at hd 64; 128-column wgmma products (S at BC = 128, P V at hd 128).
-// Key/value tiles of BC keys either way.
+// The block (docs/ATTENTION.md, "Hopper forward"): two consumer warpgroups of 64 query rows
+// each, BR = 128 queries of one (b, h), and a producer warpgroup behind them that hands its
+// registers to the consumers (setmaxnreg, kernels/cuda/attention_hopper.cuh): 384 threads.
+// Each consumer warpgroup issues S = Q K^T of tile i before O += P V of tile i - 1 and runs
+// the softmax of tile i while that product runs. Key/value tiles of BC = 128 keys in 4 stages
+// at hd 64, 3 at hd 128; 128-column wgmma products (S, and P V at hd 128).
 constexpr int kBR = 2 * kRowsPerWarpgroup;
+constexpr int kKeyTile = 128;
 
 template <int D>
-constexpr int key_tile() {
-  return 128;
-}
-template <bool kPipelined>
-constexpr int forward_threads() {
-  return kPipelined ? kProducerWarpgroupThreads : (kConsumerWarps + 1) * 32;
-}
-template <int D, bool kPipelined>
 constexpr int forward_stages() {
-  return !kPipelined ? kStages : D == 64 ? 4 : 3;
+  return D == 64 ? 4 : 3;
 }
 // Columns of one wgmma of a product of `columns` columns.
-template <bool kPipelined>
-constexpr int forward_wgmma_n(int columns) {
-  return kPipelined && columns % 128 == 0 ? 128 : 64;
-}
+constexpr int forward_wgmma_n(int columns) { return columns % 128 == 0 ? 128 : 64; }
 // Dynamic shared memory of a forward block: 1 KiB alignment slack, Q (BR x D), Stages K and V
 // tiles (BC x D each), the barriers.
 template <int D, int BC, int Stages>
@@ -76,22 +61,13 @@ struct SoftmaxRows {
   float m[2], l[2];
 };
 
-// A consumer's mbarrier wait: timed (mbar_wait traps a broken pipeline) in the serial kernel;
-// untimed where the consumers raised their registers with setmaxnreg (a trap there loses the
-// raised budget: mbar_wait_untimed says why), whose producer traps instead (await_releases).
-template <bool kRaised>
-__device__ __forceinline__ void consumer_wait(uint64_t* bar, uint32_t parity) {
-  if constexpr (kRaised) mbar_wait_untimed(bar, parity);
-  else mbar_wait(bar, parity);
-}
-
 // S = Q K^T of one key tile (both K-major; q_addr this warpgroup's first query row, k_addr
-// the tile's first key), as W-column products, waited for.
-template <int D, int BC, int W>
+// the tile's first key), waited for.
+template <int D, int BC>
 __device__ __forceinline__ void scores(float (&s)[BC / 64][32], uint32_t q_addr, uint32_t k_addr) {
   fence_registers(s);
   wgmma_fence();
-  wgmma_abt_ss<D, BC, W>(s, q_addr, kBR * kRowBytes, k_addr, BC * kRowBytes);
+  wgmma_abt_ss<D, BC, forward_wgmma_n(BC)>(s, q_addr, kBR * kRowBytes, k_addr, BC * kRowBytes);
   wgmma_wait<0>();
   fence_registers(s);
 }
@@ -150,20 +126,20 @@ __device__ __forceinline__ void scale_rows(float (&o)[D / 64][32], const float (
 
 // ---------------------------------------------------------------------------------------------
 // Forward kernel. Grid (query blocks, H, B), query blocks longest-first; the block of
-// forward_threads<kPipelined>():
-//   producer (one thread of warp 8; in the pipelined kernel warps 9-11 only hand back their
-//     registers): TMA loads of the block's Q (128 x D, once) and, for each visible key tile
-//     from the diagonal backwards, K and V (BC x D each) into stage i % Stages, after the
-//     consumers have released that stage (kv_empty); the pipelined kernel's producer then
-//     waits for the last releases (await_releases: its waits keep the trap);
+// kProducerWarpgroupThreads:
+//   producer (one thread of warp 8; warps 9-11 only hand back their registers): TMA loads of
+//     the block's Q (128 x D, once) and, for each visible key tile from the diagonal
+//     backwards, K and V (BC x D each) into stage i % Stages, after the consumers have
+//     released that stage (kv_empty); it then waits for the last releases (await_releases:
+//     the producer's waits trap a broken pipeline; the consumers', under setmaxnreg, cannot);
 //   warps 0-7 (two consumer warpgroups, 64 query rows each), per key tile:
 //     S = Q K^T          wgmma, Q and K from shared memory (K-major)
 //     mask, online softmax in fp32 with m in log2 units: P = exp2(S scale log2e - m)
 //     O = O exp2(m_old - m_new) + P V   wgmma with P from registers (bf16, the accumulator
 //                        fragment of S re-packed as A fragments) and V from shared memory
 //                        (transposed, N = head dim contiguous)
-//     then release the stage. Serial: in that order. Pipelined (FlashAttention-3's
-//     intra-warpgroup overlap): S_0 and its softmax first; then per tile i >= 1 issue
+//     then release the stage, in FlashAttention-3's intra-warpgroup overlap: S_0 and its
+//     softmax first; then per tile i >= 1 issue
 //     S_i = Q K_i^T and O += P_{i-1} V_{i-1} (two commit groups), wait for S_i only, run its
 //     softmax while P V runs, wait for P V, release stage i - 1, rescale O by tile i's alpha
 //     and pack P_i; after the loop the last tile's P V. O, S_i (fp32) and P_{i-1} (bf16 A
@@ -171,8 +147,8 @@ __device__ __forceinline__ void scale_rows(float (&o)[D / 64][32], const float (
 // Epilogue: O / l stored as bf16, lse = m ln2 + ln l.
 // Memory: reads Q once and K, V once per query block (from L2 after the first block of a
 // head), writes O and lse; shared memory 2 (K, V) x Stages x BC x D + BR x D bf16.
-template <int D, int BC, bool kPipelined>
-__global__ void __launch_bounds__(forward_threads<kPipelined>(), 1)
+template <int D, int BC>
+__global__ void __launch_bounds__(kProducerWarpgroupThreads, 1)
     attention_fwd_hopper_kernel(const __grid_constant__ CUtensorMap q_map,
                                 const __grid_constant__ CUtensorMap k_map,
                                 const __grid_constant__ CUtensorMap v_map, HopperParams p) {
@@ -180,8 +156,8 @@ __global__ void __launch_bounds__(forward_threads<kPipelined>(), 1)
   constexpr float kLn2 = 0.6931471805599453f;
   constexpr int kDBlocks = D / kBlockCols;     // 64-column blocks of a row of Q, K, V, O
   constexpr int kSBlocks = BC / kBlockCols;    // 64-key blocks of a row of S
-  constexpr int Stages = forward_stages<D, kPipelined>();
-  constexpr int kWideS = forward_wgmma_n<kPipelined>(BC), kWidePV = forward_wgmma_n<kPipelined>(D);
+  constexpr int Stages = forward_stages<D>();
+  constexpr int kWideS = forward_wgmma_n(BC), kWidePV = forward_wgmma_n(D);
   constexpr uint32_t kQBytes = tile_bytes<D>(kBR), kKVBytes = tile_bytes<D>(BC);
 
   extern __shared__ unsigned char smem_raw[];
@@ -198,18 +174,18 @@ __global__ void __launch_bounds__(forward_threads<kPipelined>(), 1)
   __syncthreads();
 
   if (warp >= kConsumerWarps) {  // producer
-    if constexpr (kPipelined) setmaxnreg_dec<kProducerRegisters>();
+    setmaxnreg_dec<kProducerRegisters>();
     if (threadIdx.x == kConsumerWarps * 32) {
       mbar_arrive_expect_tx(bars.rows_full, kQBytes);
       tma_load_tile<D>(sQ, kBR, &q_map, bars.rows_full, h, q0, b);
       produce_key_tiles<D, BC, Stages>(sK, sV, bars, &k_map, &v_map, h, b, kt_hi, n_tiles);
-      if constexpr (kPipelined) await_releases<Stages>(bars.kv_empty, n_tiles);
+      await_releases<Stages>(bars.kv_empty, n_tiles);
     }
     return;
   }
 
   // Consumers: warpgroup wg owns queries q0 + 64 wg .. + 63; this thread rows r_lo, r_lo + 8.
-  if constexpr (kPipelined) setmaxnreg_inc<kConsumerRegisters>();
+  setmaxnreg_inc<kConsumerRegisters>();
   const int wg = warp / 4;
   SoftmaxRows rows;
   rows.r_lo = q0 + wg * 64 + (warp % 4) * 16 + lane / 4;
@@ -229,59 +205,44 @@ __global__ void __launch_bounds__(forward_threads<kPipelined>(), 1)
     for (int i = 0; i < 32; ++i) s_acc[n][i] = 0.f;
 
   const uint32_t q_addr = smem_addr(sQ) + wg * 64 * kRowBytes, k_base = smem_addr(sK), v_base = smem_addr(sV);
-  consumer_wait<kPipelined>(bars.rows_full, 0);
-
-  if constexpr (!kPipelined) {
-    for (int i = 0; i < n_tiles; ++i) {
-      const int s = i % Stages, k0 = (kt_hi - 1 - i) * BC;
-      const uint32_t parity = (i / Stages) & 1;
-      consumer_wait<kPipelined>(&bars.k_full[s], parity);
-      scores<D, BC, kWideS>(s_acc, q_addr, k_base + s * kKVBytes);
-      softmax_tile<BC>(s_acc, rows, k0, tile_needs_mask<kBR, BC>(q0, k0, T, p.window, doc_hi), p, alpha);
-      scale_rows<D>(o, alpha);
-      consumer_wait<kPipelined>(&bars.v_full[s], parity);
-      add_pb<BC, D>(o, s_acc, v_base + s * kKVBytes, BC * kRowBytes);
-      release_stage(&bars.kv_empty[s]);
-    }
-  } else {
-    // Tile 0 (n_tiles >= 1: every query block sees its diagonal tile): S_0, its softmax (O is
-    // still 0, nothing to rescale) and P_0 as A fragments.
-    uint32_t pf[BC / 16][4];
-    {
-      const int k0 = (kt_hi - 1) * BC;
-      consumer_wait<kPipelined>(&bars.k_full[0], 0);
-      scores<D, BC, kWideS>(s_acc, q_addr, k_base);
-      softmax_tile<BC>(s_acc, rows, k0, tile_needs_mask<kBR, BC>(q0, k0, T, p.window, doc_hi), p, alpha);
-      acc_to_a_frags<BC>(pf, s_acc);
-    }
-    // Tile i >= 1. At the top O holds the tiles before i - 1 and P_{i-1} is packed, both
-    // relative to the running max after tile i - 1.
-    for (int i = 1; i < n_tiles; ++i) {
-      const int s = i % Stages, prev = (i - 1) % Stages, k0 = (kt_hi - 1 - i) * BC;
-      consumer_wait<kPipelined>(&bars.k_full[s], (i / Stages) & 1);
-      consumer_wait<kPipelined>(&bars.v_full[prev], ((i - 1) / Stages) & 1);
-      fence_registers(s_acc);
-      fence_registers(o);
-      fence_registers(pf);
-      wgmma_fence();
-      wgmma_abt_ss<D, BC, kWideS>(s_acc, q_addr, kBR * kRowBytes, k_base + s * kKVBytes, BC * kRowBytes);
-      wgmma_ab_rs<BC, D, kWidePV>(o, pf, v_base + prev * kKVBytes, BC * kRowBytes);
-      wgmma_wait<1>();  // S_i has landed; O += P_{i-1} V_{i-1} still runs
-      fence_registers(s_acc);
-      softmax_tile<BC>(s_acc, rows, k0, tile_needs_mask<kBR, BC>(q0, k0, T, p.window, doc_hi), p, alpha);
-      wgmma_wait<0>();
-      fence_registers(o);
-      fence_registers(pf);  // P_{i-1} stays in its registers until the product is done
-      release_stage(&bars.kv_empty[prev]);
-      scale_rows<D>(o, alpha);
-      acc_to_a_frags<BC>(pf, s_acc);
-    }
-    // The last tile's P V.
-    const int last = (n_tiles - 1) % Stages;
-    consumer_wait<kPipelined>(&bars.v_full[last], ((n_tiles - 1) / Stages) & 1);
-    add_ab<BC, D, kWidePV>(o, pf, v_base + last * kKVBytes, BC * kRowBytes);
-    release_stage(&bars.kv_empty[last]);
+  mbar_wait_untimed(bars.rows_full, 0);
+  // Tile 0 (n_tiles >= 1: every query block sees its diagonal tile): S_0, its softmax (O is
+  // still 0, nothing to rescale) and P_0 as A fragments.
+  uint32_t pf[BC / 16][4];
+  {
+    const int k0 = (kt_hi - 1) * BC;
+    mbar_wait_untimed(&bars.k_full[0], 0);
+    scores<D, BC>(s_acc, q_addr, k_base);
+    softmax_tile<BC>(s_acc, rows, k0, tile_needs_mask<kBR, BC>(q0, k0, T, p.window, doc_hi), p, alpha);
+    acc_to_a_frags<BC>(pf, s_acc);
   }
+  // Tile i >= 1. At the top O holds the tiles before i - 1 and P_{i-1} is packed, both
+  // relative to the running max after tile i - 1.
+  for (int i = 1; i < n_tiles; ++i) {
+    const int s = i % Stages, prev = (i - 1) % Stages, k0 = (kt_hi - 1 - i) * BC;
+    mbar_wait_untimed(&bars.k_full[s], (i / Stages) & 1);
+    mbar_wait_untimed(&bars.v_full[prev], ((i - 1) / Stages) & 1);
+    fence_registers(s_acc);
+    fence_registers(o);
+    fence_registers(pf);
+    wgmma_fence();
+    wgmma_abt_ss<D, BC, kWideS>(s_acc, q_addr, kBR * kRowBytes, k_base + s * kKVBytes, BC * kRowBytes);
+    wgmma_ab_rs<BC, D, kWidePV>(o, pf, v_base + prev * kKVBytes, BC * kRowBytes);
+    wgmma_wait<1>();  // S_i has landed; O += P_{i-1} V_{i-1} still runs
+    fence_registers(s_acc);
+    softmax_tile<BC>(s_acc, rows, k0, tile_needs_mask<kBR, BC>(q0, k0, T, p.window, doc_hi), p, alpha);
+    wgmma_wait<0>();
+    fence_registers(o);
+    fence_registers(pf);  // P_{i-1} stays in its registers until the product is done
+    release_stage(&bars.kv_empty[prev]);
+    scale_rows<D>(o, alpha);
+    acc_to_a_frags<BC>(pf, s_acc);
+  }
+  // The last tile's P V.
+  const int last = (n_tiles - 1) % Stages;
+  mbar_wait_untimed(&bars.v_full[last], ((n_tiles - 1) / Stages) & 1);
+  add_ab<BC, D, kWidePV>(o, pf, v_base + last * kKVBytes, BC * kRowBytes);
+  release_stage(&bars.kv_empty[last]);
 
   // Epilogue: O / l, lse = m ln2 + ln l (rows r_lo and r_lo + 8).
 #pragma unroll
@@ -300,11 +261,11 @@ __global__ void __launch_bounds__(forward_threads<kPipelined>(), 1)
 // ---------------------------------------------------------------------------------------------
 // Host side.
 
-template <int D, bool kPipelined>
+template <int D>
 void launch_hopper_forward(const AttentionProblem& pr, const void* q, const void* k, const void* v,
                            void* out, float* lse) {
-  constexpr int BC = key_tile<D>();
-  constexpr size_t smem = forward_smem_bytes<D, BC, forward_stages<D, kPipelined>()>();
+  constexpr int BC = kKeyTile;
+  constexpr size_t smem = forward_smem_bytes<D, BC, forward_stages<D>()>();
   static_assert(smem <= 227 * 1024, "the forward's shared memory exceeds the 227 KiB of a Hopper block");
   HopperParams p{};
   p.out = static_cast<bf16_t*>(out);
@@ -318,12 +279,12 @@ void launch_hopper_forward(const AttentionProblem& pr, const void* q, const void
   const CUtensorMap q_map = make_tensor_map(op, pr, q, pr.qkv_stride, kBR),
                     k_map = make_tensor_map(op, pr, k, pr.qkv_stride, BC),
                     v_map = make_tensor_map(op, pr, v, pr.qkv_stride, BC);
-  auto kernel = attention_fwd_hopper_kernel<D, BC, kPipelined>;
+  auto kernel = attention_fwd_hopper_kernel<D, BC>;
   COIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   dim3 grid(unsigned((pr.seq + kBR - 1) / kBR), unsigned(pr.heads), unsigned(pr.batch));
-  kernel<<<grid, forward_threads<kPipelined>(), smem, coil::cuda::compute_stream()>>>(q_map, k_map, v_map, p);
-  COIL_CUDA_CHECK_LAUNCH("attention_fwd_hopper", "B {} T {} H {} hd {} window {} pipelined {}", pr.batch,
-                         pr.seq, pr.heads, D, pr.window, kPipelined);
+  kernel<<<grid, kProducerWarpgroupThreads, smem, coil::cuda::compute_stream()>>>(q_map, k_map, v_map, p);
+  COIL_CUDA_CHECK_LAUNCH("attention_fwd_hopper", "B {} T {} H {} hd {} window {}", pr.batch, pr.seq, pr.heads, D,
+                         pr.window);
 }
 
 }  // namespace
@@ -347,14 +308,10 @@ void attention_forward_hopper(const AttentionProblem& pr, const void* q, const v
   const std::string why = attention_hopper_unsupported(pr.head_dim);
   COIL_CHECK(why.empty(), "attention_forward: the Hopper kernel cannot run: {}", why);
   COIL_CHECK(pr.dtype == DType::bf16, "attention_forward (Hopper): takes bf16, got {}", dtype_name(pr.dtype));
-  const bool pipelined = attention_hopper_forward_pipelined();
-  if (pr.head_dim == 64) {
-    if (pipelined) launch_hopper_forward<64, true>(pr, q, k, v, out, lse);
-    else launch_hopper_forward<64, false>(pr, q, k, v, out, lse);
-  } else {
-    if (pipelined) launch_hopper_forward<128, true>(pr, q, k, v, out, lse);
-    else launch_hopper_forward<128, false>(pr, q, k, v, out, lse);
-  }
+  if (pr.head_dim == 64)
+    launch_hopper_forward<64>(pr, q, k, v, out, lse);
+  else
+    launch_hopper_forward<128>(pr, q, k, v, out, lse);
 }
 
 }  // namespace coil::kernels::cuda

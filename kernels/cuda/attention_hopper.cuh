@@ -26,10 +26,9 @@ namespace coil::kernels::cuda::hopper {
 
 // Block shape of every Hopper attention kernel: warps 0-3 and 4-7 are two consumer warpgroups
 // of 64 rows each (queries in the forward and dQ, keys in dK/dV), the producer behind them (a
-// warpgroup must start at a warp index divisible by 4, so the producer goes last): one warp in
-// the serial forward, a warpgroup in the backward and the pipelined forward (see setmaxnreg
-// below). Streamed tiles pass through kStages shared-memory stages (the pipelined forward
-// takes more).
+// warpgroup must start at a warp index divisible by 4, so the producer goes last), a
+// warpgroup of which one warp works (see setmaxnreg below). Streamed tiles pass through
+// kStages shared-memory stages in the backward (the forward takes more).
 constexpr int kConsumerWarps = 8;
 constexpr int kRowsPerWarpgroup = 64;
 constexpr int kStages = 2;
