@@ -3,7 +3,7 @@
 // and against the portable CUDA kernels (kernels/cuda/attention.cu), each forced through
 // set_attention_forward_kernel / set_attention_backward_kernel: awkward lengths, head dims 64,
 // 96 (zero-padded to 128 columns) and 128, causal and windowed, packed qkv, documents; the
-// Hopper backward twice bit-identical; the automatic choice takes them at every head dim.
+// Hopper backward twice bit-identical; the automatic choice takes them at hd 96.
 #include <algorithm>
 #include <string>
 #include <vector>
