@@ -2,7 +2,7 @@
 // CUDA-event timings after warm-up) and TFLOP/s, with causal FLOPs
 //   forward 4 * B * H * T^2 * hd / 2,  backward 2.5 x forward.
 // Each shape is timed with the portable kernels (mma.sync, kernels/cuda/attention.cu) and,
-// where they run (an sm_90 GPU, a build for sm_90a, hd 64 or 128), the Hopper kernels (wgmma,
+// where they run (an sm_90 GPU, a build for sm_90a; hd 64, 96 and 128), the Hopper kernels (wgmma,
 // TMA: kernels/cuda/attention_hopper.cu, the forward, and attention_hopper_backward.cu, dK/dV
 // and dQ), rows "portable" and "hopper": both directions switch together, so the "bwd" columns
 // (f+b minus fwd) compare the two backwards side by side.

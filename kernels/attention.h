@@ -91,8 +91,8 @@ AttentionKernel attention_backward_kernel();
 void set_attention_backward_kernel(AttentionKernel kernel);
 // Why the Hopper kernels (forward and backward alike) cannot run at this head dim on the
 // current device, in words ("" when they can): no usable GPU, not an sm_90 GPU, a build without
-// sm_90a code (configure with -DCMAKE_CUDA_ARCHITECTURES=90a), a head dim other than 64 and
-// 128, or a build without CUDA.
+// sm_90a code (configure with -DCMAKE_CUDA_ARCHITECTURES=90a), a head dim other than 64, 96
+// (run as zero-padded 128) and 128, or a build without CUDA.
 std::string attention_hopper_unsupported(int64_t head_dim);
 
 // Raw views shared by the CPU and CUDA implementations: q/k/v (and dq/dk/dv) are given by a

@@ -2,8 +2,9 @@
 // (wgmma.mma_async, bf16 -> fp32) for S = Q K^T and O += P V, Q/K/V tiles brought into shared
 // memory by the tensor memory accelerator (TMA, cp.async.bulk.tensor) and a producer/consumer
 // split of the block synchronized by mbarriers. Same contract as the portable forward in
-// kernels/cuda/attention.cu (layout, lse, causal mask, window, documents); design in
-// docs/ATTENTION.md, "Hopper forward".
+// kernels/cuda/attention.cu (layout, lse, causal mask, window, documents); head dims 64 and 128,
+// and 96 through the hd-128 kernel with its tiles zero-padded to 128 columns by TMA. Design in
+// docs/ATTENTION.md, "Hopper forward" and "Hopper head dim 96".
 //
 // Device code only for sm_90a (wgmma exists nowhere else): CMake defines COIL_CUDA_SM90A when
 // CMAKE_CUDA_ARCHITECTURES names 90a, and the kernel body is guarded by
@@ -44,10 +45,11 @@ constexpr size_t forward_smem_bytes() {
 }
 
 struct HopperParams {
-  bf16_t* out;                // (B, T, H, D)
+  bf16_t* out;                // (B, T, H, head_dim)
   float* lse;                 // (B, H, T)
   const int32_t* doc_start;   // (B, T) or null
   int T, H, window;
+  int head_dim;               // the problem's: D, or 96 run as zero-padded D = 128
   float scale_log2;
 };
 
@@ -251,7 +253,7 @@ __global__ void __launch_bounds__(kProducerWarpgroupThreads, 1)
     const int qi = rows.r_lo + 8 * r;
     const float inv = lt > 0.f ? 1.f / lt : 0.f;
     if (qi < T) {
-      store_acc_row<D>(p.out + ((row_base + qi) * p.H + h) * D, o, r, inv);
+      store_acc_row<D>(p.out + ((row_base + qi) * p.H + h) * p.head_dim, o, r, inv, p.head_dim);
       if (lane % 4 == 0) p.lse[(int64_t(b) * p.H + h) * T + qi] = rows.m[r] * kLn2 + logf(lt);
     }
   }
@@ -274,6 +276,7 @@ void launch_hopper_forward(const AttentionProblem& pr, const void* q, const void
   p.T = int(pr.seq);
   p.H = int(pr.heads);
   p.window = window_of(pr);
+  p.head_dim = int(pr.head_dim);
   p.scale_log2 = float(pr.scale * 1.4426950408889634);
   const char* op = "attention_forward";
   const CUtensorMap q_map = make_tensor_map(op, pr, q, pr.qkv_stride, kBR),
@@ -283,8 +286,8 @@ void launch_hopper_forward(const AttentionProblem& pr, const void* q, const void
   COIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   dim3 grid(unsigned((pr.seq + kBR - 1) / kBR), unsigned(pr.heads), unsigned(pr.batch));
   kernel<<<grid, kProducerWarpgroupThreads, smem, coil::cuda::compute_stream()>>>(q_map, k_map, v_map, p);
-  COIL_CUDA_CHECK_LAUNCH("attention_fwd_hopper", "B {} T {} H {} hd {} window {}", pr.batch, pr.seq, pr.heads, D,
-                         pr.window);
+  COIL_CUDA_CHECK_LAUNCH("attention_fwd_hopper", "B {} T {} H {} hd {} (tiles of {}) window {}", pr.batch, pr.seq,
+                         pr.heads, pr.head_dim, D, pr.window);
 }
 
 }  // namespace
@@ -297,8 +300,8 @@ std::string attention_hopper_unsupported(int64_t head_dim) {
   if (!cuda_available()) return "no usable GPU: " + cuda_unavailable_reason();
   const int capability = coil::cuda::compute_capability();
   if (capability != 90) return fmt::format("the device is sm_{}, not sm_90 (Hopper)", capability);
-  if (head_dim != 64 && head_dim != 128)
-    return fmt::format("head dim {} (the Hopper kernels have 64 and 128)", head_dim);
+  if (head_dim != 64 && head_dim != 96 && head_dim != 128)
+    return fmt::format("head dim {} (the Hopper kernels have 64, 96 and 128)", head_dim);
   return "";
 #endif
 }
@@ -310,7 +313,7 @@ void attention_forward_hopper(const AttentionProblem& pr, const void* q, const v
   COIL_CHECK(pr.dtype == DType::bf16, "attention_forward (Hopper): takes bf16, got {}", dtype_name(pr.dtype));
   if (pr.head_dim == 64)
     launch_hopper_forward<64>(pr, q, k, v, out, lse);
-  else
+  else  // 128, and 96 run as zero-padded 128 (docs/ATTENTION.md, "Hopper head dim 96")
     launch_hopper_forward<128>(pr, q, k, v, out, lse);
 }
 

@@ -139,7 +139,8 @@ __device__ __forceinline__ void mbar_wait_untimed(uint64_t* bar, uint32_t parity
 // ---- TMA ---------------------------------------------------------------------------------
 // Copies the box at coordinates (column c0, head c1, token c2, batch c3) of the tensor map
 // into shared memory at dst (1024-byte aligned, 128-byte swizzled as the map says); the
-// bytes are counted on `bar`. Out-of-range rows (tokens >= T) arrive as zeros.
+// bytes are counted on `bar` (the whole box, also where it lies out of bounds). Out-of-range
+// elements (tokens >= T, columns >= hd) arrive as zeros.
 __device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, uint64_t* bar, int c0,
                                          int c1, int c2, int c3) {
   asm volatile(
@@ -471,17 +472,20 @@ __device__ __forceinline__ QueryBlock query_block(int T, int window, const int32
 }
 
 // Stores row r (0: this thread's row lane / 4 of its warp's 16, 1: that row + 8) of a 64 x D
-// accumulator (D/64 m64n64 fragments) times `scale` as bf16 into `row` (the D elements of one
-// token and head): columns 64 blk + 8j + 2 (lane % 4) and the next.
+// accumulator (D/64 m64n64 fragments) times `scale` as bf16 into `row` (the elements of one
+// token and head): columns 64 blk + 8j + 2 (lane % 4) and the next, those below `cols` (the
+// head dim, a multiple of 8: 96 of the 128 columns of a zero-padded hd 96 tile, else D).
 template <int D>
-__device__ __forceinline__ void store_acc_row(bf16_t* row, const float (&acc)[D / 64][32], int r, float scale) {
+__device__ __forceinline__ void store_acc_row(bf16_t* row, const float (&acc)[D / 64][32], int r, float scale,
+                                              int cols) {
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int blk = 0; blk < D / 64; ++blk)
 #pragma unroll
     for (int j = 0; j < 8; ++j)
-      *reinterpret_cast<uint32_t*>(row + blk * kBlockCols + 8 * j + 2 * (lane % 4)) =
-          pack_bf16x2(acc[blk][4 * j + 2 * r] * scale, acc[blk][4 * j + 2 * r + 1] * scale);
+      if (blk * kBlockCols + 8 * j < cols)
+        *reinterpret_cast<uint32_t*>(row + blk * kBlockCols + 8 * j + 2 * (lane % 4)) =
+            pack_bf16x2(acc[blk][4 * j + 2 * r] * scale, acc[blk][4 * j + 2 * r + 1] * scale);
 }
 
 // The producer's last wait: until the consumers have released the stages of the last Stages
@@ -511,7 +515,10 @@ inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 // Tensor map of one of q, k, v, dO: a 4-d bf16 tensor (hd, H, T, B) (innermost first; strides
 // 2 hd, 2 x token_stride, 2 T x token_stride bytes: increasing in the separate, the packed and
 // the dO layout), read in boxes of 64 columns x 1 head x `rows` tokens, which land in shared
-// memory as `rows` rows of 128 bytes with the 128-byte swizzle; tokens past T read as zeros.
+// memory as `rows` rows of 128 bytes with the 128-byte swizzle; elements out of bounds read as
+// zeros (CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE: zero fill): tokens past T, and at hd 96 columns
+// 96..127 of the box at column 64, which pad the tile to the 128 columns of the hd-128 kernels
+// (in the packed layout too: the bounds are per dimension, the next head's memory is not read).
 inline CUtensorMap make_tensor_map(const char* op, const AttentionProblem& pr, const void* base,
                                    int64_t token_stride, int rows) {
   const cuuint64_t dims[4] = {cuuint64_t(pr.head_dim), cuuint64_t(pr.heads), cuuint64_t(pr.seq),

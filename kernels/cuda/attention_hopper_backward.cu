@@ -6,7 +6,9 @@
 // Same contract as the portable dK/dV and dQ kernels: lse from the forward, delta =
 // rowsum(dO * O) from the portable delta kernel, causal mask, window, documents; deterministic
 // (no atomics: every element of dQ, dK, dV is written by one block, each sums its products in
-// a fixed order). Design in docs/ATTENTION.md, "Hopper backward".
+// a fixed order). Head dims 64 and 128, and 96 through the hd-128 kernels with their tiles
+// zero-padded to 128 columns by TMA. Design in docs/ATTENTION.md, "Hopper backward" and
+// "Hopper head dim 96".
 //
 // No operand needs a transpose that wgmma cannot read: the dK/dV kernel computes the
 // transposed scores S^T = K Q^T and dP^T = V dO^T directly (keys are the M rows of its
@@ -55,6 +57,7 @@ struct BackwardParams {
   bf16_t* dv;
   int64_t stride;
   int T, H, window;
+  int head_dim;               // the problem's: D, or 96 run as zero-padded D = 128
   float scale, scale_log2;
 };
 
@@ -227,9 +230,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int r = 0; r < 2; ++r) {
     const int ki = kr_lo + 8 * r;
     if (ki >= T) continue;
-    const int64_t at = (row_base + ki) * p.stride + int64_t(h) * D;
-    store_acc_row<D>(p.dk + at, dk, r, p.scale);
-    store_acc_row<D>(p.dv + at, dv, r, 1.f);
+    const int64_t at = (row_base + ki) * p.stride + int64_t(h) * p.head_dim;
+    store_acc_row<D>(p.dk + at, dk, r, p.scale, p.head_dim);
+    store_acc_row<D>(p.dv + at, dv, r, 1.f, p.head_dim);
   }
 #endif
 }
@@ -365,7 +368,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int qi = r_lo + 8 * r;
-    if (qi < T) store_acc_row<D>(p.dq + (row_base + qi) * p.stride + int64_t(h) * D, dq, r, p.scale);
+    if (qi < T)
+      store_acc_row<D>(p.dq + (row_base + qi) * p.stride + int64_t(h) * p.head_dim, dq, r, p.scale, p.head_dim);
   }
 #endif
 }
@@ -393,8 +397,8 @@ void launch_hopper_backward(const AttentionProblem& pr, const void* dout, const 
                      make_tensor_map(op, pr, q, pr.qkv_stride, kBQ), make_tensor_map(op, pr, dout, do_stride, kBQ),
                      make_tensor_map(op, pr, k, pr.qkv_stride, kBKV), make_tensor_map(op, pr, v, pr.qkv_stride, kBKV),
                      p);
-    COIL_CUDA_CHECK_LAUNCH("attention_bwd_dkdv_hopper", "B {} T {} H {} hd {} window {}", pr.batch, pr.seq,
-                           pr.heads, D, pr.window);
+    COIL_CUDA_CHECK_LAUNCH("attention_bwd_dkdv_hopper", "B {} T {} H {} hd {} (tiles of {}) window {}", pr.batch,
+                           pr.seq, pr.heads, pr.head_dim, D, pr.window);
   }
   {
     constexpr int BC = dq_key_tile<D>();
@@ -404,8 +408,8 @@ void launch_hopper_backward(const AttentionProblem& pr, const void* dout, const 
     launch_with_smem(attention_bwd_dq_hopper_kernel<D, BC>, grid, smem,
                      make_tensor_map(op, pr, q, pr.qkv_stride, kBR), make_tensor_map(op, pr, dout, do_stride, kBR),
                      make_tensor_map(op, pr, k, pr.qkv_stride, BC), make_tensor_map(op, pr, v, pr.qkv_stride, BC), p);
-    COIL_CUDA_CHECK_LAUNCH("attention_bwd_dq_hopper", "B {} T {} H {} hd {} window {}", pr.batch, pr.seq,
-                           pr.heads, D, pr.window);
+    COIL_CUDA_CHECK_LAUNCH("attention_bwd_dq_hopper", "B {} T {} H {} hd {} (tiles of {}) window {}", pr.batch,
+                           pr.seq, pr.heads, pr.head_dim, D, pr.window);
   }
 }
 
@@ -428,10 +432,11 @@ void attention_backward_hopper(const AttentionProblem& pr, const void* dout, con
   p.T = int(pr.seq);
   p.H = int(pr.heads);
   p.window = window_of(pr);
+  p.head_dim = int(pr.head_dim);
   p.scale = float(pr.scale);
   p.scale_log2 = float(pr.scale * 1.4426950408889634);
   if (pr.head_dim == 64) launch_hopper_backward<64>(pr, dout, q, k, v, p);
-  else launch_hopper_backward<128>(pr, dout, q, k, v, p);
+  else launch_hopper_backward<128>(pr, dout, q, k, v, p);  // 128, and 96 as zero-padded 128
 }
 
 }  // namespace coil::kernels::cuda
