@@ -183,8 +183,9 @@ TEST_CASE("attention CUDA Hopper kernels: the automatic choice takes them at hd 
   for (int64_t hd : {64, 96, 128}) CHECK(kernels::attention_hopper_unsupported(hd).empty());
   CHECK_THAT(kernels::attention_hopper_unsupported(80), Catch::Matchers::Contains("head dim 80"));
   // Both directions deterministic: the automatic choice at hd 96 gives the forced Hopper
-  // kernels' bits. The portable kernels sum in another order, so theirs differ: that shows
-  // which kernels ran.
+  // kernels' bits. The portable forward sums in another order, so its bits differ: that shows
+  // which forward ran. The backwards may agree bit for bit (on an H200 this case's dQ did: both
+  // sum the same tiles in the same order), so only the Hopper bits are required there.
   const HopperCase c{2, 300, 2, 96, 0};
   const Shape s{c.B, c.T, c.H, c.hd};
   const Tensor q = random_normal(s, 7000, DType::bf16, Device::cuda(), 1.3),
@@ -198,8 +199,7 @@ TEST_CASE("attention CUDA Hopper kernels: the automatic choice takes them at hd 
   CHECK_FALSE(test::bitwise_equal(automatic.out, portable.out));
   const AttentionGrads automatic_grads = backward_on_gpu(AttentionKernel::automatic, c, q, k, v, g, hopper, {});
   const AttentionGrads hopper_grads = backward_on_gpu(AttentionKernel::hopper, c, q, k, v, g, hopper, {});
-  const AttentionGrads portable_grads = backward_on_gpu(AttentionKernel::portable, c, q, k, v, g, hopper, {});
   CHECK(test::bitwise_equal(automatic_grads.dq, hopper_grads.dq));
   CHECK(test::bitwise_equal(automatic_grads.dk, hopper_grads.dk));
-  CHECK_FALSE(test::bitwise_equal(automatic_grads.dq, portable_grads.dq));
+  CHECK(test::bitwise_equal(automatic_grads.dv, hopper_grads.dv));
 }
