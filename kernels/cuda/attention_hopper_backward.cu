@@ -60,7 +60,8 @@ constexpr int backward_wgmma_n(int columns) {
 // Whether the dK/dV kernel overlaps across query tiles: S^T, dP^T (fp32) of tile i and
 // P^T, dS^T (bf16 A fragments) of tile i - 1 live beside dK and dV. At hd 64 that is
 // 32 + 32 + 32 + 32 + 16 + 16 registers; at hd 128 dK and dV alone take 128 and the rest
-// does not fit in 240, so hd 128 keeps the serial order (with the stages and wide products).
+// does not fit in 240 (overlapped there, nvcc 13.0 spills 276 bytes), so hd 128 keeps the
+// serial order (with the stages and wide products).
 template <int D, bool Pipelined>
 constexpr bool dkdv_overlap() {
   return Pipelined && D == 64;
