@@ -397,13 +397,13 @@ __device__ __forceinline__ void add_ab(float (&acc)[D / 64][32], uint32_t (&a)[K
 // dS) turned into A-register fragments, B a K x D tile in shared memory read MN-major (token
 // rows, head dim contiguous; b_addr its first row, b_block_bytes one column block): the
 // products whose left operand is the previous product's result (O += P V, dV += P^T dO,
-// dK += dS^T Q, dQ += dS K). Waits for it.
-template <int K, int D>
+// dK += dS^T Q, dQ += dS K), as W-column products. Waits for it.
+template <int K, int D, int W = 64>
 __device__ __forceinline__ void add_pb(float (&acc)[D / 64][32], const float (&p)[K / 64][32], uint32_t b_addr,
                                        uint32_t b_block_bytes) {
   uint32_t a[K / 16][4];
   acc_to_a_frags<K>(a, p);
-  add_ab<K, D>(acc, a, b_addr, b_block_bytes);
+  add_ab<K, D, W>(acc, a, b_addr, b_block_bytes);
 }
 
 // One consumer warp's release of a stage, after its products of the stage have completed:

@@ -41,8 +41,34 @@ constexpr int kBR = 2 * kRowsPerWarpgroup;
 // at hd 128: dK and dV 128, S^T and dP^T 64).
 constexpr int kThreads = kProducerWarpgroupThreads;
 
-// Key tile of the dQ kernel: 128 at hd 64 (S, dP and dQ accumulators: 64 + 64 + 32 registers),
-// 64 at hd 128 (32 + 32 + 64).
+// Two variants of each kernel (an experiment until measured; docs/ATTENTION.md, "Hopper
+// backward, pipelined variant"), chosen by kernels::attention_hopper_backward_pipelined():
+//   serial (Pipelined = false): per tile the first products, P and dS, then the accumulating
+//     products, waited for; 2 stages; 64-column wgmma;
+//   pipelined: each consumer warpgroup issues the next tile's first products before waiting
+//     for the previous tile's accumulating ones (always in dQ; in dK/dV where the registers
+//     allow, dkdv_overlap), 4 stages, 128-column wgmma where a product's N is 128.
+template <bool Pipelined>
+constexpr int backward_stages() {
+  return Pipelined ? 4 : kStages;
+}
+// Columns of one wgmma of a product of `columns` columns.
+template <bool Pipelined>
+constexpr int backward_wgmma_n(int columns) {
+  return Pipelined && columns % 128 == 0 ? 128 : 64;
+}
+// Whether the dK/dV kernel overlaps across query tiles: S^T, dP^T (fp32) of tile i and
+// P^T, dS^T (bf16 A fragments) of tile i - 1 live beside dK and dV. At hd 64 that is
+// 32 + 32 + 32 + 32 + 16 + 16 registers; at hd 128 dK and dV alone take 128 and the rest
+// does not fit in 240 (overlapped there, nvcc 13.0 spills 276 bytes), so hd 128 keeps the
+// serial order (with the stages and wide products).
+template <int D, bool Pipelined>
+constexpr bool dkdv_overlap() {
+  return Pipelined && D == 64;
+}
+
+// Key tile of the dQ kernel: 128 at hd 64 (S, dP and dQ accumulators: 64 + 64 + 32 registers,
+// and 32 for dS of the previous tile when overlapped), 64 at hd 128 (32 + 32 + 64, and 16).
 template <int D>
 constexpr int dq_key_tile() {
   return D == 64 ? 128 : 64;
@@ -70,12 +96,127 @@ struct QueryStats {
   int32_t first[kBQ];
 };
 
+// Dynamic shared memory of the two kernels: 1 KiB alignment slack, the block's own tiles, the
+// stages, the dK/dV stats, the barriers.
+template <int D, int Stages>
+constexpr size_t dkdv_smem_bytes() {
+  return 1024 + size_t(2 * kBKV + 2 * Stages * kBQ) * D * 2 + Stages * sizeof(QueryStats) +
+         (1 + 2 * Stages) * sizeof(uint64_t);
+}
+template <int D, int BC, int Stages>
+constexpr size_t dq_smem_bytes() {
+  return 1024 + size_t(2 * kBR + 2 * Stages * BC) * D * 2 + KeyTileBarriers::words(Stages) * sizeof(uint64_t);
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// Where one consumer warpgroup of the dK/dV kernel stands: its keys' K and V (k_addr, v_addr,
+// its first row), this thread's keys kr_lo and kr_lo + 8, the first key wk0 of the warpgroup.
+struct KeyRows {
+  uint32_t k_addr, v_addr;
+  int wk0, kr_lo;
+};
+
+// S^T = K Q^T and dP^T = V dO^T of one query tile over the head dim (all four K-major), issued
+// as two groups after the caller's wgmma_fence; q_addr, do_addr the stage's tiles.
+template <int D>
+__device__ __forceinline__ void issue_st_dpt(float (&st)[kBQ / 64][32], float (&dpt)[kBQ / 64][32],
+                                             const KeyRows& kr, uint32_t q_addr, uint32_t do_addr) {
+  wgmma_abt_ss<D, kBQ>(st, kr.k_addr, kBKV * kRowBytes, q_addr, kBQ * kRowBytes);
+  wgmma_abt_ss<D, kBQ>(dpt, kr.v_addr, kBKV * kRowBytes, do_addr, kBQ * kRowBytes);
+}
+
+// After issue_st_dpt and `Later` further groups: waits for S^T, turns it into P^T in place
+// while dP^T completes, waits for dP^T and turns it into dS^T = P^T (dP^T - delta) in place.
+// Element e of block n: key kr_lo + 8 ((e >> 1) & 1), query q0 + ql,
+// ql = 64 n + 8 (e >> 2) + 2 (lane % 4) + (e & 1).
+template <int Later>
+__device__ __forceinline__ void probabilities_t(float (&st)[kBQ / 64][32], float (&dpt)[kBQ / 64][32],
+                                                const QueryStats& stats, int q0, const KeyRows& kr,
+                                                const BackwardParams& p) {
+  const int lane = threadIdx.x % 32;
+  wgmma_wait<Later + 1>();
+  fence_registers(st);
+  const bool masked = tile_needs_mask<kBQ, kRowsPerWarpgroup>(q0, kr.wk0, p.T, p.window,
+                                                              stats.first[min(p.T, q0 + kBQ) - 1 - q0]);
+#pragma unroll
+  for (int n = 0; n < kBQ / 64; ++n)
+#pragma unroll
+    for (int e = 0; e < 32; ++e) {
+      const int ql = 64 * n + 8 * (e >> 2) + 2 * (lane % 4) + (e & 1);
+      float pr = ex2(fmaf(st[n][e], p.scale_log2, -stats.lse2[ql]));
+      if (masked) {
+        const int ki = kr.kr_lo + 8 * ((e >> 1) & 1);
+        if (!(visible(q0 + ql, ki, p.T, p.window, stats.first[ql]) && ki < p.T)) pr = 0.f;
+      }
+      st[n][e] = pr;
+    }
+  wgmma_wait<Later>();
+  fence_registers(dpt);
+#pragma unroll
+  for (int n = 0; n < kBQ / 64; ++n)
+#pragma unroll
+    for (int e = 0; e < 32; ++e) {
+      const int ql = 64 * n + 8 * (e >> 2) + 2 * (lane % 4) + (e & 1);
+      dpt[n][e] = st[n][e] * (dpt[n][e] - stats.delta[ql]);
+    }
+}
+
+// One consumer warpgroup of the dQ kernel: its queries' Q and dO (q_addr, do_addr, its first
+// row), this thread's rows r_lo and r_lo + 8 with their lse (log2 units), delta and document
+// starts, and doc_hi, the document start of the block's last query.
+struct QueryRows {
+  uint32_t q_addr, do_addr;
+  int r_lo, doc_hi;
+  float lse2[2], delta[2];
+  int first[2];
+};
+
+// S = Q K^T and dP = dO V^T of one key tile over the head dim (all four K-major), as W-column
+// products, issued as two groups after the caller's wgmma_fence.
+template <int D, int BC, int W>
+__device__ __forceinline__ void issue_s_dp(float (&s)[BC / 64][32], float (&dp)[BC / 64][32], const QueryRows& qr,
+                                           uint32_t k_addr, uint32_t v_addr) {
+  wgmma_abt_ss<D, BC, W>(s, qr.q_addr, kBR * kRowBytes, k_addr, BC * kRowBytes);
+  wgmma_abt_ss<D, BC, W>(dp, qr.do_addr, kBR * kRowBytes, v_addr, BC * kRowBytes);
+}
+
+// After issue_s_dp and `Later` further groups: P in place while dP completes, then
+// dS = P (dP - delta) in place. s[n][4j + c]: row r_lo + 8 (c >> 1), key
+// k0 + 64n + 8j + 2 (lane % 4) + (c & 1); q0 the block's first query (for the mask test).
+template <int BC, int Later>
+__device__ __forceinline__ void probabilities(float (&s)[BC / 64][32], float (&dp)[BC / 64][32],
+                                              const QueryRows& qr, int q0, int k0, const BackwardParams& p) {
+  const int lane = threadIdx.x % 32;
+  wgmma_wait<Later + 1>();
+  fence_registers(s);
+  const bool masked = tile_needs_mask<kBR, BC>(q0, k0, p.T, p.window, qr.doc_hi);
+#pragma unroll
+  for (int n = 0; n < BC / 64; ++n)
+#pragma unroll
+    for (int e = 0; e < 32; ++e) {
+      const int r = (e >> 1) & 1;
+      float pr = ex2(fmaf(s[n][e], p.scale_log2, -qr.lse2[r]));
+      if (masked) {
+        const int qi = qr.r_lo + 8 * r, ki = k0 + 64 * n + 8 * (e >> 2) + 2 * (lane % 4) + (e & 1);
+        if (!(visible(qi, ki, p.T, p.window, qr.first[r]) && ki < p.T)) pr = 0.f;
+      }
+      s[n][e] = pr;
+    }
+  wgmma_wait<Later>();
+  fence_registers(dp);
+#pragma unroll
+  for (int n = 0; n < BC / 64; ++n)
+#pragma unroll
+    for (int e = 0; e < 32; ++e) dp[n][e] = s[n][e] * (dp[n][e] - qr.delta[(e >> 1) & 1]);
+}
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
 // ---------------------------------------------------------------------------------------------
 // dK and dV. Grid (key blocks, H, B), key block 0 (the most query tiles) first; 384 threads:
 //   producer warpgroup (warp 8 works): one thread loads the block's K and V (kBKV x D each,
 //     once) by TMA and,
 //     for each query tile that can see the block (from the diagonal up to query_end), Q and dO
-//     (kBQ x D each) into stage i % kStages; the warp's 32 lanes write the tile's QueryStats
+//     (kBQ x D each) into stage i % Stages; the warp's 32 lanes write the tile's QueryStats
 //     beside them. A stage is reused after every consumer warp released it (q_empty).
 //   warps 0-7 (two consumer warpgroups, keys k0 + 64 wg .. + 63 each), per query tile:
 //     S^T  = K Q^T           wgmma m64n64k16, K and Q K-major from shared memory
@@ -86,12 +227,20 @@ struct QueryStats {
 //     dK  += dS^T Q          wgmma, dS^T from registers, Q MN-major
 //     then release the stage. A warpgroup whose keys no query of the tile can see (the
 //     diagonal tile of the upper 64 keys, the far window edge) only releases it.
+//   Serial (Pipelined = false, or hd 128): in that order, waiting for dV and dK before the
+//   next tile. Overlapped (dkdv_overlap): the hidden tiles are a prefix and a suffix of a
+//   warpgroup's tiles (tiles_hidden: before the diagonal, past the window), so the visible
+//   ones run as the forward's loop: the first one's S^T, dP^T, P^T, dS^T (packed as A
+//   fragments); then per visible tile i: issue S^T_i, dP^T_i, dV += P^T_{i-1} dO_{i-1} and
+//   dK += dS^T_{i-1} Q_{i-1} (four groups), P^T_i and dS^T_i while the dV, dK products run,
+//   wait for them, release the stage of tile i - 1, pack tile i's; after the last visible
+//   tile its dV, dK products and release; the hidden suffix only released.
 // Epilogue: dK scale and dV as bf16 from the registers. Deterministic: each key's dK and dV
 // are summed by one warpgroup over the query tiles in order.
 // Memory: reads K, V once and Q, dO, lse, delta once per key block (L2-resident across the
-// blocks of a head), writes dK, dV once; shared memory 2 kBKV D + 2 kStages kBQ D bf16 and
-// kStages QueryStats.
-template <int D>
+// blocks of a head), writes dK, dV once; shared memory 2 kBKV D + 2 Stages kBQ D bf16 and
+// Stages QueryStats.
+template <int D, bool Pipelined>
 __global__ void __launch_bounds__(kThreads, 1)
     attention_bwd_dkdv_hopper_kernel(const __grid_constant__ CUtensorMap q_map,
                                      const __grid_constant__ CUtensorMap do_map,
@@ -100,17 +249,19 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kDBlocks = D / kBlockCols;  // 64-column blocks of a row of K, V, Q, dO, dK, dV
   constexpr int kSBlocks = kBQ / 64;        // 64-query blocks of a row of S^T
+  constexpr int Stages = backward_stages<Pipelined>();
+  constexpr int kWide = backward_wgmma_n<Pipelined>(D);  // dV += P^T dO, dK += dS^T Q
   constexpr uint32_t kKVBytes = tile_bytes<D>(kBKV), kQBytes = tile_bytes<D>(kBQ);
 
   extern __shared__ unsigned char smem_raw[];
   unsigned char* sK = align_1024(smem_raw);        // [kDBlocks][kBKV][64]
   unsigned char* sV = sK + kKVBytes;               // [kDBlocks][kBKV][64]
-  unsigned char* sQ = sV + kKVBytes;               // [kStages][kDBlocks][kBQ][64]
-  unsigned char* sdO = sQ + kStages * kQBytes;     // [kStages][kDBlocks][kBQ][64]
-  QueryStats* stats = reinterpret_cast<QueryStats*>(sdO + kStages * kQBytes);  // [kStages]
-  uint64_t* kv_full = reinterpret_cast<uint64_t*>(stats + kStages);  // K and V have landed
-  uint64_t* q_full = kv_full + 1;        // [kStages]: Q, dO and the stats of the stage are in
-  uint64_t* q_empty = q_full + kStages;  // [kStages]: every consumer warp is done with it
+  unsigned char* sQ = sV + kKVBytes;               // [Stages][kDBlocks][kBQ][64]
+  unsigned char* sdO = sQ + Stages * kQBytes;      // [Stages][kDBlocks][kBQ][64]
+  QueryStats* stats = reinterpret_cast<QueryStats*>(sdO + Stages * kQBytes);  // [Stages]
+  uint64_t* kv_full = reinterpret_cast<uint64_t*>(stats + Stages);  // K and V have landed
+  uint64_t* q_full = kv_full + 1;       // [Stages]: Q, dO and the stats of the stage are in
+  uint64_t* q_empty = q_full + Stages;  // [Stages]: every consumer warp is done with it
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int h = blockIdx.y, b = blockIdx.z;
@@ -121,7 +272,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (threadIdx.x == 0) {
     mbar_init(kv_full, 1);
-    for (int s = 0; s < kStages; ++s) {
+    for (int s = 0; s < Stages; ++s) {
       mbar_init(&q_full[s], 32);  // the producer warp's lanes (lane 0's with the TMA bytes)
       mbar_init(&q_empty[s], kConsumerWarps);
     }
@@ -138,8 +289,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       tma_load_tile<D>(sV, kBKV, &v_map, kv_full, h, k0, b);
     }
     for (int i = 0; i < n_tiles; ++i) {
-      const int s = i % kStages, q0 = (qt_lo + i) * kBQ;
-      if (i >= kStages) mbar_wait(&q_empty[s], (i / kStages - 1) & 1);
+      const int s = i % Stages, q0 = (qt_lo + i) * kBQ;
+      if (i >= Stages) mbar_wait(&q_empty[s], (i / Stages - 1) & 1);
       QueryStats& st = stats[s];
       for (int j = lane; j < kBQ; j += 32) {
         const int qi = q0 + j;
@@ -157,7 +308,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         mbar_arrive(&q_full[s]);
       }
     }
-    await_releases(q_empty, n_tiles);
+    await_releases<Stages>(q_empty, n_tiles);
     return;
   }
 
@@ -165,70 +316,96 @@ __global__ void __launch_bounds__(kThreads, 1)
   // (the rows of its accumulator fragments).
   setmaxnreg_inc<kConsumerRegisters>();
   const int wg = warp / 4;
-  const int wk0 = k0 + wg * kRowsPerWarpgroup;
-  const int kr_lo = wk0 + (warp % 4) * 16 + lane / 4;
+  KeyRows kr;
+  kr.wk0 = k0 + wg * kRowsPerWarpgroup;
+  kr.kr_lo = kr.wk0 + (warp % 4) * 16 + lane / 4;
+  kr.k_addr = smem_addr(sK) + wg * kRowsPerWarpgroup * kRowBytes;
+  kr.v_addr = smem_addr(sV) + wg * kRowsPerWarpgroup * kRowBytes;
   float dk[kDBlocks][32], dv[kDBlocks][32], st_acc[kSBlocks][32], dpt[kSBlocks][32];
   for (int blk = 0; blk < kDBlocks; ++blk)
     for (int e = 0; e < 32; ++e) dk[blk][e] = dv[blk][e] = 0.f;
   for (int n = 0; n < kSBlocks; ++n)
     for (int e = 0; e < 32; ++e) st_acc[n][e] = dpt[n][e] = 0.f;
-  const uint32_t k_addr = smem_addr(sK) + wg * kRowsPerWarpgroup * kRowBytes;
-  const uint32_t v_addr = smem_addr(sV) + wg * kRowsPerWarpgroup * kRowBytes;
+  const uint32_t q_base = smem_addr(sQ), do_base = smem_addr(sdO);
+  auto query_tile = [&](int i) { return (qt_lo + i) * kBQ; };
+  auto hidden = [&](int i) { return tiles_hidden(query_tile(i), kBQ, kr.wk0, kRowsPerWarpgroup, T, p.window); };
+  // Waits until tile i's stage has landed.
+  auto wait_full = [&](int i) { mbar_wait_untimed(&q_full[i % Stages], (i / Stages) & 1); };
   mbar_wait_untimed(kv_full, 0);
 
-  for (int i = 0; i < n_tiles; ++i) {
-    const int s = i % kStages, q0 = (qt_lo + i) * kBQ;
-    mbar_wait_untimed(&q_full[s], (i / kStages) & 1);
-    if (!tiles_hidden(q0, kBQ, wk0, kRowsPerWarpgroup, T, p.window)) {
-      const QueryStats& st = stats[s];
-      const uint32_t q_addr = smem_addr(sQ) + s * kQBytes, do_addr = smem_addr(sdO) + s * kQBytes;
-
-      // S^T = K Q^T and dP^T = V dO^T over the head dim (all four K-major), two groups.
+  if constexpr (!dkdv_overlap<D, Pipelined>()) {
+    for (int i = 0; i < n_tiles; ++i) {
+      const int s = i % Stages, q0 = query_tile(i);
+      wait_full(i);
+      if (!hidden(i)) {
+        const uint32_t q_addr = q_base + s * kQBytes, do_addr = do_base + s * kQBytes;
+        fence_registers(st_acc);
+        fence_registers(dpt);
+        wgmma_fence();
+        issue_st_dpt<D>(st_acc, dpt, kr, q_addr, do_addr);
+        probabilities_t<0>(st_acc, dpt, stats[s], q0, kr, p);
+        // dV += P^T dO and dK += dS^T Q: A from registers, dO and Q (queries x head dim) MN-major.
+        add_pb<kBQ, D, kWide>(dv, st_acc, do_addr, kBQ * kRowBytes);
+        add_pb<kBQ, D, kWide>(dk, dpt, q_addr, kBQ * kRowBytes);
+      }
+      release_stage(&q_empty[s]);
+    }
+  } else {
+    uint32_t pt[kBQ / 16][4], dst[kBQ / 16][4];  // P^T, dS^T of the pending tile as A fragments
+    int i = 0;
+    for (; i < n_tiles; ++i) {  // the hidden prefix
+      wait_full(i);
+      if (!hidden(i)) break;
+      release_stage(&q_empty[i % Stages]);
+    }
+    if (i < n_tiles) {
+      int pending = i % Stages;  // stage of the tile whose dV, dK products are still to run
       fence_registers(st_acc);
       fence_registers(dpt);
       wgmma_fence();
-      wgmma_abt_ss<D, kBQ>(st_acc, k_addr, kBKV * kRowBytes, q_addr, kBQ * kRowBytes);
-      wgmma_abt_ss<D, kBQ>(dpt, v_addr, kBKV * kRowBytes, do_addr, kBQ * kRowBytes);
-      wgmma_wait<1>();
-      fence_registers(st_acc);
-
-      // P^T while dP^T completes. Element e of block n: key kr_lo + 8 ((e >> 1) & 1), query
-      // q0 + ql, ql = 64 n + 8 (e >> 2) + 2 (lane % 4) + (e & 1).
-      const bool masked =
-          tile_needs_mask<kBQ, kRowsPerWarpgroup>(q0, wk0, T, p.window, st.first[min(T, q0 + kBQ) - 1 - q0]);
-#pragma unroll
-      for (int n = 0; n < kSBlocks; ++n)
-#pragma unroll
-        for (int e = 0; e < 32; ++e) {
-          const int ql = 64 * n + 8 * (e >> 2) + 2 * (lane % 4) + (e & 1);
-          float pr = ex2(fmaf(st_acc[n][e], p.scale_log2, -st.lse2[ql]));
-          if (masked) {
-            const int ki = kr_lo + 8 * ((e >> 1) & 1);
-            if (!(visible(q0 + ql, ki, T, p.window, st.first[ql]) && ki < T)) pr = 0.f;
-          }
-          st_acc[n][e] = pr;
-        }
-      wgmma_wait<0>();
-      fence_registers(dpt);
-#pragma unroll
-      for (int n = 0; n < kSBlocks; ++n)
-#pragma unroll
-        for (int e = 0; e < 32; ++e) {
-          const int ql = 64 * n + 8 * (e >> 2) + 2 * (lane % 4) + (e & 1);
-          dpt[n][e] = st_acc[n][e] * (dpt[n][e] - st.delta[ql]);
-        }
-
-      // dV += P^T dO and dK += dS^T Q: A from registers, dO and Q (queries x head dim) MN-major.
-      add_pb<kBQ, D>(dv, st_acc, do_addr, kBQ * kRowBytes);
-      add_pb<kBQ, D>(dk, dpt, q_addr, kBQ * kRowBytes);
+      issue_st_dpt<D>(st_acc, dpt, kr, q_base + pending * kQBytes, do_base + pending * kQBytes);
+      probabilities_t<0>(st_acc, dpt, stats[pending], query_tile(i), kr, p);
+      acc_to_a_frags<kBQ>(pt, st_acc);
+      acc_to_a_frags<kBQ>(dst, dpt);
+      for (++i; i < n_tiles; ++i) {
+        const int s = i % Stages;
+        wait_full(i);
+        if (hidden(i)) break;  // the hidden suffix
+        fence_registers(st_acc);
+        fence_registers(dpt);
+        fence_registers(dv);
+        fence_registers(dk);
+        fence_registers(pt);
+        fence_registers(dst);
+        wgmma_fence();
+        issue_st_dpt<D>(st_acc, dpt, kr, q_base + s * kQBytes, do_base + s * kQBytes);
+        wgmma_ab_rs<kBQ, D, kWide>(dv, pt, do_base + pending * kQBytes, kBQ * kRowBytes);
+        wgmma_ab_rs<kBQ, D, kWide>(dk, dst, q_base + pending * kQBytes, kBQ * kRowBytes);
+        probabilities_t<2>(st_acc, dpt, stats[s], query_tile(i), kr, p);
+        wgmma_wait<0>();
+        fence_registers(dv);
+        fence_registers(dk);
+        fence_registers(pt);  // the pending tile's fragments stay until its products are done
+        fence_registers(dst);
+        release_stage(&q_empty[pending]);
+        acc_to_a_frags<kBQ>(pt, st_acc);
+        acc_to_a_frags<kBQ>(dst, dpt);
+        pending = s;
+      }
+      add_ab<kBQ, D, kWide>(dv, pt, do_base + pending * kQBytes, kBQ * kRowBytes);
+      add_ab<kBQ, D, kWide>(dk, dst, q_base + pending * kQBytes, kBQ * kRowBytes);
+      release_stage(&q_empty[pending]);
+      for (; i < n_tiles; ++i) {  // the hidden suffix (tile i's stage may have been waited for)
+        wait_full(i);
+        release_stage(&q_empty[i % Stages]);
+      }
     }
-    release_stage(&q_empty[s]);
   }
 
   // Epilogue: this thread's keys kr_lo and kr_lo + 8.
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const int ki = kr_lo + 8 * r;
+    const int ki = kr.kr_lo + 8 * r;
     if (ki >= T) continue;
     const int64_t at = (row_base + ki) * p.stride + int64_t(h) * p.head_dim;
     store_acc_row<D>(p.dk + at, dk, r, p.scale, p.head_dim);
@@ -241,21 +418,28 @@ __global__ void __launch_bounds__(kThreads, 1)
 // dQ. Grid (query blocks, H, B), query blocks longest-first; 384 threads:
 //   producer warpgroup (one thread of warp 8 works): TMA loads of the block's Q and dO (kBR x D
 //     each, once) and, for each visible key tile from the diagonal backwards (key_tile_range,
-//     as the forward), K and V (BC x D each) into stage i % kStages (produce_key_tiles, the
+//     as the forward), K and V (BC x D each) into stage i % Stages (produce_key_tiles, the
 //     forward's loop); at the end it waits for the last releases (await_releases);
 //   warps 0-7 (two consumer warpgroups, queries q0 + 64 wg .. + 63 each), per key tile:
-//     S  = Q K^T             wgmma m64n64k16, Q and K K-major from shared memory
+//     S  = Q K^T             wgmma, Q and K K-major from shared memory
 //     dP = dO V^T            same, dO and V (a second group)
 //     P  = exp2(S scale log2e - lse log2e), masked entries 0   (while dP completes)
 //     dS = P (dP - delta)
 //     dQ += dS K             wgmma, dS from registers, K MN-major (imm-trans-b)
 //     then release the stage. A warpgroup whose queries see none of the tile's keys by
 //     position (for warpgroup 0, the upper 64 keys of the diagonal at BC = 64) only releases it.
+//   Serial (Pipelined = false): in that order, waiting for dQ += dS K before the next tile.
+//   Pipelined: the hidden tiles are a prefix (keys after the queries) and a suffix (past the
+//   window) of a warpgroup's tiles, so the visible ones run as the forward's loop: the first
+//   one's S, dP, P, dS (packed as A fragments); then per visible tile i: issue S_i, dP_i and
+//   dQ += dS_{i-1} K_{i-1} (three groups), P_i and dS_i while dQ's product runs, wait for it,
+//   release the stage of tile i - 1, pack dS_i; after the last visible tile its dQ product
+//   and release; the hidden suffix only released.
 // Epilogue: dQ scale as bf16 from the registers. Deterministic: each query's dQ is summed by
 // one warpgroup over the key tiles in order.
 // Memory: reads Q, dO, lse, delta once and K, V once per query block (L2-resident), writes dQ
-// once; shared memory 2 kBR D + 2 kStages BC D bf16.
-template <int D, int BC>
+// once; shared memory 2 kBR D + 2 Stages BC D bf16.
+template <int D, int BC, bool Pipelined>
 __global__ void __launch_bounds__(kThreads, 1)
     attention_bwd_dq_hopper_kernel(const __grid_constant__ CUtensorMap q_map,
                                    const __grid_constant__ CUtensorMap do_map,
@@ -264,14 +448,16 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kDBlocks = D / kBlockCols;  // 64-column blocks of a row of Q, dO, K, V, dQ
   constexpr int kSBlocks = BC / 64;         // 64-key blocks of a row of S
+  constexpr int Stages = backward_stages<Pipelined>();
+  constexpr int kWideS = backward_wgmma_n<Pipelined>(BC), kWideDQ = backward_wgmma_n<Pipelined>(D);
   constexpr uint32_t kQBytes = tile_bytes<D>(kBR), kKVBytes = tile_bytes<D>(BC);
 
   extern __shared__ unsigned char smem_raw[];
   unsigned char* sQ = align_1024(smem_raw);        // [kDBlocks][kBR][64]
   unsigned char* sdO = sQ + kQBytes;               // [kDBlocks][kBR][64]
-  unsigned char* sK = sdO + kQBytes;               // [kStages][kDBlocks][BC][64]
-  unsigned char* sV = sK + kStages * kKVBytes;     // [kStages][kDBlocks][BC][64]
-  const KeyTileBarriers bars = key_tile_barriers(sV + kStages * kKVBytes);  // rows_full: Q and dO
+  unsigned char* sK = sdO + kQBytes;               // [Stages][kDBlocks][BC][64]
+  unsigned char* sV = sK + Stages * kKVBytes;      // [Stages][kDBlocks][BC][64]
+  const KeyTileBarriers bars = key_tile_barriers<Stages>(sV + Stages * kKVBytes);  // rows_full: Q and dO
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int T = p.T;
@@ -286,8 +472,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_arrive_expect_tx(bars.rows_full, 2 * kQBytes);
       tma_load_tile<D>(sQ, kBR, &q_map, bars.rows_full, h, q0, b);
       tma_load_tile<D>(sdO, kBR, &do_map, bars.rows_full, h, q0, b);
-      produce_key_tiles<D, BC>(sK, sV, bars, &k_map, &v_map, h, b, kt_hi, n_tiles);
-      await_releases(bars.kv_empty, n_tiles);
+      produce_key_tiles<D, BC, Stages>(sK, sV, bars, &k_map, &v_map, h, b, kt_hi, n_tiles);
+      await_releases<Stages>(bars.kv_empty, n_tiles);
     }
     return;
   }
@@ -296,78 +482,100 @@ __global__ void __launch_bounds__(kThreads, 1)
   setmaxnreg_inc<kConsumerRegisters>();
   const int wg = warp / 4;
   const int wq0 = q0 + wg * kRowsPerWarpgroup;
-  const int r_lo = wq0 + (warp % 4) * 16 + lane / 4;
-  const int doc_hi = doc_first(p.doc_start, row_base, min(T, q0 + kBR) - 1);
-  float lse2[2], dl[2];
-  int first[2] = {0, 0};  // the rows' document starts (for the element mask)
+  QueryRows qr;
+  qr.r_lo = wq0 + (warp % 4) * 16 + lane / 4;
+  qr.doc_hi = doc_first(p.doc_start, row_base, min(T, q0 + kBR) - 1);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const int qi = r_lo + 8 * r;
-    lse2[r] = qi < T ? p.lse[stat_base + qi] * kLog2e : INFINITY;
-    dl[r] = qi < T ? p.delta[stat_base + qi] : 0.f;
-    if (qi < T) first[r] = doc_first(p.doc_start, row_base, qi);
+    const int qi = qr.r_lo + 8 * r;
+    qr.lse2[r] = qi < T ? p.lse[stat_base + qi] * kLog2e : INFINITY;
+    qr.delta[r] = qi < T ? p.delta[stat_base + qi] : 0.f;
+    qr.first[r] = qi < T ? doc_first(p.doc_start, row_base, qi) : 0;
   }
+  qr.q_addr = smem_addr(sQ) + wg * kRowsPerWarpgroup * kRowBytes;
+  qr.do_addr = smem_addr(sdO) + wg * kRowsPerWarpgroup * kRowBytes;
 
   float dq[kDBlocks][32], s_acc[kSBlocks][32], dp[kSBlocks][32];
   for (int blk = 0; blk < kDBlocks; ++blk)
     for (int e = 0; e < 32; ++e) dq[blk][e] = 0.f;
   for (int n = 0; n < kSBlocks; ++n)
     for (int e = 0; e < 32; ++e) s_acc[n][e] = dp[n][e] = 0.f;
-  const uint32_t q_addr = smem_addr(sQ) + wg * kRowsPerWarpgroup * kRowBytes;
-  const uint32_t do_addr = smem_addr(sdO) + wg * kRowsPerWarpgroup * kRowBytes;
+  const uint32_t k_base = smem_addr(sK), v_base = smem_addr(sV);
+  auto key_tile = [&](int i) { return (kt_hi - 1 - i) * BC; };
+  auto hidden = [&](int i) { return tiles_hidden(wq0, kRowsPerWarpgroup, key_tile(i), BC, T, p.window); };
+  // Waits until tile i's K and V have landed.
+  auto wait_full = [&](int i) {
+    mbar_wait_untimed(&bars.k_full[i % Stages], (i / Stages) & 1);
+    mbar_wait_untimed(&bars.v_full[i % Stages], (i / Stages) & 1);
+  };
   mbar_wait_untimed(bars.rows_full, 0);
 
-  for (int i = 0; i < n_tiles; ++i) {
-    const int s = i % kStages, k0 = (kt_hi - 1 - i) * BC;
-    const uint32_t parity = (i / kStages) & 1;
-    const uint32_t k_addr = smem_addr(sK) + s * kKVBytes, v_addr = smem_addr(sV) + s * kKVBytes;
-
-    mbar_wait_untimed(&bars.k_full[s], parity);
-    mbar_wait_untimed(&bars.v_full[s], parity);
-    if (tiles_hidden(wq0, kRowsPerWarpgroup, k0, BC, T, p.window)) {  // nothing of this tile to see
-      release_stage(&bars.kv_empty[s]);
-      continue;
-    }
-
-    // S = Q K^T and dP = dO V^T over the head dim (all four K-major), two groups.
-    fence_registers(s_acc);
-    fence_registers(dp);
-    wgmma_fence();
-    wgmma_abt_ss<D, BC>(s_acc, q_addr, kBR * kRowBytes, k_addr, BC * kRowBytes);
-    wgmma_abt_ss<D, BC>(dp, do_addr, kBR * kRowBytes, v_addr, BC * kRowBytes);
-    wgmma_wait<1>();
-    fence_registers(s_acc);
-
-    // P while dP completes. s_acc[n][4j + c]: row r_lo + 8 (c >> 1), key k0 + 64n + 8j + 2 (lane % 4) + (c & 1).
-    const bool masked = tile_needs_mask<kBR, BC>(q0, k0, T, p.window, doc_hi);
-#pragma unroll
-    for (int n = 0; n < kSBlocks; ++n)
-#pragma unroll
-      for (int e = 0; e < 32; ++e) {
-        const int r = (e >> 1) & 1;
-        float pr = ex2(fmaf(s_acc[n][e], p.scale_log2, -lse2[r]));
-        if (masked) {
-          const int qi = r_lo + 8 * r, ki = k0 + 64 * n + 8 * (e >> 2) + 2 * (lane % 4) + (e & 1);
-          if (!(visible(qi, ki, T, p.window, first[r]) && ki < T)) pr = 0.f;
-        }
-        s_acc[n][e] = pr;
+  if constexpr (!Pipelined) {
+    for (int i = 0; i < n_tiles; ++i) {
+      const int s = i % Stages;
+      const uint32_t k_addr = k_base + s * kKVBytes;
+      wait_full(i);
+      if (hidden(i)) {  // nothing of this tile to see
+        release_stage(&bars.kv_empty[s]);
+        continue;
       }
-    wgmma_wait<0>();
-    fence_registers(dp);
-#pragma unroll
-    for (int n = 0; n < kSBlocks; ++n)
-#pragma unroll
-      for (int e = 0; e < 32; ++e) dp[n][e] = s_acc[n][e] * (dp[n][e] - dl[(e >> 1) & 1]);
-
-    // dQ += dS K: dS from registers, K (keys x head dim) MN-major.
-    add_pb<BC, D>(dq, dp, k_addr, BC * kRowBytes);
-    release_stage(&bars.kv_empty[s]);
+      fence_registers(s_acc);
+      fence_registers(dp);
+      wgmma_fence();
+      issue_s_dp<D, BC, kWideS>(s_acc, dp, qr, k_addr, v_base + s * kKVBytes);
+      probabilities<BC, 0>(s_acc, dp, qr, q0, key_tile(i), p);
+      // dQ += dS K: dS from registers, K (keys x head dim) MN-major.
+      add_pb<BC, D, kWideDQ>(dq, dp, k_addr, BC * kRowBytes);
+      release_stage(&bars.kv_empty[s]);
+    }
+  } else {
+    uint32_t ds[BC / 16][4];  // dS of the pending tile as A fragments
+    int i = 0;
+    for (; i < n_tiles; ++i) {  // the hidden prefix
+      wait_full(i);
+      if (!hidden(i)) break;
+      release_stage(&bars.kv_empty[i % Stages]);
+    }
+    if (i < n_tiles) {
+      int pending = i % Stages;  // stage of the tile whose dQ product is still to run
+      fence_registers(s_acc);
+      fence_registers(dp);
+      wgmma_fence();
+      issue_s_dp<D, BC, kWideS>(s_acc, dp, qr, k_base + pending * kKVBytes, v_base + pending * kKVBytes);
+      probabilities<BC, 0>(s_acc, dp, qr, q0, key_tile(i), p);
+      acc_to_a_frags<BC>(ds, dp);
+      for (++i; i < n_tiles; ++i) {
+        const int s = i % Stages;
+        wait_full(i);
+        if (hidden(i)) break;  // the hidden suffix
+        fence_registers(s_acc);
+        fence_registers(dp);
+        fence_registers(dq);
+        fence_registers(ds);
+        wgmma_fence();
+        issue_s_dp<D, BC, kWideS>(s_acc, dp, qr, k_base + s * kKVBytes, v_base + s * kKVBytes);
+        wgmma_ab_rs<BC, D, kWideDQ>(dq, ds, k_base + pending * kKVBytes, BC * kRowBytes);
+        probabilities<BC, 1>(s_acc, dp, qr, q0, key_tile(i), p);
+        wgmma_wait<0>();
+        fence_registers(dq);
+        fence_registers(ds);  // the pending tile's dS stays until its product is done
+        release_stage(&bars.kv_empty[pending]);
+        acc_to_a_frags<BC>(ds, dp);
+        pending = s;
+      }
+      add_ab<BC, D, kWideDQ>(dq, ds, k_base + pending * kKVBytes, BC * kRowBytes);
+      release_stage(&bars.kv_empty[pending]);
+      for (; i < n_tiles; ++i) {  // the hidden suffix (tile i's stage may have been waited for)
+        wait_full(i);
+        release_stage(&bars.kv_empty[i % Stages]);
+      }
+    }
   }
 
   // Epilogue: this thread's rows r_lo and r_lo + 8.
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const int qi = r_lo + 8 * r;
+    const int qi = qr.r_lo + 8 * r;
     if (qi < T)
       store_acc_row<D>(p.dq + (row_base + qi) * p.stride + int64_t(h) * p.head_dim, dq, r, p.scale, p.head_dim);
   }
@@ -384,33 +592,41 @@ void launch_with_smem(Kernel kernel, dim3 grid, size_t smem, const CUtensorMap& 
   kernel<<<grid, kThreads, smem, coil::cuda::compute_stream()>>>(a, b, c, d, p);
 }
 
-template <int D>
+template <int D, bool Pipelined>
 void launch_hopper_backward(const AttentionProblem& pr, const void* dout, const void* q, const void* k,
                             const void* v, const BackwardParams& p) {
   const char* op = "attention_backward";
   const int64_t do_stride = pr.heads * pr.head_dim;  // dO is (B, T, H, hd)
+  constexpr int Stages = backward_stages<Pipelined>();
   {
-    const size_t smem = 1024 + size_t(2 * kBKV + 2 * kStages * kBQ) * D * sizeof(bf16_t) +
-                        kStages * sizeof(QueryStats) + (1 + 2 * kStages) * sizeof(uint64_t);
+    constexpr size_t smem = dkdv_smem_bytes<D, Stages>();
+    static_assert(smem <= 227 * 1024, "the dK/dV kernel's shared memory exceeds the 227 KiB of a Hopper block");
     const dim3 grid(unsigned((pr.seq + kBKV - 1) / kBKV), unsigned(pr.heads), unsigned(pr.batch));
-    launch_with_smem(attention_bwd_dkdv_hopper_kernel<D>, grid, smem,
+    launch_with_smem(attention_bwd_dkdv_hopper_kernel<D, Pipelined>, grid, smem,
                      make_tensor_map(op, pr, q, pr.qkv_stride, kBQ), make_tensor_map(op, pr, dout, do_stride, kBQ),
                      make_tensor_map(op, pr, k, pr.qkv_stride, kBKV), make_tensor_map(op, pr, v, pr.qkv_stride, kBKV),
                      p);
-    COIL_CUDA_CHECK_LAUNCH("attention_bwd_dkdv_hopper", "B {} T {} H {} hd {} (tiles of {}) window {}", pr.batch,
-                           pr.seq, pr.heads, pr.head_dim, D, pr.window);
+    COIL_CUDA_CHECK_LAUNCH("attention_bwd_dkdv_hopper", "B {} T {} H {} hd {} (tiles of {}) window {} pipelined {}",
+                           pr.batch, pr.seq, pr.heads, pr.head_dim, D, pr.window, Pipelined);
   }
   {
     constexpr int BC = dq_key_tile<D>();
-    const size_t smem = 1024 + size_t(2 * kBR + 2 * kStages * BC) * D * sizeof(bf16_t) +
-                        KeyTileBarriers::words(kStages) * sizeof(uint64_t);
+    constexpr size_t smem = dq_smem_bytes<D, BC, Stages>();
+    static_assert(smem <= 227 * 1024, "the dQ kernel's shared memory exceeds the 227 KiB of a Hopper block");
     const dim3 grid(unsigned((pr.seq + kBR - 1) / kBR), unsigned(pr.heads), unsigned(pr.batch));
-    launch_with_smem(attention_bwd_dq_hopper_kernel<D, BC>, grid, smem,
+    launch_with_smem(attention_bwd_dq_hopper_kernel<D, BC, Pipelined>, grid, smem,
                      make_tensor_map(op, pr, q, pr.qkv_stride, kBR), make_tensor_map(op, pr, dout, do_stride, kBR),
                      make_tensor_map(op, pr, k, pr.qkv_stride, BC), make_tensor_map(op, pr, v, pr.qkv_stride, BC), p);
-    COIL_CUDA_CHECK_LAUNCH("attention_bwd_dq_hopper", "B {} T {} H {} hd {} (tiles of {}) window {}", pr.batch,
-                           pr.seq, pr.heads, pr.head_dim, D, pr.window);
+    COIL_CUDA_CHECK_LAUNCH("attention_bwd_dq_hopper", "B {} T {} H {} hd {} (tiles of {}) window {} pipelined {}",
+                           pr.batch, pr.seq, pr.heads, pr.head_dim, D, pr.window, Pipelined);
   }
+}
+
+template <int D>
+void launch_hopper_backward(const AttentionProblem& pr, const void* dout, const void* q, const void* k,
+                            const void* v, const BackwardParams& p) {
+  if (attention_hopper_backward_pipelined()) launch_hopper_backward<D, true>(pr, dout, q, k, v, p);
+  else launch_hopper_backward<D, false>(pr, dout, q, k, v, p);
 }
 
 }  // namespace
