@@ -5,9 +5,7 @@
 // where they run (an sm_90 GPU, a build for sm_90a; hd 64, 96 and 128), the Hopper kernels (wgmma,
 // TMA: kernels/cuda/attention_hopper.cu, the forward, and attention_hopper_backward.cu, dK/dV
 // and dQ), rows "portable" and "hopper": both directions switch together, so the "bwd" columns
-// (f+b minus fwd) compare the two backwards side by side. A third row, "hopper pipelined bwd",
-// runs the Hopper kernels with the pipelined backward (kernels::set_attention_hopper_backward_
-// pipelined; the "hopper" row runs the serial one), so its "bwd" column A/Bs the two backwards.
+// (f+b minus fwd) compare the two backwards side by side.
 // Usage: bench_attention [iterations] [--tune]; --tune also times the other launch settings
 // of the portable kernels "fwd warps, fwd rows per warp, dK/dV warps, dQ warps"
 // (kernels::AttentionLaunch). Compare with bench/attention_torch.py (PyTorch SDPA).
@@ -111,10 +109,7 @@ int main(int argc, char** argv) {
       continue;
     }
     set_kernels(kernels::AttentionKernel::hopper);
-    for (bool pipelined : {false, true}) {
-      kernels::set_attention_hopper_backward_pipelined(pipelined);
-      time_case(c, pipelined ? " hopper pipelined bwd" : " hopper", q, k, v, g, iters);
-    }
+    time_case(c, " hopper", q, k, v, g, iters);
   }
   return 0;
 }

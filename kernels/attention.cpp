@@ -162,19 +162,7 @@ std::atomic<AttentionKernel>& backward_kernel_setting() {
   static std::atomic<AttentionKernel> setting{kernel_from_environment("COIL_ATTN_BWD_KERNEL")};
   return setting;
 }
-std::atomic<bool>& backward_pipelined_setting() {
-  static std::atomic<bool> setting{[] {
-    const char* v = std::getenv("COIL_ATTN_BWD_PIPELINE");
-    if (!v || std::strcmp(v, "0") == 0) return false;
-    if (std::strcmp(v, "1") == 0) return true;
-    fail("COIL_ATTN_BWD_PIPELINE must be 0 or 1, got '{}'", v);
-  }()};
-  return setting;
-}
 }  // namespace
-
-bool attention_hopper_backward_pipelined() { return backward_pipelined_setting().load(); }
-void set_attention_hopper_backward_pipelined(bool pipelined) { backward_pipelined_setting().store(pipelined); }
 
 AttentionKernel attention_forward_kernel() { return forward_kernel_setting().load(); }
 void set_attention_forward_kernel(AttentionKernel kernel) { forward_kernel_setting().store(kernel); }

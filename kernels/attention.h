@@ -89,15 +89,6 @@ AttentionKernel attention_forward_kernel();
 void set_attention_forward_kernel(AttentionKernel kernel);
 AttentionKernel attention_backward_kernel();
 void set_attention_backward_kernel(AttentionKernel kernel);
-// Which Hopper backward runs (an experiment until it is measured; docs/ATTENTION.md, "Hopper
-// backward, pipelined variant"): the serial kernels (false) or the pipelined ones (true: each
-// consumer warpgroup issues the next tile's first products before waiting for the previous
-// tile's accumulating ones where the registers allow, 128-column wgmma where N is 128, 4
-// stages). The start value is the environment variable COIL_ATTN_BWD_PIPELINE (0 or 1;
-// unset: 0; anything else is an error), read once at its first use; tests and
-// bench_attention switch with the setter.
-bool attention_hopper_backward_pipelined();
-void set_attention_hopper_backward_pipelined(bool pipelined);
 // Why the Hopper kernels (forward and backward alike) cannot run at this head dim on the
 // current device, in words ("" when they can): no usable GPU, not an sm_90 GPU, a build without
 // sm_90a code (configure with -DCMAKE_CUDA_ARCHITECTURES=90a), a head dim other than 64, 96

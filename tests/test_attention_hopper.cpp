@@ -2,9 +2,8 @@
 // kernels/cuda/attention_hopper_backward.cu, dK/dV and dQ: wgmma, TMA) against the CPU reference
 // and against the portable CUDA kernels (kernels/cuda/attention.cu), each forced through
 // set_attention_forward_kernel / set_attention_backward_kernel: awkward lengths, head dims 64,
-// 96 (zero-padded to 128 columns) and 128, causal and windowed, packed qkv, documents; both
-// Hopper backwards (serial and pipelined, set_attention_hopper_backward_pipelined) with the
-// same checks, each twice bit-identical; the automatic choice takes them at hd 96.
+// 96 (zero-padded to 128 columns) and 128, causal and windowed, packed qkv, documents; the
+// Hopper backward twice bit-identical; the automatic choice takes them at hd 96.
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -25,14 +24,12 @@ using test::relative_error;
 
 namespace {
 
-// Restores the kernel settings when a test ends, however it ends.
+// Restores both kernel settings when a test ends, however it ends.
 struct KernelScope {
   AttentionKernel forward = kernels::attention_forward_kernel(), backward = kernels::attention_backward_kernel();
-  bool pipelined = kernels::attention_hopper_backward_pipelined();
   ~KernelScope() {
     kernels::set_attention_forward_kernel(forward);
     kernels::set_attention_backward_kernel(backward);
-    kernels::set_attention_hopper_backward_pipelined(pipelined);
   }
 };
 
@@ -101,8 +98,7 @@ AttentionGrads backward_on_gpu(AttentionKernel kernel, const HopperCase& c, cons
 }
 
 // Forward and backward of the Hopper kernels against the CPU reference (f32, from the same
-// bf16 inputs) and the portable kernels; each Hopper backward (serial, pipelined) run twice
-// must agree to the bit.
+// bf16 inputs) and the portable kernels; the Hopper backward run twice must agree to the bit.
 void compare_hopper(const HopperCase& c, uint64_t seed) {
   INFO("B " << c.B << " T " << c.T << " H " << c.H << " hd " << c.hd << " window " << c.window
             << (c.packed ? " packed" : " separate") << (c.documents.empty() ? "" : " documents"));
@@ -133,23 +129,19 @@ void compare_hopper(const HopperCase& c, uint64_t seed) {
 
   // Both backwards from the portable forward's out and lse, so that they differ only in the
   // backward kernels.
+  const AttentionGrads hb = backward_on_gpu(AttentionKernel::hopper, c, q, k, v, g, portable, od);
+  const AttentionGrads hb2 = backward_on_gpu(AttentionKernel::hopper, c, q, k, v, g, portable, od);
   const AttentionGrads pb = backward_on_gpu(AttentionKernel::portable, c, q, k, v, g, portable, od);
-  for (bool pipelined : {false, true}) {
-    INFO((pipelined ? "pipelined" : "serial") << " Hopper backward");
-    kernels::set_attention_hopper_backward_pipelined(pipelined);
-    const AttentionGrads hb = backward_on_gpu(AttentionKernel::hopper, c, q, k, v, g, portable, od);
-    const AttentionGrads hb2 = backward_on_gpu(AttentionKernel::hopper, c, q, k, v, g, portable, od);
-    REQUIRE(hb.dq.dtype() == DType::bf16);
-    CHECK(grad_error(hb.dq, ref_grads.dq, ref_grads.dv) < 2 * tol);
-    CHECK(grad_error(hb.dk, ref_grads.dk, ref_grads.dv) < 2 * tol);
-    CHECK(relative_error(hb.dv, ref_grads.dv) < 2 * tol);
-    CHECK(grad_error(hb.dq, pb.dq, pb.dv) < 2 * tol);
-    CHECK(grad_error(hb.dk, pb.dk, pb.dv) < 2 * tol);
-    CHECK(relative_error(hb.dv, pb.dv) < 2 * tol);
-    CHECK(test::bitwise_equal(hb.dq, hb2.dq));
-    CHECK(test::bitwise_equal(hb.dk, hb2.dk));
-    CHECK(test::bitwise_equal(hb.dv, hb2.dv));
-  }
+  REQUIRE(hb.dq.dtype() == DType::bf16);
+  CHECK(grad_error(hb.dq, ref_grads.dq, ref_grads.dv) < 2 * tol);
+  CHECK(grad_error(hb.dk, ref_grads.dk, ref_grads.dv) < 2 * tol);
+  CHECK(relative_error(hb.dv, ref_grads.dv) < 2 * tol);
+  CHECK(grad_error(hb.dq, pb.dq, pb.dv) < 2 * tol);
+  CHECK(grad_error(hb.dk, pb.dk, pb.dv) < 2 * tol);
+  CHECK(relative_error(hb.dv, pb.dv) < 2 * tol);
+  CHECK(test::bitwise_equal(hb.dq, hb2.dq));
+  CHECK(test::bitwise_equal(hb.dk, hb2.dk));
+  CHECK(test::bitwise_equal(hb.dv, hb2.dv));
 }
 
 }  // namespace

@@ -35,8 +35,6 @@ template <int D>
 constexpr int forward_stages() {
   return D == 64 ? 4 : 3;
 }
-// Columns of one wgmma of a product of `columns` columns.
-constexpr int forward_wgmma_n(int columns) { return columns % 128 == 0 ? 128 : 64; }
 // Dynamic shared memory of a forward block: 1 KiB alignment slack, Q (BR x D), Stages K and V
 // tiles (BC x D each), the barriers.
 template <int D, int BC, int Stages>
@@ -69,7 +67,7 @@ template <int D, int BC>
 __device__ __forceinline__ void scores(float (&s)[BC / 64][32], uint32_t q_addr, uint32_t k_addr) {
   fence_registers(s);
   wgmma_fence();
-  wgmma_abt_ss<D, BC, forward_wgmma_n(BC)>(s, q_addr, kBR * kRowBytes, k_addr, BC * kRowBytes);
+  wgmma_abt_ss<D, BC, wide_wgmma_n(BC)>(s, q_addr, kBR * kRowBytes, k_addr, BC * kRowBytes);
   wgmma_wait<0>();
   fence_registers(s);
 }
@@ -159,7 +157,7 @@ __global__ void __launch_bounds__(kProducerWarpgroupThreads, 1)
   constexpr int kDBlocks = D / kBlockCols;     // 64-column blocks of a row of Q, K, V, O
   constexpr int kSBlocks = BC / kBlockCols;    // 64-key blocks of a row of S
   constexpr int Stages = forward_stages<D>();
-  constexpr int kWideS = forward_wgmma_n(BC), kWidePV = forward_wgmma_n(D);
+  constexpr int kWideS = wide_wgmma_n(BC), kWidePV = wide_wgmma_n(D);
   constexpr uint32_t kQBytes = tile_bytes<D>(kBR), kKVBytes = tile_bytes<D>(BC);
 
   extern __shared__ unsigned char smem_raw[];

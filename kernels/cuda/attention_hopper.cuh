@@ -28,10 +28,12 @@ namespace coil::kernels::cuda::hopper {
 // of 64 rows each (queries in the forward and dQ, keys in dK/dV), the producer behind them (a
 // warpgroup must start at a warp index divisible by 4, so the producer goes last), a
 // warpgroup of which one warp works (see setmaxnreg below). Streamed tiles pass through
-// kStages shared-memory stages in the backward (the forward takes more).
+// shared-memory stages, as many as each kernel's shared memory allows (3 or 4).
 constexpr int kConsumerWarps = 8;
 constexpr int kRowsPerWarpgroup = 64;
-constexpr int kStages = 2;
+// Columns of one wgmma of a product of `columns` columns: m64n128k16 where 128 divides them
+// (fewer, larger products), else m64n64k16.
+constexpr int wide_wgmma_n(int columns) { return columns % 128 == 0 ? 128 : 64; }
 // Blocks with a producer warpgroup: 384 threads. The consumers' accumulators need more than
 // the 168 registers a thread that ptxas gives a 384-thread block, so the producer warpgroup
 // hands its registers to them: setmaxnreg to kProducerRegisters there and kConsumerRegisters
@@ -415,7 +417,7 @@ __device__ __forceinline__ void release_stage(uint64_t* empty) {
 
 // Those barriers of Stages stages at `at` (KeyTileBarriers::words(Stages) words, 8-byte
 // aligned), initialized by thread 0; a __syncthreads must follow before any use.
-template <int Stages = kStages>
+template <int Stages>
 __device__ __forceinline__ KeyTileBarriers key_tile_barriers(unsigned char* at) {
   uint64_t* words = reinterpret_cast<uint64_t*>(at);
   const KeyTileBarriers bars{words, words + 1, words + 1 + Stages, words + 1 + 2 * Stages};
@@ -436,7 +438,7 @@ __device__ __forceinline__ KeyTileBarriers key_tile_barriers(unsigned char* at) 
 // V into stage i % Stages of sK and sV (each stage tile_bytes<D>(BC)), announced on k_full
 // and v_full of the stage; a stage is reused after its kv_empty phase (every consumer warp
 // done with it) completes. One thread runs it.
-template <int D, int BC, int Stages = kStages>
+template <int D, int BC, int Stages>
 __device__ __forceinline__ void produce_key_tiles(unsigned char* sK, unsigned char* sV, const KeyTileBarriers& bars,
                                                   const CUtensorMap* k_map, const CUtensorMap* v_map, int h,
                                                   int b, int kt_hi, int n_tiles) {
@@ -491,7 +493,7 @@ __device__ __forceinline__ void store_acc_row(bf16_t* row, const float (&acc)[D 
 // The producer's last wait: until the consumers have released the stages of the last Stages
 // of n_tiles streamed tiles (tile i's release is phase i / Stages of empty[i % Stages]), so
 // that consumers stuck on a copy that never lands make this mbar_wait trap.
-template <int Stages = kStages>
+template <int Stages>
 __device__ __forceinline__ void await_releases(uint64_t* empty, int n_tiles) {
   for (int i = max(0, n_tiles - Stages); i < n_tiles; ++i) mbar_wait(&empty[i % Stages], (i / Stages) & 1);
 }

@@ -41,30 +41,19 @@ constexpr int kBR = 2 * kRowsPerWarpgroup;
 // at hd 128: dK and dV 128, S^T and dP^T 64).
 constexpr int kThreads = kProducerWarpgroupThreads;
 
-// Two variants of each kernel (an experiment until measured; docs/ATTENTION.md, "Hopper
-// backward, pipelined variant"), chosen by kernels::attention_hopper_backward_pipelined():
-//   serial (Pipelined = false): per tile the first products, P and dS, then the accumulating
-//     products, waited for; 2 stages; 64-column wgmma;
-//   pipelined: each consumer warpgroup issues the next tile's first products before waiting
-//     for the previous tile's accumulating ones (always in dQ; in dK/dV where the registers
-//     allow, dkdv_overlap), 4 stages, 128-column wgmma where a product's N is 128.
-template <bool Pipelined>
-constexpr int backward_stages() {
-  return Pipelined ? 4 : kStages;
-}
-// Columns of one wgmma of a product of `columns` columns.
-template <bool Pipelined>
-constexpr int backward_wgmma_n(int columns) {
-  return Pipelined && columns % 128 == 0 ? 128 : 64;
-}
+// Both kernels overlap across tiles (docs/ATTENTION.md, "Hopper backward"): each consumer
+// warpgroup issues the next tile's first products before waiting for the previous tile's
+// accumulating ones (always in dQ; in dK/dV where the registers allow, dkdv_overlap), with
+// 4 stages and 128-column wgmma where a product's N is 128 (wide_wgmma_n).
+constexpr int kBackwardStages = 4;
 // Whether the dK/dV kernel overlaps across query tiles: S^T, dP^T (fp32) of tile i and
 // P^T, dS^T (bf16 A fragments) of tile i - 1 live beside dK and dV. At hd 64 that is
 // 32 + 32 + 32 + 32 + 16 + 16 registers; at hd 128 dK and dV alone take 128 and the rest
 // does not fit in 240 (overlapped there, nvcc 13.0 spills 276 bytes), so hd 128 keeps the
 // serial order (with the stages and wide products).
-template <int D, bool Pipelined>
+template <int D>
 constexpr bool dkdv_overlap() {
-  return Pipelined && D == 64;
+  return D == 64;
 }
 
 // Key tile of the dQ kernel: 128 at hd 64 (S, dP and dQ accumulators: 64 + 64 + 32 registers,
@@ -227,8 +216,8 @@ __device__ __forceinline__ void probabilities(float (&s)[BC / 64][32], float (&d
 //     dK  += dS^T Q          wgmma, dS^T from registers, Q MN-major
 //     then release the stage. A warpgroup whose keys no query of the tile can see (the
 //     diagonal tile of the upper 64 keys, the far window edge) only releases it.
-//   Serial (Pipelined = false, or hd 128): in that order, waiting for dV and dK before the
-//   next tile. Overlapped (dkdv_overlap): the hidden tiles are a prefix and a suffix of a
+//   At hd 128 (and 96) in that order, waiting for dV and dK before the next tile. At hd 64
+//   overlapped (dkdv_overlap): the hidden tiles are a prefix and a suffix of a
 //   warpgroup's tiles (tiles_hidden: before the diagonal, past the window), so the visible
 //   ones run as the forward's loop: the first one's S^T, dP^T, P^T, dS^T (packed as A
 //   fragments); then per visible tile i: issue S^T_i, dP^T_i, dV += P^T_{i-1} dO_{i-1} and
@@ -240,7 +229,7 @@ __device__ __forceinline__ void probabilities(float (&s)[BC / 64][32], float (&d
 // Memory: reads K, V once and Q, dO, lse, delta once per key block (L2-resident across the
 // blocks of a head), writes dK, dV once; shared memory 2 kBKV D + 2 Stages kBQ D bf16 and
 // Stages QueryStats.
-template <int D, bool Pipelined>
+template <int D>
 __global__ void __launch_bounds__(kThreads, 1)
     attention_bwd_dkdv_hopper_kernel(const __grid_constant__ CUtensorMap q_map,
                                      const __grid_constant__ CUtensorMap do_map,
@@ -249,8 +238,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kDBlocks = D / kBlockCols;  // 64-column blocks of a row of K, V, Q, dO, dK, dV
   constexpr int kSBlocks = kBQ / 64;        // 64-query blocks of a row of S^T
-  constexpr int Stages = backward_stages<Pipelined>();
-  constexpr int kWide = backward_wgmma_n<Pipelined>(D);  // dV += P^T dO, dK += dS^T Q
+  constexpr int Stages = kBackwardStages;
+  constexpr int kWide = wide_wgmma_n(D);  // dV += P^T dO, dK += dS^T Q
   constexpr uint32_t kKVBytes = tile_bytes<D>(kBKV), kQBytes = tile_bytes<D>(kBQ);
 
   extern __shared__ unsigned char smem_raw[];
@@ -333,7 +322,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto wait_full = [&](int i) { mbar_wait_untimed(&q_full[i % Stages], (i / Stages) & 1); };
   mbar_wait_untimed(kv_full, 0);
 
-  if constexpr (!dkdv_overlap<D, Pipelined>()) {
+  if constexpr (!dkdv_overlap<D>()) {
     for (int i = 0; i < n_tiles; ++i) {
       const int s = i % Stages, q0 = query_tile(i);
       wait_full(i);
@@ -428,8 +417,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 //     dQ += dS K             wgmma, dS from registers, K MN-major (imm-trans-b)
 //     then release the stage. A warpgroup whose queries see none of the tile's keys by
 //     position (for warpgroup 0, the upper 64 keys of the diagonal at BC = 64) only releases it.
-//   Serial (Pipelined = false): in that order, waiting for dQ += dS K before the next tile.
-//   Pipelined: the hidden tiles are a prefix (keys after the queries) and a suffix (past the
+//   Overlapped across tiles: the hidden tiles are a prefix (keys after the queries) and a suffix (past the
 //   window) of a warpgroup's tiles, so the visible ones run as the forward's loop: the first
 //   one's S, dP, P, dS (packed as A fragments); then per visible tile i: issue S_i, dP_i and
 //   dQ += dS_{i-1} K_{i-1} (three groups), P_i and dS_i while dQ's product runs, wait for it,
@@ -439,7 +427,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 // one warpgroup over the key tiles in order.
 // Memory: reads Q, dO, lse, delta once and K, V once per query block (L2-resident), writes dQ
 // once; shared memory 2 kBR D + 2 Stages BC D bf16.
-template <int D, int BC, bool Pipelined>
+template <int D, int BC>
 __global__ void __launch_bounds__(kThreads, 1)
     attention_bwd_dq_hopper_kernel(const __grid_constant__ CUtensorMap q_map,
                                    const __grid_constant__ CUtensorMap do_map,
@@ -448,8 +436,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kDBlocks = D / kBlockCols;  // 64-column blocks of a row of Q, dO, K, V, dQ
   constexpr int kSBlocks = BC / 64;         // 64-key blocks of a row of S
-  constexpr int Stages = backward_stages<Pipelined>();
-  constexpr int kWideS = backward_wgmma_n<Pipelined>(BC), kWideDQ = backward_wgmma_n<Pipelined>(D);
+  constexpr int Stages = kBackwardStages;
+  constexpr int kWideS = wide_wgmma_n(BC), kWideDQ = wide_wgmma_n(D);
   constexpr uint32_t kQBytes = tile_bytes<D>(kBR), kKVBytes = tile_bytes<D>(BC);
 
   extern __shared__ unsigned char smem_raw[];
@@ -510,65 +498,45 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
   mbar_wait_untimed(bars.rows_full, 0);
 
-  if constexpr (!Pipelined) {
-    for (int i = 0; i < n_tiles; ++i) {
+  uint32_t ds[BC / 16][4];  // dS of the pending tile as A fragments
+  int i = 0;
+  for (; i < n_tiles; ++i) {  // the hidden prefix
+    wait_full(i);
+    if (!hidden(i)) break;
+    release_stage(&bars.kv_empty[i % Stages]);
+  }
+  if (i < n_tiles) {
+    int pending = i % Stages;  // stage of the tile whose dQ product is still to run
+    fence_registers(s_acc);
+    fence_registers(dp);
+    wgmma_fence();
+    issue_s_dp<D, BC, kWideS>(s_acc, dp, qr, k_base + pending * kKVBytes, v_base + pending * kKVBytes);
+    probabilities<BC, 0>(s_acc, dp, qr, q0, key_tile(i), p);
+    acc_to_a_frags<BC>(ds, dp);
+    for (++i; i < n_tiles; ++i) {
       const int s = i % Stages;
-      const uint32_t k_addr = k_base + s * kKVBytes;
       wait_full(i);
-      if (hidden(i)) {  // nothing of this tile to see
-        release_stage(&bars.kv_empty[s]);
-        continue;
-      }
+      if (hidden(i)) break;  // the hidden suffix
       fence_registers(s_acc);
       fence_registers(dp);
+      fence_registers(dq);
+      fence_registers(ds);
       wgmma_fence();
-      issue_s_dp<D, BC, kWideS>(s_acc, dp, qr, k_addr, v_base + s * kKVBytes);
-      probabilities<BC, 0>(s_acc, dp, qr, q0, key_tile(i), p);
-      // dQ += dS K: dS from registers, K (keys x head dim) MN-major.
-      add_pb<BC, D, kWideDQ>(dq, dp, k_addr, BC * kRowBytes);
-      release_stage(&bars.kv_empty[s]);
-    }
-  } else {
-    uint32_t ds[BC / 16][4];  // dS of the pending tile as A fragments
-    int i = 0;
-    for (; i < n_tiles; ++i) {  // the hidden prefix
-      wait_full(i);
-      if (!hidden(i)) break;
-      release_stage(&bars.kv_empty[i % Stages]);
-    }
-    if (i < n_tiles) {
-      int pending = i % Stages;  // stage of the tile whose dQ product is still to run
-      fence_registers(s_acc);
-      fence_registers(dp);
-      wgmma_fence();
-      issue_s_dp<D, BC, kWideS>(s_acc, dp, qr, k_base + pending * kKVBytes, v_base + pending * kKVBytes);
-      probabilities<BC, 0>(s_acc, dp, qr, q0, key_tile(i), p);
-      acc_to_a_frags<BC>(ds, dp);
-      for (++i; i < n_tiles; ++i) {
-        const int s = i % Stages;
-        wait_full(i);
-        if (hidden(i)) break;  // the hidden suffix
-        fence_registers(s_acc);
-        fence_registers(dp);
-        fence_registers(dq);
-        fence_registers(ds);
-        wgmma_fence();
-        issue_s_dp<D, BC, kWideS>(s_acc, dp, qr, k_base + s * kKVBytes, v_base + s * kKVBytes);
-        wgmma_ab_rs<BC, D, kWideDQ>(dq, ds, k_base + pending * kKVBytes, BC * kRowBytes);
-        probabilities<BC, 1>(s_acc, dp, qr, q0, key_tile(i), p);
-        wgmma_wait<0>();
-        fence_registers(dq);
-        fence_registers(ds);  // the pending tile's dS stays until its product is done
-        release_stage(&bars.kv_empty[pending]);
-        acc_to_a_frags<BC>(ds, dp);
-        pending = s;
-      }
-      add_ab<BC, D, kWideDQ>(dq, ds, k_base + pending * kKVBytes, BC * kRowBytes);
+      issue_s_dp<D, BC, kWideS>(s_acc, dp, qr, k_base + s * kKVBytes, v_base + s * kKVBytes);
+      wgmma_ab_rs<BC, D, kWideDQ>(dq, ds, k_base + pending * kKVBytes, BC * kRowBytes);
+      probabilities<BC, 1>(s_acc, dp, qr, q0, key_tile(i), p);
+      wgmma_wait<0>();
+      fence_registers(dq);
+      fence_registers(ds);  // the pending tile's dS stays until its product is done
       release_stage(&bars.kv_empty[pending]);
-      for (; i < n_tiles; ++i) {  // the hidden suffix (tile i's stage may have been waited for)
-        wait_full(i);
-        release_stage(&bars.kv_empty[i % Stages]);
-      }
+      acc_to_a_frags<BC>(ds, dp);
+      pending = s;
+    }
+    add_ab<BC, D, kWideDQ>(dq, ds, k_base + pending * kKVBytes, BC * kRowBytes);
+    release_stage(&bars.kv_empty[pending]);
+    for (; i < n_tiles; ++i) {  // the hidden suffix (tile i's stage may have been waited for)
+      wait_full(i);
+      release_stage(&bars.kv_empty[i % Stages]);
     }
   }
 
@@ -592,41 +560,34 @@ void launch_with_smem(Kernel kernel, dim3 grid, size_t smem, const CUtensorMap& 
   kernel<<<grid, kThreads, smem, coil::cuda::compute_stream()>>>(a, b, c, d, p);
 }
 
-template <int D, bool Pipelined>
+template <int D>
 void launch_hopper_backward(const AttentionProblem& pr, const void* dout, const void* q, const void* k,
                             const void* v, const BackwardParams& p) {
   const char* op = "attention_backward";
   const int64_t do_stride = pr.heads * pr.head_dim;  // dO is (B, T, H, hd)
-  constexpr int Stages = backward_stages<Pipelined>();
+  constexpr int Stages = kBackwardStages;
   {
     constexpr size_t smem = dkdv_smem_bytes<D, Stages>();
     static_assert(smem <= 227 * 1024, "the dK/dV kernel's shared memory exceeds the 227 KiB of a Hopper block");
     const dim3 grid(unsigned((pr.seq + kBKV - 1) / kBKV), unsigned(pr.heads), unsigned(pr.batch));
-    launch_with_smem(attention_bwd_dkdv_hopper_kernel<D, Pipelined>, grid, smem,
+    launch_with_smem(attention_bwd_dkdv_hopper_kernel<D>, grid, smem,
                      make_tensor_map(op, pr, q, pr.qkv_stride, kBQ), make_tensor_map(op, pr, dout, do_stride, kBQ),
                      make_tensor_map(op, pr, k, pr.qkv_stride, kBKV), make_tensor_map(op, pr, v, pr.qkv_stride, kBKV),
                      p);
-    COIL_CUDA_CHECK_LAUNCH("attention_bwd_dkdv_hopper", "B {} T {} H {} hd {} (tiles of {}) window {} pipelined {}",
-                           pr.batch, pr.seq, pr.heads, pr.head_dim, D, pr.window, Pipelined);
+    COIL_CUDA_CHECK_LAUNCH("attention_bwd_dkdv_hopper", "B {} T {} H {} hd {} (tiles of {}) window {}", pr.batch,
+                           pr.seq, pr.heads, pr.head_dim, D, pr.window);
   }
   {
     constexpr int BC = dq_key_tile<D>();
     constexpr size_t smem = dq_smem_bytes<D, BC, Stages>();
     static_assert(smem <= 227 * 1024, "the dQ kernel's shared memory exceeds the 227 KiB of a Hopper block");
     const dim3 grid(unsigned((pr.seq + kBR - 1) / kBR), unsigned(pr.heads), unsigned(pr.batch));
-    launch_with_smem(attention_bwd_dq_hopper_kernel<D, BC, Pipelined>, grid, smem,
+    launch_with_smem(attention_bwd_dq_hopper_kernel<D, BC>, grid, smem,
                      make_tensor_map(op, pr, q, pr.qkv_stride, kBR), make_tensor_map(op, pr, dout, do_stride, kBR),
                      make_tensor_map(op, pr, k, pr.qkv_stride, BC), make_tensor_map(op, pr, v, pr.qkv_stride, BC), p);
-    COIL_CUDA_CHECK_LAUNCH("attention_bwd_dq_hopper", "B {} T {} H {} hd {} (tiles of {}) window {} pipelined {}",
-                           pr.batch, pr.seq, pr.heads, pr.head_dim, D, pr.window, Pipelined);
+    COIL_CUDA_CHECK_LAUNCH("attention_bwd_dq_hopper", "B {} T {} H {} hd {} (tiles of {}) window {}", pr.batch,
+                           pr.seq, pr.heads, pr.head_dim, D, pr.window);
   }
-}
-
-template <int D>
-void launch_hopper_backward(const AttentionProblem& pr, const void* dout, const void* q, const void* k,
-                            const void* v, const BackwardParams& p) {
-  if (attention_hopper_backward_pipelined()) launch_hopper_backward<D, true>(pr, dout, q, k, v, p);
-  else launch_hopper_backward<D, false>(pr, dout, q, k, v, p);
 }
 
 }  // namespace
