@@ -145,6 +145,7 @@ ScanResult selective_scan_forward(const ScanArgs& args, bool save_checkpoints) {
   return r;
 #else
   (void)save_checkpoints;
+  (void)len;
   fail("{}: {} needs CUDA, but coil was built without it", op, describe(args.u));
 #endif
 }
