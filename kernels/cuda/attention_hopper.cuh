@@ -186,7 +186,7 @@ __device__ __forceinline__ void tma_load_tile(unsigned char* dst, int rows, cons
 //   MN-major (imm-trans-b = 1): a 16 x 64 B piece whose k runs along the tokens and whose N is
 //     64 head columns (V in O += P V, dO and Q in dV += P^T dO and dK += dS^T Q, K in
 //     dQ += dS K); k-step kk starts 16 kk rows = 2048 kk bytes into the column block. A
-//     16 x 128 piece (the pipelined forward's V at hd 128) spans two column blocks,
+//     16 x 128 piece (the forward's V at hd 128) spans two column blocks,
 //     atom_stride bytes apart.
 __device__ __forceinline__ uint64_t sw128_desc(uint32_t smem_byte_addr, uint32_t atom_stride = 16) {
   return uint64_t((smem_byte_addr & 0x3FFFF) >> 4) | (uint64_t((atom_stride >> 4) & 0x3FFF) << 16) |
